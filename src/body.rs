@@ -1,0 +1,316 @@
+//! The crate's body type, bounded collection and the request-body limit layer.
+//!
+//! Every layer that creates or rewrites a body speaks [`Body`]: a body that is either fully
+//! buffered ([`Bytes`], cheap to clone and so replayable for retries) or a boxed streaming body
+//! relayed frame by frame. Layers accept any `http_body::Body<Data = Bytes>` and convert it with
+//! [`Body::new`], which is free when the body already is a [`Body`].
+//!
+//! # Example
+//! ```
+//! # tokio_test_block_on(async {
+//! use tower_gemini::body::{self, Body};
+//!
+//! let body = Body::from("hello");
+//! assert_eq!(body.as_bytes().map(|b| &b[..]), Some(&b"hello"[..]));
+//! let bytes = body::collect_limited(body, 1024).await.unwrap();
+//! assert_eq!(&bytes[..], b"hello");
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// A boxed error, the error type of [`Body`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type used inside the gateway stack.
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    /// Fully buffered; `None` once the bytes were yielded.
+    Full(Option<Bytes>),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Full(None),
+        }
+    }
+
+    /// Wraps any body. A [`Body`] passed in is returned as it is (no extra box).
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        match try_downcast::<Body, B>(body) {
+            Ok(body) => body,
+            Err(body) => Self {
+                kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
+            },
+        }
+    }
+
+    /// The whole body when it is buffered in memory (and not yet consumed).
+    pub fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => Some(bytes),
+            Kind::Full(None) => Some(empty_bytes()),
+            Kind::Boxed(_) => None,
+        }
+    }
+
+    /// A copy of this body when it is buffered: the cheap clone retries replay.
+    pub fn try_clone(&self) -> Option<Body> {
+        self.as_bytes().map(|b| Body::from(b.clone()))
+    }
+
+    /// Buffers the body in memory, up to `max` bytes, so that it can be replayed.
+    ///
+    /// A body that is already buffered is returned at once.
+    pub async fn buffer(self, max: usize) -> Result<Body, LimitError> {
+        match self.kind {
+            Kind::Full(Some(ref b)) if b.len() > max => Err(LimitError::TooLarge { limit: max }),
+            Kind::Full(_) => Ok(self),
+            Kind::Boxed(_) => collect_limited(self, max).await.map(Body::from),
+        }
+    }
+}
+
+fn empty_bytes() -> &'static Bytes {
+    static EMPTY: Bytes = Bytes::from_static(b"");
+    &EMPTY
+}
+
+fn try_downcast<T: 'static, K: 'static>(k: K) -> Result<T, K> {
+    let mut k = Some(k);
+    if let Some(k) = <dyn std::any::Any>::downcast_mut::<Option<T>>(&mut k) {
+        Ok(k.take().expect("value is present"))
+    } else {
+        Err(k.expect("value is present"))
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Full(b) => f
+                .debug_struct("Body")
+                .field("buffered", &b.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            Kind::Boxed(_) => f.debug_struct("Body").field("streaming", &true).finish(),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        Self {
+            kind: Kind::Full(Some(bytes)),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes::from(v).into()
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Bytes::from(s).into()
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Bytes::from_static(s.as_bytes()).into()
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(s: &'static [u8]) -> Self {
+        Bytes::from_static(s).into()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why a body could not be collected.
+#[derive(Debug)]
+pub enum LimitError {
+    /// The body is larger than the limit.
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Reading the body failed.
+    Body(BoxError),
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitError::TooLarge { limit } => write!(f, "body is larger than {limit} bytes"),
+            LimitError::Body(e) => write!(f, "failed to read body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LimitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LimitError::TooLarge { .. } => None,
+            LimitError::Body(e) => Some(&**e),
+        }
+    }
+}
+
+/// Collects a body into memory, failing as soon as it passes `max` bytes.
+///
+/// Memory held never exceeds `max` plus one frame.
+pub async fn collect_limited<B>(body: B, max: usize) -> Result<Bytes, LimitError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > max as u64 {
+        return Err(LimitError::TooLarge { limit: max });
+    }
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| LimitError::Body(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if held + data.len() > max {
+            return Err(LimitError::TooLarge { limit: max });
+        }
+        match first.take() {
+            // The common case, one frame: keep it without copying.
+            None if buf.is_empty() => first = Some(data),
+            prev => {
+                if let Some(prev) = prev {
+                    buf.extend_from_slice(&prev);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+
+    fn chunked(parts: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        Body::new(StreamBody::new(futures_util_stream(frames)))
+    }
+
+    fn futures_util_stream<T: Unpin>(items: Vec<T>) -> impl futures_core::Stream<Item = T> {
+        struct Iter<T>(std::vec::IntoIter<T>);
+        impl<T: Unpin> futures_core::Stream for Iter<T> {
+            type Item = T;
+            fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+                Poll::Ready(self.0.next())
+            }
+        }
+        Iter(items.into_iter())
+    }
+
+    #[tokio::test]
+    async fn new_does_not_rebox_a_body() {
+        let body = Body::new(Body::from("abc"));
+        assert_eq!(body.as_bytes().map(|b| &b[..]), Some(&b"abc"[..]));
+    }
+
+    #[tokio::test]
+    async fn collects_frames_under_the_limit() {
+        let bytes = collect_limited(chunked(&["ab", "cd", "e"]), 5)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], b"abcde");
+    }
+
+    #[tokio::test]
+    async fn refuses_a_body_over_the_limit() {
+        let err = collect_limited(chunked(&["ab", "cd", "ef"]), 5)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LimitError::TooLarge { limit: 5 }));
+    }
+
+    #[tokio::test]
+    async fn refuses_by_size_hint_before_reading() {
+        let body = Full::new(Bytes::from_static(b"0123456789"));
+        assert!(collect_limited(body, 4).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn buffered_body_is_replayable() {
+        let body = chunked(&["x", "y"]).buffer(10).await.unwrap();
+        let copy = body.try_clone().unwrap();
+        assert_eq!(&collect_limited(copy, 10).await.unwrap()[..], b"xy");
+        assert_eq!(&collect_limited(body, 10).await.unwrap()[..], b"xy");
+    }
+}

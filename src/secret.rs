@@ -1,0 +1,175 @@
+//! Secrets: the masked [`ApiKey`] newtype, masking, and scrubbing text that may echo a key.
+//!
+//! Upstream keys never leave the process unmasked. Everything that shows a key (logs, admin
+//! snapshots, errors) goes through [`mask`], which keeps the first 4 and last 4 characters:
+//! `AIza…9xQk`. Text that may echo a key (an upstream error body, a transport error that
+//! carries a URL) goes through [`scrub`] before it is logged or relayed.
+//!
+//! # Example
+//! ```
+//! use tower_gemini::secret::{ApiKey, mask, scrub};
+//!
+//! let key = ApiKey::new("AIzaSyA-1234567890abcdefghijklmnopq9xQk");
+//! assert_eq!(format!("{key}"), "AIza…9xQk");
+//! assert_eq!(format!("{key:?}"), "ApiKey(AIza…9xQk)");
+//! assert_eq!(mask("short"), "…");
+//! assert!(!scrub("bad key api_key:AIzaSyA-1234567890abcdefghijklmnopq9xQk").contains("1234567890"));
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+/// An upstream API key. `Debug` and `Display` print it masked; [`ApiKey::expose`] gives the
+/// secret to the one place that sends it upstream.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiKey(Arc<str>);
+
+impl ApiKey {
+    /// Wraps a key (surrounding whitespace trimmed).
+    pub fn new(key: impl AsRef<str>) -> Self {
+        Self(Arc::from(key.as_ref().trim()))
+    }
+
+    /// The secret itself. Send it upstream; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The masked form, e.g. `AIza…9xQk`.
+    pub fn masked(&self) -> String {
+        mask(&self.0)
+    }
+
+    /// A short stable fingerprint for logs and metric labels (not reversible, not the key).
+    pub fn fingerprint(&self) -> String {
+        // FNV-1a: stable across runs and processes, unlike std's randomly keyed hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{:08x}", (h >> 32) as u32 ^ h as u32)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.masked())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Masks a secret as its first 4 + `…` + last 4 characters. Secrets of 12 characters or
+/// fewer are shown as `…` alone, since 8 shown characters would give most of them away.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() <= 12 {
+        return "…".to_owned();
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+/// Masks anything in `text` that looks like a Google API key (`AIza` + 35 characters) and the
+/// value of any `key=` query parameter. Returns the text unchanged (borrowed) when clean.
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    if !text.contains("AIza") && !text.contains("key=") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let google = rest.find("AIza");
+        let query = rest.find("key=");
+        let (at, skip) = match (google, query) {
+            (Some(g), Some(q)) if q < g => (q, 4),
+            (Some(g), _) => (g, 0),
+            (None, Some(q)) => (q, 4),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..at + skip]);
+        let tail = &rest[at + skip..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .unwrap_or(tail.len());
+        let token = &tail[..len];
+        if skip == 0 && len < 20 {
+            // "AIza" inside ordinary text, not a key.
+            out.push_str("AIza");
+            rest = &tail[4.min(tail.len())..];
+            continue;
+        }
+        out.push_str(&mask(token));
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// Replaces every occurrence of each of `secrets` in `text` by its masked form.
+///
+/// Use it on upstream bodies that may echo a key in a form [`scrub`] does not recognise.
+pub fn scrub_known<'a, S: AsRef<str>>(text: &'a str, secrets: &[S]) -> Cow<'a, str> {
+    let mut out = scrub(text);
+    for s in secrets {
+        let s = s.as_ref();
+        if !s.is_empty() && out.contains(s) {
+            out = Cow::Owned(out.replace(s, &mask(s)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AIzaSyD-abcdefghijklmnopqrstuvwxyz01234";
+
+    #[test]
+    fn masks_first_and_last_four() {
+        assert_eq!(mask(KEY), "AIza…1234");
+        assert_eq!(mask("123456789012"), "…");
+    }
+
+    #[test]
+    fn scrubs_google_keys_and_query_keys() {
+        let text = format!(
+            "API key not valid. api_key:{KEY} url=/v1beta/x?alt=sse&key=tok_secret_value_1"
+        );
+        let clean = scrub(&text);
+        assert!(!clean.contains("abcdefghijkl"), "{clean}");
+        assert!(!clean.contains("secret_value"), "{clean}");
+        assert!(clean.contains("AIza…1234"));
+        assert!(clean.contains("alt=sse"));
+    }
+
+    #[test]
+    fn leaves_clean_text_alone() {
+        assert!(matches!(scrub("all good"), Cow::Borrowed(_)));
+        assert_eq!(scrub("AIza is a prefix"), "AIza is a prefix");
+    }
+
+    #[test]
+    fn scrubs_known_secrets_in_any_form() {
+        let clean = scrub_known(
+            "token my-own-client-token-42 leaked",
+            &["my-own-client-token-42"],
+        );
+        assert_eq!(clean, "token my-o…n-42 leaked");
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_not_the_key() {
+        let k = ApiKey::new(KEY);
+        assert_eq!(k.fingerprint(), ApiKey::new(KEY).fingerprint());
+        assert!(!KEY.contains(&k.fingerprint()));
+    }
+}
