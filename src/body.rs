@@ -254,6 +254,210 @@ where
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
+// === BodyLimit ===
+
+/// Applies [`BodyLimit`]: buffers request bodies up to a limit, answering 413 past it.
+///
+/// Requests reach the inner service with a buffered [`Body`], which retries can replay. A
+/// `Content-Length` over the limit is refused before a byte is read; a chunked body is refused
+/// as soon as it passes the limit. Refusals are JSON in the route's [`Dialect`](crate::Dialect).
+///
+/// # Example
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+/// use tower_gemini::body::{Body, BodyLimitLayer};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(BodyLimitLayer::new(4))
+///     .service(service_fn(|req: Request<Body>| async move {
+///         assert!(req.body().as_bytes().is_some()); // buffered, replayable
+///         Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+///     }));
+/// let res = svc.oneshot(Request::new(Body::from("too long"))).await.unwrap();
+/// assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+/// # });
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimitLayer {
+    max: usize,
+}
+
+impl BodyLimitLayer {
+    /// Buffers bodies of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self { max }
+    }
+}
+
+impl<S> tower::Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BodyLimit {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// Buffers request bodies up to a limit; see [`BodyLimitLayer`].
+#[derive(Clone, Debug)]
+pub struct BodyLimit<S> {
+    inner: S,
+    max: usize,
+}
+
+impl<S> BodyLimit<S> {
+    /// Wraps `inner` with a limit of `max` bytes.
+    pub fn new(inner: S, max: usize) -> Self {
+        Self { inner, max }
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for BodyLimit<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<http::Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max = self.max;
+        let dialect = crate::Dialect::of(&req);
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        BoxFuture(Box::pin(async move {
+            if declared.is_some_and(|n| n > max as u64) {
+                return Ok(crate::ApiError::payload_too_large(max).into_response(dialect));
+            }
+            let (parts, body) = req.into_parts();
+            let body = match Body::new(body).buffer(max).await {
+                Ok(body) => body,
+                Err(LimitError::TooLarge { .. }) => {
+                    return Ok(crate::ApiError::payload_too_large(max).into_response(dialect));
+                }
+                Err(LimitError::Body(e)) => {
+                    tracing::debug!(error = %e, "request body failed");
+                    return Ok(
+                        crate::ApiError::bad_request("the request body could not be read")
+                            .into_response(dialect),
+                    );
+                }
+            };
+            let res = inner.call(http::Request::from_parts(parts, body)).await?;
+            Ok(res.map(Body::new))
+        }))
+    }
+}
+
+/// A boxed `Send` future in a named type, for layers whose work is naturally `async`.
+pub struct BoxFuture<T>(pub(crate) Pin<Box<dyn std::future::Future<Output = T> + Send>>);
+
+impl<T> std::future::Future for BoxFuture<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl<T> fmt::Debug for BoxFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BoxFuture")
+    }
+}
+
+// === IdleTimeout ===
+
+pin_project_lite::pin_project! {
+    /// A body that fails with [`Error::timeout`](crate::Error::timeout) when no frame arrives
+    /// for a while: it bounds the silence between stream chunks, not the length of a healthy
+    /// stream.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`, failing after `idle` without a frame.
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl<B> fmt::Debug for IdleTimeout<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleTimeout")
+            .field("idle", &self.idle)
+            .finish()
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(crate::Error::timeout().into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,5 +516,58 @@ mod tests {
         let copy = body.try_clone().unwrap();
         assert_eq!(&collect_limited(copy, 10).await.unwrap()[..], b"xy");
         assert_eq!(&collect_limited(body, 10).await.unwrap()[..], b"xy");
+    }
+
+    #[tokio::test]
+    async fn body_limit_answers_413_in_the_route_dialect() {
+        use tower::{ServiceExt, service_fn};
+        let svc = tower::Layer::layer(
+            &BodyLimitLayer::new(3),
+            service_fn(|_req: http::Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("reached")))
+            }),
+        );
+        let req = http::Request::builder()
+            .uri("/v1/chat/completions")
+            .body(chunked(&["ab", "cd"]))
+            .unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let req = http::Request::builder()
+            .uri("/v1beta/models")
+            .body(chunked(&["ab"]))
+            .unwrap();
+        assert_eq!(
+            svc.oneshot(req).await.unwrap().status(),
+            http::StatusCode::OK
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_silent_body() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = IdleTimeout::new(
+            StreamBody::new(Receiver(rx)),
+            std::time::Duration::from_secs(5),
+        );
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        let mut body = std::pin::pin!(body);
+        assert!(body.frame().await.unwrap().is_ok());
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<crate::Error>().unwrap().is_timeout());
+        drop(tx);
+    }
+
+    struct Receiver<T>(tokio::sync::mpsc::Receiver<T>);
+    impl<T> futures_core::Stream for Receiver<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
     }
 }

@@ -1,10 +1,27 @@
 //! Tower middleware for Gemini API gateways.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod macros;
+
+pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod gemini;
 pub mod secret;
+
+#[cfg(feature = "bearer-auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bearer-auth")))]
+pub mod auth;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
+#[cfg(all(feature = "request-id", feature = "bearer-auth"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "request-id", feature = "bearer-auth"))))]
+pub mod gateway;
+#[cfg(feature = "request-id")]
+#[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
+pub mod request_id;
 
 pub use body::{Body, BoxError};
 pub use error::{ApiError, Dialect, Error};

@@ -1,0 +1,153 @@
+//! One log line per request: method, path (never the query), model, client, status, latency.
+//!
+//! [`AccessLogLayer`] emits an `INFO` event on target `tower_gemini::access` when the response
+//! head is ready (`latency_ms` is the time to response headers; a stream may run on after it).
+//! Put it inside `RequestIdLayer` so the line carries the request span's fields (`request_id`,
+//! and `client`, `model`, `key.id` as inner layers record them).
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::{Body, access_log::AccessLogLayer};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(AccessLogLayer::new())
+//!     .service(service_fn(|_: Request<Body>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+//!     }));
+//! let res = svc.oneshot(Request::new(Body::empty())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # });
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Method, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::gemini::GeminiPath;
+
+/// Applies [`AccessLog`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AccessLogLayer {
+    _priv: (),
+}
+
+impl AccessLogLayer {
+    /// A new access log layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+/// Logs one line per request; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S> AccessLog<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        if let Some(p) = GeminiPath::parse(&path) {
+            if !p.model.is_empty() {
+                tracing::Span::current().record("model", p.model.as_str());
+            }
+        }
+        ResponseFuture {
+            inner: self.inner.call(req),
+            start: Instant::now(),
+            method,
+            path,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`AccessLog`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        start: Instant,
+        method: Method,
+        path: String,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
+        match &out {
+            Ok(res) => tracing::info!(
+                target: "tower_gemini::access",
+                method = %this.method,
+                route = %this.path,
+                status = res.status().as_u16(),
+                latency_ms = format_args!("{latency_ms:.1}"),
+                "request"
+            ),
+            Err(e) => tracing::warn!(
+                target: "tower_gemini::access",
+                method = %this.method,
+                route = %this.path,
+                error = %crate::secret::scrub(&e.to_string()),
+                latency_ms = format_args!("{latency_ms:.1}"),
+                "request failed"
+            ),
+        }
+        Poll::Ready(out)
+    }
+}

@@ -1,0 +1,651 @@
+//! Authenticate gateway clients by token, and strip their credential before the upstream.
+//!
+//! [`BearerAuthLayer`] accepts the three ways clients send a key: `Authorization: Bearer <t>`
+//! (OpenAI SDKs, curl), `x-goog-api-key: <t>` (google-genai SDKs) and `?key=<t>` (Gemini REST
+//! examples). The token is looked up in a [`TokenStore`] with constant-time comparison; on
+//! success the caller's [`Identity`] goes into the request extensions and **every** credential
+//! (the three above) is removed from the request, so the client's secret never travels
+//! upstream. Otherwise the answer is 401 with `WWW-Authenticate: Bearer` and a JSON error in the
+//! route's dialect, and the inner service is not called.
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::{Body, auth::{BearerAuthLayer, Identity, MemoryTokenStore}};
+//!
+//! let tokens = MemoryTokenStore::new().with_token("sk-client-token-1", "alice");
+//! let svc = ServiceBuilder::new()
+//!     .layer(BearerAuthLayer::new(tokens))
+//!     .service(service_fn(|req: Request<Body>| async move {
+//!         assert!(req.headers().get("authorization").is_none());
+//!         let who = req.extensions().get::<Identity>().unwrap().name().to_owned();
+//!         Ok::<_, std::convert::Infallible>(Response::new(Body::from(who)))
+//!     }));
+//!
+//! let ok = Request::builder()
+//!     .uri("/v1beta/models")
+//!     .header("authorization", "Bearer sk-client-token-1")
+//!     .body(Body::empty())
+//!     .unwrap();
+//! assert_eq!(svc.clone().oneshot(ok).await.unwrap().status(), StatusCode::OK);
+//!
+//! let bad = Request::builder().uri("/v1beta/models?key=nope").body(Body::empty()).unwrap();
+//! assert_eq!(svc.oneshot(bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! # });
+//! ```
+//!
+//! # Ordering
+//! Put it after `RequestIdLayer` (so rejections carry an id) and before anything that calls
+//! upstream. Routes that need no credential (`/health`) belong outside it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use http::header::AUTHORIZATION;
+use http::uri::PathAndQuery;
+use http::{HeaderName, Request, Response, Uri};
+use pin_project_lite::pin_project;
+use subtle::ConstantTimeEq;
+use tower::{Layer, Service};
+
+use crate::body::{Body, BoxError};
+use crate::error::{ApiError, Dialect};
+use crate::secret::mask;
+
+/// The `x-goog-api-key` header name.
+pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+// === Identity and token stores ===
+
+/// Who a request comes from, stored in request extensions by [`BearerAuth`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    name: Arc<str>,
+    id: Arc<str>,
+    admin: bool,
+}
+
+impl Identity {
+    /// A client identity.
+    pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
+        Self {
+            name: name.into(),
+            id: id.into(),
+            admin,
+        }
+    }
+
+    /// The client's name (a label, never the token).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A stable id for the client: the masked token. Safe for logs and stats.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this client may use admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// Looks up client tokens: the plug point for token databases.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The identity a token belongs to, or `None`. Implementations compare in constant time.
+    fn authenticate(&self, token: &str) -> Option<Identity>;
+}
+
+impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    fn authenticate(&self, token: &str) -> Option<Identity> {
+        (**self).authenticate(token)
+    }
+}
+
+/// One entry of a [`MemoryTokenStore`] listing (the token masked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The masked token, also the token's id.
+    pub id: String,
+    /// The client's name.
+    pub name: String,
+    /// Whether the token is an admin token.
+    pub admin: bool,
+}
+
+struct Entry {
+    token: Box<[u8]>,
+    identity: Identity,
+}
+
+/// An in-memory token set that can change at run time (tokens added and revoked take effect
+/// on the next request).
+#[derive(Default)]
+pub struct MemoryTokenStore {
+    entries: RwLock<Vec<Entry>>,
+}
+
+impl MemoryTokenStore {
+    /// An empty store: every request is refused until a token is added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a client token (builder form).
+    pub fn with_token(self, token: impl AsRef<str>, name: impl Into<Arc<str>>) -> Self {
+        self.insert(token.as_ref(), name, false);
+        self
+    }
+
+    /// Adds an admin token (builder form).
+    pub fn with_admin_token(self, token: impl AsRef<str>) -> Self {
+        self.insert(token.as_ref(), "admin", true);
+        self
+    }
+
+    /// Adds (or replaces) a token. Returns its id (the masked token).
+    pub fn insert(&self, token: &str, name: impl Into<Arc<str>>, admin: bool) -> String {
+        let id = mask(token);
+        let entry = Entry {
+            token: token.as_bytes().into(),
+            identity: Identity::new(name, id.as_str(), admin),
+        };
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| !bool::from(e.token.ct_eq(token.as_bytes())));
+        entries.push(entry);
+        id
+    }
+
+    /// Revokes a token given as the token itself or its id. Returns whether one was removed.
+    pub fn revoke(&self, token_or_id: &str) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|e| {
+            !(bool::from(e.token.ct_eq(token_or_id.as_bytes())) || &*e.identity.id == token_or_id)
+        });
+        entries.len() != before
+    }
+
+    /// The tokens, masked.
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .map(|e| TokenInfo {
+                id: e.identity.id.to_string(),
+                name: e.identity.name.to_string(),
+                admin: e.identity.admin,
+            })
+            .collect()
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether there is no token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for MemoryTokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTokenStore")
+            .field("tokens", &self.list())
+            .finish()
+    }
+}
+
+impl TokenStore for MemoryTokenStore {
+    fn authenticate(&self, token: &str) -> Option<Identity> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        // Compare against every entry, so timing says nothing about which one matched.
+        let mut found = None;
+        for e in entries.iter() {
+            if bool::from(e.token.ct_eq(token.as_bytes())) {
+                found = Some(e.identity.clone());
+            }
+        }
+        found
+    }
+}
+
+// === Credentials ===
+
+/// Where a credential was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `Authorization: Bearer <token>`
+    Bearer,
+    /// `x-goog-api-key: <token>`
+    GoogApiKey,
+    /// `?key=<token>`
+    Query,
+}
+
+/// The credential a request carries: `Authorization: Bearer`, then `x-goog-api-key`, then `?key=`.
+pub fn credential<B>(req: &Request<B>) -> Option<(String, CredentialSource)> {
+    if let Some(v) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            let t = v[7..].trim();
+            if !t.is_empty() {
+                return Some((t.to_owned(), CredentialSource::Bearer));
+            }
+        }
+    }
+    if let Some(v) = req
+        .headers()
+        .get(&X_GOOG_API_KEY)
+        .and_then(|v| v.to_str().ok())
+    {
+        let t = v.trim();
+        if !t.is_empty() {
+            return Some((t.to_owned(), CredentialSource::GoogApiKey));
+        }
+    }
+    query_param(req.uri().query()?, "key").map(|t| (t, CredentialSource::Query))
+}
+
+/// Removes every client credential from a request: `authorization`, `x-goog-api-key` and the
+/// `key` query parameter.
+pub fn strip_credentials<B>(req: &mut Request<B>) {
+    req.headers_mut().remove(AUTHORIZATION);
+    req.headers_mut().remove(&X_GOOG_API_KEY);
+    remove_query_param(req, "key");
+}
+
+/// Removes a query parameter (all occurrences) from a request's URI.
+pub fn remove_query_param<B>(req: &mut Request<B>, name: &str) {
+    let Some(query) = req.uri().query() else {
+        return;
+    };
+    if !query
+        .split('&')
+        .any(|p| percent_decode(p.split('=').next().unwrap_or("")) == name)
+    {
+        return;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && percent_decode(p.split('=').next().unwrap_or("")) != name)
+        .collect();
+    let path = req.uri().path();
+    let pq = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = PathAndQuery::try_from(pq) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The decoded value of the first query parameter named `name`.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    if !s.contains(['%', '+']) {
+        return s.to_owned();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+// === BearerAuthLayer ===
+
+/// Applies [`BearerAuth`]: authenticate clients against a [`TokenStore`].
+#[derive(Clone)]
+pub struct BearerAuthLayer {
+    store: Arc<dyn TokenStore>,
+}
+
+impl BearerAuthLayer {
+    /// Authenticates against `store`.
+    pub fn new(store: impl TokenStore) -> Self {
+        Self {
+            store: Arc::new(store),
+        }
+    }
+
+    /// Authenticates against a shared store (so an admin API can change it at run time).
+    pub fn from_arc(store: Arc<dyn TokenStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl fmt::Debug for BearerAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuthLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for BearerAuthLayer {
+    type Service = BearerAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BearerAuth {
+            inner,
+            store: self.store.clone(),
+        }
+    }
+}
+
+// === BearerAuth ===
+
+/// Authenticates clients by token; see the [module docs](self).
+#[derive(Clone)]
+pub struct BearerAuth<S> {
+    inner: S,
+    store: Arc<dyn TokenStore>,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wraps `inner`, authenticating against `store`.
+    pub fn new(inner: S, store: impl TokenStore) -> Self {
+        BearerAuthLayer::new(store).layer(inner)
+    }
+
+    /// A [`BearerAuthLayer`] for `store`.
+    pub fn layer(store: impl TokenStore) -> BearerAuthLayer {
+        BearerAuthLayer::new(store)
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BearerAuth<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let dialect = Dialect::of(&req);
+        let identity = match credential(&req) {
+            None => Err(ApiError::unauthorized(
+                "missing client token: send `Authorization: Bearer <token>`, \
+                 `x-goog-api-key: <token>` or `?key=<token>`",
+            )),
+            Some((token, _)) => self
+                .store
+                .authenticate(&token)
+                .ok_or_else(|| ApiError::unauthorized("invalid client token")),
+        };
+        match identity {
+            Ok(identity) => {
+                let mut req = req.map(Body::new);
+                strip_credentials(&mut req);
+                tracing::Span::current().record("client", identity.id());
+                req.extensions_mut().insert(identity);
+                ResponseFuture {
+                    kind: Kind::Inner {
+                        fut: self.inner.call(req),
+                    },
+                }
+            }
+            Err(err) => {
+                tracing::debug!(reason = err.message(), "client refused");
+                ResponseFuture {
+                    kind: Kind::Reject {
+                        res: Some(err.into_response(dialect)),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`BearerAuth`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Inner { #[pin] fut: F },
+        Reject { res: Option<Response<Body>> },
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { fut } => fut.poll(cx).map_ok(|res| res.map(Body::new)),
+            KindProj::Reject { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::collect_limited;
+    use http::StatusCode;
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    type Seen = Arc<Mutex<Vec<Request<()>>>>;
+
+    fn svc(
+        store: Arc<MemoryTokenStore>,
+    ) -> (
+        impl Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+        Seen,
+    ) {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_arc(store))
+            .service(service_fn(move |req: Request<Body>| {
+                let s = s.clone();
+                async move {
+                    let (parts, _) = req.into_parts();
+                    s.lock().unwrap().push(Request::from_parts(parts, ()));
+                    Ok::<_, Infallible>(Response::new(Body::from("ok")))
+                }
+            }));
+        (svc, seen)
+    }
+
+    fn store() -> Arc<MemoryTokenStore> {
+        Arc::new(MemoryTokenStore::new().with_token("client-token-0001", "alice"))
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn accepts_all_three_credential_styles_and_strips_them() {
+        let (svc, seen) = svc(store());
+        for r in [
+            req(
+                "/v1beta/models",
+                &[("authorization", "Bearer client-token-0001")],
+            ),
+            req("/v1beta/models", &[("x-goog-api-key", "client-token-0001")]),
+            req("/v1beta/models?alt=sse&key=client-token-0001", &[]),
+        ] {
+            let res = svc.clone().oneshot(r).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        for r in seen.iter() {
+            assert!(r.headers().get("authorization").is_none());
+            assert!(r.headers().get("x-goog-api-key").is_none());
+            assert!(!r.uri().to_string().contains("client-token"));
+            assert_eq!(r.extensions().get::<Identity>().unwrap().name(), "alice");
+        }
+        assert_eq!(seen[2].uri().query(), Some("alt=sse"));
+    }
+
+    #[tokio::test]
+    async fn missing_token_is_401_in_the_route_dialect() {
+        let (svc, seen) = svc(store());
+        let res = svc
+            .clone()
+            .oneshot(req("/v1/chat/completions", &[]))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let body = collect_limited(res.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error");
+
+        let res = svc.oneshot(req("/v1beta/models", &[])).await.unwrap();
+        let body = collect_limited(res.into_body(), 1 << 16).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn wrong_token_is_401() {
+        let (svc, seen) = svc(store());
+        let res = svc
+            .oneshot(req(
+                "/v1beta/models",
+                &[("authorization", "Bearer client-token-0002")],
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn revoked_token_is_refused_on_the_next_request() {
+        let store = store();
+        let (svc, _) = svc(store.clone());
+        let ok = req("/v1beta/models", &[("x-goog-api-key", "client-token-0001")]);
+        assert_eq!(
+            svc.clone().oneshot(ok).await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert!(store.revoke(&mask("client-token-0001")));
+        let again = req("/v1beta/models", &[("x-goog-api-key", "client-token-0001")]);
+        assert_eq!(
+            svc.oneshot(again).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(query_param("a=1&key=x%2By", "key").as_deref(), Some("x+y"));
+        assert_eq!(query_param("a=1", "key"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn admin_flag_is_kept() {
+        let s = MemoryTokenStore::new().with_admin_token("admin-token-123456");
+        assert!(s.authenticate("admin-token-123456").unwrap().is_admin());
+        assert!(s.authenticate("admin-token-12345").is_none());
+    }
+}

@@ -1,0 +1,377 @@
+//! The whole gateway stack, composed in the one order that works, around any upstream service.
+//!
+//! [`Gateway::builder`] stacks the layers a Gemini gateway needs in front of a client service
+//! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
+//!
+//! ```text
+//! RequestId ─► AccessLog ─► BearerAuth ─► BodyLimit ─► upstream key ─► errors as responses ─► client
+//! ```
+//!
+//! The result, [`Gateway`], is an infallible, cloneable `Service` that an axum app mounts with
+//! `Router::fallback_service` (or `route_service`), exactly as `examples/full_proxy` does.
+//! Transport failures of the client become JSON errors in the route's dialect (502, or 504 for
+//! a timeout); rejections of the layers are JSON errors too.
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceExt, service_fn};
+//! use tower_gemini::{Body, auth::MemoryTokenStore, gateway::Gateway, secret::ApiKey};
+//!
+//! let upstream = service_fn(|req: Request<Body>| async move {
+//!     // The client's token never arrives here; the upstream key does.
+//!     assert_eq!(req.headers()["x-goog-api-key"], "upstream-key-0123456789");
+//!     Ok::<_, tower_gemini::Error>(Response::new(Body::from("{}")))
+//! });
+//! let gateway = Gateway::builder()
+//!     .tokens(MemoryTokenStore::new().with_token("client-token-0001", "alice"))
+//!     .upstream_key(ApiKey::new("upstream-key-0123456789"))
+//!     .build(upstream);
+//!
+//! let req = Request::builder()
+//!     .uri("/v1beta/models/gemini-2.5-flash:generateContent")
+//!     .header("authorization", "Bearer client-token-0001")
+//!     .body(Body::from("{}"))
+//!     .unwrap();
+//! let res = gateway.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert!(res.headers().contains_key("x-request-id"));
+//! # });
+//! ```
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::access_log::AccessLogLayer;
+use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials};
+use crate::body::{Body, BodyLimitLayer, BoxError};
+use crate::error::{Dialect, Error};
+use crate::request_id::RequestIdLayer;
+use crate::secret::ApiKey;
+
+/// Default cap on request bodies: 20 MiB (inline images make Gemini requests large).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+
+/// Builds a [`Gateway`].
+#[derive(Clone)]
+pub struct GatewayBuilder {
+    tokens: Option<Arc<dyn TokenStore>>,
+    max_body_bytes: usize,
+    upstream_key: Option<ApiKey>,
+    request_id: bool,
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("auth", &self.tokens.is_some())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("upstream_key", &self.upstream_key)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upstream_key: None,
+            request_id: true,
+        }
+    }
+}
+
+impl GatewayBuilder {
+    /// Client tokens: every request must carry one (default: no authentication).
+    pub fn tokens(mut self, store: impl TokenStore) -> Self {
+        self.tokens = Some(Arc::new(store));
+        self
+    }
+
+    /// A shared token store (so tokens can be added and revoked at run time).
+    pub fn token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.tokens = Some(store);
+        self
+    }
+
+    /// Request bodies larger than this are refused with 413 (default
+    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    pub fn max_body_bytes(mut self, max: usize) -> Self {
+        self.max_body_bytes = max;
+        self
+    }
+
+    /// The upstream key set on every request as `x-goog-api-key`.
+    pub fn upstream_key(mut self, key: ApiKey) -> Self {
+        self.upstream_key = Some(key);
+        self
+    }
+
+    /// Whether to keep or mint `x-request-id` (default on).
+    pub fn request_id(mut self, on: bool) -> Self {
+        self.request_id = on;
+        self
+    }
+
+    /// Stacks the layers around `upstream`.
+    pub fn build<S, ResBody>(self, upstream: S) -> Gateway
+    where
+        S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let inner = ServiceBuilder::new()
+            .layer(ErrorsAsResponsesLayer)
+            .option_layer(self.upstream_key.map(SetUpstreamKeyLayer))
+            .service(upstream);
+        let inner = ServiceBuilder::new()
+            .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
+            .layer(BodyLimitLayer::new(self.max_body_bytes))
+            .service(inner);
+        let svc = ServiceBuilder::new()
+            .option_layer(self.request_id.then(RequestIdLayer::new))
+            .layer(AccessLogLayer::new())
+            .service(inner);
+        Gateway {
+            inner: BoxCloneSyncService::new(
+                svc.map_request(|req: Request<Body>| req)
+                    .map_response(|res: Response<Body>| res),
+            ),
+        }
+    }
+}
+
+/// The composed gateway stack: an infallible, cloneable service. See the [module docs](self).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+}
+
+impl Gateway {
+    /// A builder with the defaults.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl<B> Service<Request<B>> for Gateway
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        GatewayFuture(self.inner.call(req.map(Body::new)))
+    }
+}
+
+type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// Response future of [`Gateway`].
+pub struct GatewayFuture(BoxedFuture);
+
+impl Future for GatewayFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for GatewayFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GatewayFuture")
+    }
+}
+
+// === Upstream key ===
+
+/// Sets one upstream key on every request (replacing any client credential).
+#[derive(Clone, Debug)]
+struct SetUpstreamKeyLayer(ApiKey);
+
+impl<S> Layer<S> for SetUpstreamKeyLayer {
+    type Service = SetUpstreamKey<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let value = HeaderValue::from_str(self.0.expose()).map(|mut v| {
+            v.set_sensitive(true);
+            v
+        });
+        SetUpstreamKey {
+            inner,
+            value: value.ok(),
+            fingerprint: self.0.fingerprint(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SetUpstreamKey<S> {
+    inner: S,
+    value: Option<HeaderValue>,
+    fingerprint: String,
+}
+
+impl<S, B> Service<Request<B>> for SetUpstreamKey<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        strip_credentials(&mut req);
+        if let Some(v) = &self.value {
+            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v.clone());
+            tracing::Span::current().record("key.id", self.fingerprint.as_str());
+        }
+        self.inner.call(req)
+    }
+}
+
+// === Errors as responses ===
+
+/// Turns the inner service's errors into JSON error responses in the route's dialect.
+#[derive(Clone, Copy, Debug)]
+struct ErrorsAsResponsesLayer;
+
+impl<S> Layer<S> for ErrorsAsResponsesLayer {
+    type Service = ErrorsAsResponses<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorsAsResponses { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct ErrorsAsResponses<S> {
+    inner: S,
+}
+
+impl<S, ResBody> Service<Request<Body>> for ErrorsAsResponses<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // An inner service that cannot become ready is answered per request below.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let dialect = Dialect::of(&req);
+        let fut = self.inner.call(req);
+        GatewayFuture(Box::pin(async move {
+            match fut.await {
+                Ok(res) => Ok(res.map(Body::new)),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    let api = Error::api_error_of(&*e);
+                    tracing::warn!(
+                        error = %crate::secret::scrub(&e.to_string()),
+                        status = api.status().as_u16(),
+                        "upstream call failed"
+                    );
+                    Ok(api.into_response(dialect))
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::MemoryTokenStore;
+    use crate::body::collect_limited;
+    use http::StatusCode;
+    use tower::service_fn;
+
+    #[tokio::test]
+    async fn transport_errors_become_dialect_errors() {
+        let upstream =
+            service_fn(|_req: Request<Body>| async { Err::<Response<Body>, _>(Error::timeout()) });
+        let gw = Gateway::builder().build(upstream);
+        let res = gw
+            .clone()
+            .oneshot(
+                Request::builder()
+                    .uri("/v1/chat/completions")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_requests_never_reach_upstream() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = calls.clone();
+        let upstream = service_fn(move |_req: Request<Body>| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, Error>(Response::new(Body::empty())) }
+        });
+        let gw = Gateway::builder()
+            .tokens(MemoryTokenStore::new().with_token("client-token-0001", "a"))
+            .build(upstream);
+        let res = gw
+            .oneshot(
+                Request::builder()
+                    .uri("/v1beta/models")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers().contains_key("x-request-id"));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+}
