@@ -228,6 +228,19 @@ impl TokenStore for MemoryTokenStore {
     }
 }
 
+/// Mints a new random token: `prefix` followed by 64 hex characters (244 random bits).
+///
+/// ```
+/// let t = tower_gemini::auth::mint_token("sk-");
+/// assert!(t.starts_with("sk-") && t.len() == 67);
+/// assert_ne!(t, tower_gemini::auth::mint_token("sk-"));
+/// ```
+pub fn mint_token(prefix: &str) -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{a}{b}")
+}
+
 // === Credentials ===
 
 /// Where a credential was found.

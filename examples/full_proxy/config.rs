@@ -1,0 +1,185 @@
+//! full_proxy's configuration: read once from the environment (and `.env`) into a plain struct.
+//!
+//! Every variable is documented in README's configuration table; keep the two in step.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything full_proxy can be told.
+#[derive(Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub upstream_url: String,
+    pub gemini_api_keys: Vec<String>,
+    pub allowed_tokens: Vec<String>,
+    pub admin_token: Option<String>,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use tower_gemini::secret::mask;
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("upstream_url", &self.upstream_url)
+            .field("gemini_api_keys", &self.gemini_api_keys.iter().map(|k| mask(k)).collect::<Vec<_>>())
+            .field("allowed_tokens", &self.allowed_tokens.iter().map(|k| mask(k)).collect::<Vec<_>>())
+            .field("admin_token", &self.admin_token.as_deref().map(mask))
+            .field("request_timeout", &self.request_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+/// A start-up error that names the variable at fault.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads `.env` (if present in the working directory) and then the process environment;
+    /// variables already set in the environment win over `.env`.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let _ = dotenvy::dotenv();
+        Config::from_map(&std::env::vars().collect())
+    }
+
+    /// Reads the configuration from a map of variables (tests use this directly).
+    pub fn from_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let listen_addr = match get("LISTEN_ADDR") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| ConfigError(format!("LISTEN_ADDR: `{v}` is not an address like 127.0.0.1:8080")))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let upstream_url = get("UPSTREAM_URL")
+            .unwrap_or("https://generativelanguage.googleapis.com")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(upstream_url.starts_with("http://") || upstream_url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "UPSTREAM_URL: `{upstream_url}` must start with http:// or https://"
+            )));
+        }
+        let log_format = match get("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError(format!("LOG_FORMAT: `{other}` is not `text` or `json`")));
+            }
+        };
+        Ok(Config {
+            listen_addr,
+            upstream_url,
+            gemini_api_keys: list(env, "GEMINI_API_KEYS")?,
+            allowed_tokens: list(env, "ALLOWED_TOKENS")?,
+            admin_token: get("ADMIN_TOKEN").map(str::to_owned),
+            request_timeout: Duration::from_secs(number(env, "REQUEST_TIMEOUT_SECONDS", 300)?),
+            max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
+            log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
+            log_format,
+            shutdown_grace: Duration::from_secs(number(env, "SHUTDOWN_GRACE_SECONDS", 30)?),
+        })
+    }
+
+    /// Demo mode: no upstream keys, so the built-in FakeGemini answers.
+    pub fn is_demo(&self) -> bool {
+        self.gemini_api_keys.is_empty()
+    }
+}
+
+/// A whole number, or the default when unset.
+pub fn number(env: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ConfigError> {
+    match env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError(format!("{name}: `{v}` is not a whole number"))),
+    }
+}
+
+/// A list given as `a,b,c` or as a JSON list `["a","b"]`; items trimmed of whitespace and quotes.
+/// An empty item or a malformed list is an error naming the variable, never a silently empty list.
+pub fn list(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let items: Vec<String> = if raw.starts_with('[') {
+        let values: Vec<serde_json::Value> = serde_json::from_str(raw)
+            .map_err(|_| ConfigError(format!("{name}: not a valid JSON list of strings")))?;
+        values
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                _ => Err(ConfigError(format!("{name}: every item of the JSON list must be a string"))),
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        raw.split(',').map(str::to_owned).collect()
+    };
+    let items: Vec<String> = items
+        .iter()
+        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').trim().to_owned())
+        .collect();
+    if let Some(pos) = items.iter().position(String::is_empty) {
+        return Err(ConfigError(format!("{name}: item {} of the list is empty", pos + 1)));
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_map(&env(&[])).unwrap();
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.upstream_url, "https://generativelanguage.googleapis.com");
+        assert!(c.is_demo());
+        assert_eq!(c.request_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn lists_in_both_styles() {
+        let c = Config::from_map(&env(&[("GEMINI_API_KEYS", " a , 'b',\"c\" "), ("ALLOWED_TOKENS", r#"["x", " y "]"#)])).unwrap();
+        assert_eq!(c.gemini_api_keys, ["a", "b", "c"]);
+        assert_eq!(c.allowed_tokens, ["x", "y"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [("GEMINI_API_KEYS", "a,,b"), ("ALLOWED_TOKENS", "[\"a\""), ("MAX_BODY_BYTES", "ten"), ("LISTEN_ADDR", "nowhere"), ("UPSTREAM_URL", "ftp://x")] {
+            let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
+            assert!(err.0.starts_with(k), "{err}");
+        }
+    }
+}

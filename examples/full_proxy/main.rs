@@ -1,0 +1,140 @@
+//! full_proxy: a complete Gemini gateway built from tower-gemini's layers.
+//!
+//! Run it with `cargo run --example full_proxy`. Everything is configured by environment
+//! variables (and a `.env` file in the working directory): see README's configuration table.
+//! With no `GEMINI_API_KEYS` it starts in demo mode against the built-in fake Gemini; with no
+//! `ALLOWED_TOKENS` it mints a client token and prints a ready curl line.
+
+mod app;
+mod config;
+
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::app::App;
+use crate::config::{Config, LogFormat};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("full_proxy: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("full_proxy: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let listener = match TcpListener::bind(app.config.listen_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("full_proxy: cannot listen on {}: {e}", app.config.listen_addr);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(app.config.listen_addr);
+    print_banner(&app, addr);
+    serve(listener, app).await
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn print_banner(app: &App, addr: std::net::SocketAddr) {
+    let base = format!("http://{addr}");
+    if app.demo.is_some() {
+        eprintln!();
+        eprintln!("================================================================================");
+        eprintln!("  DEMO MODE: GEMINI_API_KEYS is not set.");
+        eprintln!("  Answers come from the built-in FakeGemini, NOT from Google.");
+        eprintln!("  Set GEMINI_API_KEYS=key1,key2 to proxy the real Gemini API.");
+        eprintln!("================================================================================");
+    }
+    if let Some(t) = &app.minted_token {
+        eprintln!();
+        eprintln!("ALLOWED_TOKENS is not set; minted a client token for this run:");
+        eprintln!("  {t}");
+        eprintln!("Try it:");
+        eprintln!(
+            "  curl -H \"Authorization: Bearer {t}\" {base}/v1beta/models/gemini-2.5-flash:generateContent \\\n       -d '{{\"contents\":[{{\"parts\":[{{\"text\":\"hi\"}}]}}]}}'"
+        );
+    }
+    if let Some(t) = &app.minted_admin_token {
+        eprintln!();
+        eprintln!("ADMIN_TOKEN is not set; minted an admin token for this run:");
+        eprintln!("  {t}");
+    }
+    eprintln!();
+    tracing::info!(%addr, demo = app.demo.is_some(), "full_proxy listening on {base}");
+}
+
+async fn serve(listener: TcpListener, app: App) -> ExitCode {
+    let grace = app.config.shutdown_grace;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let mut graceful_rx = stop_rx.clone();
+    let server = axum::serve(
+        listener,
+        app.router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|stop| *stop).await;
+    });
+    let deadline = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        res = server => match res {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::from(1)
+            }
+        },
+        () = deadline => {
+            tracing::warn!("grace period over; closing the connections still open");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
