@@ -56,7 +56,7 @@ use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials
 use crate::body::{Body, BodyLimitLayer, BoxError};
 use crate::error::{Dialect, Error};
 use crate::request_id::RequestIdLayer;
-use crate::secret::ApiKey;
+use crate::secret::{ApiKey, SecretSet};
 
 /// Default cap on request bodies: 20 MiB (inline images make Gemini requests large).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
@@ -68,6 +68,7 @@ pub struct GatewayBuilder {
     max_body_bytes: usize,
     upstream_key: Option<ApiKey>,
     request_id: bool,
+    secrets: SecretSet,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -88,6 +89,7 @@ impl Default for GatewayBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             upstream_key: None,
             request_id: true,
+            secrets: SecretSet::new(),
         }
     }
 }
@@ -114,7 +116,17 @@ impl GatewayBuilder {
 
     /// The upstream key set on every request as `x-goog-api-key`.
     pub fn upstream_key(mut self, key: ApiKey) -> Self {
+        self.secrets.insert(key.expose());
         self.upstream_key = Some(key);
+        self
+    }
+
+    /// Secrets scrubbed from upstream error bodies (the upstream keys are added for you).
+    pub fn secrets(mut self, secrets: SecretSet) -> Self {
+        if let Some(k) = &self.upstream_key {
+            secrets.insert(k.expose());
+        }
+        self.secrets = secrets;
         self
     }
 
@@ -134,7 +146,9 @@ impl GatewayBuilder {
         ResBody::Error: Into<BoxError>,
     {
         let inner = ServiceBuilder::new()
-            .layer(ErrorsAsResponsesLayer)
+            .layer(UpstreamErrorsLayer {
+                secrets: self.secrets.clone(),
+            })
             .option_layer(self.upstream_key.map(SetUpstreamKeyLayer))
             .service(upstream);
         let inner = ServiceBuilder::new()
@@ -261,26 +275,36 @@ where
     }
 }
 
-// === Errors as responses ===
+// === Upstream errors ===
 
-/// Turns the inner service's errors into JSON error responses in the route's dialect.
-#[derive(Clone, Copy, Debug)]
-struct ErrorsAsResponsesLayer;
+/// Largest upstream error body read for scrubbing; a larger one is replaced by a generic error.
+const MAX_ERROR_BODY: usize = 256 * 1024;
 
-impl<S> Layer<S> for ErrorsAsResponsesLayer {
-    type Service = ErrorsAsResponses<S>;
+/// Turns the inner service's errors into JSON error responses in the route's dialect, and
+/// scrubs secrets from upstream error bodies (a real 400 can echo `api_key:<KEY>`).
+#[derive(Clone, Debug)]
+struct UpstreamErrorsLayer {
+    secrets: SecretSet,
+}
+
+impl<S> Layer<S> for UpstreamErrorsLayer {
+    type Service = UpstreamErrors<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorsAsResponses { inner }
+        UpstreamErrors {
+            inner,
+            secrets: self.secrets.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
-struct ErrorsAsResponses<S> {
+struct UpstreamErrors<S> {
     inner: S,
+    secrets: SecretSet,
 }
 
-impl<S, ResBody> Service<Request<Body>> for ErrorsAsResponses<S>
+impl<S, ResBody> Service<Request<Body>> for UpstreamErrors<S>
 where
     S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -303,11 +327,15 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let dialect = Dialect::of(&req);
         let fut = self.inner.call(req);
+        let secrets = self.secrets.clone();
         GatewayFuture(Box::pin(async move {
-            match fut.await {
+            let res = fut.await.map_err(Into::<BoxError>::into);
+            match res {
+                Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
+                    Ok(scrub_error_body(res.map(Body::new), &secrets, dialect).await)
+                }
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
-                    let e: BoxError = e.into();
                     let api = Error::api_error_of(&*e);
                     tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
@@ -319,6 +347,31 @@ where
             }
         }))
     }
+}
+
+/// Reads an error body (bounded) and masks every secret in it.
+pub(crate) async fn scrub_error_body(
+    res: Response<Body>,
+    secrets: &SecretSet,
+    dialect: Dialect,
+) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    let status = parts.status;
+    let bytes = match crate::body::collect_limited(body, MAX_ERROR_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            let api =
+                crate::ApiError::new(status, "the upstream answered with an unreadable error");
+            return api.into_response(dialect);
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let clean = secrets.scrub(&text);
+    if clean == text {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(clean.into_owned()))
 }
 
 #[cfg(test)]

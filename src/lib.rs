@@ -23,5 +23,9 @@ pub mod gateway;
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
 
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
 pub use body::{Body, BoxError};
 pub use error::{ApiError, Dialect, Error};

@@ -127,6 +127,51 @@ pub fn scrub_known<'a, S: AsRef<str>>(text: &'a str, secrets: &[S]) -> Cow<'a, s
     out
 }
 
+/// A shared, changeable set of secrets to scrub from text (the upstream keys and client tokens
+/// a gateway holds). Clones share the set.
+#[derive(Clone, Default)]
+pub struct SecretSet {
+    inner: Arc<std::sync::RwLock<Vec<Arc<str>>>>,
+}
+
+impl SecretSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a secret (ignored when empty or already present).
+    pub fn insert(&self, secret: &str) {
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return;
+        }
+        let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if !v.iter().any(|s| &**s == secret) {
+            v.push(Arc::from(secret));
+        }
+    }
+
+    /// Removes a secret.
+    pub fn remove(&self, secret: &str) {
+        let mut v = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        v.retain(|s| &**s != secret);
+    }
+
+    /// Masks every known secret, and anything [`scrub`] recognises, in `text`.
+    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let v = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        scrub_known(text, &v)
+    }
+}
+
+impl fmt::Debug for SecretSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.inner.read().map_or(0, |v| v.len());
+        f.debug_struct("SecretSet").field("len", &n).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +209,19 @@ mod tests {
             &["my-own-client-token-42"],
         );
         assert_eq!(clean, "token my-o…n-42 leaked");
+    }
+
+    #[test]
+    fn secret_set_scrubs_what_it_holds() {
+        let set = SecretSet::new();
+        set.insert("plain-upstream-key-77");
+        let clone = set.clone();
+        assert_eq!(clone.scrub("x plain-upstream-key-77 y"), "x plai…y-77 y");
+        set.remove("plain-upstream-key-77");
+        assert_eq!(
+            clone.scrub("x plain-upstream-key-77 y"),
+            "x plain-upstream-key-77 y"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tower_gemini::gateway::Gateway;
 use tower_gemini::secret::ApiKey;
 use tower_gemini::testing::FakeGemini;
 
-use crate::config::Config;
+use super::config::Config;
 
 /// A built gateway, ready to serve.
 pub struct App {
@@ -26,7 +26,6 @@ pub struct App {
     pub minted_token: Option<String>,
     /// The admin token minted because `ADMIN_TOKEN` was unset.
     pub minted_admin_token: Option<String>,
-    pub tokens: Arc<MemoryTokenStore>,
 }
 
 #[derive(Clone)]
@@ -45,7 +44,11 @@ impl App {
                 .start()
                 .await
                 .map_err(|e| format!("could not start the demo upstream: {e}"))?;
-            (fake.url(), vec![ApiKey::new("demo-key-not-a-real-gemini-key")], Some(fake))
+            (
+                fake.url(),
+                vec![ApiKey::new("demo-key-not-a-real-gemini-key")],
+                Some(fake),
+            )
         } else {
             let keys = config.gemini_api_keys.iter().map(ApiKey::new).collect();
             (config.upstream_url.clone(), keys, None)
@@ -103,7 +106,6 @@ impl App {
             demo,
             minted_token,
             minted_admin_token,
-            tokens,
         })
     }
 }

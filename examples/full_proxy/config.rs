@@ -35,8 +35,22 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
             .field("upstream_url", &self.upstream_url)
-            .field("gemini_api_keys", &self.gemini_api_keys.iter().map(|k| mask(k)).collect::<Vec<_>>())
-            .field("allowed_tokens", &self.allowed_tokens.iter().map(|k| mask(k)).collect::<Vec<_>>())
+            .field(
+                "gemini_api_keys",
+                &self
+                    .gemini_api_keys
+                    .iter()
+                    .map(|k| mask(k))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "allowed_tokens",
+                &self
+                    .allowed_tokens
+                    .iter()
+                    .map(|k| mask(k))
+                    .collect::<Vec<_>>(),
+            )
             .field("admin_token", &self.admin_token.as_deref().map(mask))
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -71,9 +85,11 @@ impl Config {
     pub fn from_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let listen_addr = match get("LISTEN_ADDR") {
-            Some(v) => v
-                .parse()
-                .map_err(|_| ConfigError(format!("LISTEN_ADDR: `{v}` is not an address like 127.0.0.1:8080")))?,
+            Some(v) => v.parse().map_err(|_| {
+                ConfigError(format!(
+                    "LISTEN_ADDR: `{v}` is not an address like 127.0.0.1:8080"
+                ))
+            })?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
         let upstream_url = get("UPSTREAM_URL")
@@ -89,7 +105,9 @@ impl Config {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(ConfigError(format!("LOG_FORMAT: `{other}` is not `text` or `json`")));
+                return Err(ConfigError(format!(
+                    "LOG_FORMAT: `{other}` is not `text` or `json`"
+                )));
             }
         };
         Ok(Config {
@@ -135,7 +153,9 @@ pub fn list(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, Co
             .into_iter()
             .map(|v| match v {
                 serde_json::Value::String(s) => Ok(s),
-                _ => Err(ConfigError(format!("{name}: every item of the JSON list must be a string"))),
+                _ => Err(ConfigError(format!(
+                    "{name}: every item of the JSON list must be a string"
+                ))),
             })
             .collect::<Result<_, _>>()?
     } else {
@@ -143,10 +163,18 @@ pub fn list(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, Co
     };
     let items: Vec<String> = items
         .iter()
-        .map(|s| s.trim().trim_matches(|c| c == '"' || c == '\'').trim().to_owned())
+        .map(|s| {
+            s.trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .trim()
+                .to_owned()
+        })
         .collect();
     if let Some(pos) = items.iter().position(String::is_empty) {
-        return Err(ConfigError(format!("{name}: item {} of the list is empty", pos + 1)));
+        return Err(ConfigError(format!(
+            "{name}: item {} of the list is empty",
+            pos + 1
+        )));
     }
     Ok(items)
 }
@@ -156,7 +184,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -170,14 +201,24 @@ mod tests {
 
     #[test]
     fn lists_in_both_styles() {
-        let c = Config::from_map(&env(&[("GEMINI_API_KEYS", " a , 'b',\"c\" "), ("ALLOWED_TOKENS", r#"["x", " y "]"#)])).unwrap();
+        let c = Config::from_map(&env(&[
+            ("GEMINI_API_KEYS", " a , 'b',\"c\" "),
+            ("ALLOWED_TOKENS", r#"["x", " y "]"#),
+        ]))
+        .unwrap();
         assert_eq!(c.gemini_api_keys, ["a", "b", "c"]);
         assert_eq!(c.allowed_tokens, ["x", "y"]);
     }
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (k, v) in [("GEMINI_API_KEYS", "a,,b"), ("ALLOWED_TOKENS", "[\"a\""), ("MAX_BODY_BYTES", "ten"), ("LISTEN_ADDR", "nowhere"), ("UPSTREAM_URL", "ftp://x")] {
+        for (k, v) in [
+            ("GEMINI_API_KEYS", "a,,b"),
+            ("ALLOWED_TOKENS", "[\"a\""),
+            ("MAX_BODY_BYTES", "ten"),
+            ("LISTEN_ADDR", "nowhere"),
+            ("UPSTREAM_URL", "ftp://x"),
+        ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");
         }

@@ -5,6 +5,8 @@
 //! With no `GEMINI_API_KEYS` it starts in demo mode against the built-in fake Gemini; with no
 //! `ALLOWED_TOKENS` it mints a client token and prints a ready curl line.
 
+#![allow(unreachable_pub)]
+
 mod app;
 mod config;
 
@@ -37,7 +39,10 @@ async fn main() -> ExitCode {
     let listener = match TcpListener::bind(app.config.listen_addr).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("full_proxy: cannot listen on {}: {e}", app.config.listen_addr);
+            eprintln!(
+                "full_proxy: cannot listen on {}: {e}",
+                app.config.listen_addr
+            );
             return ExitCode::from(1);
         }
     };
@@ -48,7 +53,11 @@ async fn main() -> ExitCode {
 
 fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -59,11 +68,15 @@ fn print_banner(app: &App, addr: std::net::SocketAddr) {
     let base = format!("http://{addr}");
     if app.demo.is_some() {
         eprintln!();
-        eprintln!("================================================================================");
+        eprintln!(
+            "================================================================================"
+        );
         eprintln!("  DEMO MODE: GEMINI_API_KEYS is not set.");
         eprintln!("  Answers come from the built-in FakeGemini, NOT from Google.");
         eprintln!("  Set GEMINI_API_KEYS=key1,key2 to proxy the real Gemini API.");
-        eprintln!("================================================================================");
+        eprintln!(
+            "================================================================================"
+        );
     }
     if let Some(t) = &app.minted_token {
         eprintln!();
@@ -88,13 +101,17 @@ async fn serve(listener: TcpListener, app: App) -> ExitCode {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!(grace_seconds = grace.as_secs(), "shutting down: finishing in-flight requests");
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: finishing in-flight requests"
+        );
         let _ = stop_tx.send(true);
     });
     let mut graceful_rx = stop_rx.clone();
     let server = axum::serve(
         listener,
-        app.router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app.router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|stop| *stop).await;

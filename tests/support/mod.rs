@@ -1,0 +1,92 @@
+//! Shared test support: tracing, and full_proxy's app served on a loopback port.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+#[path = "../../examples/full_proxy/app.rs"]
+pub mod app;
+#[path = "../../examples/full_proxy/config.rs"]
+pub mod config;
+
+pub use app::App;
+pub use config::Config;
+
+/// Installs a test-writer tracing subscriber once (logs show with `--nocapture`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_test_writer()
+        .try_init();
+}
+
+/// A full_proxy serving on `127.0.0.1:0` until dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub app_config: Config,
+    pub token: String,
+    pub admin_token: String,
+    task: tokio::task::JoinHandle<()>,
+    pub demo: Option<tower_gemini::testing::FakeGemini>,
+}
+
+impl Proxy {
+    /// Starts full_proxy with these variables (plus a client and an admin token).
+    pub async fn start(vars: &[(&str, &str)]) -> Proxy {
+        init_tracing();
+        let mut env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.entry("ALLOWED_TOKENS".into())
+            .or_insert_with(|| "test-client-token-1".into());
+        env.entry("ADMIN_TOKEN".into())
+            .or_insert_with(|| "test-admin-token-1".into());
+        env.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
+        let config = Config::from_map(&env).expect("valid test config");
+        let token = config.allowed_tokens[0].clone();
+        let admin_token = config.admin_token.clone().unwrap_or_default();
+        let app = App::build(config.clone()).await.expect("app builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = app.router.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        Proxy {
+            addr,
+            app_config: config,
+            token,
+            admin_token,
+            task,
+            demo: app.demo,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A tiny HTTP client over loopback (hyper-util, HTTP/1.1).
+pub fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tower_gemini::Body,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
