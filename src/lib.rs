@@ -9,6 +9,7 @@ pub mod body;
 pub mod error;
 pub mod gemini;
 pub mod secret;
+pub mod sse;
 
 #[cfg(feature = "bearer-auth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bearer-auth")))]

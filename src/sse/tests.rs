@@ -1,0 +1,304 @@
+use super::*;
+use proptest::prelude::*;
+
+fn decode_all(chunks: &[&[u8]]) -> Vec<Event> {
+    let mut d = Decoder::new();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.push(Bytes::copy_from_slice(c));
+        while let Some(e) = d.next_event().unwrap() {
+            out.push(e);
+        }
+    }
+    d.finish();
+    while let Some(e) = d.next_event().unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+fn datas(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.data_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn several_events_in_one_frame_with_any_line_ending() {
+    let ev = decode_all(&[b"data: a\r\n\r\ndata: b\n\ndata: c\r\rdata:d\n\n"]);
+    assert_eq!(datas(&ev), ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn event_split_across_frames_even_inside_crlf() {
+    let ev = decode_all(&[b"da", b"ta: hel", b"lo\r", b"\n", b"\r", b"\n"]);
+    assert_eq!(datas(&ev), ["hello"]);
+}
+
+#[test]
+fn multi_line_data_comments_and_fields() {
+    let ev = decode_all(&[
+        b": keep-alive\nevent: update\nid: 7\nretry: 1500\ndata: one\ndata:two\nunknown: x\n\n",
+    ]);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].data, "one\ntwo");
+    assert_eq!(ev[0].event.as_deref(), Some("update"));
+    assert_eq!(ev[0].id.as_deref(), Some("7"));
+    assert_eq!(ev[0].retry, Some(1500));
+}
+
+#[test]
+fn last_event_without_blank_line_is_delivered_at_the_end() {
+    assert_eq!(
+        datas(&decode_all(&[b"data: x\n\ndata: last"])),
+        ["x", "last"]
+    );
+    assert_eq!(datas(&decode_all(&[b"data: last\r"])), ["last"]);
+}
+
+#[test]
+fn bom_and_events_without_data_are_skipped() {
+    assert_eq!(
+        datas(&decode_all(&[b"\xEF\xBB\xBFdata: a\n\nevent: x\n\n"])),
+        ["a"]
+    );
+}
+
+#[test]
+fn oversized_event_is_an_error_not_a_buffer() {
+    let mut d = Decoder::new().max_event_bytes(64);
+    d.push(Bytes::from(vec![b'a'; 100]));
+    assert!(matches!(
+        d.next_event(),
+        Err(SseError::TooLarge { limit: 64 })
+    ));
+    assert!(d.buffered() == 0);
+    let mut d = Decoder::new().max_event_bytes(64);
+    let mut err = None;
+    for _ in 0..20 {
+        d.push(Bytes::from_static(b"data: 0123456789\n"));
+        if let Err(e) = d.next_event() {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(err, Some(SseError::TooLarge { .. })));
+}
+
+#[test]
+fn single_line_data_is_zero_copy() {
+    let input = Bytes::from_static(b"data: {\"x\":1}\n\n");
+    let mut d = Decoder::new();
+    d.push(input.clone());
+    let ev = d.next_event().unwrap().unwrap();
+    let range = input.as_ptr() as usize..input.as_ptr() as usize + input.len();
+    assert!(range.contains(&(ev.data.as_ptr() as usize)));
+}
+
+#[test]
+fn encode_splits_lines_and_round_trips() {
+    assert_eq!(encode_data(b"a\nb", LineEnding::Lf), "data: a\ndata: b\n\n");
+    let ev = Event {
+        event: Some("e".into()),
+        data: Bytes::from_static(b"x\r\ny"),
+        id: Some("1".into()),
+        retry: Some(5),
+    };
+    let back = decode_all(&[&encode(&ev, LineEnding::CrLf)]);
+    assert_eq!(back[0].data, "x\ny");
+    assert_eq!(back[0].event.as_deref(), Some("e"));
+    assert_eq!(encode_comment("ping", LineEnding::CrLf), ": ping\r\n");
+}
+
+#[tokio::test]
+async fn sse_stream_decodes_a_body_frame_by_frame() {
+    use futures_util_lite::collect;
+    let body = crate::body::Body::from("data: 1\r\n\r\ndata: 2\r\n\r\n");
+    let events = collect(SseStream::new(body)).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].as_ref().unwrap().data, "2");
+}
+
+mod futures_util_lite {
+    use std::future::poll_fn;
+    use std::pin::pin;
+
+    pub(super) async fn collect<S: futures_core::Stream>(s: S) -> Vec<S::Item> {
+        let mut s = pin!(s);
+        let mut out = Vec::new();
+        while let Some(item) = poll_fn(|cx| s.as_mut().poll_next(cx)).await {
+            out.push(item);
+        }
+        out
+    }
+}
+
+// === JSON array ===
+
+fn elements(chunks: &[&[u8]]) -> Result<Vec<String>, SseError> {
+    let mut d = JsonArrayDecoder::new();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.push(Bytes::copy_from_slice(c));
+        while let Some(e) = d.next_element()? {
+            out.push(String::from_utf8(e.to_vec()).unwrap());
+        }
+    }
+    d.finish();
+    while let Some(e) = d.next_element()? {
+        out.push(String::from_utf8(e.to_vec()).unwrap());
+    }
+    Ok(out)
+}
+
+#[test]
+fn json_array_elements_are_yielded_as_they_complete() {
+    let els = elements(&[
+        b"[{\"a\":\"}{\\\"\"}",
+        b",\r\n{\"b\":[1,{\"c\":2}]}",
+        b"\r\n]",
+    ])
+    .unwrap();
+    assert_eq!(els, [r#"{"a":"}{\""}"#, r#"{"b":[1,{"c":2}]}"#]);
+    let mut d = JsonArrayDecoder::new();
+    d.push(Bytes::from_static(b"[{\"a\":1}"));
+    assert!(
+        d.next_element().unwrap().is_some(),
+        "no need to wait for the comma"
+    );
+}
+
+#[test]
+fn json_array_rejects_bad_framing() {
+    assert!(elements(&[b"{\"a\":1}"]).is_err());
+    assert!(elements(&[b"[1]"]).is_err());
+    assert!(elements(&[b"[{\"a\":1}]x"]).is_err());
+    assert!(elements(&[b"[{\"a\":1"]).is_err());
+    let mut d = JsonArrayDecoder::new().max_element_bytes(8);
+    d.push(Bytes::from_static(b"[{\"aaaaaaaaaaaaa\":1}]"));
+    assert!(matches!(d.next_element(), Err(SseError::TooLarge { .. })));
+}
+
+#[test]
+fn json_array_encoder_matches_gemini() {
+    let mut e = JsonArrayEncoder::new();
+    let mut out = Vec::new();
+    out.extend_from_slice(&e.element(b"{\"a\":1}"));
+    out.extend_from_slice(&e.element(b"{\"b\":2}"));
+    out.extend_from_slice(&e.close());
+    assert_eq!(out, b"[{\"a\":1},\r\n{\"b\":2}]");
+    assert_eq!(JsonArrayEncoder::new().close(), "[]");
+}
+
+// === Properties ===
+
+fn splits(len: usize) -> impl Strategy<Value = Vec<usize>> {
+    proptest::collection::vec(0..=len, 0..8).prop_map(|mut v| {
+        v.sort_unstable();
+        v
+    })
+}
+
+fn split_at<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &c in cuts {
+        out.push(&input[prev..c]);
+        prev = c;
+    }
+    out.push(&input[prev..]);
+    out
+}
+
+fn event_strategy() -> impl Strategy<Value = Event> {
+    (
+        proptest::option::of("[a-z]{1,8}"),
+        "[ -~]{0,40}(\n[ -~]{0,20}){0,2}",
+        proptest::option::of("[0-9]{1,4}"),
+    )
+        .prop_map(|(event, data, id)| Event {
+            event,
+            data: Bytes::from(data),
+            id,
+            retry: None,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_split_of_an_encoded_stream_decodes_the_same(
+        events in proptest::collection::vec(event_strategy(), 1..6),
+        crlf in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let le = if crlf { LineEnding::CrLf } else { LineEnding::Lf };
+        let mut input = Vec::new();
+        for e in &events {
+            input.extend_from_slice(&encode(e, le));
+        }
+        let whole = decode_all(&[&input]);
+        // Cuts derived from the seed, anywhere in the input.
+        let mut cuts: Vec<usize> = (0..6).map(|i| ((seed >> (i * 10)) as usize) % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let parts = decode_all(&split_at(&input, &cuts));
+        prop_assert_eq!(&whole, &parts);
+        prop_assert_eq!(whole.len(), events.len());
+        for (a, b) in whole.iter().zip(&events) {
+            prop_assert_eq!(&a.data, &b.data);
+            prop_assert_eq!(&a.event, &b.event);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_bounded(
+        input in proptest::collection::vec(any::<u8>(), 0..2048),
+        cuts in splits(2048),
+    ) {
+        let cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+        let mut d = Decoder::new().max_event_bytes(256);
+        for part in split_at(&input, &cuts) {
+            d.push(Bytes::copy_from_slice(part));
+            loop {
+                match d.next_event() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => { d = Decoder::new().max_event_bytes(256); break; }
+                }
+                prop_assert!(d.buffered() <= 256 + 2048);
+            }
+            prop_assert!(d.buffered() <= 256 + part.len() + 1);
+        }
+        d.finish();
+        while let Ok(Some(_)) = d.next_event() {}
+        let mut j = JsonArrayDecoder::new().max_element_bytes(256);
+        for part in split_at(&input, &cuts) {
+            j.push(Bytes::copy_from_slice(part));
+            while let Ok(Some(_)) = j.next_element() {}
+        }
+        j.finish();
+        while let Ok(Some(_)) = j.next_element() {}
+    }
+
+    #[test]
+    fn json_array_any_split_yields_the_elements(
+        values in proptest::collection::vec(
+            proptest::collection::btree_map("[a-z{}\\[\\]\"\\\\ ,]{1,6}", "[ -~]{0,12}", 0..4), 1..5),
+        seed in any::<u64>(),
+    ) {
+        let mut enc = JsonArrayEncoder::new();
+        let mut input = Vec::new();
+        let jsons: Vec<serde_json::Value> = values.iter().map(|m| serde_json::to_value(m).unwrap()).collect();
+        for v in &jsons {
+            input.extend_from_slice(&enc.element(serde_json::to_string(v).unwrap().as_bytes()));
+        }
+        input.extend_from_slice(&enc.close());
+        let mut cuts: Vec<usize> = (0..6).map(|i| ((seed >> (i * 10)) as usize) % (input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let got = elements(&split_at(&input, &cuts)).unwrap();
+        let parsed: Vec<serde_json::Value> = got.iter().map(|s| serde_json::from_str(s).unwrap()).collect();
+        prop_assert_eq!(parsed, jsons);
+    }
+}
