@@ -24,6 +24,9 @@ pub mod gateway;
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
 
+#[cfg(feature = "stream-resume")]
+#[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]
+pub mod stream_resume;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -102,7 +102,8 @@ pub enum Fault {
     BlockPrompt(String),
     /// A candidate with `STOP` and no parts.
     Empty,
-    /// A continuation that first repeats the last `k` characters already answered.
+    /// A continuation that first repeats the last `k` characters already answered (widened
+    /// to whole words).
     RepeatTail(usize),
     /// 200 with a body that is not JSON.
     Garbage,
@@ -374,16 +375,22 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let mut stop = stop.clone();
+        // Faults that cut the connection notify this; dropping the connection closes the socket
+        // after the bytes already written (a body error would make hyper discard unflushed ones).
+        let kill = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(async move {
+            let k = kill.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
+                let kill = k.clone();
+                async move { Ok::<_, Infallible>(handle(state, req, kill).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
+                _ = kill.notified() => {}
             }
         });
     }
@@ -398,7 +405,11 @@ fn key_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    kill: Arc<tokio::sync::Notify>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match collect_limited(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -469,11 +480,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             };
             match m {
                 GMethod::GenerateContent => {
-                    generate(&state, &path.model, &request, Mode::Unary).await
+                    generate(&state, &path.model, &request, Mode::Unary, kill).await
                 }
                 GMethod::StreamGenerateContent => {
                     let mode = if sse { Mode::Sse } else { Mode::JsonArray };
-                    generate(&state, &path.model, &request, mode).await
+                    generate(&state, &path.model, &request, mode, kill).await
                 }
                 GMethod::CountTokens => json_response(
                     200,
@@ -782,12 +793,20 @@ fn plan(req: &Value, fault: Option<&Fault>) -> Plan {
             if let Some(at) = seam {
                 let mut rest = full[at..].to_owned();
                 if let Some(Fault::RepeatTail(k)) = fault {
-                    let tail_start = answered
+                    // Models repeat whole words: the last `k` characters, widened back to the
+                    // start of their first word.
+                    let mut start = answered
                         .char_indices()
                         .rev()
                         .nth(k.saturating_sub(1))
                         .map_or(0, |(i, _)| i);
-                    rest = format!("{}{rest}", &answered[tail_start..]);
+                    while start > 0 && !answered[..start].ends_with(char::is_whitespace) {
+                        start = answered[..start]
+                            .char_indices()
+                            .next_back()
+                            .map_or(0, |(i, _)| i);
+                    }
+                    rest = format!("{}{rest}", &answered[start..]);
                 }
                 text = rest;
             }
@@ -886,7 +905,13 @@ enum Step {
     Break,
 }
 
-async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Response<Body> {
+async fn generate(
+    state: &State,
+    model: &str,
+    req: &Value,
+    mode: Mode,
+    kill: Arc<tokio::sync::Notify>,
+) -> Response<Body> {
     let fault = lock(&state.faults).pop_front();
     match &fault {
         Some(Fault::HttpError { status, message }) => return error(*status, message),
@@ -917,12 +942,12 @@ async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Respon
             "usageMetadata": { "promptTokenCount": plan.prompt_tokens, "totalTokenCount": plan.prompt_tokens },
             "modelVersion": model, "responseId": id,
         });
-        return emit(state, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
     }
     if let Some(Fault::Empty) = &fault {
         let mut body = chunk_json(model, &id, vec![], Some("STOP"), Some(usage(&plan, "")));
         body["candidates"][0]["content"] = json!({ "role": "model" });
-        return emit(state, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
     }
 
     let mut steps = Vec::new();
@@ -960,7 +985,7 @@ async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Respon
                 Some(usage(&plan, "")),
             )));
         }
-        return emit(state, mode, steps).await;
+        return emit(state, &kill, mode, steps).await;
     }
 
     let pieces = passage::chunks(&plan.text, state.chunk_words);
@@ -977,9 +1002,15 @@ async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Respon
         parts.push(json!({ "text": text }));
         let body = chunk_json(model, &id, parts, Some(finish), Some(usage(&plan, &text)));
         if let Some(Fault::DropAfter(_)) = &fault {
-            return emit(state, Mode::Unary, vec![Step::Chunk(body), Step::Break]).await;
+            return emit(
+                state,
+                &kill,
+                Mode::Unary,
+                vec![Step::Chunk(body), Step::Break],
+            )
+            .await;
         }
-        return emit(state, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
     }
 
     for t in thought_parts {
@@ -991,12 +1022,14 @@ async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Respon
         match &fault {
             Some(Fault::DropAfter(k)) if i == *k => {
                 steps.push(Step::Break);
-                return emit(state, mode, steps).await;
+                return emit(state, &kill, mode, steps).await;
             }
-            Some(Fault::EndWithoutFinish(k)) if i == *k => return emit(state, mode, steps).await,
+            Some(Fault::EndWithoutFinish(k)) if i == *k => {
+                return emit(state, &kill, mode, steps).await;
+            }
             Some(Fault::ErrorEventAfter(k)) if i == *k => {
                 steps.push(Step::Chunk(json!({"error": {"code": 500, "message": "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting", "status": "INTERNAL"}})));
-                return emit(state, mode, steps).await;
+                return emit(state, &kill, mode, steps).await;
             }
             Some(Fault::StallAfter { chunks, pause }) if i == *chunks => {
                 steps.push(Step::Sleep(*pause))
@@ -1032,14 +1065,20 @@ async fn generate(state: &State, model: &str, req: &Value, mode: Mode) -> Respon
         }
         _ => {}
     }
-    emit(state, mode, steps).await
+    emit(state, &kill, mode, steps).await
 }
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
 
 /// Sends steps as a unary JSON body, SSE events or a streamed JSON array.
-async fn emit(state: &State, mode: Mode, steps: Vec<Step>) -> Response<Body> {
+async fn emit(
+    state: &State,
+    kill: &Arc<tokio::sync::Notify>,
+    mode: Mode,
+    steps: Vec<Step>,
+) -> Response<Body> {
     let delay = *lock(&state.chunk_delay);
+    let kill = kill.clone();
     let (tx, rx) = mpsc::channel::<FrameResult>(4);
     tokio::spawn(async move {
         let mut first = true;
@@ -1078,9 +1117,14 @@ async fn emit(state: &State, mode: Mode, steps: Vec<Step>) -> Response<Body> {
                     tokio::time::sleep(d).await;
                 }
                 Step::Break => {
-                    let _ = tx
-                        .send(Err("fake upstream dropped the connection".into()))
-                        .await;
+                    // Let the server write what was sent (a real cut happens after the bytes
+                    // left), then drop the connection without a clean end of the body.
+                    while tx.capacity() < tx.max_capacity() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    kill.notify_one();
+                    tx.closed().await;
                     return;
                 }
             }
