@@ -4,6 +4,9 @@
 pub mod body;
 pub mod error;
 pub mod gemini;
+#[cfg(feature = "key-rotation")]
+#[cfg_attr(docsrs, doc(cfg(feature = "key-rotation")))]
+pub mod key_rotation;
 pub mod secret;
 
 pub use body::{Body, BoxError};
