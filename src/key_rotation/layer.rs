@@ -232,7 +232,7 @@ impl Attempts {
         let budget = if body.as_bytes().is_some() {
             self.config
                 .max_attempts
-                .unwrap_or_else(|| self.pool.usable_count().clamp(1, MAX_DEFAULT_ATTEMPTS))
+                .unwrap_or_else(|| self.pool.usable_up_to(MAX_DEFAULT_ATTEMPTS).max(1))
         } else {
             1
         };
@@ -348,7 +348,7 @@ impl Attempts {
                         .await;
                     tried.push(lease.id().clone());
                     drop(lease);
-                    let answer = crate::Error::api_error_of(&*e);
+                    let answer = transport_answer(&*e);
                     last = Some(answer.into_response(self.dialect));
                     last_transient = true;
                     if attempt < budget {
@@ -429,6 +429,24 @@ impl Attempts {
             .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         Response::from_parts(parts, Body::from(bytes))
     }
+}
+
+/// The answer for a transport error: 504 for a timeout anywhere in its source chain, else 502.
+fn transport_answer(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let timed_out = e
+            .downcast_ref::<crate::Error>()
+            .is_some_and(crate::Error::is_timeout)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.to_string().contains("timed out");
+        if timed_out {
+            return ApiError::gateway_timeout("the upstream did not answer in time");
+        }
+        next = e.source();
+    }
+    crate::Error::api_error_of(err)
 }
 
 /// A short, secret-free description of an upstream error for the key's state.
@@ -548,8 +566,26 @@ impl<E> fmt::Debug for ResponseFuture<E> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_answer_504_other_transport_errors_502() {
+        let timeout = crate::Error::timeout();
+        assert_eq!(
+            transport_answer(&timeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        let wrapped = crate::Error::upstream(io);
+        assert_eq!(
+            transport_answer(&wrapped).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(transport_answer(&refused).status(), StatusCode::BAD_GATEWAY);
+    }
 
     #[test]
     fn removes_only_the_key_param() {

@@ -65,7 +65,7 @@
 //!
 //! # Several instances
 //! Cool-downs and disabled flags can be shared through a [`KeyStateStore`]: [`MemoryStore`]
-//! in one process, [`RedisStore`] (feature `redis`) across processes. Without a store each
+//! in one process, `RedisStore` (feature `redis`) across processes. Without a store each
 //! pool keeps its state to itself.
 //!
 //! [`Body::as_bytes`]: crate::Body::as_bytes
@@ -87,4 +87,5 @@ pub use store::{KeyStateStore, MemoryStore, SharedKeyState, StoreFuture};
 pub use strategy::{Candidates, LeastUsed, Random, RoundRobin, SelectKey, Strategy, Weighted};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

@@ -311,6 +311,16 @@ impl KeyPool {
             .count()
     }
 
+    /// The number of keys not disabled, counting no further than `cap` (cheap for big pools).
+    pub(crate) fn usable_up_to(&self, cap: usize) -> usize {
+        self.list()
+            .entries
+            .iter()
+            .filter(|e| e.clean.load(Ordering::Acquire) || e.health().disabled.is_none())
+            .take(cap)
+            .count()
+    }
+
     /// The number of keys that could serve `model` right now.
     pub fn usable_count_for(&self, model: &str) -> usize {
         let now = Instant::now();
@@ -485,6 +495,13 @@ impl KeyPool {
             }
             _ => Pick::Unavailable(self.why_unavailable(&list, model, now, tried)),
         }
+    }
+
+    /// Picks a key for `model` and releases it at once: the selection cost alone, for the
+    /// crate's benches. Not part of the stable API.
+    #[doc(hidden)]
+    pub fn __bench_pick(self: &Arc<Self>, model: &str) -> bool {
+        matches!(self.pick(model, &[]), Pick::Key(_))
     }
 
     fn lease(self: &Arc<Self>, entry: Arc<KeyEntry>, probe: bool, now: Instant) -> Lease {
@@ -1050,7 +1067,7 @@ impl KeyPoolBuilder {
     }
 
     /// Shares cool-downs and disabled flags through a store ([`MemoryStore`](super::MemoryStore)
-    /// for pools in one process, [`RedisStore`](super::RedisStore) across processes).
+    /// for pools in one process, `RedisStore` across processes).
     /// Default: none, the state stays in this pool's memory.
     pub fn store(mut self, store: Arc<dyn KeyStateStore>) -> Self {
         self.store = Some(store);

@@ -56,6 +56,18 @@ impl RedisStore {
         self
     }
 
+    /// Deletes everything under the prefix (tests).
+    #[cfg(test)]
+    pub(crate) async fn clear(&self) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.cooling_key())
+            .arg(self.disabled_key())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(Error::redis)
+    }
+
     fn cooling_key(&self) -> String {
         format!("{}:cooling", self.prefix)
     }

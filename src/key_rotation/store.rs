@@ -30,7 +30,7 @@ pub struct SharedKeyState {
 }
 
 /// Where a key pool shares cool-downs and disabled flags with other pools (other instances of
-/// the proxy, with [`RedisStore`](super::RedisStore)).
+/// the proxy, with `RedisStore`).
 ///
 /// Calls are made off the key-picking path: on state changes and on periodic syncs. A store
 /// error is logged and ignored (the pool keeps working on its local state).

@@ -265,6 +265,7 @@ pub(crate) fn random_fraction() -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
