@@ -599,7 +599,8 @@ impl KeyPool {
             if error.is_some() {
                 h.last_error = error;
             }
-            let was_probe = std::mem::take(&mut h.probing) && lease.probe;
+            // Only the probe's own lease ends the probe.
+            let was_probe = lease.probe && std::mem::take(&mut h.probing);
             match outcome {
                 Outcome::Success => {
                     h.failures = 0;
