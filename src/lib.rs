@@ -8,6 +8,9 @@ pub mod access_log;
 pub mod body;
 pub mod error;
 pub mod gemini;
+#[cfg(feature = "key-rotation")]
+#[cfg_attr(docsrs, doc(cfg(feature = "key-rotation")))]
+pub mod key_rotation;
 pub mod secret;
 pub mod sse;
 

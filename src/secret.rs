@@ -53,6 +53,24 @@ impl ApiKey {
     }
 }
 
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> Self {
+        ApiKey::new(key)
+    }
+}
+
+impl From<String> for ApiKey {
+    fn from(key: String) -> Self {
+        ApiKey::new(key)
+    }
+}
+
+impl From<&String> for ApiKey {
+    fn from(key: &String) -> Self {
+        ApiKey::new(key)
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKey({})", self.masked())

@@ -1,0 +1,608 @@
+//! The `KeyRotationLayer`, its service and response future.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::{Frame, SizeHint};
+use tower::{Layer, Service, ServiceExt};
+use tracing::{Instrument, field};
+
+use super::classify::{ErrorDetails, Outcome};
+use super::pool::{KeyId, KeyPool, Lease, Pick};
+use crate::body::{Body, BoxError, collect_limited};
+use crate::error::{ApiError, Dialect};
+use crate::gemini::{GeminiPath, strip_models_prefix};
+use crate::secret::{ApiKey, scrub_known};
+
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+const MAX_DEFAULT_ATTEMPTS: usize = 5;
+static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+#[derive(Clone, Copy, Debug)]
+struct Config {
+    max_attempts: Option<usize>,
+    retry_backoff: Duration,
+    max_error_body: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_attempts: None,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            max_error_body: DEFAULT_MAX_ERROR_BODY,
+        }
+    }
+}
+
+// === impl KeyRotationLayer ===
+
+/// Sets the upstream API key on each request from a [`KeyPool`], and retries on another key
+/// when the upstream blames the key (quota, invalid key) or fails on its side.
+#[derive(Clone, Debug)]
+pub struct KeyRotationLayer {
+    pool: Arc<KeyPool>,
+    config: Config,
+}
+
+impl KeyRotationLayer {
+    /// A layer drawing keys from `pool`.
+    pub fn new(pool: Arc<KeyPool>) -> Self {
+        Self {
+            pool,
+            config: Config::default(),
+        }
+    }
+
+    /// A layer over a new round-robin pool of `keys` with default settings.
+    pub fn round_robin<I, K>(keys: I) -> Result<Self, crate::Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<ApiKey>,
+    {
+        Ok(Self::new(KeyPool::new(keys)?))
+    }
+
+    /// Upstream attempts per request, at least 1. Default: the number of usable keys, at most 5.
+    /// A request whose body is not buffered gets one attempt whatever this says.
+    pub fn max_attempts(mut self, n: usize) -> Self {
+        self.config.max_attempts = Some(n.max(1));
+        self
+    }
+
+    /// First pause before retrying after a 5xx or a transport error (doubling on each further
+    /// retry). Quota and key failures are retried at once. Default: 100 ms.
+    pub fn retry_backoff(mut self, backoff: Duration) -> Self {
+        self.config.retry_backoff = backoff;
+        self
+    }
+
+    /// The most bytes of an upstream error body read to classify and scrub it. Larger error
+    /// bodies are replaced by a short error of the same status. Default: 64 KiB.
+    pub fn max_error_body(mut self, bytes: usize) -> Self {
+        self.config.max_error_body = bytes;
+        self
+    }
+
+    /// The pool (for `/health`, admin routes and snapshots).
+    pub fn pool(&self) -> &Arc<KeyPool> {
+        &self.pool
+    }
+}
+
+impl<S> Layer<S> for KeyRotationLayer {
+    type Service = KeyRotation<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyRotation {
+            inner,
+            pool: self.pool.clone(),
+            config: self.config,
+        }
+    }
+}
+
+// === impl KeyRotation ===
+
+/// The service made by [`KeyRotationLayer`].
+#[derive(Clone, Debug)]
+pub struct KeyRotation<S> {
+    inner: S,
+    pool: Arc<KeyPool>,
+    config: Config,
+}
+
+impl<S> KeyRotation<S> {
+    /// Wraps `inner` with keys from `pool` and default settings.
+    pub fn new(inner: S, pool: Arc<KeyPool>) -> Self {
+        KeyRotationLayer::new(pool).layer(inner)
+    }
+
+    /// A layer drawing keys from `pool`.
+    pub fn layer(pool: Arc<KeyPool>) -> KeyRotationLayer {
+        KeyRotationLayer::new(pool)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<KeyPool> {
+        &self.pool
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the service, returning the inner one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for KeyRotation<S>
+where
+    S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready inner service goes into the future; this one keeps a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let model = model_of(&req);
+        let dialect = Dialect::of(&req);
+        let span = tracing::info_span!(
+            "key_rotation",
+            gemini.model = %model,
+            attempt = field::Empty,
+            key.id = field::Empty,
+            status = field::Empty,
+        );
+        let (parts, body) = req.into_parts();
+        let attempt = Attempts {
+            pool: self.pool.clone(),
+            config: self.config,
+            parts,
+            model,
+            dialect,
+        };
+        ResponseFuture {
+            inner: Box::pin(attempt.run(inner, Body::new(body)).instrument(span)),
+        }
+    }
+}
+
+/// The model a request is for: from a parsed [`GeminiPath`] extension, else the path; empty
+/// for routes without a model.
+fn model_of<B>(req: &Request<B>) -> String {
+    if let Some(p) = req.extensions().get::<GeminiPath>() {
+        return strip_models_prefix(&p.model).to_owned();
+    }
+    GeminiPath::parse(req.uri().path())
+        .map(|p| p.model)
+        .unwrap_or_default()
+}
+
+/// One request's way through the keys.
+struct Attempts {
+    pool: Arc<KeyPool>,
+    config: Config,
+    parts: Parts,
+    model: String,
+    dialect: Dialect,
+}
+
+impl Attempts {
+    async fn run<S, ResB>(mut self, mut inner: S, body: Body) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+        ResB: http_body::Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        strip_client_credentials(&mut self.parts);
+        self.pool.maybe_sync().await;
+        let budget = if body.as_bytes().is_some() {
+            self.config
+                .max_attempts
+                .unwrap_or_else(|| self.pool.usable_up_to(MAX_DEFAULT_ATTEMPTS).max(1))
+        } else {
+            1
+        };
+        let span = tracing::Span::current();
+        let mut body = Some(body);
+        let mut tried: Vec<KeyId> = Vec::new();
+        let mut last: Option<Response<Body>> = None;
+        let mut last_transient = false;
+        let mut inner_ready = true;
+
+        for attempt in 1..=budget {
+            let mut lease = match self.pick(&tried, last_transient) {
+                Ok(lease) => lease,
+                Err(why) => {
+                    if let Some(res) = last {
+                        return Ok(res);
+                    }
+                    tracing::debug!(reason = ?why, "no key can serve this request");
+                    return Ok(why.to_api_error(&self.model).into_response(self.dialect));
+                }
+            };
+            span.record("attempt", attempt);
+            span.record("key.id", lease.id().as_str());
+
+            let req_body = if attempt == budget {
+                body.take()
+            } else {
+                body.as_ref().and_then(Body::try_clone)
+            };
+            let Some(req) = self.request(req_body.unwrap_or_default(), lease.key()) else {
+                // A key that cannot be sent in a header: count it, try another.
+                let outcome = Outcome::KeyFailure {
+                    reason: "key is not a valid header value".to_owned(),
+                };
+                self.pool
+                    .report(&mut lease, &self.model, &outcome, None)
+                    .await;
+                tried.push(lease.id().clone());
+                continue;
+            };
+
+            if !inner_ready {
+                ServiceExt::<Request<Body>>::ready(&mut inner).await?;
+            }
+            inner_ready = false;
+
+            match inner.call(req).await {
+                Ok(res) => {
+                    let (parts, res_body) = res.into_parts();
+                    let status = parts.status;
+                    span.record("status", status.as_u16());
+                    if status.as_u16() < 400 {
+                        let outcome = if status.is_success() {
+                            Outcome::Success
+                        } else {
+                            Outcome::Final
+                        };
+                        self.pool
+                            .report(&mut lease, &self.model, &outcome, None)
+                            .await;
+                        let body = hold_lease(Body::new(res_body), lease);
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                    let bytes = collect_limited(res_body, self.config.max_error_body)
+                        .await
+                        .ok();
+                    let details = bytes
+                        .as_deref()
+                        .map(ErrorDetails::parse)
+                        .unwrap_or_default();
+                    let outcome = Outcome::classify(status, &details);
+                    let error = (outcome != Outcome::Final).then(|| short_error(status, &details));
+                    self.pool
+                        .report(&mut lease, &self.model, &outcome, error)
+                        .await;
+                    let key = lease.key().clone();
+                    tried.push(lease.id().clone());
+                    drop(lease);
+                    let res = self.relay_error(parts, bytes, &key);
+                    match outcome {
+                        Outcome::Exhausted { .. } | Outcome::KeyFailure { .. } => {
+                            last_transient = false;
+                        }
+                        Outcome::Transient => {
+                            tracing::debug!(
+                                status = status.as_u16(),
+                                "upstream failed on its side, retrying"
+                            );
+                            last_transient = true;
+                            if attempt < budget {
+                                tokio::time::sleep(self.backoff(attempt)).await;
+                            }
+                        }
+                        Outcome::Success | Outcome::Final => return Ok(res),
+                    }
+                    last = Some(res);
+                }
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    let key = lease.key().clone();
+                    tracing::debug!(
+                        error = %scrub_known(&e.to_string(), &[key.expose()]),
+                        "upstream transport error, retrying"
+                    );
+                    let outcome = Outcome::Transient;
+                    self.pool
+                        .report(
+                            &mut lease,
+                            &self.model,
+                            &outcome,
+                            Some("transport error".into()),
+                        )
+                        .await;
+                    tried.push(lease.id().clone());
+                    drop(lease);
+                    let answer = transport_answer(&*e);
+                    last = Some(answer.into_response(self.dialect));
+                    last_transient = true;
+                    if attempt < budget {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                    }
+                }
+            }
+        }
+        Ok(last.unwrap_or_else(|| {
+            ApiError::service_unavailable("no upstream API key could serve the request")
+                .into_response(self.dialect)
+        }))
+    }
+
+    /// Picks an untried key; after a transient failure a tried key may serve again.
+    fn pick(
+        &self,
+        tried: &[KeyId],
+        last_transient: bool,
+    ) -> Result<Lease, super::pool::Unavailable> {
+        match self.pool.pick(&self.model, tried) {
+            Pick::Key(lease) => Ok(lease),
+            Pick::Unavailable(why) if last_transient => match self.pool.pick(&self.model, &[]) {
+                Pick::Key(lease) => Ok(lease),
+                Pick::Unavailable(_) => Err(why),
+            },
+            Pick::Unavailable(why) => Err(why),
+        }
+    }
+
+    fn request(&self, body: Body, key: &ApiKey) -> Option<Request<Body>> {
+        let mut value = HeaderValue::from_str(key.expose()).ok()?;
+        value.set_sensitive(true);
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.extensions_mut() = self.parts.extensions.clone();
+        req.headers_mut().insert(X_GOOG_API_KEY.clone(), value);
+        Some(req)
+    }
+
+    fn backoff(&self, attempt: usize) -> Duration {
+        let exp = (attempt.saturating_sub(1)).min(4) as u32;
+        self.config.retry_backoff.saturating_mul(1 << exp)
+    }
+
+    /// The upstream error as relayed to the client: the body scrubbed of every key.
+    fn relay_error(
+        &self,
+        mut parts: http::response::Parts,
+        body: Option<Bytes>,
+        used: &ApiKey,
+    ) -> Response<Body> {
+        let Some(bytes) = body else {
+            return ApiError::new(
+                parts.status,
+                "the upstream answered with an error that could not be relayed",
+            )
+            .into_response(self.dialect);
+        };
+        let list = self.pool.secrets();
+        let mut secrets: Vec<&str> = list.entries.iter().map(|e| e.key.expose()).collect();
+        secrets.push(used.expose());
+        let scrubbed = {
+            let text = String::from_utf8_lossy(&bytes);
+            match scrub_known(&text, &secrets) {
+                Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => None,
+                clean => Some(clean.into_owned()),
+            }
+        };
+        let bytes = scrubbed.map_or(bytes, Bytes::from);
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.headers.remove(TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Response::from_parts(parts, Body::from(bytes))
+    }
+}
+
+/// The answer for a transport error: 504 for a timeout anywhere in its source chain, else 502.
+fn transport_answer(err: &(dyn std::error::Error + 'static)) -> ApiError {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let timed_out = e
+            .downcast_ref::<crate::Error>()
+            .is_some_and(crate::Error::is_timeout)
+            || e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.to_string().contains("timed out");
+        if timed_out {
+            return ApiError::gateway_timeout("the upstream did not answer in time");
+        }
+        next = e.source();
+    }
+    crate::Error::api_error_of(err)
+}
+
+/// A short, secret-free description of an upstream error for the key's state.
+fn short_error(status: StatusCode, details: &ErrorDetails) -> String {
+    let name = details
+        .reason
+        .as_deref()
+        .or(details.status.as_deref())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or(""));
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ' ' | '.'))
+        .take(64)
+        .collect();
+    format!("{} {name}", status.as_u16())
+}
+
+/// Removes every client credential: `authorization`, `x-goog-api-key` and `?key=`.
+fn strip_client_credentials(parts: &mut Parts) {
+    parts.headers.remove(AUTHORIZATION);
+    parts.headers.remove(&X_GOOG_API_KEY);
+    if let Some(uri) = without_key_param(&parts.uri) {
+        parts.uri = uri;
+    }
+}
+
+fn is_key_param(pair: &str) -> bool {
+    pair.split('=').next() == Some("key")
+}
+
+/// The URI without its `key` query parameters, or `None` when it has none.
+fn without_key_param(uri: &Uri) -> Option<Uri> {
+    let query = uri.query()?;
+    if !query.split('&').any(is_key_param) {
+        return None;
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_key_param(p))
+        .collect();
+    let path = uri.path();
+    let path_and_query = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    // The kept pieces come from a valid URI, so this parses; fall back to the bare path.
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .or_else(|_| path.parse())
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
+    );
+    Uri::from_parts(parts).ok().or_else(|| path.parse().ok())
+}
+
+/// Keeps the key counted in flight until a streamed body is done.
+fn hold_lease(body: Body, lease: Lease) -> Body {
+    if body.as_bytes().is_some() {
+        return body; // buffered: nothing left in flight
+    }
+    Body::new(LeaseBody {
+        inner: body,
+        lease: Some(lease),
+    })
+}
+
+struct LeaseBody {
+    inner: Body,
+    lease: Option<Lease>,
+}
+
+impl http_body::Body for LeaseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.lease = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl ResponseFuture ===
+
+/// The response future of [`KeyRotation`].
+pub struct ResponseFuture<E> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<E> fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_answer_504_other_transport_errors_502() {
+        let timeout = crate::Error::timeout();
+        assert_eq!(
+            transport_answer(&timeout).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        let wrapped = crate::Error::upstream(io);
+        assert_eq!(
+            transport_answer(&wrapped).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(transport_answer(&refused).status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn removes_only_the_key_param() {
+        let uri: Uri = "/v1beta/models/m:streamGenerateContent?alt=sse&key=client-secret&x=1"
+            .parse()
+            .unwrap();
+        let clean = without_key_param(&uri).unwrap();
+        assert_eq!(
+            clean.to_string(),
+            "/v1beta/models/m:streamGenerateContent?alt=sse&x=1"
+        );
+        let only: Uri = "/v1beta/models?key=abc".parse().unwrap();
+        assert_eq!(
+            without_key_param(&only).unwrap().to_string(),
+            "/v1beta/models"
+        );
+        let none: Uri = "/v1beta/models?pageSize=5&keyword=1".parse().unwrap();
+        assert!(without_key_param(&none).is_none());
+    }
+}

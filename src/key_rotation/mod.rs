@@ -1,0 +1,91 @@
+//! Upstream key rotation: a [`KeyPool`] of Gemini API keys and the [`KeyRotationLayer`] that
+//! sets a key on each request and retries on another when the upstream blames the key.
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::Body;
+//! use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer, Strategy};
+//!
+//! let pool = KeyPool::builder()
+//!     .keys(["AIzaSyA-first-key-0000000000000000000001", "AIzaSyA-second-key-000000000000000000002"])
+//!     .strategy(Strategy::RoundRobin)
+//!     .max_failures(3)
+//!     .build()
+//!     .unwrap();
+//!
+//! // The upstream (here a stub) sees the pool's key, never the client's.
+//! let upstream = service_fn(|req: Request<Body>| async move {
+//!     assert!(req.headers()["x-goog-api-key"].to_str().unwrap().starts_with("AIzaSyA-"));
+//!     assert!(req.headers().get("authorization").is_none());
+//!     Ok::<_, std::convert::Infallible>(Response::new(Body::from("{}")))
+//! });
+//! let svc = ServiceBuilder::new()
+//!     .layer(KeyRotationLayer::new(pool.clone()).max_attempts(2))
+//!     .service(upstream);
+//!
+//! let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+//!     .header("authorization", "Bearer client-token")
+//!     .body(Body::from(r#"{"contents":[]}"#))
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(pool.usable_count(), 2);
+//! assert_eq!(pool.snapshot()[0].total_requests, 1);
+//! # });
+//! ```
+//!
+//! # What each answer does to a key
+//! | upstream answer | key | request |
+//! |---|---|---|
+//! | 2xx | failures reset, cool-down for the model cleared | relayed (a stream is never retried) |
+//! | 429 | cools for *that model*: `RetryInfo.retryDelay`, else exponential backoff with jitter from [`cooldown`](KeyPoolBuilder::cooldown); a per-day quota parks it until midnight Pacific (UTC-8) | retried on another key at once |
+//! | 400 `API_KEY_INVALID`, 400 `FAILED_PRECONDITION`, 401, 403 | one failure; [`max_failures`](KeyPoolBuilder::max_failures) in a row disable it until a re-probe | retried on another key at once |
+//! | 500, 502, 503, 504, transport error | untouched | retried with a small backoff |
+//! | any other 4xx (bad request, 404) | untouched | relayed, no retry |
+//!
+//! A disabled key is re-probed after [`reprobe_after`](KeyPoolBuilder::reprobe_after) with one
+//! real request, and revived when it answers. When no key can serve the model the layer answers
+//! at once, without calling upstream: 429 with `Retry-After` when every key is cooling for the
+//! model, 503 when every key is disabled; in the route's [`Dialect`](crate::Dialect), naming no key.
+//!
+//! # Retries and bodies
+//! A retry replays the request body, so it needs a buffered body ([`Body::as_bytes`]
+//! is `Some`): put a body-limit or buffering layer before this one. A streaming request body
+//! gets one attempt. The number of attempts defaults to the number of usable keys, at most 5
+//! ([`KeyRotationLayer::max_attempts`]). Upstream error bodies are read (up to 64 KiB) to be
+//! classified and are relayed with every pool key scrubbed.
+//!
+//! # Credentials
+//! The layer removes every client credential (`authorization`, `x-goog-api-key`, `?key=`) and
+//! sets the upstream key as `x-goog-api-key` (marked sensitive). Keys appear only masked in
+//! snapshots and logs; spans carry `key.id`, a fingerprint.
+//!
+//! # Several instances
+//! Cool-downs and disabled flags can be shared through a [`KeyStateStore`]: [`MemoryStore`]
+//! in one process, `RedisStore` (feature `redis`) across processes. Without a store each
+//! pool keeps its state to itself.
+//!
+//! [`Body::as_bytes`]: crate::Body::as_bytes
+
+mod classify;
+mod layer;
+mod pool;
+#[cfg(feature = "redis")]
+mod redis;
+mod store;
+mod strategy;
+
+pub use layer::{KeyRotation, KeyRotationLayer, ResponseFuture};
+pub use pool::{CoolingSnapshot, KeyId, KeyPool, KeyPoolBuilder, KeySnapshot, KeyState};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStore;
+pub use store::{KeyStateStore, MemoryStore, SharedKeyState, StoreFuture};
+pub use strategy::{Candidates, LeastUsed, Random, RoundRobin, SelectKey, Strategy, Weighted};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
