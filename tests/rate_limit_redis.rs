@@ -56,7 +56,7 @@ fn instance(store: RedisStore, rule: Rule, fail_open: bool) -> Svc {
         .store(store)
         .fail_open(fail_open)
         .build()
-        .unwrap();
+        .expect("valid layer");
     Svc::new(
         ServiceBuilder::new()
             .layer(layer)
@@ -71,7 +71,7 @@ fn req(client: &str) -> Request<Body> {
         .method("POST")
         .uri("/v1beta/models/gemini-2.5-flash:generateContent")
         .body(Body::from("{}"))
-        .unwrap();
+        .expect("valid request");
     r.extensions_mut()
         .insert(Identity::new(client, format!("sk-{client}…0001"), false));
     r
@@ -82,7 +82,7 @@ async fn answer(svc: &Svc, r: Request<Body>) -> Response<Body> {
     tokio::time::timeout(Duration::from_secs(3), svc.clone().oneshot(r))
         .await
         .expect("the layer must not hang on Redis")
-        .unwrap()
+        .unwrap_or_else(|e: Infallible| match e {})
 }
 
 #[tokio::test]
