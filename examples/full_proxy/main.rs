@@ -7,6 +7,7 @@
 
 #![allow(unreachable_pub)]
 
+mod admin;
 mod app;
 mod config;
 
@@ -93,7 +94,13 @@ fn print_banner(app: &App, addr: std::net::SocketAddr) {
         eprintln!("  {t}");
     }
     eprintln!();
-    tracing::info!(%addr, demo = app.demo.is_some(), "full_proxy listening on {base}");
+    tracing::info!(
+        %addr,
+        demo = app.demo.is_some(),
+        keys = app.pool.len(),
+        strategy = app.config.key_strategy.as_str(),
+        "full_proxy listening on {base}"
+    );
 }
 
 async fn serve(listener: TcpListener, app: App) -> ExitCode {

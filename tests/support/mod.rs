@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+#[path = "../../examples/full_proxy/admin.rs"]
+pub mod admin;
 #[path = "../../examples/full_proxy/app.rs"]
 pub mod app;
 #[path = "../../examples/full_proxy/config.rs"]
