@@ -1,5 +1,6 @@
 //! Tower middleware for Gemini API gateways.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 #[macro_use]
 mod macros;
