@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! RequestId ─► AccessLog ─► BearerAuth ─► [Usage] ─► BodyLimit ─► [extra layers] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -82,6 +82,8 @@ pub struct GatewayBuilder {
     stream_resume: Option<crate::stream_resume::StreamResumeLayer>,
     #[cfg(feature = "key-rotation")]
     key_rotation: Option<crate::key_rotation::KeyRotationLayer>,
+    #[cfg(feature = "usage")]
+    usage: Option<crate::usage::UsageLayer>,
 }
 
 /// The boxed, infallible service type each stage of the gateway is composed of.
@@ -114,6 +116,8 @@ impl Default for GatewayBuilder {
             stream_resume: None,
             #[cfg(feature = "key-rotation")]
             key_rotation: None,
+            #[cfg(feature = "usage")]
+            usage: None,
         }
     }
 }
@@ -204,6 +208,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// Records every authenticated request (its client, key, model, route, status, tokens)
+    /// into the layer's sinks. The layer goes right after authentication, before the body
+    /// limit, so every answer is counted once; a [tap](crate::usage::UsageLayer::tap) under
+    /// the extra layers reports the Gemini model and token counts of translated requests.
+    #[cfg(feature = "usage")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
+    pub fn usage(mut self, layer: crate::usage::UsageLayer) -> Self {
+        self.usage = Some(layer);
+        self
+    }
+
     /// Stacks the layers around `upstream`.
     pub fn build<S, ResBody>(self, upstream: S) -> Gateway
     where
@@ -239,12 +254,21 @@ impl GatewayBuilder {
         if let Some(layer) = self.rate_limit {
             svc = GatewayService::new(layer.layer(svc));
         }
+        #[cfg(feature = "usage")]
+        if self.usage.is_some() && !self.extra.is_empty() {
+            svc = GatewayService::new(crate::usage::UsageLayer::tap().layer(svc));
+        }
         for wrap in self.extra.iter().rev() {
             svc = wrap(svc);
         }
+        let svc = GatewayService::new(BodyLimitLayer::new(self.max_body_bytes).layer(svc));
+        #[cfg(feature = "usage")]
+        let svc = match self.usage {
+            Some(usage) => GatewayService::new(usage.layer(svc)),
+            None => svc,
+        };
         let inner = ServiceBuilder::new()
             .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
-            .layer(BodyLimitLayer::new(self.max_body_bytes))
             .service(svc);
         let svc = ServiceBuilder::new()
             .option_layer(self.request_id.then(RequestIdLayer::new))
@@ -361,6 +385,10 @@ where
         if let Some(v) = &self.value {
             req.headers_mut().insert(X_GOOG_API_KEY.clone(), v.clone());
             tracing::Span::current().record("key.id", self.fingerprint.as_str());
+            #[cfg(feature = "usage")]
+            if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
+                h.record_key(&self.fingerprint);
+            }
         }
         self.inner.call(req)
     }

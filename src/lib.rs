@@ -37,6 +37,9 @@ pub mod stream_resume;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(feature = "usage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
+pub mod usage;
 
 pub use body::{Body, BoxError};
 pub use error::{ApiError, Dialect, Error};

@@ -256,6 +256,10 @@ impl Attempts {
             };
             span.record("attempt", attempt);
             span.record("key.id", lease.id().as_str());
+            #[cfg(feature = "usage")]
+            if let Some(h) = self.parts.extensions.get::<crate::usage::UsageHandle>() {
+                h.record_key(lease.id().as_str());
+            }
 
             let req_body = if attempt == budget {
                 body.take()

@@ -477,6 +477,10 @@ where
                         p.quota.quota, p.rule.scope
                     );
                     tracing::debug!(limit = %message, "request refused");
+                    #[cfg(feature = "usage")]
+                    if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
+                        h.record_rate_limited();
+                    }
                     let mut res =
                         ApiError::too_many_requests(message, o.retry_after).into_response(dialect);
                     plan.headers(i, o, res.headers_mut());

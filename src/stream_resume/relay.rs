@@ -62,6 +62,14 @@ impl RequestTemplate {
         req
     }
 
+    /// Tells an outer `UsageLayer` that the answer is being resumed.
+    fn note_resume(&self) {
+        #[cfg(feature = "usage")]
+        if let Some(h) = self.extensions.get::<crate::usage::UsageHandle>() {
+            h.record_resume();
+        }
+    }
+
     /// The original request again.
     pub(crate) fn original(&self) -> Request<Body> {
         self.with_body(self.original.clone())
@@ -279,6 +287,7 @@ async fn relay<S, B>(
                 return;
             }
             attempt += 1;
+            template.note_resume();
             tracing::info!(attempt, reason = ?why, chars = answer.sent.len(), "resuming interrupted stream");
             let req = if answer.sent.is_empty() {
                 template.original()
@@ -619,6 +628,7 @@ where
             return Response::from_parts(parts, Body::from(bytes));
         }
         attempts += 1;
+        template.note_resume();
         tracing::info!(
             attempt = attempts + 1,
             reason = again.unwrap_or_default(),

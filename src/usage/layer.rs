@@ -1,0 +1,420 @@
+//! `UsageLayer`, its service, response future and body.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::record::{Client, Report, UsageHandle, UsageRecord, UsageSink};
+use super::scan::TokenScanner;
+use crate::auth::Identity;
+use crate::body::{Body, BoxError};
+use crate::gemini::{GeminiPath, Method, strip_models_prefix};
+
+// === UsageLayer ===
+
+/// Records every request it sees and hands the record to its [`UsageSink`]s when the response
+/// body ends; see the [module docs](super).
+#[derive(Clone)]
+pub struct UsageLayer {
+    sinks: Arc<[Arc<dyn UsageSink>]>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl UsageLayer {
+    /// A layer recording into `sink`.
+    pub fn new(sink: impl UsageSink) -> Self {
+        Self {
+            sinks: Arc::from([Arc::new(sink) as Arc<dyn UsageSink>]),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// A layer with no sink (only counting requests in flight, or serving as a tap under an
+    /// outer `UsageLayer`).
+    pub fn tap() -> Self {
+        Self {
+            sinks: Arc::from([]),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Also records into `sink` (sinks are called in the order added).
+    pub fn sink(mut self, sink: impl UsageSink) -> Self {
+        let mut sinks: Vec<Arc<dyn UsageSink>> = self.sinks.iter().cloned().collect();
+        sinks.push(Arc::new(sink));
+        self.sinks = sinks.into();
+        self
+    }
+
+    /// Requests that have entered the layer and whose response body has not ended yet
+    /// (shared by every service this layer made).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for UsageLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageLayer")
+            .field("sinks", &self.sinks.len())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for UsageLayer {
+    type Service = Usage<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Usage {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+// === Usage ===
+
+/// The service made by [`UsageLayer`].
+#[derive(Clone, Debug)]
+pub struct Usage<S> {
+    inner: S,
+    layer: UsageLayer,
+}
+
+impl<S> Usage<S> {
+    /// Wraps `inner`, recording into `sink`.
+    pub fn new(inner: S, sink: impl UsageSink) -> Self {
+        UsageLayer::new(sink).layer(inner)
+    }
+
+    /// A layer recording into `sink`.
+    pub fn layer(sink: impl UsageSink) -> UsageLayer {
+        UsageLayer::new(sink)
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S, B, ResB> Service<Request<B>> for Usage<S>
+where
+    S: Service<Request<Body>, Response = Response<ResB>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let mut req = req.map(Body::new);
+        let (route, model) = route_and_model(&req);
+        if let Some(handle) = req.extensions().get::<UsageHandle>().cloned() {
+            // Under an outer UsageLayer: report the inner view (the real model, Gemini usage).
+            if !model.is_empty() {
+                handle.record_model(&model);
+            }
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                pending: Some(Pending::Tap(handle)),
+            };
+        }
+        let handle = UsageHandle::new();
+        req.extensions_mut().insert(handle.clone());
+        let client = req.extensions().get::<Identity>().map(|id| Client {
+            name: id.name().to_owned(),
+            id: id.id().to_owned(),
+        });
+        let mut record = UsageRecord::new(route, model);
+        record.client = client;
+        let pending = Recording {
+            record,
+            handle,
+            start: Instant::now(),
+            sinks: self.layer.sinks.clone(),
+            guard: InFlight::enter(&self.layer.in_flight),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            pending: Some(Pending::Record(Box::new(pending))),
+        }
+    }
+}
+
+/// The route label and model of a request.
+fn route_and_model(req: &Request<Body>) -> (String, String) {
+    let path = req.uri().path();
+    let openai = match path {
+        "/v1/chat/completions" => Some("openai.chat.completions"),
+        "/v1/embeddings" => Some("openai.embeddings"),
+        "/v1/models" => Some("openai.models"),
+        p if p.starts_with("/v1/models/") && !p.contains(':') => Some("openai.models"),
+        _ => None,
+    };
+    if let Some(route) = openai {
+        let model = match path.strip_prefix("/v1/models/") {
+            Some(id) => id.to_owned(),
+            None => req
+                .body()
+                .as_bytes()
+                .and_then(|b| serde_json::from_slice::<ModelField>(b).ok())
+                .and_then(|m| m.model)
+                .unwrap_or_default(),
+        };
+        return (route.to_owned(), model);
+    }
+    let parsed = req
+        .extensions()
+        .get::<GeminiPath>()
+        .cloned()
+        .or_else(|| GeminiPath::parse(path));
+    let Some(p) = parsed else {
+        return ("other".to_owned(), String::new());
+    };
+    let model = strip_models_prefix(&p.model).to_owned();
+    let route = match p.method {
+        Some(Method::Other) => "other",
+        Some(m) => m.as_str(),
+        None if model.is_empty() => "models.list",
+        None => "models.get",
+    };
+    (route.to_owned(), model)
+}
+
+#[derive(serde::Deserialize)]
+struct ModelField {
+    model: Option<String>,
+}
+
+/// Counts a request in flight until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request being recorded.
+struct Recording {
+    record: UsageRecord,
+    handle: UsageHandle,
+    start: Instant,
+    sinks: Arc<[Arc<dyn UsageSink>]>,
+    #[allow(dead_code, reason = "held for its Drop")]
+    guard: InFlight,
+}
+
+impl Recording {
+    /// Completes the record with what deeper layers reported and what the body showed.
+    fn finish(mut self, scanned: Option<super::Tokens>, completed: bool) {
+        let Report {
+            key_id,
+            attempts,
+            resumes,
+            rate_limited,
+            model,
+            tokens,
+        } = self.handle.report();
+        let r = &mut self.record;
+        r.duration = self.start.elapsed();
+        r.completed = completed;
+        if r.key_id.is_none() {
+            r.key_id = key_id;
+        }
+        r.upstream_attempts = attempts;
+        r.resumes = resumes;
+        r.rate_limited = rate_limited;
+        if let Some(m) = model {
+            r.model = m;
+        }
+        r.tokens = tokens.or(scanned);
+        for sink in self.sinks.iter() {
+            sink.record(&self.record);
+        }
+    }
+}
+
+enum Pending {
+    Record(Box<Recording>),
+    Tap(UsageHandle),
+}
+
+// === ResponseFuture ===
+
+pin_project! {
+    /// Response future of [`Usage`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(pending) = this.pending.take() else {
+            return Poll::Ready(result.map(|res| res.map(Body::new)));
+        };
+        let res = match result {
+            Ok(res) => res.map(Body::new),
+            Err(e) => {
+                if let Pending::Record(mut rec) = pending {
+                    // The inner service failed without an answer: hyper drops the connection.
+                    rec.record.status = 500;
+                    rec.record.latency = rec.start.elapsed();
+                    rec.finish(None, false);
+                }
+                return Poll::Ready(Err(e));
+            }
+        };
+        let stream = is_stream(&res);
+        let (parts, body) = res.into_parts();
+        let sink = match pending {
+            Pending::Tap(handle) => Sink::Tap(handle),
+            Pending::Record(mut rec) => {
+                rec.record.status = parts.status.as_u16();
+                rec.record.stream = stream;
+                rec.record.latency = rec.start.elapsed();
+                if let Some(k) = rec.handle.report().key_id {
+                    rec.record.key_id = Some(k); // the key whose answer is relayed
+                }
+                Sink::Record(rec)
+            }
+        };
+        if let Some(bytes) = body.as_bytes() {
+            // A buffered answer: read it now and keep the body as it is.
+            let mut scanner = TokenScanner::new();
+            scanner.feed(bytes);
+            sink.finish(scanner.tokens(), true);
+            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+        }
+        let body = Body::new(ResponseBody {
+            inner: body,
+            scanner: TokenScanner::new(),
+            sink: Some(sink),
+        });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+fn is_stream<B>(res: &Response<B>) -> bool {
+    res.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// Where the end of a body is reported.
+enum Sink {
+    Record(Box<Recording>),
+    Tap(UsageHandle),
+}
+
+impl Sink {
+    fn finish(self, tokens: Option<super::Tokens>, completed: bool) {
+        match self {
+            Sink::Record(rec) => rec.finish(tokens, completed),
+            Sink::Tap(handle) => {
+                if let Some(t) = tokens {
+                    handle.record_tokens(t);
+                }
+            }
+        }
+    }
+}
+
+// === ResponseBody ===
+
+/// Relays the answer frame by frame, scanning it for token counts, and records the request
+/// when it ends (or is dropped).
+struct ResponseBody {
+    inner: Body,
+    scanner: TokenScanner,
+    sink: Option<Sink>,
+}
+
+impl ResponseBody {
+    fn finish(&mut self, completed: bool) {
+        if let Some(sink) = self.sink.take() {
+            sink.finish(self.scanner.tokens(), completed);
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    self.scanner.feed(data);
+                }
+                if self.inner.is_end_stream() {
+                    self.finish(true);
+                }
+            }
+            Some(Err(_)) => self.finish(false),
+            None => self.finish(true),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}

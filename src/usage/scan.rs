@@ -1,0 +1,258 @@
+//! A cheap incremental scanner for token counts in Gemini and OpenAI answers.
+
+use super::record::Tokens;
+
+/// Longest key name kept while scanning; longer keys are not token counts.
+const MAX_KEY: usize = 32;
+
+/// The token counts a scanner recognises, by key name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Prompt,
+    Output,
+    Thoughts,
+    Cached,
+    Total,
+    /// OpenAI's `completion_tokens`: output and reasoning together.
+    Completion,
+}
+
+impl Field {
+    fn of(key: &[u8]) -> Option<Field> {
+        Some(match key {
+            b"promptTokenCount" | b"prompt_tokens" => Field::Prompt,
+            b"candidatesTokenCount" => Field::Output,
+            b"thoughtsTokenCount" | b"reasoning_tokens" => Field::Thoughts,
+            b"cachedContentTokenCount" | b"cached_tokens" => Field::Cached,
+            b"totalTokenCount" | b"total_tokens" => Field::Total,
+            b"completion_tokens" => Field::Completion,
+            _ => return None,
+        })
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum State {
+    #[default]
+    Outside,
+    InString {
+        escape: bool,
+    },
+    AfterString,
+    BeforeNumber(Field),
+    Number(Field),
+}
+
+/// Finds the token counts of a Gemini `usageMetadata` (or an OpenAI `usage`) in a byte stream
+/// fed piece by piece: SSE frames, a streamed JSON array or a whole JSON body, without
+/// buffering it. Each count keeps the last value seen, so the final chunk of a stream wins.
+///
+/// It tracks JSON strings (escapes included), so text that merely looks like a usage key
+/// inside a model's answer is never counted.
+///
+/// ```
+/// use tower_gemini::usage::TokenScanner;
+///
+/// let mut s = TokenScanner::new();
+/// s.feed(b"data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTok");
+/// s.feed(b"enCount\":7,\"totalTokenCount\":11}}\r\n\r\n");
+/// let t = s.tokens().unwrap();
+/// assert_eq!((t.prompt, t.output, t.total), (4, 7, 11));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct TokenScanner {
+    state: State,
+    key: [u8; MAX_KEY],
+    key_len: usize,
+    key_overflow: bool,
+    value: u64,
+    last: [Option<u64>; 6],
+}
+
+impl TokenScanner {
+    /// A scanner that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn feed(&mut self, data: &[u8]) {
+        for &b in data {
+            self.byte(b);
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        match self.state {
+            State::Outside => self.outside(b),
+            State::InString { escape: true } => {
+                self.key_overflow = true;
+                self.state = State::InString { escape: false };
+            }
+            State::InString { escape: false } => match b {
+                b'\\' => self.state = State::InString { escape: true },
+                b'"' => self.state = State::AfterString,
+                _ if self.key_len < MAX_KEY => {
+                    self.key[self.key_len] = b;
+                    self.key_len += 1;
+                }
+                _ => self.key_overflow = true,
+            },
+            State::AfterString => match b {
+                b':' => {
+                    let field = (!self.key_overflow)
+                        .then(|| Field::of(&self.key[..self.key_len]))
+                        .flatten();
+                    self.state = field.map_or(State::Outside, State::BeforeNumber);
+                }
+                _ if b.is_ascii_whitespace() => {}
+                _ => self.outside(b),
+            },
+            State::BeforeNumber(field) => match b {
+                b'0'..=b'9' => {
+                    self.value = u64::from(b - b'0');
+                    self.state = State::Number(field);
+                }
+                _ if b.is_ascii_whitespace() => {}
+                _ => self.outside(b),
+            },
+            State::Number(field) => {
+                if b.is_ascii_digit() {
+                    self.value = self
+                        .value
+                        .saturating_mul(10)
+                        .saturating_add(u64::from(b - b'0'));
+                } else {
+                    self.last[field.index()] = Some(self.value);
+                    self.outside(b);
+                }
+            }
+        }
+    }
+
+    fn outside(&mut self, b: u8) {
+        if b == b'"' {
+            self.key_len = 0;
+            self.key_overflow = false;
+            self.state = State::InString { escape: false };
+        } else {
+            self.state = State::Outside;
+        }
+    }
+
+    /// The counts seen so far, or `None` when no count was seen at all. A number still being
+    /// read counts (a body may end right after it).
+    ///
+    /// OpenAI's `completion_tokens` includes reasoning; it is split back into output and
+    /// thoughts. A missing total is the sum of prompt, output and thoughts.
+    pub fn tokens(&self) -> Option<Tokens> {
+        let mut last = self.last;
+        if let State::Number(field) = self.state {
+            last[field.index()] = Some(self.value);
+        }
+        if last.iter().all(Option::is_none) {
+            return None;
+        }
+        let get = |f: Field| last[f.index()].unwrap_or(0);
+        let thoughts = get(Field::Thoughts);
+        let output = match last[Field::Output.index()] {
+            Some(n) => n,
+            None => get(Field::Completion).saturating_sub(thoughts),
+        };
+        let prompt = get(Field::Prompt);
+        let total = last[Field::Total.index()]
+            .unwrap_or_else(|| prompt.saturating_add(output).saturating_add(thoughts));
+        Some(Tokens {
+            prompt,
+            output,
+            thoughts,
+            cached: get(Field::Cached),
+            total,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn scan(pieces: &[&[u8]]) -> Option<Tokens> {
+        let mut s = TokenScanner::new();
+        for p in pieces {
+            s.feed(p);
+        }
+        s.tokens()
+    }
+
+    #[test]
+    fn reads_gemini_usage_metadata() {
+        let body = br#"{"candidates":[],"usageMetadata":{"promptTokenCount": 10, "candidatesTokenCount": 20, "thoughtsTokenCount": 5, "cachedContentTokenCount": 3, "totalTokenCount": 35}}"#;
+        let t = scan(&[body]).unwrap();
+        assert_eq!(
+            t,
+            Tokens {
+                prompt: 10,
+                output: 20,
+                thoughts: 5,
+                cached: 3,
+                total: 35
+            }
+        );
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_answer() {
+        let body = br#"data: {"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":345,"totalTokenCount":357}}"#;
+        let whole = scan(&[body]).unwrap();
+        for i in 0..body.len() {
+            assert_eq!(
+                scan(&[&body[..i], &body[i..]]).unwrap(),
+                whole,
+                "split at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_last_chunk_wins() {
+        let t = scan(&[
+            b"data: {\"usageMetadata\":{\"promptTokenCount\":4,\"totalTokenCount\":4}}\n\n",
+            b"data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":9,\"totalTokenCount\":13}}\n\n",
+        ])
+        .unwrap();
+        assert_eq!((t.prompt, t.output, t.total), (4, 9, 13));
+    }
+
+    #[test]
+    fn text_that_looks_like_usage_is_ignored() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"say \"totalTokenCount\": 999 and \\\"promptTokenCount\": 7"}]}}],"usageMetadata":{"totalTokenCount":3}}"#;
+        let t = scan(&[body]).unwrap();
+        assert_eq!((t.prompt, t.total), (0, 3));
+    }
+
+    #[test]
+    fn reads_openai_usage_and_splits_reasoning() {
+        let body = br#"{"usage":{"prompt_tokens":8,"completion_tokens":30,"total_tokens":38,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":10}}}"#;
+        let t = scan(&[body]).unwrap();
+        assert_eq!(
+            t,
+            Tokens {
+                prompt: 8,
+                output: 20,
+                thoughts: 10,
+                cached: 2,
+                total: 38
+            }
+        );
+    }
+
+    #[test]
+    fn no_usage_is_none() {
+        assert!(scan(&[br#"{"candidates":[{"index":0}]}"#]).is_none());
+    }
+}

@@ -1,0 +1,405 @@
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+use super::*;
+use crate::Body;
+use crate::auth::Identity;
+
+const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+const STREAM: &str = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse";
+const UNARY_ANSWER: &str = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]}}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":7,"thoughtsTokenCount":2,"cachedContentTokenCount":1,"totalTokenCount":14}}"#;
+
+/// A sink keeping every record.
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<UsageRecord>>>);
+
+impl UsageSink for Collect {
+    fn record(&self, r: &UsageRecord) {
+        self.0.lock().unwrap().push(r.clone());
+    }
+}
+
+impl Collect {
+    fn all(&self) -> Vec<UsageRecord> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+fn unary_upstream()
+-> impl tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
++ Clone {
+    service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::from(UNARY_ANSWER)))
+    })
+}
+
+fn post(uri: &str) -> Request<Body> {
+    Request::post(uri).body(Body::from("{}")).unwrap()
+}
+
+/// A streamed body fed by the returned sender.
+fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, crate::BoxError>>,
+    Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let stream = futures_stream(rx);
+    (tx, Body::new(http_body_util::StreamBody::new(stream)))
+}
+
+struct Rx(tokio::sync::mpsc::Receiver<Result<http_body::Frame<Bytes>, crate::BoxError>>);
+
+impl futures_core::Stream for Rx {
+    type Item = Result<http_body::Frame<Bytes>, crate::BoxError>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn futures_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<http_body::Frame<Bytes>, crate::BoxError>>,
+) -> Rx {
+    Rx(rx)
+}
+
+fn sse(json: &str) -> Result<http_body::Frame<Bytes>, crate::BoxError> {
+    Ok(http_body::Frame::data(Bytes::from(format!(
+        "data: {json}\r\n\r\n"
+    ))))
+}
+
+#[tokio::test]
+async fn records_route_model_status_and_tokens_of_a_unary_answer() {
+    let sink = Collect::default();
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(unary_upstream());
+    let res = svc.oneshot(post(FLASH)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // A buffered answer stays buffered and is recorded at once.
+    assert!(res.body().as_bytes().is_some());
+    let r = &sink.all()[0];
+    assert_eq!(r.route, "generateContent");
+    assert_eq!(r.model, "gemini-2.5-flash");
+    assert_eq!(r.status, 200);
+    assert!(!r.stream);
+    assert!(r.completed);
+    assert_eq!(
+        r.tokens,
+        Some(Tokens {
+            prompt: 5,
+            output: 7,
+            thoughts: 2,
+            cached: 1,
+            total: 14
+        })
+    );
+}
+
+#[tokio::test]
+async fn the_client_identity_is_recorded_by_name_and_masked_id() {
+    let sink = Collect::default();
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(unary_upstream());
+    let mut req = post(FLASH);
+    req.extensions_mut()
+        .insert(Identity::new("alice", "sk-a…0001", false));
+    svc.oneshot(req).await.unwrap();
+    let client = sink.all()[0].client.clone().unwrap();
+    assert_eq!(client.name, "alice");
+    assert_eq!(client.id, "sk-a…0001");
+}
+
+#[tokio::test]
+async fn a_stream_is_recorded_when_it_ends_with_its_last_usage() {
+    tokio::time::pause();
+    let sink = Collect::default();
+    let layer = UsageLayer::new(sink.clone());
+    let (tx, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let upstream = service_fn(move |_req: Request<Body>| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move {
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let res = svc.oneshot(post(STREAM)).await.unwrap();
+    assert_eq!(layer.in_flight(), 1);
+    let mut body = res.into_body();
+    tx.send(sse(
+        r#"{"usageMetadata":{"promptTokenCount":3,"totalTokenCount":3}}"#,
+    ))
+    .await
+    .unwrap();
+    body.frame().await.unwrap().unwrap();
+    assert!(sink.all().is_empty(), "recorded before the end");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tx.send(sse(
+        r#"{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":8,"totalTokenCount":11}}"#,
+    ))
+    .await
+    .unwrap();
+    drop(tx);
+    while body.frame().await.is_some() {}
+    let r = &sink.all()[0];
+    assert_eq!(r.route, "streamGenerateContent");
+    assert_eq!(r.model, "gemini-2.5-pro");
+    assert!(r.stream);
+    assert!(r.completed);
+    assert_eq!(r.tokens.unwrap().output, 8);
+    assert_eq!(r.tokens.unwrap().total, 11);
+    assert!(r.duration >= Duration::from_secs(2));
+    assert!(r.latency < Duration::from_secs(2));
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_stream_is_recorded_once_as_incomplete() {
+    let sink = Collect::default();
+    let layer = UsageLayer::new(sink.clone());
+    let (tx, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let upstream = service_fn(move |_req: Request<Body>| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    });
+    let svc = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let res = svc.oneshot(post(STREAM)).await.unwrap();
+    tx.send(sse(r#"{"usageMetadata":{"promptTokenCount":3}}"#))
+        .await
+        .unwrap();
+    let mut body = res.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let all = sink.all();
+    assert_eq!(all.len(), 1);
+    assert!(!all[0].completed);
+    assert_eq!(all[0].tokens.unwrap().prompt, 3);
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn deeper_layers_report_key_resumes_and_refusals_through_the_handle() {
+    let sink = Collect::default();
+    let upstream = service_fn(|req: Request<Body>| async move {
+        let h = req.extensions().get::<UsageHandle>().unwrap();
+        h.record_key("0badc0de");
+        h.record_key("feedf00d");
+        h.record_resume();
+        h.record_rate_limited();
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(429)
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+    });
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(upstream);
+    svc.oneshot(post(FLASH)).await.unwrap();
+    let r = &sink.all()[0];
+    assert_eq!(r.key_id.as_deref(), Some("feedf00d"));
+    assert_eq!(r.upstream_attempts, 2);
+    assert_eq!(r.resumes, 1);
+    assert!(r.rate_limited);
+    assert_eq!(r.status, 429);
+    assert!(r.tokens.is_none());
+}
+
+#[tokio::test]
+async fn a_tap_reports_the_inner_model_and_tokens_to_the_outer_layer() {
+    let sink = Collect::default();
+    // An "OpenAI" outer route whose inner request is a Gemini one.
+    let translate = tower::layer::layer_fn(|inner| {
+        service_fn(move |req: Request<Body>| {
+            let inner: tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible> =
+                Clone::clone(&inner);
+            async move {
+                let (parts, _) = req.into_parts();
+                let mut gemini = Request::post(FLASH).body(Body::from("{}")).unwrap();
+                *gemini.extensions_mut() = parts.extensions;
+                let res = inner.oneshot(gemini).await?;
+                // The translated answer holds no usage at all.
+                let _ = res.into_body().collect().await;
+                Ok::<_, Infallible>(Response::new(Body::from(r#"{"choices":[]}"#)))
+            }
+        })
+    });
+    let inner = tower::util::BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .layer(UsageLayer::tap())
+            .service(unary_upstream()),
+    );
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .layer(translate)
+        .service(inner);
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from(r#"{"model":"gpt-alias","messages":[]}"#))
+        .unwrap();
+    svc.oneshot(req).await.unwrap();
+    let all = sink.all();
+    assert_eq!(all.len(), 1, "the tap records nothing itself");
+    assert_eq!(all[0].route, "openai.chat.completions");
+    assert_eq!(all[0].model, "gemini-2.5-flash");
+    assert_eq!(all[0].tokens.unwrap().total, 14);
+}
+
+#[tokio::test]
+async fn openai_routes_take_the_model_from_the_body() {
+    let sink = Collect::default();
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(unary_upstream());
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from(r#"{"model":"gemini-2.5-flash","messages":[]}"#))
+        .unwrap();
+    svc.clone().oneshot(req).await.unwrap();
+    let req = Request::get("/v1/models").body(Body::empty()).unwrap();
+    svc.clone().oneshot(req).await.unwrap();
+    let req = Request::get("/v1beta/models").body(Body::empty()).unwrap();
+    svc.oneshot(req).await.unwrap();
+    let all = sink.all();
+    assert_eq!(all[0].route, "openai.chat.completions");
+    assert_eq!(all[0].model, "gemini-2.5-flash");
+    assert_eq!(all[1].route, "openai.models");
+    assert_eq!(all[2].route, "models.list");
+}
+
+// === UsageStats ===
+
+fn record(model: &str, key: &str, client: &str, status: u16, total: u64) -> UsageRecord {
+    UsageRecord::new("generateContent", model)
+        .with_status(status)
+        .with_key(key)
+        .with_client(client, "sk-…")
+        .with_tokens(Tokens {
+            total,
+            ..Tokens::default()
+        })
+}
+
+#[tokio::test]
+async fn stats_count_per_model_key_and_client() {
+    tokio::time::pause();
+    let stats = UsageStats::new();
+    stats.record(&record("flash", "k1", "alice", 200, 10));
+    stats.record(&record("flash", "k2", "bob", 429, 0));
+    stats.record(&record("pro", "k1", "alice", 200, 5));
+    let w = Window::Minute;
+    assert_eq!(stats.totals(Dimension::Model, "flash", w).requests, 2);
+    assert_eq!(stats.totals(Dimension::Model, "flash", w).errors, 1);
+    assert_eq!(stats.totals(Dimension::Model, "flash", w).tokens, 10);
+    assert_eq!(stats.totals(Dimension::Key, "k1", w).tokens, 15);
+    assert_eq!(stats.totals(Dimension::Client, "bob", w).requests, 1);
+    assert_eq!(stats.overall(w).requests, 3);
+    let json = stats.to_json();
+    assert_eq!(json["models"]["pro"]["day"]["requests"], 1);
+    assert_eq!(json["keys"]["k2"]["hour"]["errors"], 1);
+    assert_eq!(json["clients"]["alice"]["minute"]["tokens"], 15);
+    assert_eq!(json["total"]["day"]["requests"], 3);
+}
+
+#[tokio::test]
+async fn the_minute_window_forgets_after_a_minute_the_hour_keeps() {
+    tokio::time::pause();
+    let stats = UsageStats::new();
+    stats.record(&record("flash", "k1", "alice", 200, 10));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    stats.record(&record("flash", "k1", "alice", 200, 1));
+    assert_eq!(stats.overall(Window::Minute).requests, 2);
+    tokio::time::advance(Duration::from_secs(31)).await;
+    // 61 s after the first request, 31 s after the second.
+    assert_eq!(stats.overall(Window::Minute).requests, 1);
+    assert_eq!(stats.overall(Window::Minute).tokens, 1);
+    assert_eq!(stats.overall(Window::Hour).requests, 2);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(stats.overall(Window::Minute).requests, 0);
+    assert_eq!(
+        stats.totals(Dimension::Model, "flash", Window::Hour).tokens,
+        11
+    );
+}
+
+#[tokio::test]
+async fn the_hour_window_forgets_after_an_hour_the_day_after_a_day() {
+    tokio::time::pause();
+    let stats = UsageStats::new();
+    stats.record(&record("flash", "k1", "alice", 200, 10));
+    tokio::time::advance(Duration::from_secs(3601)).await;
+    assert_eq!(stats.overall(Window::Hour).requests, 0);
+    assert_eq!(stats.overall(Window::Day).requests, 1);
+    tokio::time::advance(Duration::from_secs(23 * 3600)).await;
+    assert_eq!(stats.overall(Window::Day).requests, 0);
+    // A name idle for a day leaves the JSON.
+    assert!(stats.to_json()["models"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn buckets_reused_after_a_full_turn_start_from_zero() {
+    tokio::time::pause();
+    let stats = UsageStats::new();
+    stats.record(&record("flash", "k1", "alice", 200, 10));
+    // Exactly one ring turn later the same slot is reused.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    stats.record(&record("flash", "k1", "alice", 200, 1));
+    assert_eq!(stats.overall(Window::Minute).requests, 1);
+    assert_eq!(stats.overall(Window::Minute).tokens, 1);
+    assert_eq!(stats.overall(Window::Hour).requests, 2);
+}
+
+#[tokio::test]
+async fn names_past_the_cap_are_counted_under_other() {
+    tokio::time::pause();
+    let stats = UsageStats::new().max_entries(2);
+    for m in ["a", "b", "c", "d"] {
+        stats.record(&record(m, "k1", "alice", 200, 1));
+    }
+    let json = stats.to_json();
+    let models = json["models"].as_object().unwrap();
+    assert_eq!(models.len(), 3);
+    assert_eq!(json["models"][OTHER]["minute"]["requests"], 2);
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_count_each_record_once_and_hold_no_secret() {
+    let m = MetricsSink::prometheus();
+    m.record(&record("gemini-2.5-flash", "0badc0de", "alice", 200, 12));
+    m.record(&record("gemini-2.5-flash", "0badc0de", "alice", 200, 3));
+    m.record(&record(
+        "AIzaSyA-leaked-key-in-a-model-name00001",
+        "0badc0de",
+        "alice",
+        404,
+        0,
+    ));
+    let text = m.render().unwrap();
+    assert!(text.contains(
+        r#"gemini_gateway_requests_total{route="generateContent",model="gemini-2.5-flash",status="200"} 2"#
+    ), "{text}");
+    assert!(
+        text.contains(r#"gemini_gateway_tokens_total{model="gemini-2.5-flash",type="total"} 15"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"model="invalid""#), "{text}");
+    assert!(!text.contains("AIza"), "{text}");
+    assert!(!text.contains("alice"), "{text}");
+}
