@@ -467,6 +467,10 @@ where
                 let mut req = req.map(Body::new);
                 strip_credentials(&mut req);
                 tracing::Span::current().record("client", identity.id());
+                #[cfg(feature = "usage")]
+                if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
+                    h.record_client(&identity);
+                }
                 req.extensions_mut().insert(identity);
                 ResponseFuture {
                     kind: Kind::Inner {

@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► BearerAuth ─► [Usage] ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -208,10 +208,11 @@ impl GatewayBuilder {
         self
     }
 
-    /// Records every authenticated request (its client, key, model, route, status, tokens)
-    /// into the layer's sinks. The layer goes right after authentication, before the body
-    /// limit, so every answer is counted once; a [tap](crate::usage::UsageLayer::tap) under
-    /// the extra layers reports the Gemini model and token counts of translated requests.
+    /// Records every request (its client, key, model, route, status, tokens) into the layer's
+    /// sinks. The layer goes right before authentication, so every answer, a 401 included, is
+    /// counted once (`BearerAuth` reports the client to it); a
+    /// [tap](crate::usage::UsageLayer::tap) under the extra layers reports the Gemini model and
+    /// token counts of translated requests.
     #[cfg(feature = "usage")]
     #[cfg_attr(docsrs, doc(cfg(feature = "usage")))]
     pub fn usage(mut self, layer: crate::usage::UsageLayer) -> Self {
@@ -261,15 +262,19 @@ impl GatewayBuilder {
         for wrap in self.extra.iter().rev() {
             svc = wrap(svc);
         }
-        let svc = GatewayService::new(BodyLimitLayer::new(self.max_body_bytes).layer(svc));
+        let svc = GatewayService::new(
+            ServiceBuilder::new()
+                .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
+                .layer(BodyLimitLayer::new(self.max_body_bytes))
+                .service(svc),
+        );
         #[cfg(feature = "usage")]
-        let svc = match self.usage {
+        let inner = match self.usage {
             Some(usage) => GatewayService::new(usage.layer(svc)),
             None => svc,
         };
-        let inner = ServiceBuilder::new()
-            .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
-            .service(svc);
+        #[cfg(not(feature = "usage"))]
+        let inner = svc;
         let svc = ServiceBuilder::new()
             .option_layer(self.request_id.then(RequestIdLayer::new))
             .layer(AccessLogLayer::new())

@@ -33,7 +33,7 @@ fn error(api: ApiError) -> Response {
 }
 
 /// Lets only the admin token through.
-async fn admin_only(State(s): State<Shared>, req: Request, next: Next) -> Response {
+pub async fn admin_only(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let Some((token, _)) = credential(&req) else {
         return error(ApiError::unauthorized(
             "the admin API needs the admin token (Authorization: Bearer <ADMIN_TOKEN>)",

@@ -20,6 +20,7 @@ use tower_gemini::testing::FakeGemini;
 
 use super::admin;
 use super::config::Config;
+use super::ops::{self, Ops};
 
 /// A built gateway, ready to serve.
 pub struct App {
@@ -88,6 +89,7 @@ impl App {
         };
 
         let pool = build_pool(&config, keys).await?;
+        let ops = Ops::new(pool.clone());
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
@@ -97,6 +99,7 @@ impl App {
             .token_store(tokens.clone())
             .max_body_bytes(config.max_body_bytes)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
+            .usage(ops.usage.clone())
             .stream_resume(
                 StreamResumeLayer::new()
                     .max_consecutive_retries(config.max_consecutive_retries)
@@ -122,7 +125,11 @@ impl App {
         let router = Router::new()
             .route("/health", get(health))
             .with_state(shared.clone())
-            .nest("/admin", admin::router(shared))
+            .merge(ops::routes(shared.clone(), ops.clone()))
+            .nest(
+                "/admin",
+                admin::router(shared.clone()).merge(ops::admin_routes(shared, ops)),
+            )
             .fallback_service(gateway)
             .layer(axum::middleware::map_request(client_addr));
         Ok(App {

@@ -47,6 +47,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
+    pub ops: super::ops::OpsConfig,
 }
 
 impl fmt::Debug for Config {
@@ -98,6 +100,7 @@ impl fmt::Debug for Config {
             // A Redis URL may hold a password.
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
+            .field("ops", &self.ops)
             .finish()
     }
 }
@@ -170,7 +173,9 @@ impl Config {
         if max_failures == 0 {
             return Err(ConfigError("MAX_FAILURES: must be at least 1".into()));
         }
+        let ops = super::ops::OpsConfig::from_map(env).map_err(ConfigError)?;
         Ok(Config {
+            ops,
             listen_addr,
             upstream_url,
             gemini_api_keys: list(env, "GEMINI_API_KEYS")?,

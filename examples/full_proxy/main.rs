@@ -10,6 +10,7 @@
 mod admin;
 mod app;
 mod config;
+mod ops;
 
 use std::process::ExitCode;
 
@@ -29,7 +30,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    let _log_guard = match init_tracing(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("full_proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -52,17 +59,42 @@ async fn main() -> ExitCode {
     serve(listener, app).await
 }
 
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stdout and, with `LOG_DIR`, to rotated files; the guard flushes the files on exit.
+fn init_tracing(
+    config: &Config,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let stdout = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let stdout = match config.log_format {
+        LogFormat::Json => stdout.json().boxed(),
+        LogFormat::Text => stdout.boxed(),
+    };
+    let (file, guard) = match ops::log_writer(&config.ops)? {
+        Some((writer, guard)) => {
+            let file = tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(writer);
+            let file = match config.log_format {
+                LogFormat::Json => file.json().boxed(),
+                LogFormat::Text => file.boxed(),
+            };
+            (Some(file), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stdout)
+        .with(file)
+        .init();
+    Ok(guard)
 }
 
 fn print_banner(app: &App, addr: std::net::SocketAddr) {

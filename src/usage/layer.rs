@@ -232,6 +232,7 @@ impl Recording {
     /// Completes the record with what deeper layers reported and what the body showed.
     fn finish(mut self, scanned: Option<super::Tokens>, completed: bool) {
         let Report {
+            client,
             key_id,
             attempts,
             resumes,
@@ -244,6 +245,9 @@ impl Recording {
         r.completed = completed;
         if r.key_id.is_none() {
             r.key_id = key_id;
+        }
+        if r.client.is_none() {
+            r.client = client;
         }
         r.upstream_attempts = attempts;
         r.resumes = resumes;

@@ -38,14 +38,15 @@
 //! ```
 //!
 //! # Where it goes
-//! Put it after authentication, so it sees the client's
-//! [`Identity`](crate::auth::Identity), and before everything that can answer on its own
-//! (body limit, OpenAI translation, rate limits, key rotation), so every answer is counted
-//! exactly once. `Gateway::builder().usage(layer)` puts it there.
+//! Put it before authentication and everything else that can answer on its own (body limit,
+//! OpenAI translation, rate limits, key rotation), so every answer, a 401 included, is counted
+//! exactly once; `BearerAuth` reports the client's [`Identity`](crate::auth::Identity) to it
+//! (an `Identity` already in the request's extensions is used too).
+//! `Gateway::builder().usage(layer)` puts it there.
 //!
 //! The layer puts a [`UsageHandle`] in the request's extensions. Deeper layers report through
 //! it when the `usage` feature is on: `KeyRotation` the key of each upstream call,
-//! `StreamResume` each resume, `RateLimit` a refusal. A second `UsageLayer` deeper in the
+//! `StreamResume` each resume, `RateLimit` a refusal, `BearerAuth` the client. A second `UsageLayer` deeper in the
 //! stack (for instance [`UsageLayer::tap`] under the OpenAI translation) sees the handle and
 //! only reports the real model and the Gemini token counts to it, which win over what the
 //! outer layer reads from the translated answer.

@@ -168,6 +168,7 @@ pub struct UsageHandle(Arc<Mutex<Report>>);
 /// What deeper layers reported.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Report {
+    pub(crate) client: Option<Client>,
     pub(crate) key_id: Option<String>,
     pub(crate) attempts: u32,
     pub(crate) resumes: u32,
@@ -186,6 +187,14 @@ impl UsageHandle {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The request was authenticated as `identity` (by [`BearerAuth`](crate::auth::BearerAuth)).
+    pub fn record_client(&self, identity: &crate::auth::Identity) {
+        self.lock().client = Some(Client {
+            name: identity.name().to_owned(),
+            id: identity.id().to_owned(),
+        });
     }
 
     /// An upstream call is made with the key of id `key_id` (a fingerprint, never the key).

@@ -10,6 +10,8 @@ pub mod admin;
 pub mod app;
 #[path = "../../examples/full_proxy/config.rs"]
 pub mod config;
+#[path = "../../examples/full_proxy/ops.rs"]
+pub mod ops;
 
 pub use app::App;
 pub use config::Config;
