@@ -20,6 +20,7 @@ use tower_gemini::testing::FakeGemini;
 
 use super::admin;
 use super::config::Config;
+use super::server::ServerStats;
 
 /// A built gateway, ready to serve.
 pub struct App {
@@ -27,6 +28,8 @@ pub struct App {
     pub config: Config,
     /// The upstream key pool (shared with the admin routes).
     pub pool: Arc<KeyPool>,
+    /// Connection counters of the server (slow clients closed, connections shed).
+    pub server_stats: Arc<ServerStats>,
     /// The in-process fake upstream in demo mode (kept alive as long as the app).
     pub demo: Option<FakeGemini>,
     /// Client tokens minted because `ALLOWED_TOKENS` was unset (print them once).
@@ -96,6 +99,7 @@ impl App {
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
             .max_body_bytes(config.max_body_bytes)
+            .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
             .stream_resume(
                 StreamResumeLayer::new()
@@ -129,6 +133,7 @@ impl App {
             router,
             config,
             pool,
+            server_stats: Arc::new(ServerStats::default()),
             demo,
             minted_token,
             minted_admin_token,

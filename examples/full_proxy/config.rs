@@ -30,6 +30,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub client_read_timeout: Duration,
+    pub max_connections: usize,
     // Key pool.
     pub max_failures: u32,
     pub key_strategy: Strategy,
@@ -77,6 +79,8 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("client_read_timeout", &self.client_read_timeout)
+            .field("max_connections", &self.max_connections)
             .field("max_failures", &self.max_failures)
             .field("key_strategy", &self.key_strategy)
             .field("key_cooldown", &self.key_cooldown)
@@ -181,6 +185,13 @@ impl Config {
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: Duration::from_secs(number(env, "SHUTDOWN_GRACE_SECONDS", 30)?),
+            client_read_timeout: Duration::from_secs(number(
+                env,
+                "CLIENT_READ_TIMEOUT_SECONDS",
+                30,
+            )?)
+            .max(Duration::from_secs(1)),
+            max_connections: (number(env, "MAX_CONNECTIONS", 4096)? as usize).max(1),
             max_failures: u32::try_from(max_failures)
                 .map_err(|_| ConfigError("MAX_FAILURES: too large".into()))?,
             key_strategy,
