@@ -73,6 +73,7 @@ pub enum Fault {
         reason: String,
     },
     /// Send `chunks` chunks, then stay silent for `pause` (then go on; `Duration::MAX` never).
+    /// A non-streamed answer stalls before its headers whatever `chunks` says.
     StallAfter {
         /// Chunks before the stall.
         chunks: usize,
@@ -914,6 +915,13 @@ async fn generate(
 ) -> Response<Body> {
     let fault = lock(&state.faults).pop_front();
     match &fault {
+        Some(Fault::StallAfter { pause, .. }) if mode == Mode::Unary => {
+            // Before the headers: the caller waits for a response that does not come.
+            tokio::select! {
+                () = tokio::time::sleep(*pause.min(&Duration::from_secs(86_400))) => {}
+                () = kill.notified() => {}
+            }
+        }
         Some(Fault::HttpError { status, message }) => return error(*status, message),
         Some(Fault::Garbage) => {
             return raw(
