@@ -119,6 +119,10 @@ impl<S: fmt::Debug> fmt::Debug for RequestPolicy<S> {
 
 /// The kind of a policy route, or `None` for anything the layer passes through.
 fn classify(method: &http::Method, uri: &Uri) -> Option<(CallKind, GeminiPath)> {
+    // `/v1/models[/{id}]` without a method is OpenAI's models route, not ours.
+    if Dialect::from_path(uri.path()) == Dialect::OpenAi {
+        return None;
+    }
     let path = GeminiPath::parse(uri.path())?;
     // GeminiPath also parses tunedModels; only `models` routes are policed.
     if !uri
@@ -253,10 +257,10 @@ where
                 return Ok(res);
             }
             Ok(match kind {
-                CallKind::ListModels => rewrite_models(res, &rules, None).await,
-                CallKind::GetModel => rewrite_models(res, &rules, Some(&requested)).await,
+                CallKind::ListModels => rewrite_models(res, dialect, &rules, None).await,
+                CallKind::GetModel => rewrite_models(res, dialect, &rules, Some(&requested)).await,
                 CallKind::GenerateContent if !rewriters.is_empty() => {
-                    rewrite_unary(res, rewriters).await
+                    rewrite_unary(res, dialect, rewriters).await
                 }
                 CallKind::StreamGenerateContent if !rewriters.is_empty() => {
                     let mode = stream_mode(&res, query.as_deref());
@@ -351,6 +355,7 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 /// Reads a whole (non-streamed) answer; `Err` gives back a response to send as it is.
 async fn read_answer(
     res: Response<Body>,
+    dialect: Dialect,
 ) -> Result<(http::response::Parts, Bytes), Response<Body>> {
     let declared = res
         .headers()
@@ -367,7 +372,7 @@ async fn read_answer(
             tracing::warn!(error = %e, "could not read the upstream answer");
             Err(
                 ApiError::bad_gateway("the upstream answer could not be read")
-                    .into_response(Dialect::Gemini),
+                    .into_response(dialect),
             )
         }
     }
@@ -385,9 +390,10 @@ fn json_answer(mut parts: http::response::Parts, value: &Value, original: Bytes)
 
 async fn rewrite_unary(
     res: Response<Body>,
+    dialect: Dialect,
     mut rewriters: Vec<Box<dyn Rewrite>>,
 ) -> Response<Body> {
-    let (parts, bytes) = match read_answer(res).await {
+    let (parts, bytes) = match read_answer(res, dialect).await {
         Ok(read) => read,
         Err(res) => return res,
     };
@@ -433,8 +439,13 @@ fn append_parts(value: &mut Value, extra: Value) {
 
 /// Runs the rules' [`Rule::models`] on a models list, or on one model fetched by `get` (the
 /// entry named as the client asked is answered).
-async fn rewrite_models(res: Response<Body>, rules: &Rules, get: Option<&str>) -> Response<Body> {
-    let (parts, bytes) = match read_answer(res).await {
+async fn rewrite_models(
+    res: Response<Body>,
+    dialect: Dialect,
+    rules: &Rules,
+    get: Option<&str>,
+) -> Response<Body> {
+    let (parts, bytes) = match read_answer(res, dialect).await {
         Ok(read) => read,
         Err(res) => return res,
     };

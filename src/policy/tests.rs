@@ -1151,3 +1151,31 @@ async fn error_answers_pass_through() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(json_of(res).await["error"]["status"], "RESOURCE_EXHAUSTED");
 }
+
+#[tokio::test]
+async fn openai_models_routes_are_not_policed() {
+    let seen = Seen::default();
+    let svc = ServiceBuilder::new()
+        .layer(layer_from(&[
+            ("MODEL_ALIASES", "gpt-4o=gemini-2.5-pro"),
+            ("ALLOWED_MODELS", "gemini-2.5-flash"),
+        ]))
+        .service(upstream(seen.clone(), ok_json(json!({"object": "model"}))));
+    let res = svc
+        .clone()
+        .oneshot(
+            Request::get("/v1/models/gpt-4o")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(seen.last().0, "/v1/models/gpt-4o");
+    // A Gemini method on /v1 is native Gemini and is policed.
+    let res = svc
+        .oneshot(post("/v1/models/gemini-2.5-pro:generateContent", "{}"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
