@@ -505,6 +505,26 @@ async fn code_execution_is_added_without_function_declarations() {
 }
 
 #[tokio::test]
+async fn code_runs_reach_the_client_as_sent() {
+    let s = stack(&[
+        ("TOOLS_CODE_EXECUTION_ENABLED", "true"),
+        ("SHOW_THINKING_PROCESS", "false"),
+    ])
+    .await;
+    for how in ALL_WAYS {
+        let res = s.post(&path("gemini-2.5-flash", how), &prompt_body()).await;
+        let chunks = chunks_of(res, how).await;
+        let ps = parts(&chunks);
+        assert_eq!(ps[0]["executableCode"]["language"], "PYTHON", "{how:?}");
+        assert_eq!(
+            ps[1]["codeExecutionResult"]["outcome"], "OUTCOME_OK",
+            "{how:?}"
+        );
+        assert_eq!(text(&chunks), FakeGemini::passage(PROMPT), "{how:?}");
+    }
+}
+
+#[tokio::test]
 async fn tools_with_function_declarations_go_upstream_unchanged() {
     let s = stack(&[("TOOLS_CODE_EXECUTION_ENABLED", "true")]).await;
     let mut body = client_body();

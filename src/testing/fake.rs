@@ -876,6 +876,31 @@ fn searches(req: &Value) -> bool {
     })
 }
 
+/// Whether the request enables the code-execution tool.
+fn executes_code(req: &Value) -> bool {
+    req["tools"].as_array().is_some_and(|tools| {
+        tools
+            .iter()
+            .any(|t| t.get("codeExecution").is_some() || t.get("code_execution").is_some())
+    })
+}
+
+/// The parts of a code run, as Google sends them before the answer text: the generated code
+/// and its result (it counts the words of the prompt).
+fn code_execution_parts(prompt: &str) -> Vec<Value> {
+    let escaped = prompt.replace('\\', "\\\\").replace('"', "\\\"");
+    vec![
+        json!({ "executableCode": {
+            "language": "PYTHON",
+            "code": format!("words = \"{escaped}\".split()\nprint(len(words))\n"),
+        }}),
+        json!({ "codeExecutionResult": {
+            "outcome": "OUTCOME_OK",
+            "output": format!("{}\n", prompt.split_whitespace().count()),
+        }}),
+    ]
+}
+
 /// The `groundingMetadata` of a searched answer: the sources of
 /// [`FakeGemini::grounding_sources`], the query, a support for the whole text and the search
 /// entry point, shaped as Google sends them.
@@ -1030,6 +1055,12 @@ async fn generate(
     }
 
     let grounding = searches(req).then(|| grounding_metadata(&plan.prompt, &plan.text));
+    // With the code-execution tool, a fresh answer (not a continuation) first runs some code.
+    let code_parts = if executes_code(req) && plan.text == passage::passage(&plan.prompt) {
+        code_execution_parts(&plan.prompt)
+    } else {
+        Vec::new()
+    };
     let pieces = passage::chunks(&plan.text, state.chunk_words);
     if mode == Mode::Unary {
         // The whole answer in one response; a finish fault cuts it short.
@@ -1041,6 +1072,7 @@ async fn generate(
             _ => (plan.text.clone(), "STOP"),
         };
         let mut parts = thought_parts;
+        parts.extend(code_parts);
         parts.push(json!({ "text": text }));
         let mut body = chunk_json(model, &id, parts, Some(finish), Some(usage(&plan, &text)));
         if let Some(g) = &grounding {
@@ -1060,6 +1092,9 @@ async fn generate(
 
     for t in thought_parts {
         steps.push(Step::Chunk(chunk_json(model, &id, vec![t], None, None)));
+    }
+    if !code_parts.is_empty() {
+        steps.push(Step::Chunk(chunk_json(model, &id, code_parts, None, None)));
     }
     let n = pieces.len();
     let mut sent = String::new();
