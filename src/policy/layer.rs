@@ -104,6 +104,11 @@ impl<S> RequestPolicy<S> {
         layer.layer(inner)
     }
 
+    /// A [`RequestPolicyLayer`] with no rules yet.
+    pub fn layer() -> RequestPolicyLayer {
+        RequestPolicyLayer::new()
+    }
+
     crate::define_inner_service_accessors!();
 }
 
