@@ -1,80 +1,50 @@
-//! RequestPolicyLayer against FakeGemini over loopback sockets: each rule's exact effect on
+//! RequestPolicyLayer as full_proxy wires it, against FakeGemini over loopback sockets: each rule's exact effect on
 //! the request upstream received (and that nothing else changed), and the rewritten answers
 //! (search links, hidden thoughts) unary, as SSE and as a streamed JSON array.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 
 use http::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use tower::{ServiceBuilder, ServiceExt};
+use support::Proxy;
+use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
-use tower_gemini::policy::PolicyConfig;
 use tower_gemini::testing::{FakeGemini, Fault, ReceivedRequest};
-use tower_gemini::{Body, Dialect, Error};
 
 const KEY: &str = "policy-test-key-0001";
 const PROMPT: &str = "Tell me about lighthouses";
 
 // === The stack under test ===
 
-/// A running stack: `RequestPolicyLayer` (configured from `vars`, as full_proxy reads them)
-/// over `UpstreamClient` → FakeGemini, served on `127.0.0.1:0`.
+/// full_proxy configured from `vars` (as it reads its environment), against FakeGemini,
+/// serving on `127.0.0.1:0`; the client authenticates with a client token.
 struct Stack {
     fake: FakeGemini,
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    token: String,
+    _proxy: Proxy,
 }
 
 async fn stack(vars: &[(&str, &str)]) -> Stack {
-    let env: HashMap<String, String> = vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let policy = PolicyConfig::from_env(&env).expect("valid policy config");
     let fake = FakeGemini::start([KEY]).await.unwrap();
-    let svc = ServiceBuilder::new()
-        .layer(policy.layer())
-        .service(UpstreamClient::new(fake.url()).unwrap());
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task =
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let svc = svc.clone();
-                tokio::spawn(async move {
-                    let handler =
-                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                            let svc = svc.clone();
-                            async move {
-                                let dialect = Dialect::of(&req);
-                                let res = svc.oneshot(req.map(Body::new)).await;
-                                Ok::<_, Infallible>(res.unwrap_or_else(|e: Error| {
-                                    e.to_api_error().into_response(dialect)
-                                }))
-                            }
-                        });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), handler)
-                        .await;
-                });
-            }
-        });
-    Stack { fake, addr, task }
+    let url = fake.url();
+    let mut all = vec![
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", url.as_str()),
+        ("RETRY_DELAY_MS", "0"),
+    ];
+    all.extend_from_slice(vars);
+    let proxy = Proxy::start(&all).await;
+    Stack {
+        fake,
+        addr: proxy.addr,
+        token: proxy.token.clone(),
+        _proxy: proxy,
+    }
 }
 
 impl Stack {
@@ -85,7 +55,7 @@ impl Stack {
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
-            .header("x-goog-api-key", KEY)
+            .header("x-goog-api-key", self.token.as_str())
             .header("content-type", "application/json")
             .body(body)
             .unwrap();
@@ -618,7 +588,7 @@ async fn malformed_json_gets_upstreams_own_400() {
         "http://{}/v1beta/models/gemini-2.5-flash:generateContent",
         s.addr
     ))
-    .header("x-goog-api-key", KEY)
+    .header("x-goog-api-key", s.token.as_str())
     .body(Body::from("{\"contents\": [oops"))
     .unwrap();
     let res = client.request(req).await.unwrap();

@@ -112,6 +112,9 @@ impl App {
                     )
                     .retry_unary(true),
             );
+        if config.policy.is_active() {
+            builder = builder.layer(config.policy.layer().max_body_bytes(config.max_body_bytes));
+        }
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
         }

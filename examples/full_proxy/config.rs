@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_gemini::key_rotation::Strategy;
+use tower_gemini::policy::PolicyConfig;
 use tower_gemini::rate_limit::ModelLimits;
 
 /// Log output format.
@@ -49,6 +50,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
+    pub policy: PolicyConfig,
 }
 
 impl fmt::Debug for Config {
@@ -102,6 +105,7 @@ impl fmt::Debug for Config {
             // A Redis URL may hold a password.
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -210,6 +214,11 @@ impl Config {
             model_limits,
             trusted_proxies: list(env, "TRUSTED_PROXIES")?,
             redis_url: get("REDIS_URL").map(str::to_owned),
+            policy: PolicyConfig::from_env(env).map_err(|e| {
+                let msg = e.to_string();
+                let msg = msg.strip_prefix("invalid configuration: ").unwrap_or(&msg);
+                ConfigError(msg.to_owned())
+            })?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
         })
     }
@@ -357,6 +366,8 @@ mod tests {
             ("SWALLOW_THOUGHTS_AFTER_RETRY", "maybe"),
             ("MODEL_LIMITS", "gemini-2.5-pro=5rpx"),
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
+            ("SHOW_THINKING_PROCESS", "perhaps"),
+            ("INJECT_PROMPT_POSITION", "middle"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");
