@@ -72,6 +72,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 pub struct GatewayBuilder {
     tokens: Option<Arc<dyn TokenStore>>,
     max_body_bytes: usize,
+    body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
     request_id: bool,
     secrets: SecretSet,
@@ -106,6 +107,7 @@ impl Default for GatewayBuilder {
         Self {
             tokens: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_read_timeout: None,
             upstream_key: None,
             request_id: true,
             secrets: SecretSet::new(),
@@ -139,6 +141,13 @@ impl GatewayBuilder {
     /// [`DEFAULT_MAX_BODY_BYTES`]).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Bounds the time to receive a whole request body (408 past it; default: no bound), so a
+    /// client trickling its body, or a chunked body that never ends, cannot hold a request.
+    pub fn body_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.body_read_timeout = Some(timeout);
         self
     }
 
@@ -265,7 +274,13 @@ impl GatewayBuilder {
         let svc = GatewayService::new(
             ServiceBuilder::new()
                 .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
-                .layer(BodyLimitLayer::new(self.max_body_bytes))
+                .layer({
+                    let limit = BodyLimitLayer::new(self.max_body_bytes);
+                    match self.body_read_timeout {
+                        Some(d) => limit.read_timeout(d),
+                        None => limit,
+                    }
+                })
                 .service(svc),
         );
         #[cfg(feature = "usage")]

@@ -21,6 +21,7 @@ use tower_gemini::testing::FakeGemini;
 use super::admin;
 use super::config::Config;
 use super::ops::{self, Ops};
+use super::server::ServerStats;
 
 /// A built gateway, ready to serve.
 pub struct App {
@@ -28,6 +29,8 @@ pub struct App {
     pub config: Config,
     /// The upstream key pool (shared with the admin routes).
     pub pool: Arc<KeyPool>,
+    /// Connection counters of the server (slow clients closed, connections shed).
+    pub server_stats: Arc<ServerStats>,
     /// The in-process fake upstream in demo mode (kept alive as long as the app).
     pub demo: Option<FakeGemini>,
     /// Client tokens minted because `ALLOWED_TOKENS` was unset (print them once).
@@ -89,7 +92,8 @@ impl App {
         };
 
         let pool = build_pool(&config, keys).await?;
-        let ops = Ops::new(pool.clone());
+        let server_stats = Arc::new(ServerStats::default());
+        let ops = Ops::new(pool.clone(), server_stats.clone());
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
@@ -98,6 +102,7 @@ impl App {
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
             .max_body_bytes(config.max_body_bytes)
+            .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
             .usage(ops.usage.clone())
             .stream_resume(
@@ -111,6 +116,9 @@ impl App {
                     )
                     .retry_unary(true),
             );
+        if config.policy.is_active() {
+            builder = builder.layer(config.policy.layer().max_body_bytes(config.max_body_bytes));
+        }
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
         }
@@ -136,6 +144,7 @@ impl App {
             router,
             config,
             pool,
+            server_stats,
             demo,
             minted_token,
             minted_admin_token,

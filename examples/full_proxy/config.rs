@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_gemini::key_rotation::Strategy;
+use tower_gemini::policy::PolicyConfig;
 use tower_gemini::rate_limit::ModelLimits;
 
 /// Log output format.
@@ -30,6 +31,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub client_read_timeout: Duration,
+    pub max_connections: usize,
     // Key pool.
     pub max_failures: u32,
     pub key_strategy: Strategy,
@@ -49,6 +52,8 @@ pub struct Config {
     pub redis_prefix: String,
     // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
     pub ops: super::ops::OpsConfig,
+    // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
+    pub policy: PolicyConfig,
 }
 
 impl fmt::Debug for Config {
@@ -79,6 +84,8 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("client_read_timeout", &self.client_read_timeout)
+            .field("max_connections", &self.max_connections)
             .field("max_failures", &self.max_failures)
             .field("key_strategy", &self.key_strategy)
             .field("key_cooldown", &self.key_cooldown)
@@ -101,6 +108,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
             .field("ops", &self.ops)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -186,6 +194,13 @@ impl Config {
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: Duration::from_secs(number(env, "SHUTDOWN_GRACE_SECONDS", 30)?),
+            client_read_timeout: Duration::from_secs(number(
+                env,
+                "CLIENT_READ_TIMEOUT_SECONDS",
+                30,
+            )?)
+            .max(Duration::from_secs(1)),
+            max_connections: (number(env, "MAX_CONNECTIONS", 4096)? as usize).max(1),
             max_failures: u32::try_from(max_failures)
                 .map_err(|_| ConfigError("MAX_FAILURES: too large".into()))?,
             key_strategy,
@@ -204,6 +219,11 @@ impl Config {
             model_limits,
             trusted_proxies: list(env, "TRUSTED_PROXIES")?,
             redis_url: get("REDIS_URL").map(str::to_owned),
+            policy: PolicyConfig::from_env(env).map_err(|e| {
+                let msg = e.to_string();
+                let msg = msg.strip_prefix("invalid configuration: ").unwrap_or(&msg);
+                ConfigError(msg.to_owned())
+            })?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
         })
     }
@@ -351,6 +371,8 @@ mod tests {
             ("SWALLOW_THOUGHTS_AFTER_RETRY", "maybe"),
             ("MODEL_LIMITS", "gemini-2.5-pro=5rpx"),
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
+            ("SHOW_THINKING_PROCESS", "perhaps"),
+            ("INJECT_PROMPT_POSITION", "middle"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");

@@ -19,6 +19,7 @@ use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 use super::admin::admin_only;
 use super::app::Shared;
+use super::server::ServerStats;
 
 /// The log file's name in `LOG_DIR`; rotated files are `gateway.log.1`, `gateway.log.2`, ...
 pub const LOG_FILE: &str = "gateway.log";
@@ -84,11 +85,12 @@ pub struct Ops {
     pub metrics: Arc<MetricsSink>,
     pub usage: UsageLayer,
     pub pool: Arc<KeyPool>,
+    pub server: Arc<ServerStats>,
     pub started: Instant,
 }
 
 impl Ops {
-    pub fn new(pool: Arc<KeyPool>) -> Ops {
+    pub fn new(pool: Arc<KeyPool>, server: Arc<ServerStats>) -> Ops {
         let stats = Arc::new(UsageStats::new());
         let metrics = Arc::new(MetricsSink::prometheus());
         let usage = UsageLayer::new(stats.clone()).sink(metrics.clone());
@@ -97,6 +99,7 @@ impl Ops {
             metrics,
             usage,
             pool,
+            server,
             started: Instant::now(),
         }
     }
@@ -146,6 +149,7 @@ async fn status(State(ops): State<Ops>) -> Response {
         "uptime_seconds": ops.started.elapsed().as_secs(),
         "resident_memory_bytes": resident_memory_bytes(),
         "requests_in_flight": ops.usage.in_flight(),
+        "open_connections": ops.server.open_connections.load(std::sync::atomic::Ordering::Relaxed),
         "usable_keys": ops.pool.usable_count(),
         "total_keys": ops.pool.len(),
     }))
