@@ -23,6 +23,9 @@ pub mod client;
 #[cfg(all(feature = "request-id", feature = "bearer-auth"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "request-id", feature = "bearer-auth"))))]
 pub mod gateway;
+#[cfg(feature = "openai")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
+pub mod openai;
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;
