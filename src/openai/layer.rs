@@ -50,6 +50,7 @@ struct Config {
     max_response_bytes: usize,
     version: String,
     owned_by: String,
+    page_size: u32,
     options: TranslateOptions,
 }
 
@@ -68,6 +69,7 @@ impl OpenAiToGeminiLayer {
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
                 version: "v1beta".to_owned(),
                 owned_by: "google".to_owned(),
+                page_size: 1000,
                 options: TranslateOptions::default(),
             }),
         }
@@ -96,6 +98,13 @@ impl OpenAiToGeminiLayer {
     /// The `owned_by` of listed models (default `google`).
     pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.config).owned_by = owner.into();
+        self
+    }
+
+    /// The `pageSize` of each `GET /v1beta/models` page read for `GET /v1/models` (default
+    /// 1000; every page is read either way).
+    pub fn models_page_size(mut self, size: u32) -> Self {
+        Arc::make_mut(&mut self.config).page_size = size.max(1);
         self
     }
 
@@ -365,7 +374,10 @@ where
         let mut token: Option<String> = None;
         let mut last_headers = HeaderMap::new();
         for _ in 0..MAX_MODEL_PAGES {
-            let mut path = format!("/{}/models?pageSize=1000", self.config.version);
+            let mut path = format!(
+                "/{}/models?pageSize={}",
+                self.config.version, self.config.page_size
+            );
             if let Some(t) = &token {
                 path.push_str("&pageToken=");
                 path.push_str(&percent_encode(t));
