@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_openai::Client;
 use async_openai::config::OpenAIConfig;
@@ -19,10 +20,10 @@ use tokio_stream_shim::StreamExt;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::openai::OpenAiToGeminiLayer;
-use tower_gemini::testing::{FakeGemini, Fault};
+use tower_gemini::testing::{FakeGemini, Fault, KeyBehavior};
 use tower_gemini::{Body, Dialect};
 
-const KEY: &str = "upstream-key-1";
+const KEY: &str = "AIzaSyOpenAiEndToEndTestKey000000000000";
 const MODEL: &str = "gemini-2.5-flash";
 
 /// The stack under test, served on `127.0.0.1:0`: OpenAiToGemini over an upstream client
@@ -541,7 +542,7 @@ async fn malformed_json_is_a_400_in_openai_shape() {
     let (fake, _client) = setup().await;
     let base = serve(&fake, OpenAiToGeminiLayer::new()).await;
     let url = format!("{base}/chat/completions");
-    let (status, body) = raw_post(&url, "{\"model\": ").await;
+    let (status, _, body) = raw_post(&url, "{\"model\": ").await;
     assert_eq!(status, 400);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
@@ -549,8 +550,42 @@ async fn malformed_json_is_a_400_in_openai_shape() {
     assert_eq!(fake.total_requests(), 0);
 }
 
-/// A plain HTTP/1.1 POST over a socket (no client library in the way).
-async fn raw_post(url: &str, body: &str) -> (u16, String) {
+#[tokio::test]
+async fn upstream_quota_errors_keep_their_status_and_retry_after() {
+    let (fake, _client) = setup().await;
+    fake.set_key(KEY, KeyBehavior::exhausted(Duration::from_secs(12)));
+    let base = serve(&fake, OpenAiToGeminiLayer::new()).await;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let (status, head, body) =
+        raw_post(&format!("{base}/chat/completions"), &body.to_string()).await;
+    assert_eq!(status, 429);
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 12\r\n"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn upstream_key_errors_never_echo_the_key() {
+    let (fake, _client) = setup().await;
+    fake.set_key(KEY, KeyBehavior::Invalid);
+    let base = serve(&fake, OpenAiToGeminiLayer::new()).await;
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x"}]});
+    let (status, head, body) =
+        raw_post(&format!("{base}/chat/completions"), &body.to_string()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("API key not valid"), "{body}");
+    assert!(!body.contains(KEY) && !head.contains(KEY), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+}
+
+/// A plain HTTP/1.1 POST over a socket (no client library in the way): status, header block,
+/// body.
+async fn raw_post(url: &str, body: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
@@ -563,8 +598,8 @@ async fn raw_post(url: &str, body: &str) -> (u16, String) {
     let mut out = String::new();
     sock.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").unwrap().1.to_owned();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (status, format!("{head}\r\n"), body.to_owned())
 }
 
 /// `StreamExt::next` without another dependency.

@@ -218,30 +218,34 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
-        let future = Box::pin(async move {
-            if req.method() != route.method() {
-                let msg = format!(
-                    "{} is not allowed on {}; use {}",
-                    req.method(),
-                    req.uri().path(),
-                    route.method()
-                );
-                return Ok(ApiError::method_not_allowed(msg).into_response(Dialect::OpenAi));
-            }
-            let (parts, body) = req.into_parts();
-            let ctx = Call {
-                inner,
-                config,
-                headers: parts.headers,
-                extensions: parts.extensions,
-            };
-            match route {
-                Route::Chat => ctx.chat(body).await,
-                Route::Embeddings => ctx.embeddings(body).await,
-                Route::Models => ctx.models().await,
-                Route::Model(id) => ctx.model(&id).await,
-            }
-        });
+        let span = tracing::debug_span!("openai", route = ?route, path = %req.uri().path());
+        let future = Box::pin(tracing::Instrument::instrument(
+            async move {
+                if req.method() != route.method() {
+                    let msg = format!(
+                        "{} is not allowed on {}; use {}",
+                        req.method(),
+                        req.uri().path(),
+                        route.method()
+                    );
+                    return Ok(ApiError::method_not_allowed(msg).into_response(Dialect::OpenAi));
+                }
+                let (parts, body) = req.into_parts();
+                let ctx = Call {
+                    inner,
+                    config,
+                    headers: parts.headers,
+                    extensions: parts.extensions,
+                };
+                match route {
+                    Route::Chat => ctx.chat(body).await,
+                    Route::Embeddings => ctx.embeddings(body).await,
+                    Route::Models => ctx.models().await,
+                    Route::Model(id) => ctx.model(&id).await,
+                }
+            },
+            span,
+        ));
         ResponseFuture {
             kind: Kind::Translate { future },
         }
