@@ -583,6 +583,50 @@ async fn upstream_key_errors_never_echo_the_key() {
     assert_eq!(v["error"]["code"], "invalid_api_key");
 }
 
+#[tokio::test]
+async fn thoughts_reach_reasoning_content_never_content() {
+    let (fake, _client) = setup().await;
+    let base = serve(&fake, OpenAiToGeminiLayer::new()).await;
+    let url = format!("{base}/chat/completions");
+    let body = json!({"model": MODEL, "reasoning_effort": "low",
+        "messages": [{"role": "user", "content": "Think first"}]});
+    let (status, _, answer) = raw_post(&url, &body.to_string()).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(msg["content"], FakeGemini::passage("Think first"));
+    assert!(!msg["reasoning_content"].as_str().unwrap().is_empty());
+    assert!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let sent = fake.last_received().unwrap().json();
+    assert_eq!(
+        sent["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 1024, "includeThoughts": true})
+    );
+    // Streamed: the same split.
+    fake.push_fault(Fault::Thoughts);
+    let body = json!({"model": MODEL, "stream": true,
+        "messages": [{"role": "user", "content": "Think first"}]});
+    let (status, _, events) = raw_post(&url, &body.to_string()).await;
+    assert_eq!(status, 200);
+    let (mut content, mut reasoning) = (String::new(), String::new());
+    for line in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(line).unwrap();
+        let delta = &chunk["choices"][0]["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+    }
+    assert_eq!(content, FakeGemini::passage("Think first"));
+    assert!(!reasoning.is_empty());
+}
+
 /// A plain HTTP/1.1 POST over a socket (no client library in the way): status, header block,
 /// body.
 async fn raw_post(url: &str, body: &str) -> (u16, String, String) {
