@@ -609,7 +609,7 @@ fn thinking(
             "low"
         };
         t.thinking_level = Some(level.to_owned());
-        t.include_thoughts = Some(true);
+        t.include_thoughts = Some(effort != "none");
     } else {
         t.thinking_budget = Some(budget);
         t.include_thoughts = Some(budget != 0);

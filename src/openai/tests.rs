@@ -417,6 +417,10 @@ fn reasoning_effort_maps_to_a_budget_or_a_level() {
         effort("gemini-3-pro-preview", "high")["thinkingLevel"],
         "high"
     );
+    assert_eq!(
+        effort("gemini-3-pro-preview", "none"),
+        json!({"thinkingLevel": "low", "includeThoughts": false})
+    );
     assert!(
         gemini_err(json!({"model": "m", "messages": [user("x")], "reasoning_effort": "max"}))
             .contains("\"max\"")
