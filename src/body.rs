@@ -23,6 +23,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -282,12 +283,24 @@ where
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimitLayer {
     max: usize,
+    read_timeout: Option<Duration>,
 }
 
 impl BodyLimitLayer {
     /// Buffers bodies of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        Self { max }
+        Self {
+            max,
+            read_timeout: None,
+        }
+    }
+
+    /// Bounds the time to receive a whole request body: a client that sends too slowly, or a
+    /// chunked body that never ends, gets 408 instead of holding the request open (default:
+    /// no bound).
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
     }
 }
 
@@ -298,6 +311,7 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
         BodyLimit {
             inner,
             max: self.max,
+            read_timeout: self.read_timeout,
         }
     }
 }
@@ -307,12 +321,17 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     max: usize,
+    read_timeout: Option<Duration>,
 }
 
 impl<S> BodyLimit<S> {
     /// Wraps `inner` with a limit of `max` bytes.
     pub fn new(inner: S, max: usize) -> Self {
-        Self { inner, max }
+        Self {
+            inner,
+            max,
+            read_timeout: None,
+        }
     }
 
     crate::define_inner_service_accessors!();
@@ -342,6 +361,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let max = self.max;
+        let read_timeout = self.read_timeout;
         let dialect = crate::Dialect::of(&req);
         let declared = req
             .headers()
@@ -353,7 +373,28 @@ where
                 return Ok(crate::ApiError::payload_too_large(max).into_response(dialect));
             }
             let (parts, body) = req.into_parts();
-            let body = match Body::new(body).buffer(max).await {
+            let buffering = Body::new(body).buffer(max);
+            let buffered = match read_timeout {
+                None => buffering.await,
+                Some(d) => match tokio::time::timeout(d, buffering).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::info!(
+                            timeout_ms = d.as_millis() as u64,
+                            "request body too slow; refused"
+                        );
+                        return Ok(crate::ApiError::new(
+                            http::StatusCode::REQUEST_TIMEOUT,
+                            format!(
+                                "the request body did not arrive within {} s",
+                                d.as_secs_f64()
+                            ),
+                        )
+                        .into_response(dialect));
+                    }
+                },
+            };
+            let body = match buffered {
                 Ok(body) => body,
                 Err(LimitError::TooLarge { .. }) => {
                     return Ok(crate::ApiError::payload_too_large(max).into_response(dialect));
@@ -508,6 +549,44 @@ mod tests {
     async fn refuses_by_size_hint_before_reading() {
         let body = Full::new(Bytes::from_static(b"0123456789"));
         assert!(collect_limited(body, 4).await.is_err());
+    }
+
+    /// A body that sends one chunk and then nothing, forever.
+    struct Endless(bool);
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                self.0 = true;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"{\"contents\":")))))
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_never_ends_gets_408_after_the_read_timeout() {
+        use tower::{Layer, ServiceExt, service_fn};
+        let svc = BodyLimitLayer::new(1024)
+            .read_timeout(Duration::from_secs(5))
+            .layer(service_fn(|_req: http::Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("reached")))
+            }));
+        let req = http::Request::post("/v1beta/models/m:generateContent")
+            .body(Endless(false))
+            .unwrap();
+        let res = svc.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::REQUEST_TIMEOUT);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], 408);
     }
 
     #[tokio::test]

@@ -4,8 +4,14 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► BearerAuth ─► BodyLimit ─► upstream key ─► errors as responses ─► client
+//! RequestId ─► AccessLog ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
+//!
+//! Every layer in brackets or named after the body limit is optional: switch it on with its
+//! setter ([`rate_limit`](GatewayBuilder::rate_limit), [`stream_resume`](GatewayBuilder::stream_resume),
+//! [`key_rotation`](GatewayBuilder::key_rotation)); [`layer`](GatewayBuilder::layer) adds your
+//! own (the OpenAI translation, request policy) right after the body limit, in the order given.
 //!
 //! The result, [`Gateway`], is an infallible, cloneable `Service` that an axum app mounts with
 //! `Router::fallback_service` (or `route_service`), exactly as `examples/full_proxy` does.
@@ -66,10 +72,21 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 pub struct GatewayBuilder {
     tokens: Option<Arc<dyn TokenStore>>,
     max_body_bytes: usize,
+    body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
     request_id: bool,
     secrets: SecretSet,
+    extra: Vec<Arc<dyn Fn(GatewayService) -> GatewayService + Send + Sync>>,
+    #[cfg(feature = "rate-limit")]
+    rate_limit: Option<crate::rate_limit::RateLimitLayer>,
+    #[cfg(feature = "stream-resume")]
+    stream_resume: Option<crate::stream_resume::StreamResumeLayer>,
+    #[cfg(feature = "key-rotation")]
+    key_rotation: Option<crate::key_rotation::KeyRotationLayer>,
 }
+
+/// The boxed, infallible service type each stage of the gateway is composed of.
+pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 impl fmt::Debug for GatewayBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -78,7 +95,8 @@ impl fmt::Debug for GatewayBuilder {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("upstream_key", &self.upstream_key)
             .field("request_id", &self.request_id)
-            .finish()
+            .field("extra_layers", &self.extra.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,9 +105,17 @@ impl Default for GatewayBuilder {
         Self {
             tokens: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_read_timeout: None,
             upstream_key: None,
             request_id: true,
             secrets: SecretSet::new(),
+            extra: Vec::new(),
+            #[cfg(feature = "rate-limit")]
+            rate_limit: None,
+            #[cfg(feature = "stream-resume")]
+            stream_resume: None,
+            #[cfg(feature = "key-rotation")]
+            key_rotation: None,
         }
     }
 }
@@ -111,6 +137,13 @@ impl GatewayBuilder {
     /// [`DEFAULT_MAX_BODY_BYTES`]).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Bounds the time to receive a whole request body (408 past it; default: no bound), so a
+    /// client trickling its body, or a chunked body that never ends, cannot hold a request.
+    pub fn body_read_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.body_read_timeout = Some(timeout);
         self
     }
 
@@ -136,25 +169,98 @@ impl GatewayBuilder {
         self
     }
 
+    /// Adds a layer right after the body limit (requests arrive authenticated, with a
+    /// bounded, buffered body). Layers added first see requests first: add the OpenAI
+    /// translation before a request policy that rewrites Gemini requests.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<GatewayService> + Send + Sync + 'static,
+        L::Service: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    {
+        self.extra
+            .push(Arc::new(move |svc| GatewayService::new(layer.layer(svc))));
+        self
+    }
+
+    /// Quotas per client, IP or model, checked before any upstream key is spent.
+    #[cfg(feature = "rate-limit")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+    pub fn rate_limit(mut self, layer: crate::rate_limit::RateLimitLayer) -> Self {
+        self.rate_limit = Some(layer);
+        self
+    }
+
+    /// Repairs interrupted `:streamGenerateContent` answers.
+    #[cfg(feature = "stream-resume")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]
+    pub fn stream_resume(mut self, layer: crate::stream_resume::StreamResumeLayer) -> Self {
+        self.stream_resume = Some(layer);
+        self
+    }
+
+    /// Draws the upstream key of each request from a pool, retrying on another key when the
+    /// upstream blames the key. Replaces [`upstream_key`](Self::upstream_key); the pool's keys
+    /// are scrubbed from error bodies by the layer itself.
+    #[cfg(feature = "key-rotation")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "key-rotation")))]
+    pub fn key_rotation(mut self, layer: crate::key_rotation::KeyRotationLayer) -> Self {
+        self.key_rotation = Some(layer);
+        self
+    }
+
     /// Stacks the layers around `upstream`.
     pub fn build<S, ResBody>(self, upstream: S) -> Gateway
     where
         S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
+        S::Error: Into<BoxError> + Send + 'static,
         ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let inner = ServiceBuilder::new()
-            .layer(UpstreamErrorsLayer {
-                secrets: self.secrets.clone(),
-            })
-            .option_layer(self.upstream_key.map(SetUpstreamKeyLayer))
-            .service(upstream);
+        let errors = UpstreamErrorsLayer {
+            secrets: self.secrets.clone(),
+        };
+        #[cfg_attr(not(feature = "key-rotation"), allow(unused_mut))]
+        let mut rotated: Option<GatewayService> = None;
+        #[cfg(feature = "key-rotation")]
+        if let Some(rotation) = &self.key_rotation {
+            let svc = errors.clone().layer(rotation.layer(upstream.clone()));
+            rotated = Some(GatewayService::new(svc));
+        }
+        let mut svc = rotated.unwrap_or_else(|| {
+            GatewayService::new(
+                ServiceBuilder::new()
+                    .layer(errors)
+                    .option_layer(self.upstream_key.map(SetUpstreamKeyLayer))
+                    .service(upstream),
+            )
+        });
+        #[cfg(feature = "stream-resume")]
+        if let Some(layer) = self.stream_resume {
+            svc = GatewayService::new(layer.layer(svc));
+        }
+        #[cfg(feature = "rate-limit")]
+        if let Some(layer) = self.rate_limit {
+            svc = GatewayService::new(layer.layer(svc));
+        }
+        for wrap in self.extra.iter().rev() {
+            svc = wrap(svc);
+        }
         let inner = ServiceBuilder::new()
             .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
-            .layer(BodyLimitLayer::new(self.max_body_bytes))
-            .service(inner);
+            .layer({
+                let limit = BodyLimitLayer::new(self.max_body_bytes);
+                match self.body_read_timeout {
+                    Some(d) => limit.read_timeout(d),
+                    None => limit,
+                }
+            })
+            .service(svc);
         let svc = ServiceBuilder::new()
             .option_layer(self.request_id.then(RequestIdLayer::new))
             .layer(AccessLogLayer::new())

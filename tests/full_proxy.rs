@@ -394,3 +394,142 @@ async fn malformed_json_is_400_in_gemini_shape() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(res).await["error"]["status"], "INVALID_ARGUMENT");
 }
+
+/// The visible text and the finishReasons of a streamed answer (SSE or JSON array).
+fn stream_text(body: &[u8], sse: bool) -> (String, Vec<String>, Vec<Value>) {
+    let events: Vec<Value> = if sse {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect()
+    } else {
+        serde_json::from_slice(body).unwrap()
+    };
+    let mut text = String::new();
+    let mut finishes = Vec::new();
+    let mut errors = Vec::new();
+    for e in &events {
+        if e.get("error").is_some() {
+            errors.push(e.clone());
+        }
+        let Some(c) = e["candidates"].get(0) else {
+            continue;
+        };
+        for p in c["content"]["parts"].as_array().into_iter().flatten() {
+            if p["thought"] != true {
+                text.push_str(p["text"].as_str().unwrap_or_default());
+            }
+        }
+        if let Some(f) = c["finishReason"].as_str() {
+            finishes.push(f.to_owned());
+        }
+    }
+    (text, finishes, errors)
+}
+
+#[tokio::test]
+async fn interrupted_streams_reach_the_client_whole_in_both_formats() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("RETRY_DELAY_MS", "0"),
+    ])
+    .await;
+    for (uri, sse) in [
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            true,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            false,
+        ),
+    ] {
+        fake.push_fault(Fault::DropAfter(2));
+        fake.push_fault(Fault::FinishAfter {
+            chunks: 1,
+            reason: "OTHER".into(),
+        });
+        fake.push_fault(Fault::EndWithoutFinish(1));
+        let res = send(
+            &proxy,
+            post(
+                uri,
+                Some(("x-goog-api-key", &proxy.token)),
+                prompt("a tale of bees"),
+            ),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+        let (text, finishes, errors) = stream_text(&body, sse);
+        assert_eq!(text, FakeGemini::passage("a tale of bees"), "{uri}");
+        assert_eq!(finishes, ["STOP"], "{uri}: exactly one final finishReason");
+        assert!(errors.is_empty());
+        assert_eq!(fake.pending_faults(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_never_recovers_ends_with_an_explicit_error() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("RETRY_DELAY_MS", "0"),
+        ("MAX_CONSECUTIVE_RETRIES", "2"),
+    ])
+    .await;
+    // Some text, then attempts that add nothing.
+    fake.push_fault(Fault::DropAfter(1));
+    for _ in 0..4 {
+        fake.push_fault(Fault::DropAfter(0));
+    }
+    let res = send(
+        &proxy,
+        post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            Some(("x-goog-api-key", &proxy.token)),
+            prompt("endless"),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+    let (text, finishes, errors) = stream_text(&body, true);
+    assert!(FakeGemini::passage("endless").starts_with(&text));
+    assert!(finishes.is_empty(), "never a silent STOP: {finishes:?}");
+    assert_eq!(errors.len(), 1, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(errors[0]["error"]["status"], "UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_resumed_after_stream_idle_timeout_seconds() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("RETRY_DELAY_MS", "0"),
+        ("STREAM_IDLE_TIMEOUT_SECONDS", "1"),
+    ])
+    .await;
+    fake.push_fault(Fault::StallAfter {
+        chunks: 2,
+        pause: Duration::from_secs(30),
+    });
+    let res = send(
+        &proxy,
+        post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            Some(("x-goog-api-key", &proxy.token)),
+            prompt("slow bees"),
+        ),
+    )
+    .await;
+    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+    let (text, finishes, _) = stream_text(&body, true);
+    assert_eq!(text, FakeGemini::passage("slow bees"));
+    assert_eq!(finishes, ["STOP"]);
+}

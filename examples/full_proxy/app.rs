@@ -1,25 +1,35 @@
-//! Builds full_proxy from its [`Config`]: the upstream (real or demo), the layer stack and the
-//! router with the few routes of its own (`/health`).
+//! Builds full_proxy from its [`Config`]: the upstream (real or demo), the key pool, the layer
+//! stack and the router with the few routes of its own (`/health`, `/admin/...`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::Gateway;
+use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
+use tower_gemini::rate_limit::{ClientAddr, RateLimitLayer, Rule};
 use tower_gemini::secret::ApiKey;
+use tower_gemini::stream_resume::StreamResumeLayer;
 use tower_gemini::testing::FakeGemini;
 
+use super::admin;
 use super::config::Config;
+use super::server::ServerStats;
 
 /// A built gateway, ready to serve.
 pub struct App {
     pub router: Router,
     pub config: Config,
+    /// The upstream key pool (shared with the admin routes).
+    pub pool: Arc<KeyPool>,
+    /// Connection counters of the server (slow clients closed, connections shed).
+    pub server_stats: Arc<ServerStats>,
     /// The in-process fake upstream in demo mode (kept alive as long as the app).
     pub demo: Option<FakeGemini>,
     /// Client tokens minted because `ALLOWED_TOKENS` was unset (print them once).
@@ -28,15 +38,18 @@ pub struct App {
     pub minted_admin_token: Option<String>,
 }
 
+/// What the gateway's own routes share.
 #[derive(Clone)]
-struct Shared {
-    demo: bool,
-    keys: usize,
-    started: Instant,
+pub struct Shared {
+    pub demo: bool,
+    pub pool: Arc<KeyPool>,
+    pub tokens: Arc<MemoryTokenStore>,
+    pub started: Instant,
 }
 
 impl App {
-    /// Builds the gateway. Never touches the network: keys are not probed at start.
+    /// Builds the gateway. Never touches the network, except to connect to `REDIS_URL`
+    /// (bounded; the gateway starts without shared key state when Redis is down).
     pub async fn build(config: Config) -> Result<App, String> {
         let (upstream_url, keys, demo) = if config.is_demo() {
             let fake = FakeGemini::builder()
@@ -77,6 +90,7 @@ impl App {
             }
         };
 
+        let pool = build_pool(&config, keys).await?;
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
@@ -84,25 +98,45 @@ impl App {
             .map_err(|e| e.to_string())?;
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
-            .max_body_bytes(config.max_body_bytes);
-        // Until key rotation lands, the first key serves every request.
-        if let Some(first) = keys.first() {
-            builder = builder.upstream_key(first.clone());
+            .max_body_bytes(config.max_body_bytes)
+            .body_read_timeout(config.client_read_timeout)
+            .key_rotation(KeyRotationLayer::new(pool.clone()))
+            .stream_resume(
+                StreamResumeLayer::new()
+                    .max_consecutive_retries(config.max_consecutive_retries)
+                    .retry_delay(config.retry_delay)
+                    .swallow_thoughts_after_retry(config.swallow_thoughts_after_retry)
+                    .idle_timeout(
+                        (!config.stream_idle_timeout.is_zero())
+                            .then_some(config.stream_idle_timeout),
+                    )
+                    .retry_unary(true),
+            );
+        if config.policy.is_active() {
+            builder = builder.layer(config.policy.layer().max_body_bytes(config.max_body_bytes));
+        }
+        if let Some(limits) = rate_limits(&config)? {
+            builder = builder.rate_limit(limits);
         }
         let gateway = builder.build(client);
 
         let shared = Shared {
             demo: demo.is_some(),
-            keys: keys.len(),
+            pool: pool.clone(),
+            tokens: tokens.clone(),
             started: Instant::now(),
         };
         let router = Router::new()
             .route("/health", get(health))
-            .with_state(shared)
-            .fallback_service(gateway);
+            .with_state(shared.clone())
+            .nest("/admin", admin::router(shared))
+            .fallback_service(gateway)
+            .layer(axum::middleware::map_request(client_addr));
         Ok(App {
             router,
             config,
+            pool,
+            server_stats: Arc::new(ServerStats::default()),
             demo,
             minted_token,
             minted_admin_token,
@@ -110,13 +144,76 @@ impl App {
     }
 }
 
+/// The key pool for `GEMINI_API_KEYS` (or the demo key), sharing cool-downs and disabled
+/// flags through Redis when `REDIS_URL` is set.
+async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, String> {
+    let mut builder = KeyPool::builder()
+        .keys(keys)
+        .strategy(config.key_strategy)
+        .max_failures(config.max_failures)
+        .cooldown(config.key_cooldown)
+        .reprobe_after(config.key_reprobe);
+    if let Some(url) = &config.redis_url {
+        match tower_gemini::key_rotation::RedisStore::connect(url).await {
+            Ok(store) => {
+                let store = store.with_prefix(format!("{}:keys", config.redis_prefix));
+                builder = builder.store(Arc::new(store));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "REDIS_URL: cannot reach Redis; key cool-downs stay local to this instance"
+            ),
+        }
+    }
+    builder.build().map_err(|e| format!("GEMINI_API_KEYS: {e}"))
+}
+
+/// The rate limits the configuration asks for; `None` when every limit is off.
+fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
+    let mut rules = Vec::new();
+    if let Some(n) = config.max_requests_per_minute {
+        rules.push(Rule::per_client().requests_per_minute(n));
+    }
+    if let Some(n) = config.max_requests_per_day_per_ip {
+        rules.push(Rule::per_ip().requests_per_day(n));
+    }
+    if let Some(limits) = &config.model_limits {
+        rules.extend(limits.rules());
+    }
+    if rules.is_empty() {
+        return Ok(None);
+    }
+    let mut builder = RateLimitLayer::builder()
+        .rules(rules)
+        .trusted_proxies(config.trusted_proxies.iter().cloned());
+    if !config.trusted_proxies.is_empty() {
+        builder = builder.forwarded_header("x-forwarded-for");
+    }
+    if let Some(url) = &config.redis_url {
+        let store = tower_gemini::rate_limit::RedisStore::new(url)
+            .map_err(|e| e.to_string())?
+            .key_prefix(format!("{}:rl:", config.redis_prefix));
+        builder = builder.store(store);
+    }
+    builder.build().map(Some).map_err(|e| e.to_string())
+}
+
+/// Hands the connection's peer address to per-IP rate limits.
+async fn client_addr(mut req: Request) -> Request {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut().insert(ClientAddr(addr));
+    }
+    req
+}
+
 async fn health(State(s): State<Shared>) -> impl IntoResponse {
+    let usable = s.pool.usable_count();
     axum::Json(serde_json::json!({
-        "status": "ok",
+        "status": if usable > 0 { "ok" } else { "degraded" },
         "mode": if s.demo { "demo" } else { "upstream" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
-        "keys": { "total": s.keys, "usable": s.keys },
-        "available_keys": s.keys,
+        "keys": { "total": s.pool.len(), "usable": usable },
+        "available_keys": usable,
     }))
 }

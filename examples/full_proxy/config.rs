@@ -7,6 +7,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tower_gemini::key_rotation::Strategy;
+use tower_gemini::policy::PolicyConfig;
+use tower_gemini::rate_limit::ModelLimits;
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -27,6 +31,27 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    pub client_read_timeout: Duration,
+    pub max_connections: usize,
+    // Key pool.
+    pub max_failures: u32,
+    pub key_strategy: Strategy,
+    pub key_cooldown: Duration,
+    pub key_reprobe: Duration,
+    // Stream resume.
+    pub max_consecutive_retries: u32,
+    pub retry_delay: Duration,
+    pub swallow_thoughts_after_retry: bool,
+    pub stream_idle_timeout: Duration,
+    // Rate limits (all off unless set).
+    pub max_requests_per_minute: Option<u64>,
+    pub max_requests_per_day_per_ip: Option<u64>,
+    pub model_limits: Option<ModelLimits>,
+    pub trusted_proxies: Vec<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
+    pub policy: PolicyConfig,
 }
 
 impl fmt::Debug for Config {
@@ -57,6 +82,30 @@ impl fmt::Debug for Config {
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("client_read_timeout", &self.client_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("max_failures", &self.max_failures)
+            .field("key_strategy", &self.key_strategy)
+            .field("key_cooldown", &self.key_cooldown)
+            .field("key_reprobe", &self.key_reprobe)
+            .field("max_consecutive_retries", &self.max_consecutive_retries)
+            .field("retry_delay", &self.retry_delay)
+            .field(
+                "swallow_thoughts_after_retry",
+                &self.swallow_thoughts_after_retry,
+            )
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("max_requests_per_minute", &self.max_requests_per_minute)
+            .field(
+                "max_requests_per_day_per_ip",
+                &self.max_requests_per_day_per_ip,
+            )
+            .field("model_limits", &self.model_limits)
+            .field("trusted_proxies", &self.trusted_proxies)
+            // A Redis URL may hold a password.
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -110,17 +159,67 @@ impl Config {
                 )));
             }
         };
+        let request_timeout = Duration::from_secs(number(env, "REQUEST_TIMEOUT_SECONDS", 300)?);
+        let key_strategy = match get("KEY_STRATEGY") {
+            None => Strategy::RoundRobin,
+            Some(v) => v.parse().map_err(|_| {
+                ConfigError(format!(
+                    "KEY_STRATEGY: `{v}` is not round_robin, random, least_used or weighted"
+                ))
+            })?,
+        };
+        let model_limits = match get("MODEL_LIMITS") {
+            None => None,
+            Some(v) => {
+                Some(ModelLimits::parse(v).map_err(|e| ConfigError(format!("MODEL_LIMITS: {e}")))?)
+            }
+        };
+        let max_failures = number(env, "MAX_FAILURES", 3)?;
+        if max_failures == 0 {
+            return Err(ConfigError("MAX_FAILURES: must be at least 1".into()));
+        }
         Ok(Config {
             listen_addr,
             upstream_url,
             gemini_api_keys: list(env, "GEMINI_API_KEYS")?,
             allowed_tokens: list(env, "ALLOWED_TOKENS")?,
             admin_token: get("ADMIN_TOKEN").map(str::to_owned),
-            request_timeout: Duration::from_secs(number(env, "REQUEST_TIMEOUT_SECONDS", 300)?),
+            request_timeout,
             max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: Duration::from_secs(number(env, "SHUTDOWN_GRACE_SECONDS", 30)?),
+            client_read_timeout: Duration::from_secs(number(
+                env,
+                "CLIENT_READ_TIMEOUT_SECONDS",
+                30,
+            )?)
+            .max(Duration::from_secs(1)),
+            max_connections: (number(env, "MAX_CONNECTIONS", 4096)? as usize).max(1),
+            max_failures: u32::try_from(max_failures)
+                .map_err(|_| ConfigError("MAX_FAILURES: too large".into()))?,
+            key_strategy,
+            key_cooldown: Duration::from_secs(number(env, "KEY_COOLDOWN_SECONDS", 60)?),
+            key_reprobe: Duration::from_secs(number(env, "KEY_REPROBE_SECONDS", 3600)?),
+            max_consecutive_retries: u32::try_from(number(env, "MAX_CONSECUTIVE_RETRIES", 5)?)
+                .map_err(|_| ConfigError("MAX_CONSECUTIVE_RETRIES: too large".into()))?,
+            retry_delay: Duration::from_millis(number(env, "RETRY_DELAY_MS", 500)?),
+            swallow_thoughts_after_retry: boolean(env, "SWALLOW_THOUGHTS_AFTER_RETRY", true)?,
+            stream_idle_timeout: match get("STREAM_IDLE_TIMEOUT_SECONDS") {
+                None => request_timeout,
+                Some(_) => Duration::from_secs(number(env, "STREAM_IDLE_TIMEOUT_SECONDS", 0)?),
+            },
+            max_requests_per_minute: positive(env, "MAX_REQUESTS_PER_MINUTE")?,
+            max_requests_per_day_per_ip: positive(env, "MAX_REQUESTS_PER_DAY_PER_IP")?,
+            model_limits,
+            trusted_proxies: list(env, "TRUSTED_PROXIES")?,
+            redis_url: get("REDIS_URL").map(str::to_owned),
+            policy: PolicyConfig::from_env(env).map_err(|e| {
+                let msg = e.to_string();
+                let msg = msg.strip_prefix("invalid configuration: ").unwrap_or(&msg);
+                ConfigError(msg.to_owned())
+            })?,
+            redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
         })
     }
 
@@ -137,6 +236,30 @@ pub fn number(env: &HashMap<String, String>, name: &str, default: u64) -> Result
         Some(v) => v
             .parse()
             .map_err(|_| ConfigError(format!("{name}: `{v}` is not a whole number"))),
+    }
+}
+
+/// An optional limit: unset or `0` means off.
+pub fn positive(env: &HashMap<String, String>, name: &str) -> Result<Option<u64>, ConfigError> {
+    Ok(Some(number(env, name, 0)?).filter(|n| *n > 0))
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), or the default when unset.
+pub fn boolean(
+    env: &HashMap<String, String>,
+    name: &str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match env
+        .get(name)
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+        .as_deref()
+    {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError(format!("{name}: `{v}` is not true or false"))),
     }
 }
 
@@ -197,6 +320,26 @@ mod tests {
         assert_eq!(c.upstream_url, "https://generativelanguage.googleapis.com");
         assert!(c.is_demo());
         assert_eq!(c.request_timeout, Duration::from_secs(300));
+        assert_eq!(c.stream_idle_timeout, c.request_timeout);
+        assert_eq!(c.max_failures, 3);
+        assert_eq!(c.key_strategy, Strategy::RoundRobin);
+        assert_eq!(c.key_reprobe, Duration::from_secs(3600));
+        assert_eq!(c.max_consecutive_retries, 5);
+        assert!(c.swallow_thoughts_after_retry);
+        assert_eq!(c.max_requests_per_minute, None);
+        assert!(c.model_limits.is_none() && c.redis_url.is_none());
+    }
+
+    #[test]
+    fn idle_timeout_follows_the_request_timeout_unless_set() {
+        let c = Config::from_map(&env(&[("REQUEST_TIMEOUT_SECONDS", "42")])).unwrap();
+        assert_eq!(c.stream_idle_timeout, Duration::from_secs(42));
+        let c = Config::from_map(&env(&[
+            ("REQUEST_TIMEOUT_SECONDS", "42"),
+            ("STREAM_IDLE_TIMEOUT_SECONDS", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(c.stream_idle_timeout, Duration::from_secs(7));
     }
 
     #[test]
@@ -218,6 +361,13 @@ mod tests {
             ("MAX_BODY_BYTES", "ten"),
             ("LISTEN_ADDR", "nowhere"),
             ("UPSTREAM_URL", "ftp://x"),
+            ("KEY_STRATEGY", "fastest"),
+            ("MAX_FAILURES", "0"),
+            ("SWALLOW_THOUGHTS_AFTER_RETRY", "maybe"),
+            ("MODEL_LIMITS", "gemini-2.5-pro=5rpx"),
+            ("MAX_REQUESTS_PER_MINUTE", "-1"),
+            ("SHOW_THINKING_PROCESS", "perhaps"),
+            ("INJECT_PROMPT_POSITION", "middle"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");

@@ -7,13 +7,14 @@
 
 #![allow(unreachable_pub)]
 
+mod admin;
 mod app;
 mod config;
+mod server;
 
 use std::process::ExitCode;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::App;
@@ -93,46 +94,30 @@ fn print_banner(app: &App, addr: std::net::SocketAddr) {
         eprintln!("  {t}");
     }
     eprintln!();
-    tracing::info!(%addr, demo = app.demo.is_some(), "full_proxy listening on {base}");
+    tracing::info!(
+        %addr,
+        demo = app.demo.is_some(),
+        keys = app.pool.len(),
+        strategy = app.config.key_strategy.as_str(),
+        "full_proxy listening on {base}"
+    );
 }
 
 async fn serve(listener: TcpListener, app: App) -> ExitCode {
-    let grace = app.config.shutdown_grace;
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
+    let limits = server::Limits {
+        header_read_timeout: app.config.client_read_timeout,
+        max_connections: app.config.max_connections,
+        grace: app.config.shutdown_grace,
+    };
+    let shutdown = async move {
         shutdown_signal().await;
         tracing::info!(
-            grace_seconds = grace.as_secs(),
+            grace_seconds = limits.grace.as_secs(),
             "shutting down: finishing in-flight requests"
         );
-        let _ = stop_tx.send(true);
-    });
-    let mut graceful_rx = stop_rx.clone();
-    let server = axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let deadline = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
     };
-    tokio::select! {
-        res = server => match res {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::from(1)
-            }
-        },
-        () = deadline => {
-            tracing::warn!("grace period over; closing the connections still open");
-            ExitCode::SUCCESS
-        }
-    }
+    server::serve(listener, app.router, limits, app.server_stats, shutdown).await;
+    ExitCode::SUCCESS
 }
 
 async fn shutdown_signal() {

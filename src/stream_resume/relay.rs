@@ -616,6 +616,9 @@ where
         };
         let again = unary_needs_retry(&bytes, &config);
         if again.is_none() || attempts >= config.max_consecutive_retries {
+            if again == Some(NOT_JSON) {
+                return not_json();
+            }
             return Response::from_parts(parts, Body::from(bytes));
         }
         attempts += 1;
@@ -627,13 +630,26 @@ where
         tokio::time::sleep(config.retry_delay).await;
         res = match call(&mut inner, template.original()).await {
             Ok(r) => r.map(Body::new),
+            Err(_) if again == Some(NOT_JSON) => return not_json(),
             Err(_) => return Response::from_parts(parts, Body::from(bytes)),
         };
     }
 }
 
+/// The retry reason of a 200 whose body is not JSON (an HTML error page from a middlebox, a
+/// body cut short).
+const NOT_JSON: &str = "not JSON";
+
+fn not_json() -> Response<Body> {
+    tracing::warn!("the upstream answered 200 with a body that is not JSON");
+    crate::ApiError::bad_gateway("the upstream answered with a body that is not valid JSON")
+        .into_response(crate::Dialect::Gemini)
+}
+
 fn unary_needs_retry(bytes: &[u8], config: &Config) -> Option<&'static str> {
-    let v: Value = serde_json::from_slice(bytes).ok()?;
+    let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
+        return Some(NOT_JSON);
+    };
     let c = v.get("candidates")?.get(0)?;
     let parts = c
         .get("content")

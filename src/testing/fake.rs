@@ -73,6 +73,7 @@ pub enum Fault {
         reason: String,
     },
     /// Send `chunks` chunks, then stay silent for `pause` (then go on; `Duration::MAX` never).
+    /// A non-streamed answer stalls before its headers whatever `chunks` says.
     StallAfter {
         /// Chunks before the stall.
         chunks: usize,
@@ -109,8 +110,9 @@ pub enum Fault {
     Garbage,
     /// 200 with JSON cut in the middle.
     TruncatedJson,
-    /// The code-execution tool at work: a text part, an `executableCode` part, its
-    /// `codeExecutionResult`, then the answer (in streams, one part a chunk).
+    /// A scripted code run whatever the request's tools: a text part, an `executableCode`
+    /// part, its `codeExecutionResult`, then the answer (in streams, one part a chunk). (A
+    /// request with the `codeExecution` tool gets a code run without any fault.)
     CodeExecution {
         /// The generated code (language `PYTHON`).
         code: String,
@@ -282,6 +284,13 @@ impl FakeGemini {
     /// The deterministic answer text for a prompt (the first user turn's text).
     pub fn passage(prompt: &str) -> String {
         passage::passage(prompt)
+    }
+
+    /// The grounding sources `(title, uri)` of a prompt's answer when the request enables
+    /// Google Search (`googleSearch` tool): sent in `groundingMetadata.groundingChunks` on the
+    /// answer (on the last chunk of a stream).
+    pub fn grounding_sources(prompt: &str) -> Vec<(String, String)> {
+        passage::grounding_sources(prompt)
     }
 
     /// The stream chunks of [`FakeGemini::passage`] with `words` words per chunk.
@@ -866,6 +875,65 @@ fn plan(req: &Value, fault: Option<&Fault>) -> Plan {
     }
 }
 
+/// Whether the request enables Google Search grounding.
+fn searches(req: &Value) -> bool {
+    req["tools"].as_array().is_some_and(|tools| {
+        tools.iter().any(|t| {
+            ["googleSearch", "google_search", "googleSearchRetrieval"]
+                .iter()
+                .any(|k| t.get(*k).is_some())
+        })
+    })
+}
+
+/// Whether the request enables the code-execution tool.
+fn executes_code(req: &Value) -> bool {
+    req["tools"].as_array().is_some_and(|tools| {
+        tools
+            .iter()
+            .any(|t| t.get("codeExecution").is_some() || t.get("code_execution").is_some())
+    })
+}
+
+/// The parts of a code run, as Google sends them before the answer text: the generated code
+/// and its result (it counts the words of the prompt).
+fn code_execution_parts(prompt: &str) -> Vec<Value> {
+    let escaped = prompt.replace('\\', "\\\\").replace('"', "\\\"");
+    vec![
+        json!({ "executableCode": {
+            "language": "PYTHON",
+            "code": format!("words = \"{escaped}\".split()\nprint(len(words))\n"),
+        }}),
+        json!({ "codeExecutionResult": {
+            "outcome": "OUTCOME_OK",
+            "output": format!("{}\n", prompt.split_whitespace().count()),
+        }}),
+    ]
+}
+
+/// The `groundingMetadata` of a searched answer: the sources of
+/// [`FakeGemini::grounding_sources`], the query, a support for the whole text and the search
+/// entry point, shaped as Google sends them.
+fn grounding_metadata(prompt: &str, text: &str) -> Value {
+    let chunks: Vec<Value> = passage::grounding_sources(prompt)
+        .into_iter()
+        .map(|(title, uri)| json!({ "web": { "uri": uri, "title": title } }))
+        .collect();
+    let indices: Vec<usize> = (0..chunks.len()).collect();
+    json!({
+        "searchEntryPoint": {
+            "renderedContent": format!("<div class=\"container\"><a class=\"chip\" href=\"https://www.google.com/search?q=fake\">{}</a></div>", prompt.replace('<', "&lt;")),
+        },
+        "groundingChunks": chunks,
+        "groundingSupports": [{
+            "segment": { "startIndex": 0, "endIndex": text.len(), "text": text },
+            "groundingChunkIndices": indices,
+            "confidenceScores": vec![0.9; indices.len()],
+        }],
+        "webSearchQueries": [prompt],
+    })
+}
+
 fn usage(plan: &Plan, text: &str) -> Value {
     let candidates = passage::tokens(text);
     let thoughts: u64 = plan.thoughts.iter().map(|t| passage::tokens(t)).sum();
@@ -922,6 +990,13 @@ async fn generate(
 ) -> Response<Body> {
     let fault = lock(&state.faults).pop_front();
     match &fault {
+        Some(Fault::StallAfter { pause, .. }) if mode == Mode::Unary => {
+            // Before the headers: the caller waits for a response that does not come.
+            tokio::select! {
+                () = tokio::time::sleep(*pause.min(&Duration::from_secs(86_400))) => {}
+                () = kill.notified() => {}
+            }
+        }
         Some(Fault::HttpError { status, message }) => return error(*status, message),
         Some(Fault::Garbage) => {
             return raw(
@@ -1027,6 +1102,13 @@ async fn generate(
         return emit(state, &kill, candidates, mode, steps).await;
     }
 
+    let grounding = searches(req).then(|| grounding_metadata(&plan.prompt, &plan.text));
+    // With the code-execution tool, a fresh answer (not a continuation) first runs some code.
+    let code_parts = if executes_code(req) && plan.text == passage::passage(&plan.prompt) {
+        code_execution_parts(&plan.prompt)
+    } else {
+        Vec::new()
+    };
     let pieces = passage::chunks(&plan.text, state.chunk_words);
     if mode == Mode::Unary {
         // The whole answer in one response; a finish fault cuts it short.
@@ -1038,8 +1120,12 @@ async fn generate(
             _ => (plan.text.clone(), "STOP"),
         };
         let mut parts = thought_parts;
+        parts.extend(code_parts);
         parts.push(json!({ "text": text }));
-        let body = chunk_json(model, &id, parts, Some(finish), Some(usage(&plan, &text)));
+        let mut body = chunk_json(model, &id, parts, Some(finish), Some(usage(&plan, &text)));
+        if let Some(g) = &grounding {
+            body["candidates"][0]["groundingMetadata"] = g.clone();
+        }
         if let Some(Fault::DropAfter(_)) = &fault {
             return emit(
                 state,
@@ -1055,6 +1141,9 @@ async fn generate(
 
     for t in thought_parts {
         steps.push(Step::Chunk(chunk_json(model, &id, vec![t], None, None)));
+    }
+    if !code_parts.is_empty() {
+        steps.push(Step::Chunk(chunk_json(model, &id, code_parts, None, None)));
     }
     let n = pieces.len();
     let mut sent = String::new();
@@ -1086,13 +1175,18 @@ async fn generate(
             _ => None,
         };
         let usage = finish_here.map(|_| usage(&plan, &sent));
-        steps.push(Step::Chunk(chunk_json(
+        let mut chunk = chunk_json(
             model,
             &id,
             vec![json!({ "text": piece })],
             finish_here,
             usage,
-        )));
+        );
+        if let (Some(g), Some(_)) = (&grounding, finish_here) {
+            // Like Google, the sources come with the last chunk.
+            chunk["candidates"][0]["groundingMetadata"] = g.clone();
+        }
+        steps.push(Step::Chunk(chunk));
         if finish_here.is_some() {
             break;
         }

@@ -75,6 +75,29 @@ pub(crate) fn thoughts(prompt: &str) -> Vec<String> {
 }
 
 /// Splits text into chunks of `words` words each; the chunks concatenate to `text` exactly.
+/// Two or three deterministic web sources for a prompt, as Google's grounding redirect links.
+pub(crate) fn grounding_sources(prompt: &str) -> Vec<(String, String)> {
+    const SITES: &[&str] = &[
+        "en.wikipedia.org",
+        "britannica.com",
+        "nationalgeographic.com",
+        "nasa.gov",
+        "bbc.co.uk",
+    ];
+    let h = fnv(prompt);
+    let n = 2 + (h % 2) as usize;
+    (0..n)
+        .map(|i| {
+            let site = SITES[(h as usize + i) % SITES.len()];
+            let uri = format!(
+                "https://vertexaisearch.cloud.google.com/grounding-api-redirect/fake-{:08x}-{i}",
+                (h >> 8) as u32
+            );
+            (site.to_owned(), uri)
+        })
+        .collect()
+}
+
 pub(crate) fn chunks(text: &str, words: usize) -> Vec<String> {
     let words = words.max(1);
     let mut out = Vec::new();

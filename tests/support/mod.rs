@@ -4,10 +4,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+#[path = "../../examples/full_proxy/admin.rs"]
+pub mod admin;
 #[path = "../../examples/full_proxy/app.rs"]
 pub mod app;
 #[path = "../../examples/full_proxy/config.rs"]
 pub mod config;
+#[path = "../../examples/full_proxy/server.rs"]
+pub mod server;
 
 pub use app::App;
 pub use config::Config;
@@ -29,7 +33,10 @@ pub struct Proxy {
     pub token: String,
     pub admin_token: String,
     task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub demo: Option<tower_gemini::testing::FakeGemini>,
+    pub pool: std::sync::Arc<tower_gemini::key_rotation::KeyPool>,
+    pub server_stats: std::sync::Arc<server::ServerStats>,
 }
 
 impl Proxy {
@@ -54,11 +61,17 @@ impl Proxy {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let router = app.router.clone();
+        let limits = server::Limits {
+            header_read_timeout: config.client_read_timeout,
+            max_connections: config.max_connections,
+            grace: config.shutdown_grace,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stats = app.server_stats.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
+            server::serve(listener, router, limits, stats, async move {
+                let _ = stopped.await;
+            })
             .await;
         });
         Proxy {
@@ -67,8 +80,20 @@ impl Proxy {
             token,
             admin_token,
             task,
+            stop: Some(stop),
             demo: app.demo,
+            pool: app.pool,
+            server_stats: app.server_stats,
         }
+    }
+
+    /// Begins a graceful shutdown (like SIGTERM); the returned handle ends when the server has
+    /// drained or the grace period is over.
+    pub fn shutdown(&mut self) -> &mut tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        &mut self.task
     }
 
     /// `http://127.0.0.1:PORT`

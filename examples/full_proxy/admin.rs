@@ -1,0 +1,137 @@
+//! The admin API: keys and tokens, changed at run time. Every route needs `ADMIN_TOKEN`
+//! (as `Authorization: Bearer`, `x-goog-api-key` or `?key=`); a client token gets 403.
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+use tower_gemini::auth::{TokenStore, credential, mint_token};
+use tower_gemini::error::{ApiError, Dialect};
+
+use super::app::Shared;
+
+/// The `/admin` routes (nested by the caller).
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/keys", get(list_keys).post(add_key))
+        .route("/keys/{id}", delete(remove_key))
+        .route("/keys/{id}/enable", post(enable_key))
+        .route("/tokens", get(list_tokens).post(add_token))
+        .route("/tokens/{id}", delete(revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            admin_only,
+        ))
+        .with_state(shared)
+}
+
+fn error(api: ApiError) -> Response {
+    api.into_response(Dialect::Gemini).into_response()
+}
+
+/// Lets only the admin token through.
+async fn admin_only(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    let Some((token, _)) = credential(&req) else {
+        return error(ApiError::unauthorized(
+            "the admin API needs the admin token (Authorization: Bearer <ADMIN_TOKEN>)",
+        ));
+    };
+    match s.tokens.authenticate(&token) {
+        None => error(ApiError::unauthorized("the admin token is not valid")),
+        Some(id) if !id.is_admin() => error(ApiError::forbidden(
+            "this token is a client token; the admin API needs the admin token",
+        )),
+        Some(_) => next.run(req).await,
+    }
+}
+
+async fn list_keys(State(s): State<Shared>) -> Response {
+    let keys: Vec<Value> = s.pool.snapshot().iter().map(|k| k.to_json()).collect();
+    axum::Json(json!({
+        "keys": keys,
+        "total": s.pool.len(),
+        "usable": s.pool.usable_count(),
+    }))
+    .into_response()
+}
+
+/// `POST /admin/keys {"key": "..."}`: the key joins the rotation with the next request.
+async fn add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let key = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("key")?.as_str().map(|k| k.trim().to_owned()));
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return error(ApiError::bad_request(
+            "expected a JSON body like {\"key\": \"AIza...\"}",
+        ));
+    };
+    match s.pool.add_key(key) {
+        Ok(id) => {
+            let snap = s.pool.snapshot().into_iter().find(|k| k.id == id);
+            let body = snap.map_or_else(|| json!({ "id": id.as_str() }), |k| k.to_json());
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        Err(e) => error(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+    }
+}
+
+async fn remove_key(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    if s.pool.remove_key(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(ApiError::not_found(format!("no key with id `{id}`")))
+    }
+}
+
+async fn enable_key(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    if s.pool.enable(&id).await {
+        let snap = s.pool.snapshot().into_iter().find(|k| k.id.as_str() == id);
+        axum::Json(snap.map_or_else(|| json!({ "id": id }), |k| k.to_json())).into_response()
+    } else {
+        error(ApiError::not_found(format!("no key with id `{id}`")))
+    }
+}
+
+async fn list_tokens(State(s): State<Shared>) -> Response {
+    let tokens: Vec<Value> = s
+        .tokens
+        .list()
+        .into_iter()
+        .map(|t| json!({ "id": t.id, "name": t.name, "admin": t.admin }))
+        .collect();
+    axum::Json(json!({ "tokens": tokens })).into_response()
+}
+
+/// `POST /admin/tokens {"name": "..."}` → `{"token", "id", "name"}`; the token is shown once.
+async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let name = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("name")?.as_str().map(|n| n.trim().to_owned()))
+        .filter(|n| !n.is_empty());
+    let Some(name) = name else {
+        return error(ApiError::bad_request(
+            "expected a JSON body like {\"name\": \"my-app\"}",
+        ));
+    };
+    let token = mint_token("sk-");
+    let id = s.tokens.insert(&token, name.as_str(), false);
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({ "token": token, "id": id, "name": name })),
+    )
+        .into_response()
+}
+
+async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    if s.tokens.revoke(&id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(ApiError::not_found(format!(
+            "no token `{}`",
+            tower_gemini::secret::mask(&id)
+        )))
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP server: hyper-util's connection builder (HTTP/1.1 and cleartext HTTP/2) with the
+//! limits that keep slow and hostile clients from holding the gateway, and graceful shutdown.
+//!
+//! - A connection that does not send its request headers within `header_read_timeout` is
+//!   closed (slowloris); request bodies are bounded by the gateway's body read timeout.
+//! - At most `max_connections` connections are served at once; past that, new connections get
+//!   one `503` with a JSON error and are closed, so load is shed rather than queued.
+//! - On shutdown, listening stops at once, in-flight requests and streams run on for `grace`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+use tower_gemini::error::{ApiError, Dialect};
+
+/// Connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+/// What the server has seen, for `/status` and tests.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open_connections: AtomicU64,
+    /// Connections closed because their request headers were too slow.
+    pub slow_clients_closed: AtomicU64,
+    /// Connections answered 503 because `max_connections` were open.
+    pub connections_shed: AtomicU64,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains for `limits.grace`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            stats.connections_shed.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(shed(io, limits.header_read_timeout));
+            continue;
+        };
+        let svc = router
+            .clone()
+            .map_request(move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let stats = stats.clone();
+        stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if is_header_timeout(&*e) {
+                    stats.slow_clients_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, "closed a connection too slow to send its request headers");
+                } else {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("every connection finished"),
+        () = tokio::time::sleep(limits.grace) => {
+            tracing::warn!("grace period over; closing the connections still open");
+        }
+    }
+}
+
+/// Answers one request on an over-limit connection with 503 and closes it.
+async fn shed(io: TokioIo<tokio::net::TcpStream>, header_read_timeout: Duration) {
+    let svc = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+        let res =
+            ApiError::service_unavailable("the gateway is at its connection limit; retry shortly")
+                .with_retry_after(Duration::from_secs(1))
+                .into_response(Dialect::Gemini);
+        Ok::<_, Infallible>(res)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(false)
+        .serve_connection(io, svc);
+    let _ = tokio::time::timeout(header_read_timeout + Duration::from_secs(1), conn).await;
+}
+
+/// Whether a connection error is hyper's header read timeout.
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_timeout() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
