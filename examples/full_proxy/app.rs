@@ -13,6 +13,7 @@ use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::Gateway;
 use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
+use tower_gemini::openai::OpenAiToGeminiLayer;
 use tower_gemini::rate_limit::{ClientAddr, RateLimitLayer, Rule};
 use tower_gemini::secret::ApiKey;
 use tower_gemini::stream_resume::StreamResumeLayer;
@@ -116,6 +117,9 @@ impl App {
                     )
                     .retry_unary(true),
             );
+        // OpenAI's routes are translated first, so the policy, limits, resume and key pool
+        // below see one dialect: Gemini's.
+        builder = builder.layer(OpenAiToGeminiLayer::new().max_body_bytes(config.max_body_bytes));
         if config.policy.is_active() {
             builder = builder.layer(config.policy.layer().max_body_bytes(config.max_body_bytes));
         }

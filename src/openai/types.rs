@@ -1,6 +1,19 @@
 //! OpenAI wire types for the routes the gateway serves: chat completions (and chunks), models
 //! and embeddings. Requests are parsed leniently (unknown fields ignored, strings or parts for
 //! content); responses are serialized exactly as OpenAI's SDKs expect.
+//!
+//! # Example
+//! ```
+//! use tower_gemini::openai::types::{ChatCompletionRequest, MessageContent};
+//!
+//! let req: ChatCompletionRequest = serde_json::from_str(r#"{
+//!     "model": "models/gemini-2.5-flash", "stream": true, "some_new_field": 1,
+//!     "stream_options": {"include_usage": true},
+//!     "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+//! }"#).unwrap();
+//! assert!(req.is_stream() && req.include_usage());
+//! assert!(matches!(req.messages[0].content, Some(MessageContent::Parts(_))));
+//! ```
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -393,6 +406,9 @@ pub struct Delta {
     /// Thought text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Why the model refused (a blocked prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
     /// Tool call deltas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,

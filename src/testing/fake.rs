@@ -110,6 +110,15 @@ pub enum Fault {
     Garbage,
     /// 200 with JSON cut in the middle.
     TruncatedJson,
+    /// A scripted code run whatever the request's tools: a text part, an `executableCode`
+    /// part, its `codeExecutionResult`, then the answer (in streams, one part a chunk). (A
+    /// request with the `codeExecution` tool gets a code run without any fault.)
+    CodeExecution {
+        /// The generated code (language `PYTHON`).
+        code: String,
+        /// What running it printed (outcome `OUTCOME_OK`).
+        output: String,
+    },
 }
 
 /// A request the fake received.
@@ -1008,6 +1017,11 @@ async fn generate(
         _ => {}
     }
     let plan = plan(req, fault.as_ref());
+    // `candidateCount`: every candidate gets the same deterministic answer, with its index.
+    let candidates = req["generationConfig"]["candidateCount"]
+        .as_u64()
+        .unwrap_or(1)
+        .clamp(1, 8) as usize;
     let id = response_id(&plan.prompt);
 
     if let Some(Fault::BlockPrompt(reason)) = &fault {
@@ -1016,12 +1030,12 @@ async fn generate(
             "usageMetadata": { "promptTokenCount": plan.prompt_tokens, "totalTokenCount": plan.prompt_tokens },
             "modelVersion": model, "responseId": id,
         });
-        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
     }
     if let Some(Fault::Empty) = &fault {
         let mut body = chunk_json(model, &id, vec![], Some("STOP"), Some(usage(&plan, "")));
         body["candidates"][0]["content"] = json!({ "role": "model" });
-        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
     }
 
     let mut steps = Vec::new();
@@ -1059,7 +1073,33 @@ async fn generate(
                 Some(usage(&plan, "")),
             )));
         }
-        return emit(state, &kill, mode, steps).await;
+        return emit(state, &kill, candidates, mode, steps).await;
+    }
+
+    if let Some(Fault::CodeExecution { code, output }) = &fault {
+        let parts = vec![
+            json!({ "text": "Let me run some code.\n" }),
+            json!({ "executableCode": { "language": "PYTHON", "code": code } }),
+            json!({ "codeExecutionResult": { "outcome": "OUTCOME_OK", "output": output } }),
+            json!({ "text": plan.text }),
+        ];
+        let usage = usage(&plan, &plan.text);
+        if mode == Mode::Unary {
+            let body = chunk_json(model, &id, parts, Some("STOP"), Some(usage));
+            return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+        }
+        let n = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
+            steps.push(Step::Chunk(chunk_json(
+                model,
+                &id,
+                vec![part],
+                last.then_some("STOP"),
+                last.then(|| usage.clone()),
+            )));
+        }
+        return emit(state, &kill, candidates, mode, steps).await;
     }
 
     let grounding = searches(req).then(|| grounding_metadata(&plan.prompt, &plan.text));
@@ -1090,12 +1130,13 @@ async fn generate(
             return emit(
                 state,
                 &kill,
+                candidates,
                 Mode::Unary,
                 vec![Step::Chunk(body), Step::Break],
             )
             .await;
         }
-        return emit(state, &kill, mode, vec![Step::Chunk(body)]).await;
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
     }
 
     for t in thought_parts {
@@ -1110,14 +1151,14 @@ async fn generate(
         match &fault {
             Some(Fault::DropAfter(k)) if i == *k => {
                 steps.push(Step::Break);
-                return emit(state, &kill, mode, steps).await;
+                return emit(state, &kill, candidates, mode, steps).await;
             }
             Some(Fault::EndWithoutFinish(k)) if i == *k => {
-                return emit(state, &kill, mode, steps).await;
+                return emit(state, &kill, candidates, mode, steps).await;
             }
             Some(Fault::ErrorEventAfter(k)) if i == *k => {
                 steps.push(Step::Chunk(json!({"error": {"code": 500, "message": "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting", "status": "INTERNAL"}})));
-                return emit(state, &kill, mode, steps).await;
+                return emit(state, &kill, candidates, mode, steps).await;
             }
             Some(Fault::StallAfter { chunks, pause }) if i == *chunks => {
                 steps.push(Step::Sleep(*pause))
@@ -1158,7 +1199,7 @@ async fn generate(
         }
         _ => {}
     }
-    emit(state, &kill, mode, steps).await
+    emit(state, &kill, candidates, mode, steps).await
 }
 
 type FrameResult = Result<Frame<Bytes>, BoxError>;
@@ -1167,6 +1208,7 @@ type FrameResult = Result<Frame<Bytes>, BoxError>;
 async fn emit(
     state: &State,
     kill: &Arc<tokio::sync::Notify>,
+    candidates: usize,
     mode: Mode,
     steps: Vec<Step>,
 ) -> Response<Body> {
@@ -1185,7 +1227,8 @@ async fn emit(
         }
         for step in steps {
             match step {
-                Step::Chunk(v) => {
+                Step::Chunk(mut v) => {
+                    fan_out(&mut v, candidates);
                     if !first && mode != Mode::Unary && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
@@ -1235,6 +1278,24 @@ async fn emit(
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
+}
+
+/// Copies candidate 0 of a chunk into `n` candidates with indexes 0..n.
+fn fan_out(chunk: &mut Value, n: usize) {
+    if n <= 1 {
+        return;
+    }
+    if let Some(cands) = chunk["candidates"].as_array_mut()
+        && cands.len() == 1
+    {
+        let first = cands[0].clone();
+        cands.clear();
+        for i in 0..n {
+            let mut c = first.clone();
+            c["index"] = json!(i);
+            cands.push(c);
+        }
+    }
 }
 
 struct ChannelStream(mpsc::Receiver<FrameResult>);

@@ -1,0 +1,686 @@
+//! `OpenAiToGeminiLayer`, the `OpenAiToGemini` service and its response future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::TryFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use pin_project_lite::pin_project;
+use serde::de::DeserializeOwned;
+use tower::{Layer, Service, ServiceExt};
+
+use super::request::{ReasoningBudgets, TranslateOptions, model_id, to_gemini_request};
+use super::response::{
+    ChatContext, copy_response_headers, embedding_response, json_response, model_list, model_of,
+    to_chat_completion, translate_error,
+};
+use super::stream::{ChunkBody, StreamTranslator};
+use super::types::{ChatCompletionRequest, EmbeddingInput, EmbeddingRequest};
+use crate::body::{Body, BoxError, LimitError, collect_limited};
+use crate::error::{ApiError, Dialect};
+use crate::gemini::{
+    BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
+    GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
+};
+
+/// The default cap on an OpenAI request body: 32 MiB (room for a few inline images).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// The default cap on a non-streamed upstream answer: 64 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// At most this many pages of `GET /v1beta/models` are read for one `GET /v1/models`.
+const MAX_MODEL_PAGES: usize = 100;
+
+// === OpenAiToGeminiLayer ===
+
+/// Serves OpenAI's chat completions, models and embeddings routes over a Gemini service; see
+/// the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct OpenAiToGeminiLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    max_body_bytes: usize,
+    max_response_bytes: usize,
+    version: String,
+    owned_by: String,
+    page_size: u32,
+    options: TranslateOptions,
+}
+
+impl Default for OpenAiToGeminiLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpenAiToGeminiLayer {
+    /// A layer with the defaults.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                version: "v1beta".to_owned(),
+                owned_by: "google".to_owned(),
+                page_size: 1000,
+                options: TranslateOptions::default(),
+            }),
+        }
+    }
+
+    /// The largest OpenAI request body read (default [`DEFAULT_MAX_BODY_BYTES`]); larger ones
+    /// get a 413 and never reach the inner service.
+    pub fn max_body_bytes(mut self, max: usize) -> Self {
+        Arc::make_mut(&mut self.config).max_body_bytes = max;
+        self
+    }
+
+    /// The largest non-streamed upstream answer read (default
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`]); a larger one is a 502.
+    pub fn max_response_bytes(mut self, max: usize) -> Self {
+        Arc::make_mut(&mut self.config).max_response_bytes = max;
+        self
+    }
+
+    /// The Gemini API version of inner requests (default `v1beta`).
+    pub fn api_version(mut self, version: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.config).version = version.into();
+        self
+    }
+
+    /// The `owned_by` of listed models (default `google`).
+    pub fn owned_by(mut self, owner: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.config).owned_by = owner.into();
+        self
+    }
+
+    /// The `pageSize` of each `GET /v1beta/models` page read for `GET /v1/models` (default
+    /// 1000; every page is read either way).
+    pub fn models_page_size(mut self, size: u32) -> Self {
+        Arc::make_mut(&mut self.config).page_size = size.max(1);
+        self
+    }
+
+    /// Thinking budgets for `reasoning_effort` (default [`ReasoningBudgets::default`]).
+    pub fn reasoning_budgets(mut self, budgets: ReasoningBudgets) -> Self {
+        let c = Arc::make_mut(&mut self.config);
+        c.options = c.options.clone().reasoning_budgets(budgets);
+        self
+    }
+
+    /// Whether tool call ids carry thought signatures (default `true`; see
+    /// [`TranslateOptions::signature_in_tool_call_id`]).
+    pub fn signature_in_tool_call_id(mut self, yes: bool) -> Self {
+        let c = Arc::make_mut(&mut self.config);
+        c.options = c.options.clone().signature_in_tool_call_id(yes);
+        self
+    }
+}
+
+impl<S> Layer<S> for OpenAiToGeminiLayer {
+    type Service = OpenAiToGemini<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OpenAiToGemini {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+// === OpenAiToGemini ===
+
+/// Translates OpenAI requests into Gemini requests for the inner service and the answers
+/// back; see [`OpenAiToGeminiLayer`].
+#[derive(Clone, Debug)]
+pub struct OpenAiToGemini<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> OpenAiToGemini<S> {
+    /// Wraps `inner` with the defaults.
+    pub fn new(inner: S) -> Self {
+        OpenAiToGeminiLayer::new().layer(inner)
+    }
+
+    /// A layer with the defaults.
+    pub fn layer() -> OpenAiToGeminiLayer {
+        OpenAiToGeminiLayer::new()
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+/// The OpenAI routes this layer owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    Chat,
+    Models,
+    Model(String),
+    Embeddings,
+}
+
+impl Route {
+    fn of(path: &str) -> Option<Route> {
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" => Some(Route::Chat),
+            "/v1/models" => Some(Route::Models),
+            "/v1/embeddings" => Some(Route::Embeddings),
+            p => {
+                let id = p.strip_prefix("/v1/models/")?;
+                (!id.contains(':')).then(|| Route::Model(id.to_owned()))
+            }
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Chat | Route::Embeddings => Method::POST,
+            Route::Models | Route::Model(_) => Method::GET,
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OpenAiToGemini<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let Some(route) = Route::of(req.uri().path()) else {
+            return ResponseFuture {
+                kind: Kind::Passthrough {
+                    future: self.inner.call(req.map(Body::new)),
+                },
+            };
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = self.config.clone();
+        let span = tracing::debug_span!("openai", route = ?route, path = %req.uri().path());
+        let future = Box::pin(tracing::Instrument::instrument(
+            async move {
+                if req.method() != route.method() {
+                    let msg = format!(
+                        "{} is not allowed on {}; use {}",
+                        req.method(),
+                        req.uri().path(),
+                        route.method()
+                    );
+                    return Ok(ApiError::method_not_allowed(msg).into_response(Dialect::OpenAi));
+                }
+                let (parts, body) = req.into_parts();
+                let ctx = Call {
+                    inner,
+                    config,
+                    headers: parts.headers,
+                    extensions: parts.extensions,
+                };
+                match route {
+                    Route::Chat => ctx.chat(body).await,
+                    Route::Embeddings => ctx.embeddings(body).await,
+                    Route::Models => ctx.models().await,
+                    Route::Model(id) => ctx.model(&id).await,
+                }
+            },
+            span,
+        ));
+        ResponseFuture {
+            kind: Kind::Translate { future },
+        }
+    }
+}
+
+/// One translated request's way through the inner service.
+struct Call<S> {
+    inner: S,
+    config: Arc<Config>,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+}
+
+type Answer<E> = Result<Response<Body>, E>;
+
+impl<S, ResBody> Call<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    /// The inner request: copied headers (never a client credential) and extensions, the
+    /// parsed Gemini path, and the Gemini dialect for errors of deeper layers.
+    fn inner_request(
+        &self,
+        method: Method,
+        path_and_query: String,
+        body: Option<Bytes>,
+    ) -> Request<Body> {
+        let mut req = Request::new(body.map_or_else(Body::empty, Body::from));
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::try_from(path_and_query).unwrap_or_else(|_| Uri::from_static("/"));
+        copy_request_headers(&self.headers, req.headers_mut());
+        if req.method() == Method::POST {
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        *req.extensions_mut() = self.extensions.clone();
+        if let Some(p) = GeminiPath::parse(req.uri().path()) {
+            req.extensions_mut().insert(p);
+        }
+        req.extensions_mut().insert(Dialect::Gemini);
+        req
+    }
+
+    async fn send(&mut self, req: Request<Body>) -> Result<Response<ResBody>, S::Error> {
+        self.inner.ready().await?.call(req).await
+    }
+
+    async fn chat<B>(mut self, body: B) -> Answer<S::Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let req: ChatCompletionRequest =
+            match read_json(&self.headers, self.config.max_body_bytes, body).await {
+                Ok(r) => r,
+                Err(res) => return Ok(res),
+            };
+        let gemini = match to_gemini_request(&req, &self.config.options) {
+            Ok(g) => g,
+            Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+        };
+        let model = match model_id(&req.model) {
+            Ok(m) => m.to_owned(),
+            Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+        };
+        let cx = ChatContext::for_request(&req, &self.config.options);
+        let stream = req.is_stream();
+        let path = if stream {
+            format!(
+                "/{}/models/{model}:streamGenerateContent?alt=sse",
+                self.config.version
+            )
+        } else {
+            format!("/{}/models/{model}:generateContent", self.config.version)
+        };
+        let body = match serde_json::to_vec(&gemini) {
+            Ok(b) => Bytes::from(b),
+            Err(_) => {
+                return Ok(ApiError::internal("the request could not be encoded")
+                    .into_response(Dialect::OpenAi));
+            }
+        };
+        let inner_req = self.inner_request(Method::POST, path, Some(body));
+        let res = self.send(inner_req).await?;
+        if !stream {
+            return Ok(
+                match read_answer::<GenerateContentResponse, _>(self.config.max_response_bytes, res)
+                    .await
+                {
+                    Ok((answer, headers)) => match to_chat_completion(&answer, &cx) {
+                        Ok(c) => json_response(StatusCode::OK, &to_value(&c), Some(&headers)),
+                        Err(e) => e.into_response(Dialect::OpenAi),
+                    },
+                    Err(res) => res,
+                },
+            );
+        }
+        if !res.status().is_success() {
+            return Ok(
+                match read_answer::<serde_json::Value, _>(self.config.max_response_bytes, res).await
+                {
+                    Ok(_) => ApiError::bad_gateway("the upstream answered an error status")
+                        .into_response(Dialect::OpenAi),
+                    Err(res) => res,
+                },
+            );
+        }
+        let (parts, body) = res.into_parts();
+        let translator = StreamTranslator::new(cx, req.include_usage());
+        let mut out = Response::new(Body::new(ChunkBody::new(body, translator)));
+        copy_response_headers(&parts.headers, out.headers_mut());
+        let h = out.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(out)
+    }
+
+    async fn models(mut self) -> Answer<S::Error> {
+        let mut all: Vec<GeminiModel> = Vec::new();
+        let mut token: Option<String> = None;
+        let mut last_headers = HeaderMap::new();
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut path = format!(
+                "/{}/models?pageSize={}",
+                self.config.version, self.config.page_size
+            );
+            if let Some(t) = &token {
+                path.push_str("&pageToken=");
+                path.push_str(&percent_encode(t));
+            }
+            let req = self.inner_request(Method::GET, path, None);
+            let res = self.send(req).await?;
+            let (page, headers) =
+                match read_answer::<ListModelsResponse, _>(self.config.max_response_bytes, res)
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(res) => return Ok(res),
+                };
+            last_headers = headers;
+            all.extend(page.models);
+            token = page.next_page_token.filter(|t| !t.is_empty());
+            if token.is_none() {
+                break;
+            }
+        }
+        let list = model_list(&all, &self.config.owned_by);
+        Ok(json_response(
+            StatusCode::OK,
+            &to_value(&list),
+            Some(&last_headers),
+        ))
+    }
+
+    async fn model(mut self, id: &str) -> Answer<S::Error> {
+        let id = match model_id(id) {
+            Ok(id) => id.to_owned(),
+            Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+        };
+        let path = format!("/{}/models/{id}", self.config.version);
+        let req = self.inner_request(Method::GET, path, None);
+        let res = self.send(req).await?;
+        Ok(
+            match read_answer::<GeminiModel, _>(self.config.max_response_bytes, res).await {
+                Ok((m, headers)) => json_response(
+                    StatusCode::OK,
+                    &to_value(&model_of(&m, &self.config.owned_by)),
+                    Some(&headers),
+                ),
+                Err(res) => res,
+            },
+        )
+    }
+
+    async fn embeddings<B>(mut self, body: B) -> Answer<S::Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let req: EmbeddingRequest =
+            match read_json(&self.headers, self.config.max_body_bytes, body).await {
+                Ok(r) => r,
+                Err(res) => return Ok(res),
+            };
+        let model = match model_id(&req.model) {
+            Ok(m) => m.to_owned(),
+            Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+        };
+        let texts = match req.input {
+            EmbeddingInput::One(s) => vec![s],
+            EmbeddingInput::Many(v) if !v.is_empty() => v,
+            EmbeddingInput::Many(_) => {
+                return Ok(ApiError::bad_request("`input` must not be empty")
+                    .into_response(Dialect::OpenAi));
+            }
+            EmbeddingInput::Other(_) => {
+                return Ok(ApiError::bad_request(
+                    "`input` must be a string or a list of strings; Gemini embeds text, not \
+                     token arrays",
+                )
+                .into_response(Dialect::OpenAi));
+            }
+        };
+        let base64 = match req.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Ok(ApiError::bad_request(format!(
+                    "encoding_format {other:?} is not one of float, base64"
+                ))
+                .into_response(Dialect::OpenAi));
+            }
+        };
+        let batch = BatchEmbedContentsRequest {
+            requests: texts
+                .into_iter()
+                .map(|t| EmbedContentRequest {
+                    model: Some(format!("models/{model}")),
+                    content: Content {
+                        role: None,
+                        parts: vec![crate::gemini::Part::text(t)],
+                        extra: serde_json::Map::new(),
+                    },
+                    output_dimensionality: req.dimensions,
+                    ..EmbedContentRequest::default()
+                })
+                .collect(),
+            extra: serde_json::Map::new(),
+        };
+        let body = Bytes::from(serde_json::to_vec(&batch).unwrap_or_default());
+        let path = format!("/{}/models/{model}:batchEmbedContents", self.config.version);
+        let inner_req = self.inner_request(Method::POST, path, Some(body));
+        let res = self.send(inner_req).await?;
+        Ok(
+            match read_answer::<BatchEmbedContentsResponse, _>(self.config.max_response_bytes, res)
+                .await
+            {
+                Ok((answer, headers)) => json_response(
+                    StatusCode::OK,
+                    &to_value(&embedding_response(&answer, &model, base64)),
+                    Some(&headers),
+                ),
+                Err(res) => res,
+            },
+        )
+    }
+}
+
+/// Reads and parses an OpenAI request body, or answers 400/413.
+async fn read_json<T: DeserializeOwned, B>(
+    headers: &HeaderMap,
+    max: usize,
+    body: B,
+) -> Result<T, Response<Body>>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
+    }
+    let bytes = match collect_limited(body, max).await {
+        Ok(b) => b,
+        Err(LimitError::TooLarge { .. }) => {
+            return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
+        }
+        Err(LimitError::Body(e)) => {
+            tracing::debug!(error = %e, "request body failed");
+            return Err(ApiError::bad_request("the request body could not be read")
+                .into_response(Dialect::OpenAi));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not a valid request: {e}"))
+            .into_response(Dialect::OpenAi)
+    })
+}
+
+/// Reads a whole upstream answer, translating error statuses into OpenAI errors.
+async fn read_answer<T: DeserializeOwned, ResBody>(
+    max: usize,
+    res: Response<ResBody>,
+) -> Result<(T, HeaderMap), Response<Body>>
+where
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    let bytes = match collect_limited(body, max).await {
+        Ok(b) => b,
+        Err(LimitError::TooLarge { limit }) => {
+            return Err(ApiError::bad_gateway(format!(
+                "the upstream answer is larger than {limit} bytes"
+            ))
+            .into_response(Dialect::OpenAi));
+        }
+        Err(LimitError::Body(e)) => {
+            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream body failed");
+            return Err(ApiError::bad_gateway(
+                "the upstream answer broke off before it was complete",
+            )
+            .into_response(Dialect::OpenAi));
+        }
+    };
+    if !parts.status.is_success() {
+        return Err(error_answer(parts.status, &parts.headers, &bytes));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok((v, parts.headers)),
+        Err(_) => Err(ApiError::bad_gateway(
+            "the upstream answered with a body that is not a Gemini response",
+        )
+        .into_response(Dialect::OpenAi)),
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// An OpenAI error answer for an upstream error status, keeping `Retry-After` (or deriving it
+/// from Gemini's `RetryInfo`).
+fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
+    let (json, retry) = translate_error(status, body);
+    let mut res = json_response(status, &json, Some(headers));
+    if !res.headers().contains_key(header::RETRY_AFTER)
+        && let Some(secs) = retry
+    {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
+    res
+}
+
+/// Headers never copied onto the inner request: client credentials, hop-by-hop headers and
+/// those that describe the original body.
+const DROPPED_HEADERS: &[HeaderName] = &[
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_ENCODING,
+    header::ACCEPT_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::TE,
+    header::UPGRADE,
+    header::EXPECT,
+];
+
+fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if DROPPED_HEADERS.contains(name)
+            || name.as_str() == "x-goog-api-key"
+            || name.as_str() == "keep-alive"
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// === ResponseFuture ===
+
+pin_project! {
+    /// The response future of [`OpenAiToGemini`]: the inner future unchanged for routes the
+    /// layer does not own, a translation otherwise.
+    pub struct ResponseFuture<F>
+    where
+        F: TryFuture,
+    {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+type Translation<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F>
+    where
+        F: TryFuture,
+    {
+        Passthrough { #[pin] future: F },
+        Translate { future: Translation<F::Error> },
+    }
+}
+
+impl<F: TryFuture> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { future } => future.poll(cx).map_ok(|r| r.map(Body::new)),
+            KindProj::Translate { future } => future.as_mut().poll(cx),
+        }
+    }
+}

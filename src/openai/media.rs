@@ -1,0 +1,150 @@
+//! Data URLs, base64 and MIME types for media parts.
+
+use serde_json::Map;
+
+use crate::gemini::{Blob, Part};
+
+/// An `inlineData` part.
+pub(crate) fn inline(mime_type: String, data: String) -> Part {
+    Part {
+        inline_data: Some(Blob {
+            mime_type,
+            data,
+            extra: Map::new(),
+        }),
+        ..Part::default()
+    }
+}
+
+/// Splits `data:[<mime>][;params][;base64],<data>` into the MIME type and base64 data
+/// (percent-encoded data is decoded and base64-encoded).
+pub(crate) fn parse_data_url(url: &str) -> Result<(String, String), String> {
+    let rest = url
+        .strip_prefix("data:")
+        .ok_or_else(|| "not a data: URL".to_owned())?;
+    let (meta, data) = rest
+        .split_once(',')
+        .ok_or_else(|| "a data: URL needs a ',' before its data".to_owned())?;
+    let mut fields = meta.split(';');
+    let mime = fields
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let is_base64 = fields.any(|f| f.trim().eq_ignore_ascii_case("base64"));
+    if is_base64 {
+        let data: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        if data.is_empty() {
+            return Err("the data: URL holds no data".to_owned());
+        }
+        if !data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+        {
+            return Err("the data: URL's base64 data is not valid base64".to_owned());
+        }
+        Ok((mime, data))
+    } else {
+        Ok((mime, base64_encode(&percent_decode(data))))
+    }
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| (*c as char).to_digit(16)),
+                b.get(i + 2).and_then(|c| (*c as char).to_digit(16)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Standard base64 with padding.
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(chunk.get(1).copied().unwrap_or(0)) << 8)
+            | u32::from(chunk.get(2).copied().unwrap_or(0));
+        let sextet = |shift: u32| ALPHABET[((n >> shift) & 63) as usize] as char;
+        out.push(sextet(18));
+        out.push(sextet(12));
+        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
+        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
+    }
+    out
+}
+
+/// The MIME type of a file name or URL path by its extension.
+pub(crate) fn mime_of_name(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "heif" => "image/heif",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "md" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "mp3" => "audio/mp3",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "ogg" => "audio/ogg",
+        "aac" => "audio/aac",
+        "mp4" => "video/mp4",
+        "mov" => "video/mov",
+        "webm" => "video/webm",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn data_urls_parse_in_both_encodings() {
+        assert_eq!(
+            parse_data_url("data:image/png;base64,iVBOR w0=").unwrap(),
+            ("image/png".to_owned(), "iVBORw0=".to_owned())
+        );
+        assert_eq!(
+            parse_data_url("data:text/plain;charset=utf-8,hi%20there").unwrap(),
+            ("text/plain".to_owned(), "aGkgdGhlcmU=".to_owned())
+        );
+        assert!(parse_data_url("data:image/png;base64").is_err());
+        assert!(parse_data_url("data:image/png;base64,!!!").is_err());
+    }
+}

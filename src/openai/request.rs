@@ -1,0 +1,687 @@
+//! OpenAI chat requests → Gemini `generateContent` requests.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use super::media;
+use super::types::{
+    ChatCompletionRequest, ContentPart, Message, MessageContent, ResponseFormat, Tool, ToolCall,
+};
+use crate::error::ApiError;
+use crate::gemini::{
+    Content, FileData, FunctionCallingConfig, FunctionDeclaration, GenerateContentRequest,
+    GenerationConfig, Part, ThinkingConfig, Tool as GeminiTool, ToolConfig, strip_models_prefix,
+};
+
+/// What separates the call id from the thought signature in a tool call id that carries one:
+/// `call_<id>__thought__<signature>`.
+pub const THOUGHT_SIGNATURE_SEPARATOR: &str = "__thought__";
+
+/// The placeholder Google documents for function calls in history that Gemini did not produce.
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
+// === Options ===
+
+/// Thinking budgets (tokens) for `reasoning_effort` on Gemini 2.5 models.
+///
+/// The defaults follow Google's own OpenAI-compatible endpoint: `none` → 0 (off where the
+/// model allows it), `minimal` and `low` → 1,024, `medium` → 8,192, `high` → 24,576. Gemini 3
+/// models take a `thinkingLevel` instead: `none`, `minimal` and `low` → `low`, `medium` and
+/// `high` → `high` (the two levels every Gemini 3 model accepts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasoningBudgets {
+    /// Budget for `none`.
+    pub none: i32,
+    /// Budget for `minimal`.
+    pub minimal: i32,
+    /// Budget for `low`.
+    pub low: i32,
+    /// Budget for `medium`.
+    pub medium: i32,
+    /// Budget for `high`.
+    pub high: i32,
+}
+
+impl Default for ReasoningBudgets {
+    fn default() -> Self {
+        Self {
+            none: 0,
+            minimal: 1024,
+            low: 1024,
+            medium: 8192,
+            high: 24576,
+        }
+    }
+}
+
+/// How requests and answers are translated; shared by the layer and the public functions.
+#[derive(Clone, Debug)]
+pub struct TranslateOptions {
+    pub(crate) budgets: ReasoningBudgets,
+    pub(crate) signature_in_id: bool,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        Self {
+            budgets: ReasoningBudgets::default(),
+            signature_in_id: true,
+        }
+    }
+}
+
+impl TranslateOptions {
+    /// The defaults: Google's reasoning budgets, signatures in tool call ids.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Thinking budgets for `reasoning_effort` (default [`ReasoningBudgets::default`]).
+    pub fn reasoning_budgets(mut self, budgets: ReasoningBudgets) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// Whether answers encode a call's thought signature into its tool call id
+    /// (`call_<id>__thought__<sig>`) besides `extra_content.google.thought_signature`
+    /// (default `true`). The id survives clients that drop unknown fields, so a tool round
+    /// trip on a thinking model sends the signature back; turn it off for clients that limit
+    /// id length. Both carriers are always accepted back.
+    pub fn signature_in_tool_call_id(mut self, yes: bool) -> Self {
+        self.signature_in_id = yes;
+        self
+    }
+}
+
+// === Translation ===
+
+/// Validates and returns the model id of a request: without a `models/` prefix, and safe to
+/// put in a path.
+pub fn model_id(model: &str) -> Result<&str, ApiError> {
+    let id = strip_models_prefix(model.trim());
+    if id.is_empty() {
+        return Err(ApiError::bad_request(
+            "`model` is required (e.g. \"gemini-2.5-flash\")",
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(ApiError::bad_request(format!(
+            "`model` {id:?} is not a valid model id: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(id)
+}
+
+/// Translates an OpenAI chat request into a Gemini `generateContent` request body.
+///
+/// The model goes in the path, not the body. Errors are 400s that say which field cannot be
+/// expressed for Gemini.
+pub fn to_gemini_request(
+    req: &ChatCompletionRequest,
+    options: &TranslateOptions,
+) -> Result<GenerateContentRequest, ApiError> {
+    let model = model_id(&req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError::bad_request("`messages` must not be empty"));
+    }
+    let mut out = GenerateContentRequest::default();
+    let (system, contents) = convert_messages(&req.messages, model)?;
+    if contents.is_empty() {
+        return Err(ApiError::bad_request(
+            "`messages` needs at least one user or assistant message besides system messages",
+        ));
+    }
+    out.contents = contents;
+    if !system.is_empty() {
+        out.system_instruction = Some(Content {
+            role: None,
+            parts: system,
+            extra: Map::new(),
+        });
+    }
+    if let Some(tools) = &req.tools {
+        let declarations = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| declaration(i, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !declarations.is_empty() {
+            out.tools = vec![GeminiTool::functions(declarations)];
+        }
+    }
+    if let Some(choice) = &req.tool_choice
+        && !out.tools.is_empty()
+    {
+        out.tool_config = Some(tool_config(choice, req.tools.as_deref().unwrap_or(&[]))?);
+    }
+    let config = generation_config(req, model, options)?;
+    if config != GenerationConfig::default() {
+        out.generation_config = Some(config);
+    }
+    Ok(out)
+}
+
+fn convert_messages(
+    messages: &[Message],
+    model: &str,
+) -> Result<(Vec<Part>, Vec<Content>), ApiError> {
+    let mut system = Vec::new();
+    let mut contents: Vec<Content> = Vec::new();
+    // Tool call id → function name, for `tool` messages.
+    let mut call_names: HashMap<&str, &str> = HashMap::new();
+    let needs_signatures = model.starts_with("gemini-3");
+    for (i, m) in messages.iter().enumerate() {
+        let (role, parts) = match m.role.as_str() {
+            "system" | "developer" => {
+                system.extend(parts_of(m.content.as_ref(), i, true)?);
+                continue;
+            }
+            "user" => ("user", parts_of(m.content.as_ref(), i, false)?),
+            "assistant" => {
+                let mut parts = parts_of(m.content.as_ref(), i, true)?;
+                let calls = m.tool_calls.as_deref().unwrap_or_default();
+                for (j, call) in calls.iter().enumerate() {
+                    call_names.insert(call.id.as_str(), call.function.name.as_str());
+                    parts.push(call_part(call, i, j)?);
+                }
+                if needs_signatures
+                    && !calls.is_empty()
+                    && parts.iter().all(|p| p.thought_signature.is_none())
+                    && let Some(first) = parts.iter_mut().find(|p| p.function_call.is_some())
+                {
+                    first.thought_signature = Some(SKIP_THOUGHT_SIGNATURE.to_owned());
+                }
+                ("model", parts)
+            }
+            "tool" | "function" => {
+                let name = match (m.role.as_str(), m.tool_call_id.as_deref()) {
+                    ("tool", Some(id)) => call_names
+                        .get(id)
+                        .copied()
+                        .or(m.name.as_deref())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "messages[{i}].tool_call_id {id:?} matches no tool call of an \
+                                 earlier assistant message"
+                            ))
+                        })?,
+                    _ => m.name.as_deref().ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "messages[{i}] ({}) needs a `tool_call_id` (or a `name`)",
+                            m.role
+                        ))
+                    })?,
+                };
+                let text = text_of(m.content.as_ref(), i)?;
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(o)) => Value::Object(o),
+                    Ok(other) if !text.trim().is_empty() => json!({ "result": other }),
+                    _ => json!({ "result": text }),
+                };
+                ("user", vec![Part::function_response(name, response)])
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "messages[{i}].role {other:?} is not one of system, developer, user, \
+                     assistant, tool"
+                )));
+            }
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match contents.last_mut() {
+            Some(last) if last.role.as_deref() == Some(role) => last.parts.extend(parts),
+            _ => contents.push(Content::new(role, parts)),
+        }
+    }
+    Ok((system, contents))
+}
+
+/// The text of a message whose content must be text (tool results).
+fn text_of(content: Option<&MessageContent>, i: usize) -> Result<String, ApiError> {
+    Ok(match content {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t.clone(),
+        Some(MessageContent::Parts(parts)) => {
+            let mut out = String::new();
+            for p in parts {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => out.push_str(t),
+                    (kind, _) => {
+                        return Err(ApiError::bad_request(format!(
+                            "messages[{i}]: a tool result can only hold text, not {kind:?}"
+                        )));
+                    }
+                }
+            }
+            out
+        }
+    })
+}
+
+fn parts_of(
+    content: Option<&MessageContent>,
+    i: usize,
+    text_only: bool,
+) -> Result<Vec<Part>, ApiError> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(MessageContent::Text(t)) if t.is_empty() => Ok(Vec::new()),
+        Some(MessageContent::Text(t)) => Ok(vec![Part::text(t.clone())]),
+        Some(MessageContent::Parts(parts)) => parts
+            .iter()
+            .enumerate()
+            .filter_map(|(j, p)| content_part(p, i, j, text_only).transpose())
+            .collect(),
+    }
+}
+
+fn content_part(
+    p: &ContentPart,
+    i: usize,
+    j: usize,
+    text_only: bool,
+) -> Result<Option<Part>, ApiError> {
+    let at = || format!("messages[{i}].content[{j}]");
+    let missing = |field: &str| ApiError::bad_request(format!("{}: `{field}` is required", at()));
+    let part = match p.kind.as_str() {
+        "text" | "refusal" | "input_text" | "output_text" => {
+            let text = p.text.as_deref().unwrap_or_default();
+            if text.is_empty() {
+                return Ok(None);
+            }
+            Part::text(text)
+        }
+        kind if text_only => {
+            return Err(ApiError::bad_request(format!(
+                "{}: a system or assistant message can only hold text, not {kind:?}",
+                at()
+            )));
+        }
+        "image_url" => {
+            let url = match &p.image_url {
+                Some(Value::String(s)) => s.as_str(),
+                Some(v) => v["url"].as_str().ok_or_else(|| missing("image_url.url"))?,
+                None => return Err(missing("image_url")),
+            };
+            url_part(url, "image/jpeg")
+                .map_err(|why| ApiError::bad_request(format!("{}: image_url: {why}", at())))?
+        }
+        "input_audio" => {
+            let audio = p
+                .input_audio
+                .as_ref()
+                .ok_or_else(|| missing("input_audio"))?;
+            let data = audio["data"]
+                .as_str()
+                .ok_or_else(|| missing("input_audio.data"))?;
+            let format = audio["format"].as_str().unwrap_or("wav");
+            media::inline(format!("audio/{format}"), data.to_owned())
+        }
+        "file" => {
+            let file = p.file.as_ref().ok_or_else(|| missing("file"))?;
+            let filename = file["filename"].as_str().unwrap_or_default();
+            let fallback = media::mime_of_name(filename).unwrap_or("application/pdf");
+            if let Some(data) = file["file_data"].as_str() {
+                if data.starts_with("data:") {
+                    url_part(data, fallback).map_err(|why| {
+                        ApiError::bad_request(format!("{}: file.file_data: {why}", at()))
+                    })?
+                } else {
+                    media::inline(fallback.to_owned(), data.to_owned())
+                }
+            } else if let Some(id) = file["file_id"].as_str() {
+                Part {
+                    file_data: Some(FileData {
+                        mime_type: media::mime_of_name(filename).map(str::to_owned),
+                        file_uri: id.to_owned(),
+                        extra: Map::new(),
+                    }),
+                    ..Part::default()
+                }
+            } else {
+                return Err(missing("file.file_data` or `file.file_id"));
+            }
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "{}: content part type {other:?} is not supported (use text, image_url, \
+                 input_audio or file)",
+                at()
+            )));
+        }
+    };
+    Ok(Some(part))
+}
+
+/// A part for a URL: data URLs become `inlineData`, http(s) URLs `fileData`.
+fn url_part(url: &str, fallback_mime: &str) -> Result<Part, String> {
+    if url.starts_with("data:") {
+        let (mime, data) = media::parse_data_url(url)?;
+        let mime = if mime.is_empty() {
+            fallback_mime.to_owned()
+        } else {
+            mime
+        };
+        return Ok(media::inline(mime, data));
+    }
+    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("gs://") {
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        return Ok(Part {
+            file_data: Some(FileData {
+                mime_type: media::mime_of_name(path).map(str::to_owned),
+                file_uri: url.to_owned(),
+                extra: Map::new(),
+            }),
+            ..Part::default()
+        });
+    }
+    Err("expected a data: URL or an http(s) URL".to_owned())
+}
+
+/// A `functionCall` part for an assistant tool call, with its thought signature.
+fn call_part(call: &ToolCall, i: usize, j: usize) -> Result<Part, ApiError> {
+    if call.function.name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "messages[{i}].tool_calls[{j}].function.name is required"
+        )));
+    }
+    let args = if call.function.arguments.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str::<Value>(&call.function.arguments).map_err(|e| {
+            ApiError::bad_request(format!(
+                "messages[{i}].tool_calls[{j}].function.arguments is not valid JSON: {e}"
+            ))
+        })?
+    };
+    let mut part = Part::function_call(call.function.name.clone(), args);
+    part.thought_signature = signature_of(call);
+    Ok(part)
+}
+
+/// The thought signature a tool call carries: Google's `extra_content`, else the id suffix.
+pub(crate) fn signature_of(call: &ToolCall) -> Option<String> {
+    call.extra_content
+        .as_ref()
+        .and_then(|e| e["google"]["thought_signature"].as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            call.id
+                .split_once(THOUGHT_SIGNATURE_SEPARATOR)
+                .map(|(_, sig)| sig)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+}
+
+fn declaration(i: usize, tool: &Tool) -> Result<FunctionDeclaration, ApiError> {
+    if tool.kind != "function" {
+        return Err(ApiError::bad_request(format!(
+            "tools[{i}].type {:?} is not supported; only \"function\" tools can be sent to Gemini",
+            tool.kind
+        )));
+    }
+    let f = &tool.function;
+    if f.name.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "tools[{i}].function.name is required"
+        )));
+    }
+    Ok(FunctionDeclaration {
+        name: f.name.clone(),
+        description: f.description.clone().filter(|d| !d.is_empty()),
+        parameters_json_schema: f.parameters.as_ref().map(clean_schema),
+        ..FunctionDeclaration::default()
+    })
+}
+
+fn tool_config(choice: &Value, tools: &[Tool]) -> Result<ToolConfig, ApiError> {
+    let (mode, names) = match choice {
+        Value::String(s) => match s.as_str() {
+            "auto" => ("AUTO", Vec::new()),
+            "none" => ("NONE", Vec::new()),
+            "required" => ("ANY", Vec::new()),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "tool_choice {other:?} is not one of auto, none, required or a named function"
+                )));
+            }
+        },
+        Value::Object(o) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .or_else(|| o.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request("tool_choice names no function (`function.name`)")
+                })?;
+            if !tools.iter().any(|t| t.function.name == name) {
+                return Err(ApiError::bad_request(format!(
+                    "tool_choice names {name:?}, which is not among `tools`"
+                )));
+            }
+            ("ANY", vec![name.to_owned()])
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "tool_choice must be a string or an object",
+            ));
+        }
+    };
+    Ok(ToolConfig {
+        function_calling_config: Some(FunctionCallingConfig {
+            mode: Some(mode.to_owned()),
+            allowed_function_names: names,
+            extra: Map::new(),
+        }),
+        extra: Map::new(),
+    })
+}
+
+fn generation_config(
+    req: &ChatCompletionRequest,
+    model: &str,
+    options: &TranslateOptions,
+) -> Result<GenerationConfig, ApiError> {
+    let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let mut c = GenerationConfig {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        max_output_tokens: req.max_completion_tokens.or(req.max_tokens).map(clamp),
+        stop_sequences: req.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        seed: req.seed,
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        ..GenerationConfig::default()
+    };
+    match req.n {
+        Some(0) => return Err(ApiError::bad_request("`n` must be at least 1")),
+        Some(n) if n > 1 => c.candidate_count = Some(clamp(n)),
+        _ => {}
+    }
+    if req.logprobs == Some(true) {
+        c.response_logprobs = Some(true);
+        c.logprobs = req.top_logprobs.map(clamp);
+    }
+    if let Some(format) = &req.response_format {
+        apply_response_format(&mut c, format)?;
+    }
+    c.thinking_config = thinking(req, model, options)?;
+    Ok(c)
+}
+
+fn apply_response_format(
+    c: &mut GenerationConfig,
+    format: &ResponseFormat,
+) -> Result<(), ApiError> {
+    match format.kind.as_str() {
+        "text" => {}
+        "json_object" => c.response_mime_type = Some("application/json".to_owned()),
+        "json_schema" => {
+            c.response_mime_type = Some("application/json".to_owned());
+            c.response_json_schema = format
+                .json_schema
+                .as_ref()
+                .and_then(|s| s.schema.as_ref())
+                .map(clean_schema);
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "response_format.type {other:?} is not one of text, json_object, json_schema"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn thinking(
+    req: &ChatCompletionRequest,
+    model: &str,
+    options: &TranslateOptions,
+) -> Result<Option<ThinkingConfig>, ApiError> {
+    // An explicit thinking config (top level, `extra_body.google`, or `google`) wins.
+    let explicit = req
+        .thinking_config
+        .as_ref()
+        .or_else(|| {
+            req.extra_body
+                .as_ref()
+                .and_then(|b| b.get("google"))
+                .and_then(|g| g.get("thinking_config"))
+        })
+        .or_else(|| req.google.as_ref().and_then(|g| g.get("thinking_config")));
+    if let Some(v) = explicit {
+        let Value::Object(o) = v else {
+            return Err(ApiError::bad_request("thinking_config must be an object"));
+        };
+        let mut t = ThinkingConfig::default();
+        for (k, v) in o {
+            match k.as_str() {
+                "thinking_budget" | "thinkingBudget" => {
+                    t.thinking_budget = Some(
+                        v.as_i64()
+                            .and_then(|n| i32::try_from(n).ok())
+                            .ok_or_else(|| {
+                                ApiError::bad_request("thinking_budget must be an integer")
+                            })?,
+                    );
+                }
+                "include_thoughts" | "includeThoughts" => t.include_thoughts = v.as_bool(),
+                "thinking_level" | "thinkingLevel" => {
+                    t.thinking_level = v.as_str().map(str::to_owned);
+                }
+                _ => {
+                    t.extra.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        return Ok(Some(t));
+    }
+    let Some(effort) = req.reasoning_effort.as_deref() else {
+        return Ok(None);
+    };
+    let b = &options.budgets;
+    let budget = match effort {
+        "none" => b.none,
+        "minimal" => b.minimal,
+        "low" => b.low,
+        "medium" => b.medium,
+        "high" => b.high,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "reasoning_effort {other:?} is not one of none, minimal, low, medium, high"
+            )));
+        }
+    };
+    let mut t = ThinkingConfig::default();
+    if model.starts_with("gemini-3") {
+        let level = if matches!(effort, "medium" | "high") {
+            "high"
+        } else {
+            "low"
+        };
+        t.thinking_level = Some(level.to_owned());
+        t.include_thoughts = Some(effort != "none");
+    } else {
+        t.thinking_budget = Some(budget);
+        t.include_thoughts = Some(budget != 0);
+    }
+    Ok(Some(t))
+}
+
+// === JSON Schema cleaning ===
+
+/// Keywords Gemini's JSON Schema fields reject or that mean nothing to it.
+const DROPPED_KEYWORDS: &[&str] = &[
+    "$schema",
+    "$comment",
+    "strict",
+    "if",
+    "then",
+    "else",
+    "not",
+    "dependentSchemas",
+    "dependentRequired",
+    "patternProperties",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "contentEncoding",
+    "contentMediaType",
+    "examples",
+];
+
+/// Cleans a JSON Schema for `parametersJsonSchema` / `responseJsonSchema`: drops keywords
+/// Gemini rejects (`$schema`, `strict`, `if`/`then`/`else`, `not`, `patternProperties`, ...),
+/// rewrites `const: x` to `enum: [x]` and `definitions` to `$defs` (with their `$ref`s).
+/// Property names are never touched.
+pub fn clean_schema(schema: &Value) -> Value {
+    let mut out = schema.clone();
+    clean_in_place(&mut out);
+    out
+}
+
+fn clean_in_place(v: &mut Value) {
+    let Value::Object(o) = v else {
+        return;
+    };
+    for k in DROPPED_KEYWORDS {
+        o.remove(*k);
+    }
+    if let Some(c) = o.remove("const") {
+        o.entry("enum").or_insert_with(|| Value::Array(vec![c]));
+    }
+    if let Some(defs) = o.remove("definitions") {
+        o.entry("$defs").or_insert(defs);
+    }
+    if let Some(Value::String(r)) = o.get_mut("$ref")
+        && let Some(rest) = r.strip_prefix("#/definitions/")
+    {
+        *r = format!("#/$defs/{rest}");
+    }
+    for key in ["properties", "$defs"] {
+        if let Some(Value::Object(map)) = o.get_mut(key) {
+            map.values_mut().for_each(clean_in_place);
+        }
+    }
+    for key in ["items", "additionalProperties", "contains", "propertyNames"] {
+        if let Some(sub) = o.get_mut(key) {
+            match sub {
+                Value::Array(a) => a.iter_mut().for_each(clean_in_place),
+                other => clean_in_place(other),
+            }
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
+        if let Some(Value::Array(a)) = o.get_mut(key) {
+            a.iter_mut().for_each(clean_in_place);
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! Gemini SSE chunks → OpenAI `chat.completion.chunk` events, one upstream event at a time.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use http::StatusCode;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::response::{
+    ChatContext, arguments_of, blocked_message, code_block, error_json, finish_reason,
+    inline_markdown, logprobs_of, result_block, usage_of,
+};
+use super::types::{FunctionCallDelta, ToolCallDelta, Usage};
+use crate::body::BoxError;
+use crate::error::ApiError;
+use crate::gemini::{Candidate, FunctionCall, GeminiError, GenerateContentResponse, UsageMetadata};
+use crate::sse::{SseError, SseStream};
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+// === StreamTranslator ===
+
+/// Translates a Gemini stream into OpenAI chunk events, chunk by chunk.
+///
+/// Feed it the data of each upstream SSE event with [`push`](StreamTranslator::push) and call
+/// [`finish`](StreamTranslator::finish) at the end of the upstream body; each call appends
+/// ready-to-send `data: …\n\n` events to `out`. It keeps per choice only what a later chunk
+/// needs: whether the role was sent, whether a function call was seen (so a final `STOP`
+/// becomes `tool_calls`) and calls still waiting for a thought signature that may arrive on the
+/// next chunk. Exactly one chunk per choice carries a `finish_reason`; a stream that ends
+/// without one, an upstream error event, or a malformed call ends with an OpenAI error event
+/// instead of `[DONE]`.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    cx: ChatContext,
+    include_usage: bool,
+    choices: Vec<ChoiceState>,
+    usage: Option<UsageMetadata>,
+    done: bool,
+    scratch: String,
+}
+
+#[derive(Debug, Default)]
+struct ChoiceState {
+    started: bool,
+    finished: bool,
+    saw_call: bool,
+    calls: u32,
+    at_line_start: bool,
+    /// Calls that arrived without a thought signature: sent with the next chunk, which may
+    /// carry their signature on an empty text part.
+    pending: Vec<FunctionCall>,
+}
+
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChoiceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    finish_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Value>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallDelta>,
+}
+
+impl StreamTranslator {
+    /// A translator for one stream; `include_usage` adds the final `choices: []` usage chunk.
+    pub fn new(cx: ChatContext, include_usage: bool) -> Self {
+        let choices = (0..cx.n).map(|_| ChoiceState::new()).collect();
+        Self {
+            cx,
+            include_usage,
+            choices,
+            usage: None,
+            done: false,
+            scratch: String::new(),
+        }
+    }
+
+    /// Whether the stream is over (finished, or ended by an error event).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Translates the data of one upstream SSE event.
+    pub fn push(&mut self, data: &[u8], out: &mut BytesMut) {
+        if self.done || data.trim_ascii().is_empty() {
+            return;
+        }
+        let chunk: GenerateContentResponse = match serde_json::from_slice(data) {
+            Ok(c) => c,
+            Err(_) => {
+                let err = GeminiError::parse(data);
+                return self.fail_with_upstream(err, out);
+            }
+        };
+        if chunk.extra.contains_key("error") {
+            return self.fail_with_upstream(GeminiError::parse(data), out);
+        }
+        self.push_chunk(&chunk, out);
+    }
+
+    /// Translates one parsed upstream chunk.
+    pub fn push_chunk(&mut self, chunk: &GenerateContentResponse, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        if let Some(u) = &chunk.usage_metadata {
+            self.usage = Some(u.clone());
+        }
+        if chunk.candidates.is_empty() {
+            if let Some(reason) = chunk.block_reason() {
+                let message = blocked_message(reason.as_str());
+                for index in 0..self.cx.n {
+                    let state = self.state(index);
+                    if state.finished {
+                        continue;
+                    }
+                    state.finished = true;
+                    let role =
+                        (!std::mem::replace(&mut state.started, true)).then_some("assistant");
+                    let delta = DeltaOut {
+                        role,
+                        refusal: Some(message.clone()),
+                        ..DeltaOut::default()
+                    };
+                    self.write(index, delta, Some("content_filter"), None, out);
+                }
+            }
+            return;
+        }
+        for (pos, cand) in chunk.candidates.iter().enumerate() {
+            let index = cand
+                .index
+                .and_then(|i| u32::try_from(i).ok())
+                .unwrap_or(pos as u32);
+            self.candidate(index, cand, out);
+            if self.done {
+                return;
+            }
+        }
+    }
+
+    fn state(&mut self, index: u32) -> &mut ChoiceState {
+        self.ensure(index);
+        &mut self.choices[index as usize]
+    }
+
+    fn ensure(&mut self, index: u32) {
+        let i = index as usize;
+        if self.choices.len() <= i {
+            self.choices.resize_with(i + 1, ChoiceState::new);
+        }
+    }
+
+    fn candidate(&mut self, index: u32, cand: &Candidate, out: &mut BytesMut) {
+        let parallel = self.cx.parallel_tool_calls;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let mut reasoning = String::new();
+        let mut calls: Vec<(FunctionCall, Option<String>)> = Vec::new();
+        self.ensure(index);
+        let cx = &self.cx;
+        let state = &mut self.choices[index as usize];
+        if state.finished {
+            self.scratch = scratch;
+            return;
+        }
+        // A signature on an empty part belongs to the last call still waiting for one.
+        let mut pending: Vec<(FunctionCall, Option<String>)> =
+            state.pending.drain(..).map(|c| (c, None)).collect();
+        for part in cand.parts() {
+            if let Some(call) = &part.function_call {
+                state.saw_call = true;
+                if part.thought_signature.is_some() {
+                    // Earlier unsigned calls go first, in order.
+                    calls.append(&mut pending);
+                    calls.push((call.clone(), part.thought_signature.clone()));
+                } else {
+                    pending.push((call.clone(), None));
+                }
+                continue;
+            }
+            if let Some(sig) = &part.thought_signature
+                && part.text.as_deref().unwrap_or_default().is_empty()
+                && let Some(last) = pending.iter_mut().rev().find(|c| c.1.is_none())
+            {
+                last.1 = Some(sig.clone());
+            }
+            if let Some(text) = &part.text {
+                if part.is_thought() {
+                    reasoning.push_str(text);
+                } else {
+                    scratch.push_str(text);
+                }
+            } else if let Some(code) = &part.executable_code {
+                let at = state.at_line_start && scratch.is_empty() || scratch.ends_with('\n');
+                scratch.push_str(&code_block(code, at));
+            } else if let Some(result) = &part.code_execution_result {
+                let at = state.at_line_start && scratch.is_empty() || scratch.ends_with('\n');
+                scratch.push_str(&result_block(result, at));
+            } else if let Some(md) = inline_markdown(part) {
+                scratch.push_str(&md);
+            }
+        }
+        let finishing = cand.finish_reason.is_some();
+        // Unsigned calls wait for one more chunk, unless this one ends the answer or already
+        // brought their signature.
+        for (call, sig) in pending {
+            if finishing || sig.is_some() {
+                calls.push((call, sig));
+            } else {
+                state.pending.push(call);
+            }
+        }
+        if !scratch.is_empty() {
+            state.at_line_start = scratch.ends_with('\n');
+        }
+        let mut tool_calls = Vec::new();
+        for (call, sig) in calls {
+            if !parallel && state.calls >= 1 {
+                continue;
+            }
+            let id = cx.tool_call_id(sig.as_deref());
+            tool_calls.push(ToolCallDelta {
+                index: state.calls,
+                id: Some(id),
+                kind: Some("function".to_owned()),
+                function: FunctionCallDelta {
+                    name: Some(call.name.clone()),
+                    arguments: Some(arguments_of(&call)),
+                },
+                extra_content: sig.map(|s| serde_json::json!({"google": {"thought_signature": s}})),
+            });
+            state.calls += 1;
+        }
+        let finish = match cand.finish_reason.as_ref() {
+            Some(r) => match finish_reason(Some(r), state.saw_call) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // Send what arrived, then the error instead of a clean stop.
+                    let role =
+                        (!std::mem::replace(&mut state.started, true)).then_some("assistant");
+                    let delta = DeltaOut {
+                        role,
+                        content: (!scratch.is_empty()).then_some(scratch.as_str()),
+                        reasoning_content: (!reasoning.is_empty()).then_some(reasoning.as_str()),
+                        refusal: None,
+                        tool_calls,
+                    };
+                    if !delta.is_empty() {
+                        self.write(index, delta, None, None, out);
+                    }
+                    self.scratch = scratch;
+                    return self.fail(&e, None, out);
+                }
+            },
+            None => None,
+        };
+        if finish.is_some() {
+            state.finished = true;
+        }
+        let delta_empty = scratch.is_empty() && reasoning.is_empty() && tool_calls.is_empty();
+        if delta_empty && finish.is_none() {
+            self.scratch = scratch;
+            return;
+        }
+        let role = (!std::mem::replace(&mut state.started, true)).then_some("assistant");
+        let delta = DeltaOut {
+            role,
+            content: (!scratch.is_empty()).then_some(scratch.as_str()),
+            reasoning_content: (!reasoning.is_empty()).then_some(reasoning.as_str()),
+            refusal: None,
+            tool_calls,
+        };
+        let logprobs = logprobs_of(cand.logprobs_result.as_ref());
+        self.write(index, delta, finish, logprobs, out);
+        self.scratch = scratch;
+    }
+
+    fn write(
+        &self,
+        index: u32,
+        delta: DeltaOut<'_>,
+        finish: Option<&'static str>,
+        logprobs: Option<Value>,
+        out: &mut BytesMut,
+    ) {
+        let chunk = ChunkOut {
+            id: &self.cx.id,
+            object: "chat.completion.chunk",
+            created: self.cx.created,
+            model: &self.cx.model,
+            choices: vec![ChoiceOut {
+                index,
+                delta,
+                finish_reason: finish,
+                logprobs,
+            }],
+            usage: None,
+        };
+        write_event(&chunk, out);
+    }
+
+    /// Ends the stream at the end of the upstream body: calls still waiting are sent, then
+    /// the usage chunk (with `include_usage`) and `[DONE]`; or, when the answer was cut
+    /// before its finish reason, an error event.
+    pub fn finish(&mut self, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        let any_finished = self.choices.iter().any(|c| c.finished);
+        let cut = !any_finished || self.choices.iter().any(|c| c.started && !c.finished);
+        if cut {
+            let e = ApiError::bad_gateway(
+                "the upstream stream ended before the answer was complete (no finish reason)",
+            );
+            return self.fail(&e, None, out);
+        }
+        if self.include_usage {
+            let usage = self.usage.as_ref().map(usage_of).unwrap_or_default();
+            let chunk = ChunkOut {
+                id: &self.cx.id,
+                object: "chat.completion.chunk",
+                created: self.cx.created,
+                model: &self.cx.model,
+                choices: Vec::new(),
+                usage: Some(usage),
+            };
+            write_event(&chunk, out);
+        }
+        out.extend_from_slice(DONE);
+        self.done = true;
+    }
+
+    /// Ends the stream with an OpenAI error event (e.g. the upstream body failed).
+    pub fn fail(&mut self, error: &ApiError, code: Option<&str>, out: &mut BytesMut) {
+        if self.done {
+            return;
+        }
+        let v = error_json(error.status(), error.message(), code);
+        write_event(&v, out);
+        self.done = true;
+    }
+
+    fn fail_with_upstream(&mut self, err: Option<GeminiError>, out: &mut BytesMut) {
+        let (e, code) = match err {
+            Some(g) => {
+                let status = StatusCode::from_u16(g.code())
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .unwrap_or(StatusCode::BAD_GATEWAY);
+                let message = crate::secret::scrub(g.message()).into_owned();
+                let code = if g.status().is_empty() {
+                    None
+                } else {
+                    Some(g.status().to_ascii_lowercase())
+                };
+                (ApiError::new(status, message), code)
+            }
+            None => (
+                ApiError::bad_gateway("the upstream sent an event that is not a Gemini response"),
+                None,
+            ),
+        };
+        self.fail(&e, code.as_deref(), out);
+    }
+}
+
+impl ChoiceState {
+    fn new() -> Self {
+        Self {
+            at_line_start: true,
+            ..Self::default()
+        }
+    }
+}
+
+impl DeltaOut<'_> {
+    fn is_empty(&self) -> bool {
+        self.role.is_none()
+            && self.content.is_none()
+            && self.reasoning_content.is_none()
+            && self.refusal.is_none()
+            && self.tool_calls.is_empty()
+    }
+}
+
+fn write_event<T: Serialize>(v: &T, out: &mut BytesMut) {
+    out.extend_from_slice(b"data: ");
+    let mut w = BytesMutWriter(out);
+    if serde_json::to_writer(&mut w, v).is_err() {
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesMutWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// === ChunkBody ===
+
+pin_project! {
+    /// The OpenAI SSE body of a translated Gemini stream: each upstream event is translated as
+    /// it arrives and sent as one frame.
+    pub(crate) struct ChunkBody<B> {
+        #[pin]
+        events: SseStream<B>,
+        translator: StreamTranslator,
+        ended: bool,
+    }
+}
+
+impl<B> ChunkBody<B> {
+    pub(crate) fn new(body: B, translator: StreamTranslator) -> Self {
+        Self {
+            events: SseStream::new(body),
+            translator,
+            ended: false,
+        }
+    }
+}
+
+impl<B> fmt::Debug for ChunkBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChunkBody")
+            .field("translator", &self.translator)
+            .finish()
+    }
+}
+
+impl<B> http_body::Body for ChunkBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if *this.ended {
+                return Poll::Ready(None);
+            }
+            let mut out = BytesMut::new();
+            match std::task::ready!(this.events.as_mut().poll_next(cx)) {
+                Some(Ok(event)) => this.translator.push(&event.data, &mut out),
+                Some(Err(e)) => {
+                    let why = match e {
+                        SseError::TooLarge { limit } => {
+                            format!("the upstream sent a stream event larger than {limit} bytes")
+                        }
+                        SseError::Malformed(what) => {
+                            format!("the upstream stream is malformed: {what}")
+                        }
+                        SseError::Body(e) => {
+                            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream stream failed");
+                            "the upstream stream broke off before the answer was complete"
+                                .to_owned()
+                        }
+                    };
+                    this.translator
+                        .fail(&ApiError::bad_gateway(why), None, &mut out);
+                }
+                None => this.translator.finish(&mut out),
+            }
+            if this.translator.is_done() {
+                *this.ended = true;
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            }
+        }
+    }
+}
