@@ -281,6 +281,28 @@ async fn wait_text(c: &Client, css: &str, ok: impl Fn(&str) -> bool) -> Result<S
     Err(format!("`{css}` never got there; last text: {last:?}"))
 }
 
+/// The row id of the key added in the browser (the row whose text shows its mask).
+async fn added_id(c: &Client) -> Result<String, String> {
+    for row in c
+        .find_all(Locator::Css("#keys-table tbody tr"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        if row
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains(&mask(NEW_KEY))
+        {
+            let id = row.attr("data-row").await.map_err(|e| e.to_string())?;
+            return id
+                .and_then(|r| r.strip_prefix("key:").map(str::to_owned))
+                .ok_or_else(|| "a key row without an id".to_owned());
+        }
+    }
+    Err("the added key has no row".into())
+}
+
 /// The operator's walk through the page; errors name the step.
 async fn walk(c: &Client, proxy: &Proxy) -> Result<(), String> {
     let step = |what: &'static str| move |e: fantoccini::error::CmdError| format!("{what}: {e}");
@@ -369,6 +391,30 @@ async fn walk(c: &Client, proxy: &Proxy) -> Result<(), String> {
     if rows.len() != 3 {
         return Err(format!("expected 3 key rows, got {}", rows.len()));
     }
+
+    // Remove it again through the confirm dialog, then add it back for the screenshot.
+    let row = format!("tr[data-row=\"key:{}\"]", added_id(c).await?);
+    c.find(Locator::Css(&format!("{row} [data-action=remove]")))
+        .await
+        .map_err(step("remove button"))?
+        .click()
+        .await
+        .map_err(step("remove"))?;
+    c.accept_alert().await.map_err(step("confirm removal"))?;
+    wait_text(c, "#keys-table tbody", |t| !t.contains(&mask(NEW_KEY))).await?;
+    c.find(Locator::Id("new-key"))
+        .await
+        .map_err(step("new key field"))?
+        .send_keys(NEW_KEY)
+        .await
+        .map_err(step("type the new key again"))?;
+    c.find(Locator::Css("#add-key-form button[type=submit]"))
+        .await
+        .map_err(step("add key button"))?
+        .click()
+        .await
+        .map_err(step("add key again"))?;
+    wait_text(c, "#keys-table tbody", |t| t.contains(&mask(NEW_KEY))).await?;
 
     // Create a client token: shown once, in full.
     c.find(Locator::Id("new-token-name"))

@@ -91,8 +91,9 @@ fn refusal(s: &Shared, req: &Request) -> Option<Response> {
 /// anyone else), never forwarded upstream on a pool key.
 async fn unknown(State(s): State<Shared>, req: Request) -> Response {
     refusal(&s, &req).unwrap_or_else(|| {
+        // `nest` hands this router the path without its `/admin` prefix.
         error(ApiError::not_found(format!(
-            "no admin route {} {}",
+            "no admin route {} /admin{}",
             req.method(),
             req.uri().path()
         )))
