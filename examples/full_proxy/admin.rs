@@ -1,9 +1,11 @@
 //! The admin API: keys and tokens, changed at run time. Every route needs `ADMIN_TOKEN`
 //! (as `Authorization: Bearer`, `x-goog-api-key` or `?key=`); a client token gets 403.
+//! `GET /admin` itself is the admin page, served without a credential: it holds no secret and
+//! its API calls carry the admin token the operator signs in with.
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -25,7 +27,34 @@ pub fn router(shared: Shared) -> Router {
             shared.clone(),
             admin_only,
         ))
+        // After `route_layer`, so the page itself needs no credential.
+        .route("/", get(page))
+        .fallback(unknown)
         .with_state(shared)
+}
+
+/// The admin page: one self-contained HTML file (styles and script inline, nothing from another
+/// host). A fresh nonce per response lets only its own inline script and style run.
+async fn page() -> Response {
+    let nonce = mint_token("");
+    let csp = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; \
+         connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    );
+    let html = include_str!("admin.html").replace("{{nonce}}", &nonce);
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, csp.as_str()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 fn error(api: ApiError) -> Response {
@@ -34,18 +63,41 @@ fn error(api: ApiError) -> Response {
 
 /// Lets only the admin token through.
 pub async fn admin_only(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    let Some((token, _)) = credential(&req) else {
-        return error(ApiError::unauthorized(
+    match refusal(&s, &req) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    }
+}
+
+/// Why this request may not use the admin API, as the response; `None` for the admin token.
+fn refusal(s: &Shared, req: &Request) -> Option<Response> {
+    let Some((token, _)) = credential(req) else {
+        return Some(error(ApiError::unauthorized(
             "the admin API needs the admin token (Authorization: Bearer <ADMIN_TOKEN>)",
-        ));
+        )));
     };
     match s.tokens.authenticate(&token) {
-        None => error(ApiError::unauthorized("the admin token is not valid")),
-        Some(id) if !id.is_admin() => error(ApiError::forbidden(
+        None => Some(error(ApiError::unauthorized(
+            "the admin token is not valid",
+        ))),
+        Some(id) if !id.is_admin() => Some(error(ApiError::forbidden(
             "this token is a client token; the admin API needs the admin token",
-        )),
-        Some(_) => next.run(req).await,
+        ))),
+        Some(_) => None,
     }
+}
+
+/// Unknown `/admin/...` paths are the gateway's own namespace: 404 for the admin (401/403 for
+/// anyone else), never forwarded upstream on a pool key.
+async fn unknown(State(s): State<Shared>, req: Request) -> Response {
+    refusal(&s, &req).unwrap_or_else(|| {
+        // `nest` hands this router the path without its `/admin` prefix.
+        error(ApiError::not_found(format!(
+            "no admin route {} /admin{}",
+            req.method(),
+            req.uri().path()
+        )))
+    })
 }
 
 async fn list_keys(State(s): State<Shared>) -> Response {
