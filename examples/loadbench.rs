@@ -80,6 +80,8 @@ struct Settings {
     open_secs: f64,
     closed_secs: f64,
     warmup_secs: f64,
+    /// Direct and gateway alternate this many times per measurement.
+    rounds: u32,
     held_streams: usize,
     big_stream_bytes: usize,
 }
@@ -95,6 +97,7 @@ impl Settings {
                 open_secs: 0.3,
                 closed_secs: 0.3,
                 warmup_secs: 0.1,
+                rounds: 1,
                 held_streams: 50,
                 big_stream_bytes: 1 << 20,
             }
@@ -104,7 +107,8 @@ impl Settings {
                 rates: vec![500, 1_000, 2_000],
                 open_secs: 4.0,
                 closed_secs: 3.0,
-                warmup_secs: 0.5,
+                warmup_secs: 0.3,
+                rounds: 4,
                 held_streams: 1_000,
                 big_stream_bytes: 10 << 20,
             }
@@ -645,6 +649,30 @@ struct RunResult {
 }
 
 impl RunResult {
+    fn empty() -> Self {
+        RunResult {
+            rec: Recorder::new(),
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+            peak_rss: 0,
+            pacer_lag: Duration::ZERO,
+        }
+    }
+
+    fn merge(&mut self, r: RunResult) {
+        let _ = self.rec.total.add(&r.rec.total);
+        let _ = self.rec.ttfb.add(&r.rec.ttfb);
+        self.rec.ok += r.rec.ok;
+        self.rec.errors += r.rec.errors;
+        if self.rec.first_error.is_none() {
+            self.rec.first_error = r.rec.first_error;
+        }
+        self.elapsed += r.elapsed;
+        self.cpu += r.cpu;
+        self.peak_rss = self.peak_rss.max(r.peak_rss);
+        self.pacer_lag = self.pacer_lag.max(r.pacer_lag);
+    }
+
     fn rps(&self) -> f64 {
         self.rec.ok as f64 / self.elapsed.as_secs_f64()
     }
@@ -755,23 +783,17 @@ fn closed_loop(
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let mut rec = Recorder::new();
-    for r in recs {
-        let _ = rec.total.add(&r.total);
-        let _ = rec.ttfb.add(&r.ttfb);
-        rec.ok += r.ok;
-        rec.errors += r.errors;
-        if rec.first_error.is_none() {
-            rec.first_error = r.first_error;
-        }
+    let mut out = RunResult::empty();
+    for rec in recs {
+        out.merge(RunResult {
+            rec,
+            ..RunResult::empty()
+        });
     }
-    RunResult {
-        rec,
-        elapsed,
-        cpu,
-        peak_rss: rss.peak(),
-        pacer_lag: Duration::ZERO,
-    }
+    out.elapsed = elapsed;
+    out.cpu = cpu;
+    out.peak_rss = rss.peak();
+    out
 }
 
 // === Memory: idle streams and a 10 MB stream ===
@@ -888,24 +910,33 @@ struct Measured {
     gateway: RunResult,
 }
 
-fn run_load(
+/// Measures direct and through the gateway in alternating rounds, so a change in the
+/// machine's background load falls on both alike.
+fn run_pair(
     rt: &Runtime,
     client: &HttpClient,
-    target: &Target,
+    (direct, gateway): (&Target, &Target),
     load: Load,
     s: &Settings,
     rss: &RssSampler,
-) -> RunResult {
-    match load {
-        Load::Rate(r) => {
-            let _ = open_loop(rt, client, target, r, s.warmup_secs, rss);
-            open_loop(rt, client, target, r, s.open_secs, rss)
-        }
-        Load::Closed => {
-            let _ = closed_loop(rt, client, target, s.warmup_secs, rss);
-            closed_loop(rt, client, target, s.closed_secs, rss)
-        }
+) -> (RunResult, RunResult) {
+    let secs = match load {
+        Load::Rate(_) => s.open_secs,
+        Load::Closed => s.closed_secs,
+    } / f64::from(s.rounds);
+    let run = |target: &Target, secs: f64| match load {
+        Load::Rate(r) => open_loop(rt, client, target, r, secs, rss),
+        Load::Closed => closed_loop(rt, client, target, secs, rss),
+    };
+    let _ = run(direct, s.warmup_secs);
+    let _ = run(gateway, s.warmup_secs);
+    let mut d = RunResult::empty();
+    let mut g = RunResult::empty();
+    for _ in 0..s.rounds {
+        d.merge(run(direct, secs));
+        g.merge(run(gateway, secs));
     }
+    (d, g)
 }
 
 /// Checks a target answers 200 once; the error says what it answered instead.
@@ -1013,51 +1044,30 @@ fn run() -> Result<(), String> {
         .map(|r| Load::Rate(*r))
         .chain([Load::Closed])
         .collect();
-    let mut direct_runs: HashMap<(&'static str, String), RunResult> = HashMap::new();
+    let only = std::env::var("LOADBENCH_SCENARIOS").unwrap_or_default();
     let mut measured = Vec::new();
-    for kind in &available {
+    for kind in available
+        .iter()
+        .filter(|k| only.is_empty() || only.split(',').any(|o| o == k.id()))
+    {
         for load in &loads {
-            let key = (kind.direct_kind().id(), load.id());
-            if !direct_runs.contains_key(&key) {
-                eprintln!(
-                    "loadbench: direct  {} @ {}",
-                    kind.direct_kind().name(),
-                    load.label()
-                );
-                let r = run_load(
-                    &clients,
-                    &client,
-                    &direct(kind.direct_kind()),
-                    *load,
-                    &s,
-                    &rss,
-                );
-                direct_runs.insert(key.clone(), r);
-            }
-            eprintln!("loadbench: gateway {} @ {}", kind.name(), load.label());
-            let g = run_load(
+            eprintln!("loadbench: {} @ {}", kind.name(), load.label());
+            let (d, g) = run_pair(
                 &clients,
                 &client,
-                &via(*kind, "gemini-2.5-flash"),
+                (&direct(kind.direct_kind()), &via(*kind, "gemini-2.5-flash")),
                 *load,
                 &s,
                 &rss,
             );
-            measured.push((kind, *load, key, g));
+            measured.push(Measured {
+                kind: *kind,
+                load: *load,
+                direct: Some(d),
+                gateway: g,
+            });
         }
     }
-    let measured: Vec<Measured> = measured
-        .into_iter()
-        .map(|(kind, load, key, gateway)| {
-            Measured {
-                kind: *kind,
-                load,
-                direct: None,
-                gateway,
-            }
-            .with_direct(&direct_runs, &key)
-        })
-        .collect();
     let rss_end = rss_bytes();
 
     let report = Report {
@@ -1070,7 +1080,6 @@ fn run() -> Result<(), String> {
         held: (held_direct, held_gw),
         big: (big_direct, big_gw),
         measured,
-        direct_runs,
         unavailable,
     };
     let md = report.markdown();
@@ -1090,43 +1099,14 @@ fn run() -> Result<(), String> {
     let errors: u64 = report
         .measured
         .iter()
-        .map(|m| m.gateway.rec.errors)
-        .sum::<u64>()
-        + report
-            .direct_runs
-            .values()
-            .map(|r| r.rec.errors)
-            .sum::<u64>();
+        .map(|m| m.gateway.rec.errors + m.direct.as_ref().map_or(0, |d| d.rec.errors))
+        .sum();
     drop(servers);
     drop(clients);
     if errors > 0 {
         return Err(format!("{errors} requests failed (see the errors column)"));
     }
     Ok(())
-}
-
-impl Measured {
-    fn with_direct(
-        mut self,
-        direct: &HashMap<(&'static str, String), RunResult>,
-        key: &(&'static str, String),
-    ) -> Self {
-        // The direct run is shared by the Gemini and OpenAI scenarios: copy its numbers.
-        self.direct = direct.get(key).map(|r| RunResult {
-            rec: Recorder {
-                total: r.rec.total.clone(),
-                ttfb: r.rec.ttfb.clone(),
-                ok: r.rec.ok,
-                errors: r.rec.errors,
-                first_error: r.rec.first_error.clone(),
-            },
-            elapsed: r.elapsed,
-            cpu: r.cpu,
-            peak_rss: r.peak_rss,
-            pacer_lag: r.pacer_lag,
-        });
-        self
-    }
 }
 
 fn now_utc() -> String {
@@ -1177,7 +1157,6 @@ struct Report {
     /// (bytes read, RSS growth): (direct, gateway).
     big: ((u64, u64), (u64, u64)),
     measured: Vec<Measured>,
-    direct_runs: HashMap<(&'static str, String), RunResult>,
     unavailable: Vec<(Kind, String)>,
 }
 
@@ -1381,14 +1360,14 @@ impl Report {
         let ((bd, gd), (bg, gg)) = self.big;
         let _ = writeln!(
             o,
-            "| {:.0} MB stream, direct: RSS growth while reading | {:.1} MiB |",
-            bd as f64 / 1e6,
+            "| {:.0} MiB stream, direct: RSS growth while reading | {:.1} MiB |",
+            mib(bd),
             mib(gd)
         );
         let _ = writeln!(
             o,
-            "| {:.0} MB stream, through the gateway: RSS growth while relaying | {:.1} MiB |",
-            bg as f64 / 1e6,
+            "| {:.0} MiB stream, through the gateway: RSS growth while relaying | {:.1} MiB |",
+            mib(bg),
             mib(gg)
         );
 
@@ -1434,8 +1413,8 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            "| a {:.0} MB stream relays in constant memory | +{:.1} MiB RSS through the gateway (direct +{:.1} MiB) | {} |",
-            bg as f64 / 1e6,
+            "| a {:.0} MiB stream relays in constant memory | +{:.1} MiB RSS through the gateway (direct +{:.1} MiB) | {} |",
+            mib(bg),
             mib(gg),
             mib(gd),
             yes(gg <= gd + (2 << 20))
