@@ -442,6 +442,9 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: tokio::time::Sleep,
         idle: std::time::Duration,
+        // When the last frame came. The timer is moved only when it fires early, so a busy
+        // stream does not lock the timer wheel once per frame.
+        last_frame: tokio::time::Instant,
     }
 }
 
@@ -452,6 +455,7 @@ impl<B> IdleTimeout<B> {
             inner,
             sleep: tokio::time::sleep(idle),
             idle,
+            last_frame: tokio::time::Instant::now(),
         }
     }
 }
@@ -479,13 +483,21 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                *this.last_frame = tokio::time::Instant::now();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(crate::Error::timeout().into()))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => {
+                        let deadline = *this.last_frame + *this.idle;
+                        if deadline <= tokio::time::Instant::now() {
+                            return Poll::Ready(Some(Err(crate::Error::timeout().into())));
+                        }
+                        // Frames came since the timer was set: wait for the rest of the idle time.
+                        this.sleep.as_mut().reset(deadline);
+                    }
+                }
             },
         }
     }
@@ -640,6 +652,35 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.downcast_ref::<crate::Error>().unwrap().is_timeout());
         drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_lets_a_body_with_steady_frames_run_past_the_first_deadline() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = IdleTimeout::new(
+            StreamBody::new(Receiver(rx)),
+            std::time::Duration::from_secs(5),
+        );
+        let mut body = std::pin::pin!(body);
+        let start = tokio::time::Instant::now();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+                tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+                    .await
+                    .unwrap();
+            }
+            // Then silence, with the sender kept open.
+            std::future::pending::<()>().await;
+        });
+        for _ in 0..3 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.downcast_ref::<crate::Error>().unwrap().is_timeout());
+        // The last frame came at 12 s (paused clock): the timeout is 5 s after it.
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(17));
+        feeder.abort();
     }
 
     struct Receiver<T>(tokio::sync::mpsc::Receiver<T>);

@@ -250,7 +250,7 @@ where
                 if res.status() != StatusCode::OK {
                     return Ok(res);
                 }
-                Ok(relay::spawn(inner, template, res, mode, config))
+                Ok(relay::respond(inner, template, res, mode, config))
             }
             .instrument(span),
         ))

@@ -1,12 +1,19 @@
 //! The relay: forwards a Gemini stream event by event and resumes it when it breaks.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, Uri, Version, header};
-use http_body::Frame;
-use http_body_util::BodyExt;
+use http_body::{Body as _, Frame};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 use tower::{Service, ServiceExt};
 use tracing::Instrument;
 
@@ -101,16 +108,14 @@ where
 
 // === Streams ===
 
-type FrameResult = Result<Frame<Bytes>, BoxError>;
-
-/// Starts relaying `first` (a 200 stream) and returns the response the client gets: the same
-/// head, and a body fed by the relay task.
-pub(crate) fn spawn<S, B>(
+/// The response the client gets for a 200 stream: the same head, and a [`Relay`] body that
+/// forwards `first`'s events and resumes the answer when it breaks.
+pub(crate) fn respond<S, B>(
     inner: S,
     template: RequestTemplate,
     first: Response<Body>,
     mode: Mode,
-    config: std::sync::Arc<Config>,
+    config: Arc<Config>,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
@@ -121,63 +126,56 @@ where
 {
     let (mut parts, body) = first.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let (tx, rx) = mpsc::channel::<FrameResult>(2);
-    let out = Output {
-        tx,
-        mode,
-        array: JsonArrayEncoder::new(),
+    let relay = Relay {
+        inner: Some(inner),
+        template,
+        out: Output {
+            queue: VecDeque::new(),
+            mode,
+            array: JsonArrayEncoder::new(),
+        },
+        answer: Answer::default(),
+        attempt: Attempt::new(body, &config),
+        stalls: 0,
+        attempts: 1,
+        why: None,
+        state: State::Pumping,
+        span: tracing::Span::current(),
+        config,
     };
-    let task = relay(inner, template, body, out, config);
-    tokio::spawn(task.instrument(tracing::Span::current()));
-    Response::from_parts(
-        parts,
-        Body::new(http_body_util::StreamBody::new(Receiver(rx))),
-    )
+    Response::from_parts(parts, Body::new(relay))
 }
 
-struct Receiver(mpsc::Receiver<FrameResult>);
-
-impl futures_core::Stream for Receiver {
-    type Item = FrameResult;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<FrameResult>> {
-        self.0.poll_recv(cx)
-    }
-}
-
-/// Writes events to the client in the stream's format.
+/// Writes events to the client in the stream's format: frames wait in a queue that the body
+/// hands out before it reads on.
 struct Output {
-    tx: mpsc::Sender<FrameResult>,
+    queue: VecDeque<Bytes>,
     mode: Mode,
     array: JsonArrayEncoder,
 }
 
 impl Output {
-    /// Sends one event; false when the client has gone.
-    async fn send(&mut self, json: &[u8]) -> bool {
+    fn send(&mut self, json: &[u8]) {
         let bytes = match self.mode {
             Mode::JsonArray => self.array.element(json),
             _ => encode_data(json, LineEnding::CrLf),
         };
-        self.tx.send(Ok(Frame::data(bytes))).await.is_ok()
+        self.queue.push_back(bytes);
     }
 
-    async fn close(&mut self) {
+    fn close(&mut self) {
         if self.mode == Mode::JsonArray {
             let end = self.array.close();
-            let _ = self.tx.send(Ok(Frame::data(end))).await;
+            self.queue.push_back(end);
         }
     }
 
     /// Ends the stream with an explicit Gemini error event.
-    async fn fail(&mut self, code: u16, status: &str, message: &str) {
+    fn fail(&mut self, code: u16, status: &str, message: &str) {
         let err = json!({ "error": { "code": code, "message": message, "status": status } });
         let bytes = serde_json::to_vec(&err).unwrap_or_default();
-        self.send(&bytes).await;
-        self.close().await;
+        self.send(&bytes);
+        self.close();
     }
 }
 
@@ -194,7 +192,6 @@ enum Interruption {
 
 enum Outcome {
     Finished,
-    ClientGone,
     Interrupted(Interruption),
 }
 
@@ -214,120 +211,333 @@ struct Answer {
     progress: bool,
 }
 
-async fn relay<S, B>(
-    mut inner: S,
+/// One upstream answer being read: its body, the decoder of its format, and its idle clock.
+struct Attempt {
+    body: Body,
+    sse: Decoder,
+    array: JsonArrayDecoder,
+    ended: bool,
+    /// When the last frame arrived; the idle timer is only moved when it fires early, so a
+    /// busy stream does not touch the timer wheel per frame.
+    last_frame: Instant,
+    idle: Option<Pin<Box<Sleep>>>,
+}
+
+impl Attempt {
+    fn new(body: Body, config: &Config) -> Self {
+        Attempt {
+            body,
+            sse: Decoder::new().max_event_bytes(config.max_event_bytes),
+            array: JsonArrayDecoder::new().max_element_bytes(config.max_event_bytes),
+            ended: false,
+            last_frame: Instant::now(),
+            idle: None,
+        }
+    }
+
+    /// The next event of this attempt, or why it ended without a finish.
+    fn poll_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        mode: Mode,
+        idle: Option<Duration>,
+    ) -> Poll<Result<Bytes, Interruption>> {
+        loop {
+            let next = match mode {
+                Mode::JsonArray => self.array.next_element(),
+                _ => self.sse.next_event().map(|e| e.map(|e| e.data)),
+            };
+            match next {
+                Ok(Some(data)) => return Poll::Ready(Ok(data)),
+                Ok(None) if self.ended => {
+                    return Poll::Ready(Err(Interruption::EndedWithoutFinish));
+                }
+                Ok(None) => {}
+                Err(_) => return Poll::Ready(Err(Interruption::Malformed)),
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => {
+                    let Some(t) = idle else {
+                        return Poll::Pending;
+                    };
+                    let deadline = self.last_frame + t;
+                    let sleep = self
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.deadline() != deadline {
+                        sleep.as_mut().reset(deadline);
+                    }
+                    ready!(sleep.as_mut().poll(cx));
+                    return Poll::Ready(Err(Interruption::Stalled));
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    self.sse.finish();
+                    self.array.finish();
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let timeout = e
+                        .downcast_ref::<crate::Error>()
+                        .is_some_and(crate::Error::is_timeout);
+                    return Poll::Ready(Err(if timeout {
+                        Interruption::Stalled
+                    } else {
+                        Interruption::Dropped
+                    }));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if idle.is_some() {
+                        self.last_frame = Instant::now();
+                    }
+                    if let Ok(d) = frame.into_data() {
+                        match mode {
+                            Mode::JsonArray => self.array.push(d),
+                            _ => self.sse.push(d),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type CallFuture<S> =
+    Pin<Box<dyn Future<Output = (S, Result<Response<Body>, BoxError>)> + Send + 'static>>;
+
+enum State<S> {
+    /// Reading the current attempt.
+    Pumping,
+    /// Waiting `retry_delay` before the next attempt.
+    Waiting(Pin<Box<Sleep>>),
+    /// The next attempt's request is on its way.
+    Calling(CallFuture<S>),
+    Done,
+}
+
+/// The body of a relayed stream. It is driven by the client's connection polling it: events
+/// already read are handed out back to back (so the connection writes them in one go), nothing
+/// runs in a task of its own, and dropping the body (the client went away) drops the upstream
+/// answer at once.
+pub(crate) struct Relay<S> {
+    inner: Option<S>,
     template: RequestTemplate,
-    mut body: Body,
-    mut out: Output,
-    config: std::sync::Arc<Config>,
-) where
+    config: Arc<Config>,
+    out: Output,
+    answer: Answer,
+    attempt: Attempt,
+    stalls: u32,
+    attempts: u32,
+    why: Option<Interruption>,
+    state: State<S>,
+    span: tracing::Span,
+}
+
+// `S` is never pinned: the body only moves it in and out of its call futures.
+impl<S> Unpin for Relay<S> {}
+
+impl<S, B> Relay<S>
+where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut answer = Answer::default();
-    let mut stalls: u32 = 0;
-    let mut attempt: u32 = 1;
-    loop {
-        let why = match pump(&mut body, &mut out, &mut answer, &config).await {
-            Outcome::Finished => {
-                out.close().await;
-                if answer.resumed {
-                    tracing::info!(
-                        attempts = attempt,
-                        chars = answer.sent.len(),
-                        "resumed stream completed"
-                    );
-                }
-                return;
-            }
-            Outcome::ClientGone => return,
-            Outcome::Interrupted(why) => why,
-        };
-        if !flush_seam(&mut out, &mut answer, &config).await {
-            return;
-        }
-        fold_usage(&mut answer);
-        if answer.function_called {
+    /// The current attempt broke: flush what is held, then give up or wait for the next one.
+    fn interrupted(&mut self, why: Interruption) {
+        flush_seam(&mut self.out, &mut self.answer, &self.config);
+        fold_usage(&mut self.answer);
+        if self.answer.function_called {
             tracing::warn!(
                 ?why,
                 "stream broke after a function call; it cannot be resumed"
             );
-            out.fail(
+            self.out.fail(
                 502,
                 "UNAVAILABLE",
                 "the upstream stream broke after a function call and cannot be resumed",
-            )
-            .await;
+            );
+            self.state = State::Done;
             return;
         }
-        if answer.progress {
-            stalls = 0;
+        if self.answer.progress {
+            self.stalls = 0;
         }
-        stalls += 1;
-        // Start attempts until one streams, within the budget of attempts without progress.
-        loop {
-            if stalls > config.max_consecutive_retries {
+        self.stalls += 1;
+        self.why = Some(why);
+        self.next_attempt();
+    }
+
+    /// Waits for the next attempt, within the budget of attempts without progress.
+    fn next_attempt(&mut self) {
+        if self.stalls > self.config.max_consecutive_retries {
+            tracing::warn!(
+                attempts = self.attempts,
+                chars = self.answer.sent.len(),
+                "stream could not be resumed; giving up"
+            );
+            let msg = format!(
+                "the upstream stream was interrupted and {} attempts to resume it made no progress; the answer is incomplete",
+                self.config.max_consecutive_retries
+            );
+            self.out.fail(503, "UNAVAILABLE", &msg);
+            self.state = State::Done;
+            return;
+        }
+        self.state = State::Waiting(Box::pin(tokio::time::sleep(self.config.retry_delay)));
+    }
+
+    /// Sends the next attempt: the original request, or a continuation of the answer so far.
+    fn call_next(&mut self) {
+        self.attempts += 1;
+        let attempt = self.attempts;
+        self.template.note_resume();
+        tracing::info!(attempt, reason = ?self.why, chars = self.answer.sent.len(), "resuming interrupted stream");
+        let req = if self.answer.sent.is_empty() {
+            self.template.original()
+        } else {
+            self.template
+                .continuation(&self.answer.sent, &self.config.continue_instruction)
+        };
+        let Some(mut inner) = self.inner.take() else {
+            self.state = State::Done;
+            return;
+        };
+        // Polled inside the request's span: this is it.
+        let span = tracing::Span::current();
+        self.state = State::Calling(Box::pin(
+            async move {
+                let res = call(&mut inner, req)
+                    .await
+                    .map(|r| r.map(Body::new))
+                    .map_err(Into::into);
+                (inner, res)
+            }
+            .instrument(span),
+        ));
+    }
+
+    /// The next attempt answered.
+    fn answered(&mut self, res: Result<Response<Body>, BoxError>) {
+        let attempt = self.attempts;
+        match res {
+            Ok(res) if res.status() == http::StatusCode::OK => {
+                self.attempt = Attempt::new(res.into_body(), &self.config);
+                self.answer.resumed = true;
+                self.answer.progress = false;
+                self.answer.seam = (!self.answer.sent.is_empty()).then(String::new);
+                self.state = State::Pumping;
+            }
+            Ok(res) => {
+                let status = res.status();
                 tracing::warn!(
-                    attempts = attempt,
-                    chars = answer.sent.len(),
-                    "stream could not be resumed; giving up"
+                    attempt,
+                    status = status.as_u16(),
+                    "resume attempt refused by upstream"
                 );
-                let msg = format!(
-                    "the upstream stream was interrupted and {} attempts to resume it made no progress; the answer is incomplete",
-                    config.max_consecutive_retries
-                );
-                out.fail(503, "UNAVAILABLE", &msg).await;
-                return;
-            }
-            tokio::time::sleep(config.retry_delay).await;
-            if out.tx.is_closed() {
-                return;
-            }
-            attempt += 1;
-            template.note_resume();
-            tracing::info!(attempt, reason = ?why, chars = answer.sent.len(), "resuming interrupted stream");
-            let req = if answer.sent.is_empty() {
-                template.original()
-            } else {
-                template.continuation(&answer.sent, &config.continue_instruction)
-            };
-            match call(&mut inner, req).await {
-                Ok(res) if res.status() == http::StatusCode::OK => {
-                    body = Body::new(res.into_body());
-                    answer.resumed = true;
-                    answer.progress = false;
-                    answer.seam = (!answer.sent.is_empty()).then(String::new);
-                    break;
-                }
-                Ok(res) => {
-                    let status = res.status();
-                    tracing::warn!(
-                        attempt,
-                        status = status.as_u16(),
-                        "resume attempt refused by upstream"
+                if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
+                    let msg = format!(
+                        "the upstream refused to resume the interrupted stream (HTTP {})",
+                        status.as_u16()
                     );
-                    if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS {
-                        let msg = format!(
-                            "the upstream refused to resume the interrupted stream (HTTP {})",
-                            status.as_u16()
-                        );
-                        out.fail(
-                            status.as_u16(),
-                            crate::error::gemini_status_name(status),
-                            &msg,
-                        )
-                        .await;
-                        return;
-                    }
-                    stalls += 1;
+                    self.out.fail(
+                        status.as_u16(),
+                        crate::error::gemini_status_name(status),
+                        &msg,
+                    );
+                    self.state = State::Done;
+                    return;
                 }
-                Err(e) => {
-                    let e: BoxError = e.into();
-                    tracing::warn!(attempt, error = %crate::secret::scrub(&e.to_string()), "resume attempt failed");
-                    stalls += 1;
+                self.stalls += 1;
+                self.next_attempt();
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %crate::secret::scrub(&e.to_string()), "resume attempt failed");
+                self.stalls += 1;
+                self.next_attempt();
+            }
+        }
+    }
+}
+
+impl<S, B> http_body::Body for Relay<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        // Every poll runs in the request's span (taken out for the borrow checker).
+        let span = std::mem::replace(&mut this.span, tracing::Span::none());
+        let polled = span.in_scope(|| this.poll_relay(cx));
+        this.span = span;
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) && self.out.queue.is_empty()
+    }
+}
+
+impl<S, B> Relay<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
+        loop {
+            if let Some(bytes) = this.out.queue.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            match &mut this.state {
+                State::Done => return Poll::Ready(None),
+                State::Pumping => {
+                    let event =
+                        this.attempt
+                            .poll_event(cx, this.out.mode, this.config.idle_timeout);
+                    let step = match ready!(event) {
+                        Ok(data) => {
+                            handle_event(data, &mut this.out, &mut this.answer, &this.config)
+                        }
+                        Err(why) => Step::Done(Outcome::Interrupted(why)),
+                    };
+                    match step {
+                        Step::Continue => {}
+                        Step::Done(Outcome::Finished) => {
+                            this.out.close();
+                            if this.answer.resumed {
+                                tracing::info!(
+                                    attempts = this.attempts,
+                                    chars = this.answer.sent.len(),
+                                    "resumed stream completed"
+                                );
+                            }
+                            this.state = State::Done;
+                        }
+                        Step::Done(Outcome::Interrupted(why)) => this.interrupted(why),
+                    }
+                }
+                State::Waiting(sleep) => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.call_next();
+                }
+                State::Calling(fut) => {
+                    let (inner, res) = ready!(fut.as_mut().poll(cx));
+                    this.inner = Some(inner);
+                    this.answered(res);
                 }
             }
         }
@@ -335,21 +545,20 @@ async fn relay<S, B>(
 }
 
 /// Sends continuation text still held for the seam (the attempt broke before the seam window
-/// filled): it is real progress. Returns false when the client has gone.
-async fn flush_seam(out: &mut Output, answer: &mut Answer, config: &Config) -> bool {
+/// filled): it is real progress.
+fn flush_seam(out: &mut Output, answer: &mut Answer, config: &Config) {
     let Some(held) = answer.seam.take().filter(|h| !h.is_empty()) else {
-        return true;
+        return;
     };
     let cut = overlap(&answer.sent, &held, config.min_overlap);
     let text = &held[cut..];
     if text.is_empty() {
-        return true;
+        return;
     }
     answer.sent.push_str(text);
     answer.progress = true;
     let chunk = json!({ "candidates": [{ "content": { "parts": [{ "text": text }], "role": "model" }, "index": 0 }] });
-    out.send(&serde_json::to_vec(&chunk).unwrap_or_default())
-        .await
+    out.send(&serde_json::to_vec(&chunk).unwrap_or_default());
 }
 
 fn fold_usage(answer: &mut Answer) {
@@ -375,61 +584,85 @@ fn add_usage(mut a: Map<String, Value>, b: &Map<String, Value>) -> Map<String, V
     a
 }
 
-/// Reads one attempt's events and relays them until the answer finishes or breaks.
-async fn pump(body: &mut Body, out: &mut Output, answer: &mut Answer, config: &Config) -> Outcome {
-    let mut sse = Decoder::new().max_event_bytes(config.max_event_bytes);
-    let mut array = JsonArrayDecoder::new().max_element_bytes(config.max_event_bytes);
-    let mut ended = false;
-    loop {
-        let next = match out.mode {
-            Mode::JsonArray => array.next_element(),
-            _ => sse.next_event().map(|e| e.map(|e| e.data)),
-        };
-        let data = match next {
-            Ok(Some(data)) => data,
-            Ok(None) if ended => return Outcome::Interrupted(Interruption::EndedWithoutFinish),
-            Ok(None) => {
-                let frame = match config.idle_timeout {
-                    Some(t) => match tokio::time::timeout(t, body.frame()).await {
-                        Ok(f) => f,
-                        Err(_) => return Outcome::Interrupted(Interruption::Stalled),
-                    },
-                    None => body.frame().await,
-                };
-                match frame {
-                    None => {
-                        ended = true;
-                        sse.finish();
-                        array.finish();
-                    }
-                    Some(Err(e)) => {
-                        let timeout = e
-                            .downcast_ref::<crate::Error>()
-                            .is_some_and(crate::Error::is_timeout);
-                        return Outcome::Interrupted(if timeout {
-                            Interruption::Stalled
-                        } else {
-                            Interruption::Dropped
-                        });
-                    }
-                    Some(Ok(frame)) => {
-                        if let Ok(d) = frame.into_data() {
-                            match out.mode {
-                                Mode::JsonArray => array.push(d),
-                                _ => sse.push(d),
-                            }
-                        }
-                    }
-                }
-                continue;
+// === Events ===
+
+/// Just what the relay needs of a common event, read without building a JSON tree: anything
+/// this does not describe (an error, a finishReason, a blocked prompt, odd types) is handled
+/// by the full reading in [`handle_event`].
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    candidates: Vec<PeekCandidate<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+    #[serde(rename = "usageMetadata", default)]
+    usage: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct PeekCandidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<PeekContent<'a>>,
+    #[serde(rename = "finishReason", default, deserialize_with = "present")]
+    finish_reason: bool,
+}
+
+#[derive(Deserialize)]
+struct PeekContent<'a> {
+    #[serde(default, borrow)]
+    parts: Vec<PeekPart<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PeekPart<'a> {
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    thought: Option<bool>,
+    #[serde(rename = "functionCall", default, deserialize_with = "present")]
+    function_call: bool,
+}
+
+/// A field that is there, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Relays an event of a healthy, never-resumed stream that neither ends nor breaks it, as it
+/// came; `false` when the event needs the full reading.
+fn pass_through(data: &Bytes, out: &mut Output, answer: &mut Answer) -> bool {
+    if answer.resumed || answer.seam.is_some() {
+        return false;
+    }
+    let Ok(peek) = serde_json::from_slice::<Peek<'_>>(data) else {
+        return false;
+    };
+    let Some(candidate) = peek.candidates.first() else {
+        return false;
+    };
+    if peek.error || candidate.finish_reason {
+        return false;
+    }
+    if let Some(u) = peek.usage {
+        answer.attempt_usage = Some(u);
+    }
+    let parts = candidate
+        .content
+        .as_ref()
+        .map_or(&[][..], |c| c.parts.as_slice());
+    for part in parts {
+        answer.function_called |= part.function_call;
+        if part.thought != Some(true) {
+            if let Some(text) = &part.text {
+                answer.sent.push_str(text);
+                answer.progress |= !text.is_empty();
             }
-            Err(_) => return Outcome::Interrupted(Interruption::Malformed),
-        };
-        match handle_event(data, out, answer, config).await {
-            Step::Continue => {}
-            Step::Done(outcome) => return outcome,
         }
     }
+    if !parts.is_empty() {
+        out.send(data);
+    }
+    true
 }
 
 enum Step {
@@ -450,7 +683,10 @@ fn visible_text(parts: &[Value]) -> String {
 }
 
 /// Handles one event: classifies it, rewrites it when needed, and forwards it.
-async fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Config) -> Step {
+fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Config) -> Step {
+    if pass_through(&data, out, answer) {
+        return Step::Continue;
+    }
     let Ok(Value::Object(mut event)) = serde_json::from_slice::<Value>(&data) else {
         return Step::Done(Outcome::Interrupted(Interruption::Malformed));
     };
@@ -475,15 +711,12 @@ async fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config
             .is_some();
         if blocked {
             let original = (!modified).then_some(&data);
-            return finish(event, original, out, answer).await;
+            return finish(event, original, out, answer);
         }
         if answer.attempt_usage.is_some() && !answer.resumed {
             // Forward as it came (usage is re-added on the final chunk otherwise).
-            return if out.send(&data).await {
-                Step::Continue
-            } else {
-                Step::Done(Outcome::ClientGone)
-            };
+            out.send(&data);
+            return Step::Continue;
         }
         return Step::Continue;
     };
@@ -551,17 +784,13 @@ async fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config
 
     if finish_reason.is_some() && !retryable {
         let original = (!modified).then_some(&data);
-        return finish(event, original, out, answer).await;
+        return finish(event, original, out, answer);
     }
     if has_content {
-        let ok = if modified {
-            out.send(&serde_json::to_vec(&event).unwrap_or_default())
-                .await
+        if modified {
+            out.send(&serde_json::to_vec(&event).unwrap_or_default());
         } else {
-            out.send(&data).await
-        };
-        if !ok {
-            return Step::Done(Outcome::ClientGone);
+            out.send(&data);
         }
     }
     if retryable {
@@ -574,28 +803,23 @@ async fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config
 
 /// Sends the final event with the usage of the whole answer (the event exactly as it came when
 /// nothing was resumed).
-async fn finish(
+fn finish(
     mut event: Map<String, Value>,
     original: Option<&Bytes>,
     out: &mut Output,
     answer: &mut Answer,
 ) -> Step {
-    let sent = match original {
-        Some(data) => out.send(data).await,
+    match original {
+        Some(data) => out.send(data),
         None => {
             fold_usage(answer);
             if let Some(u) = answer.usage_total.take() {
                 event.insert("usageMetadata".into(), Value::Object(u));
             }
-            out.send(&serde_json::to_vec(&event).unwrap_or_default())
-                .await
+            out.send(&serde_json::to_vec(&event).unwrap_or_default());
         }
-    };
-    if sent {
-        Step::Done(Outcome::Finished)
-    } else {
-        Step::Done(Outcome::ClientGone)
     }
+    Step::Done(Outcome::Finished)
 }
 
 // === Unary ===
