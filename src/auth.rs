@@ -465,6 +465,8 @@ where
         match identity {
             Ok(identity) => {
                 let mut req = req.map(Body::new);
+                // The credential's header is part of how the dialect is told; keep the answer.
+                req.extensions_mut().insert(dialect);
                 strip_credentials(&mut req);
                 tracing::Span::current().record("client", identity.id());
                 #[cfg(feature = "usage")]

@@ -48,13 +48,44 @@ impl Dialect {
         }
     }
 
-    /// The dialect of a request: an explicit [`Dialect`] extension wins, else the path decides.
+    /// The dialect of a request: an explicit [`Dialect`] extension wins, else the path decides,
+    /// except for `GET /v1/models[/{id}]`, which both APIs have: a request that carries a
+    /// Gemini client's marks (`x-goog-api-key`, `?key=`, or the `x-goog-api-client` header the
+    /// google-genai SDKs send, which default to `/v1`) is Gemini's.
+    ///
+    /// Layers that remove credentials (`BearerAuth`) store the dialect first, so it survives.
     pub fn of<B>(req: &Request<B>) -> Dialect {
-        req.extensions()
-            .get::<Dialect>()
-            .copied()
-            .unwrap_or_else(|| Dialect::from_path(req.uri().path()))
+        if let Some(d) = req.extensions().get::<Dialect>() {
+            return *d;
+        }
+        let path = req.uri().path();
+        match Dialect::from_path(path) {
+            Dialect::OpenAi if is_models_path(path) && has_gemini_client_marks(req) => {
+                Dialect::Gemini
+            }
+            d => d,
+        }
     }
+}
+
+/// `/v1/models` or `/v1/models/{id}` (no `:method`).
+fn is_models_path(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    path == "/v1/models"
+        || path
+            .strip_prefix("/v1/models/")
+            .is_some_and(|id| !id.contains(':'))
+}
+
+/// Whether a request looks like it comes from a Gemini client rather than an OpenAI one.
+fn has_gemini_client_marks<B>(req: &Request<B>) -> bool {
+    let h = req.headers();
+    h.contains_key("x-goog-api-key")
+        || h.contains_key("x-goog-api-client")
+        || req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "key" || kv.starts_with("key=")))
 }
 
 // === ApiError ===
@@ -405,6 +436,29 @@ mod tests {
     fn dialect_follows_the_path() {
         assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
         assert_eq!(Dialect::from_path("/v1/models"), Dialect::OpenAi);
+        let get = |uri: &str, header: Option<&str>| {
+            let mut b = Request::get(uri);
+            if let Some(h) = header {
+                b = b.header(h, "x");
+            }
+            Dialect::of(&b.body(()).unwrap())
+        };
+        assert_eq!(get("/v1/models", None), Dialect::OpenAi);
+        assert_eq!(
+            get("/v1/models/gemini-2.5-pro", Some("authorization")),
+            Dialect::OpenAi
+        );
+        assert_eq!(get("/v1/models", Some("x-goog-api-key")), Dialect::Gemini);
+        assert_eq!(
+            get("/v1/models/gemini-2.5-pro", Some("x-goog-api-client")),
+            Dialect::Gemini
+        );
+        assert_eq!(get("/v1/models?pageSize=5&key=abc", None), Dialect::Gemini);
+        assert_eq!(get("/v1/models?monkey=1", None), Dialect::OpenAi);
+        assert_eq!(
+            get("/v1/chat/completions", Some("x-goog-api-key")),
+            Dialect::OpenAi
+        );
         assert_eq!(
             Dialect::from_path("/v1/models/gemini-2.5-flash:generateContent"),
             Dialect::Gemini

@@ -357,6 +357,91 @@ async fn models_list_pages_and_get() {
     assert_eq!(m["name"], "models/gemini-2.5-pro");
 }
 
+/// `GET /v1/models` is in both APIs: google-genai (which defaults to `/v1`) gets Gemini's list,
+/// an OpenAI client gets OpenAI's, on the same path.
+#[tokio::test]
+async fn v1_models_answers_each_client_in_its_own_shape() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("MODEL_SEARCH", "gemini-2.5-flash"),
+    ])
+    .await;
+    let get = |uri: &str, header: &str, value: String| {
+        Request::get(uri)
+            .header(header, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let token = proxy.token.clone();
+    let gemini =
+        json_of(send(&proxy, get("/v1/models", "x-goog-api-key", token.clone())).await).await;
+    let names: Vec<&str> = gemini["models"]
+        .as_array()
+        .expect("Gemini's shape")
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"models/gemini-2.5-flash"), "{names:?}");
+    assert!(
+        names.contains(&"models/gemini-2.5-flash-search"),
+        "{names:?}"
+    );
+    let one = json_of(
+        send(
+            &proxy,
+            get(
+                "/v1/models/gemini-2.5-pro?key=",
+                "x-goog-api-client",
+                "genai-sdk".into(),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        one["error"]["code"], 401,
+        "no credential: refused in Gemini's shape: {one}"
+    );
+    let one = json_of(
+        send(
+            &proxy,
+            get(
+                &format!("/v1/models/gemini-2.5-pro?key={token}"),
+                "x-goog-api-client",
+                "genai-sdk".into(),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(one["name"], "models/gemini-2.5-pro");
+
+    let openai = json_of(
+        send(
+            &proxy,
+            get("/v1/models", "authorization", format!("Bearer {token}")),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(openai["object"], "list");
+    assert!(
+        openai["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "gemini-2.5-flash")
+    );
+    let missing =
+        json_of(send(&proxy, get("/v1/models", "x-request-id", "abc".into())).await).await;
+    assert!(
+        missing["error"]["type"].is_string() && missing["error"].get("status").is_none(),
+        "OpenAI's shape: {missing}"
+    );
+}
+
 #[tokio::test]
 async fn demo_mode_answers_without_any_key() {
     let proxy = Proxy::start(&[]).await;

@@ -208,7 +208,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Some(route) = Route::of(req.uri().path()) else {
+        // `GET /v1/models[/{id}]` from a Gemini client (google-genai defaults to `/v1`) is
+        // Gemini's own route: pass it through.
+        let route = Route::of(req.uri().path()).filter(|r| {
+            !matches!(r, Route::Models | Route::Model(_)) || Dialect::of(&req) == Dialect::OpenAi
+        });
+        let Some(route) = route else {
             return ResponseFuture {
                 kind: Kind::Passthrough {
                     future: self.inner.call(req.map(Body::new)),

@@ -123,9 +123,11 @@ impl<S: fmt::Debug> fmt::Debug for RequestPolicy<S> {
 }
 
 /// The kind of a policy route, or `None` for anything the layer passes through.
-fn classify(method: &http::Method, uri: &Uri) -> Option<(CallKind, GeminiPath)> {
-    // `/v1/models[/{id}]` without a method is OpenAI's models route, not ours.
-    if Dialect::from_path(uri.path()) == Dialect::OpenAi {
+fn classify(req: &Request<Body>) -> Option<(CallKind, GeminiPath)> {
+    let (method, uri) = (req.method(), req.uri());
+    // `/v1/models[/{id}]` without a method is OpenAI's models route (unless a Gemini client
+    // asks), not ours.
+    if Dialect::from_path(uri.path()) == Dialect::OpenAi && Dialect::of(req) == Dialect::OpenAi {
         return None;
     }
     let path = GeminiPath::parse(uri.path())?;
@@ -173,7 +175,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let req = req.map(Body::new);
-        let classified = classify(req.method(), req.uri());
+        let classified = classify(&req);
         let Some((kind, path)) = classified.filter(|_| !self.rules.is_empty()) else {
             let fut = inner.call(req);
             return ResponseFuture(Box::pin(

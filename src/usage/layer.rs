@@ -161,6 +161,7 @@ where
 fn route_and_model(req: &Request<Body>) -> (String, String) {
     let path = req.uri().path();
     let openai = match path {
+        _ if crate::Dialect::of(req) == crate::Dialect::Gemini => None,
         "/v1/chat/completions" => Some("openai.chat.completions"),
         "/v1/embeddings" => Some("openai.embeddings"),
         "/v1/models" => Some("openai.models"),
