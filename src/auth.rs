@@ -709,6 +709,58 @@ mod tests {
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
+    #[tokio::test]
+    async fn passthrough_takes_an_unknown_credential_as_the_clients_own_key() {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_arc(store()).client_key_passthrough(true))
+            .service(service_fn(move |req: Request<Body>| {
+                let s = s.clone();
+                async move {
+                    let (parts, _) = req.into_parts();
+                    s.lock().unwrap().push(Request::from_parts(parts, ()));
+                    Ok::<_, Infallible>(Response::new(Body::from("ok")))
+                }
+            }));
+        let own = "AIzaSyOwn-key-of-a-client-0000000000001";
+        for r in [
+            req(&format!("/v1beta/models?key={own}"), &[]),
+            req(
+                "/v1beta/models",
+                &[("authorization", "Bearer client-token-0001")],
+            ),
+        ] {
+            assert_eq!(
+                svc.clone().oneshot(r).await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+        let res = svc.oneshot(req("/v1beta/models", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[0]
+                .extensions()
+                .get::<ClientKey>()
+                .unwrap()
+                .key()
+                .expose(),
+            own
+        );
+        assert_eq!(
+            seen[0].extensions().get::<Identity>().unwrap().id(),
+            client_key_id(own)
+        );
+        assert!(!seen[0].uri().to_string().contains(own));
+        // A known token is no client key: it uses the gateway's own keys.
+        assert!(seen[1].extensions().get::<ClientKey>().is_none());
+        assert_eq!(
+            seen[1].extensions().get::<Identity>().unwrap().name(),
+            "alice"
+        );
+    }
+
     #[test]
     fn admin_flag_is_kept() {
         let s = MemoryTokenStore::new().with_admin_token("admin-token-123456");

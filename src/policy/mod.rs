@@ -20,7 +20,9 @@
 //! The built-in rules, one type each: [`ModelAliases`], [`SearchModels`], [`AllowedModels`],
 //! [`PromptInjection`], [`SafetyOverride`], [`ThinkingDefaults`], [`HideThoughts`],
 //! [`CodeExecution`]. [`PolicyConfig::from_env`] reads them from the usual environment
-//! variables, and [`PolicyConfig::layer`] builds the layer.
+//! variables, and [`PolicyConfig::layer`] builds the layer. To change the rules while serving
+//! (an admin API), build the layer with [`RequestPolicyLayer::from_handle`] and swap rules
+//! through its [`PolicyHandle`]; they apply from the next request.
 //!
 //! # Example
 //! ```
