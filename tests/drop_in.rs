@@ -748,3 +748,25 @@ async fn an_openai_top_level_thinking_config_reaches_upstream() {
         json!({"thinkingBudget": 321, "includeThoughts": false})
     );
 }
+
+#[tokio::test]
+async fn a_resumed_stream_stays_on_the_clients_own_key() {
+    let (fake, proxy) = own_key_proxy(&[("RETRY_DELAY_MS", "0")]).await;
+    fake.push_fault(tower_gemini::testing::Fault::DropAfter(2));
+    let req = with_credential(
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        "goog",
+        OWN_1,
+    )
+    .body(Body::from(
+        json!({"contents": [{"role": "user", "parts": [{"text": "a story about rivers"}]}]})
+            .to_string(),
+    ))
+    .unwrap();
+    let (status, body) = text(send(&proxy, req).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"finishReason\":\"STOP\""), "{body}");
+    let keys: Vec<Option<String>> = fake.received().iter().map(|r| r.api_key()).collect();
+    assert!(keys.len() >= 2, "the stream was resumed: {keys:?}");
+    assert!(keys.iter().all(|k| k.as_deref() == Some(OWN_1)), "{keys:?}");
+}
