@@ -55,7 +55,7 @@ use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
 use crate::error::{ApiError, Dialect};
-use crate::secret::mask;
+use crate::secret::{ClientKey, mask};
 
 /// The `x-goog-api-key` header name.
 pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -364,12 +364,34 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The client id of a request made with the client's own key (own-key mode): `ownkey-`
+/// followed by 16 hex characters of the key's SHA-256. Stable across processes and restarts
+/// (rate limits shared through Redis key on it), not reversible, and never the key itself.
+///
+/// ```
+/// let id = tower_gemini::auth::client_key_id("AIzaSyA-1234567890abcdefghijklmnopq9xQk");
+/// assert!(id.starts_with("ownkey-") && id.len() == 23);
+/// assert!(!id.contains("9xQk"));
+/// ```
+pub fn client_key_id(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.trim().as_bytes());
+    let mut id = String::with_capacity(23);
+    id.push_str("ownkey-");
+    for b in &digest[..8] {
+        use std::fmt::Write as _;
+        let _ = write!(id, "{b:02x}");
+    }
+    id
+}
+
 // === BearerAuthLayer ===
 
 /// Applies [`BearerAuth`]: authenticate clients against a [`TokenStore`].
 #[derive(Clone)]
 pub struct BearerAuthLayer {
     store: Arc<dyn TokenStore>,
+    passthrough: bool,
 }
 
 impl BearerAuthLayer {
@@ -377,18 +399,35 @@ impl BearerAuthLayer {
     pub fn new(store: impl TokenStore) -> Self {
         Self {
             store: Arc::new(store),
+            passthrough: false,
         }
     }
 
     /// Authenticates against a shared store (so an admin API can change it at run time).
     pub fn from_arc(store: Arc<dyn TokenStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            passthrough: false,
+        }
+    }
+
+    /// Own-key mode (default off): a credential the store does not know is taken to be the
+    /// client's own Gemini key. The request goes on with that key as a [`ClientKey`] extension
+    /// (the upstream layers send it upstream for this request only) and an [`Identity`] whose id
+    /// is [`client_key_id`], a hash of the key, so limits and stats tell clients apart without
+    /// holding their keys. Tokens the store knows still authenticate as before (and use the
+    /// gateway's own keys); a request with no credential at all is still 401.
+    pub fn client_key_passthrough(mut self, on: bool) -> Self {
+        self.passthrough = on;
+        self
     }
 }
 
 impl fmt::Debug for BearerAuthLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BearerAuthLayer").finish_non_exhaustive()
+        f.debug_struct("BearerAuthLayer")
+            .field("client_key_passthrough", &self.passthrough)
+            .finish_non_exhaustive()
     }
 }
 
@@ -399,6 +438,7 @@ impl<S> Layer<S> for BearerAuthLayer {
         BearerAuth {
             inner,
             store: self.store.clone(),
+            passthrough: self.passthrough,
         }
     }
 }
@@ -410,6 +450,7 @@ impl<S> Layer<S> for BearerAuthLayer {
 pub struct BearerAuth<S> {
     inner: S,
     store: Arc<dyn TokenStore>,
+    passthrough: bool,
 }
 
 impl<S> BearerAuth<S> {
@@ -452,15 +493,21 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let dialect = Dialect::of(&req);
+        let mut own_key = None;
         let identity = match credential(&req) {
             None => Err(ApiError::unauthorized(
                 "missing client token: send `Authorization: Bearer <token>`, \
                  `x-goog-api-key: <token>` or `?key=<token>`",
             )),
-            Some((token, _)) => self
-                .store
-                .authenticate(&token)
-                .ok_or_else(|| ApiError::unauthorized("invalid client token")),
+            Some((token, _)) => match self.store.authenticate(&token) {
+                Some(identity) => Ok(identity),
+                None if self.passthrough => {
+                    let id = client_key_id(&token);
+                    own_key = Some(ClientKey::new(token));
+                    Ok(Identity::new(id.as_str(), id.as_str(), false))
+                }
+                None => Err(ApiError::unauthorized("invalid client token")),
+            },
         };
         match identity {
             Ok(identity) => {
@@ -468,6 +515,9 @@ where
                 // The credential's header is part of how the dialect is told; keep the answer.
                 req.extensions_mut().insert(dialect);
                 strip_credentials(&mut req);
+                if let Some(key) = own_key {
+                    req.extensions_mut().insert(key);
+                }
                 tracing::Span::current().record("client", identity.id());
                 #[cfg(feature = "usage")]
                 if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
@@ -659,6 +709,58 @@ mod tests {
         assert_eq!(query_param("a=1&key=x%2By", "key").as_deref(), Some("x+y"));
         assert_eq!(query_param("a=1", "key"), None);
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[tokio::test]
+    async fn passthrough_takes_an_unknown_credential_as_the_clients_own_key() {
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        let svc = ServiceBuilder::new()
+            .layer(BearerAuthLayer::from_arc(store()).client_key_passthrough(true))
+            .service(service_fn(move |req: Request<Body>| {
+                let s = s.clone();
+                async move {
+                    let (parts, _) = req.into_parts();
+                    s.lock().unwrap().push(Request::from_parts(parts, ()));
+                    Ok::<_, Infallible>(Response::new(Body::from("ok")))
+                }
+            }));
+        let own = "AIzaSyOwn-key-of-a-client-0000000000001";
+        for r in [
+            req(&format!("/v1beta/models?key={own}"), &[]),
+            req(
+                "/v1beta/models",
+                &[("authorization", "Bearer client-token-0001")],
+            ),
+        ] {
+            assert_eq!(
+                svc.clone().oneshot(r).await.unwrap().status(),
+                StatusCode::OK
+            );
+        }
+        let res = svc.oneshot(req("/v1beta/models", &[])).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen[0]
+                .extensions()
+                .get::<ClientKey>()
+                .unwrap()
+                .key()
+                .expose(),
+            own
+        );
+        assert_eq!(
+            seen[0].extensions().get::<Identity>().unwrap().id(),
+            client_key_id(own)
+        );
+        assert!(!seen[0].uri().to_string().contains(own));
+        // A known token is no client key: it uses the gateway's own keys.
+        assert!(seen[1].extensions().get::<ClientKey>().is_none());
+        assert_eq!(
+            seen[1].extensions().get::<Identity>().unwrap().name(),
+            "alice"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@
 //! # });
 //! ```
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -62,7 +63,7 @@ use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials
 use crate::body::{Body, BodyLimitLayer, BoxError};
 use crate::error::{Dialect, Error};
 use crate::request_id::RequestIdLayer;
-use crate::secret::{ApiKey, SecretSet};
+use crate::secret::{ApiKey, ClientKey, SecretSet};
 
 /// Default cap on request bodies: 20 MiB (inline images make Gemini requests large).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
@@ -74,6 +75,7 @@ pub struct GatewayBuilder {
     max_body_bytes: usize,
     body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
+    client_key_passthrough: bool,
     request_id: bool,
     secrets: SecretSet,
     extra: Vec<Arc<dyn Fn(GatewayService) -> GatewayService + Send + Sync>>,
@@ -109,6 +111,7 @@ impl Default for GatewayBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_read_timeout: None,
             upstream_key: None,
+            client_key_passthrough: false,
             request_id: true,
             secrets: SecretSet::new(),
             extra: Vec::new(),
@@ -155,6 +158,14 @@ impl GatewayBuilder {
     pub fn upstream_key(mut self, key: ApiKey) -> Self {
         self.secrets.insert(key.expose());
         self.upstream_key = Some(key);
+        self
+    }
+
+    /// Own-key mode (default off): a credential the token store does not know is taken to be
+    /// the client's own Gemini key and sent upstream for that request only, instead of a key of
+    /// the pool; see [`BearerAuthLayer::client_key_passthrough`]. Needs a token store.
+    pub fn client_key_passthrough(mut self, on: bool) -> Self {
+        self.client_key_passthrough = on;
         self
     }
 
@@ -273,7 +284,10 @@ impl GatewayBuilder {
         }
         let svc = GatewayService::new(
             ServiceBuilder::new()
-                .option_layer(self.tokens.map(BearerAuthLayer::from_arc))
+                .option_layer(self.tokens.map(|store| {
+                    BearerAuthLayer::from_arc(store)
+                        .client_key_passthrough(self.client_key_passthrough)
+                }))
                 .layer({
                     let limit = BodyLimitLayer::new(self.max_body_bytes);
                     match self.body_read_timeout {
@@ -402,7 +416,15 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         strip_credentials(&mut req);
-        if let Some(v) = &self.value {
+        // Own-key mode: the client's key, for this request only.
+        let own = req.extensions().get::<ClientKey>().and_then(|k| {
+            let mut v = HeaderValue::from_str(k.key().expose()).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        if let Some(v) = own {
+            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v);
+        } else if let Some(v) = &self.value {
             req.headers_mut().insert(X_GOOG_API_KEY.clone(), v.clone());
             tracing::Span::current().record("key.id", self.fingerprint.as_str());
             #[cfg(feature = "usage")]
@@ -465,13 +487,15 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let dialect = Dialect::of(&req);
+        let own = req.extensions().get::<ClientKey>().cloned();
         let fut = self.inner.call(req);
         let secrets = self.secrets.clone();
         GatewayFuture(Box::pin(async move {
             let res = fut.await.map_err(Into::<BoxError>::into);
             match res {
                 Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
-                    Ok(scrub_error_body(res.map(Body::new), &secrets, dialect).await)
+                    let own = own.as_ref().map(|k| k.key().expose());
+                    Ok(scrub_error_body(res.map(Body::new), &secrets, own, dialect).await)
                 }
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
@@ -492,6 +516,7 @@ where
 pub(crate) async fn scrub_error_body(
     res: Response<Body>,
     secrets: &SecretSet,
+    also: Option<&str>,
     dialect: Dialect,
 ) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
@@ -506,6 +531,10 @@ pub(crate) async fn scrub_error_body(
     };
     let text = String::from_utf8_lossy(&bytes);
     let clean = secrets.scrub(&text);
+    let clean = match also {
+        Some(secret) => Cow::Owned(crate::secret::scrub_known(&clean, &[secret]).into_owned()),
+        None => clean,
+    };
     if clean == text {
         return Response::from_parts(parts, Body::from(bytes));
     }

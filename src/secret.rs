@@ -83,6 +83,34 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// The client's own upstream key, for one request (own-key mode).
+///
+/// [`BearerAuthLayer::client_key_passthrough`](crate::auth::BearerAuthLayer::client_key_passthrough)
+/// puts it into the request extensions when a client sends its own Gemini key instead of a
+/// gateway token. The upstream layers (key rotation, or the gateway's single upstream key) then
+/// send exactly this key upstream for that request, never draw one from the pool, and never
+/// keep it. `Debug` is masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(ApiKey);
+
+impl ClientKey {
+    /// Wraps the key a client sent.
+    pub fn new(key: impl AsRef<str>) -> Self {
+        Self(ApiKey::new(key))
+    }
+
+    /// The key, to send upstream.
+    pub fn key(&self) -> &ApiKey {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientKey({})", self.0.masked())
+    }
+}
+
 /// Masks a secret as its first 4 + `…` + last 4 characters. Secrets of 12 characters or
 /// fewer are shown as `…` alone, since 8 shown characters would give most of them away.
 pub fn mask(secret: &str) -> String {

@@ -12,6 +12,8 @@ use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 use tower_gemini::auth::{TokenStore, credential, mint_token};
 use tower_gemini::error::{ApiError, Dialect};
+use tower_gemini::key_rotation::KeyState;
+use tower_gemini::policy::{InjectPosition, PolicyConfig, ThinkingBudget};
 
 use super::app::Shared;
 
@@ -23,6 +25,11 @@ pub fn router(shared: Shared) -> Router {
         .route("/keys/{id}/enable", post(enable_key))
         .route("/tokens", get(list_tokens).post(add_token))
         .route("/tokens/{id}", delete(revoke_token))
+        // Compatibility routes of other Gemini proxies (README: "Coming from another Gemini proxy").
+        .route("/config/gemini-key", post(compat_add_key))
+        .route("/config/user-key", post(compat_add_token))
+        .route("/config/thinking", post(compat_thinking))
+        .route("/config/inject-prompt", post(compat_inject_prompt))
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             admin_only,
@@ -112,21 +119,29 @@ async fn list_keys(State(s): State<Shared>) -> Response {
 
 /// `POST /admin/keys {"key": "..."}`: the key joins the rotation with the next request.
 async fn add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    let key = serde_json::from_slice::<Value>(&body)
+    match add_key_from_body(&s, &body) {
+        Ok(snapshot) => (StatusCode::CREATED, axum::Json(snapshot)).into_response(),
+        Err(refused) => error(refused),
+    }
+}
+
+/// Adds the upstream key of a `{"key": "..."}` body to the pool; its snapshot (masked), or the
+/// refusal. Every route that adds a key goes through here.
+fn add_key_from_body(s: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+    let key = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("key")?.as_str().map(|k| k.trim().to_owned()));
     let Some(key) = key.filter(|k| !k.is_empty()) else {
-        return error(ApiError::bad_request(
+        return Err(ApiError::bad_request(
             "expected a JSON body like {\"key\": \"AIza...\"}",
         ));
     };
     match s.pool.add_key(key) {
         Ok(id) => {
             let snap = s.pool.snapshot().into_iter().find(|k| k.id == id);
-            let body = snap.map_or_else(|| json!({ "id": id.as_str() }), |k| k.to_json());
-            (StatusCode::CREATED, axum::Json(body)).into_response()
+            Ok(snap.map_or_else(|| json!({ "id": id.as_str() }), |k| k.to_json()))
         }
-        Err(e) => error(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
     }
 }
 
@@ -159,22 +174,28 @@ async fn list_tokens(State(s): State<Shared>) -> Response {
 
 /// `POST /admin/tokens {"name": "..."}` → `{"token", "id", "name"}`; the token is shown once.
 async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    let name = serde_json::from_slice::<Value>(&body)
+    match add_token_from_body(&s, &body) {
+        Ok(created) => (StatusCode::CREATED, axum::Json(created)).into_response(),
+        Err(refused) => error(refused),
+    }
+}
+
+/// Mints a client token for the name in a `{"name": "..."}` body: `{"token", "id", "name"}`
+/// (the only time the token is shown), or the refusal. Every route that creates a client token
+/// goes through here.
+fn add_token_from_body(s: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+    let name = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("name")?.as_str().map(|n| n.trim().to_owned()))
         .filter(|n| !n.is_empty());
     let Some(name) = name else {
-        return error(ApiError::bad_request(
+        return Err(ApiError::bad_request(
             "expected a JSON body like {\"name\": \"my-app\"}",
         ));
     };
     let token = mint_token("sk-");
     let id = s.tokens.insert(&token, name.as_str(), false);
-    (
-        StatusCode::CREATED,
-        axum::Json(json!({ "token": token, "id": id, "name": name })),
-    )
-        .into_response()
+    Ok(json!({ "token": token, "id": id, "name": name }))
 }
 
 async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Response {
@@ -185,5 +206,208 @@ async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Respon
             "no token `{}`",
             tower_gemini::secret::mask(&id)
         )))
+    }
+}
+
+// === Compatibility routes of other Gemini proxies ===
+
+/// `GET /v1/keys/list` (admin token): `{"valid_keys": [...], "invalid_keys": [...]}`, masked.
+pub fn compat_routes(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/keys/list", get(compat_list_keys))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            admin_only,
+        ))
+        .with_state(shared)
+}
+
+async fn compat_list_keys(State(s): State<Shared>) -> Response {
+    let (mut valid, mut invalid) = (Vec::new(), Vec::new());
+    for k in s.pool.snapshot() {
+        match k.state {
+            KeyState::Enabled => valid.push(k.masked),
+            _ => invalid.push(k.masked),
+        }
+    }
+    axum::Json(json!({
+        "valid_keys": valid,
+        "invalid_keys": invalid,
+        "valid_count": valid.len(),
+        "invalid_count": invalid.len(),
+    }))
+    .into_response()
+}
+
+/// `POST /admin/config/gemini-key {"key": "..."}`: `POST /admin/keys` in the old shape.
+async fn compat_add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    match add_key_from_body(&s, &body) {
+        Ok(snapshot) => axum::Json(json!({
+            "success": true,
+            "message": "key added",
+            "key": snapshot,
+        }))
+        .into_response(),
+        Err(refused) => error(refused),
+    }
+}
+
+/// `POST /admin/config/user-key {"name": "..."}`: `POST /admin/tokens` in the old shape.
+async fn compat_add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    match add_token_from_body(&s, &body) {
+        Ok(created) => {
+            let mut out = json!({ "success": true, "message": "client token created; it is shown only once" });
+            if let (Value::Object(out), Value::Object(created)) = (&mut out, created) {
+                out.extend(created);
+            }
+            axum::Json(out).into_response()
+        }
+        Err(refused) => error(refused),
+    }
+}
+
+/// Changes the request policy: `edit` works on a copy of the policy in force; on success the
+/// copy goes into force from the next request. Every run-time policy change goes through here.
+pub fn change_policy(
+    s: &Shared,
+    edit: impl FnOnce(&mut PolicyConfig) -> Result<(), String>,
+) -> Result<PolicyConfig, String> {
+    let mut policy = s.policy.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = policy.clone();
+    edit(&mut next)?;
+    s.policy_handle.set(&next.layer());
+    *policy = next.clone();
+    Ok(next)
+}
+
+fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        _ => Err(ApiError::bad_request("expected a JSON object")),
+    }
+}
+
+fn optional_bool(o: &serde_json::Map<String, Value>, name: &str) -> Result<Option<bool>, String> {
+    match o.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(format!("`{name}` must be true or false")),
+    }
+}
+
+fn thinking_json(p: &PolicyConfig) -> Value {
+    let budget = match &p.thinking_budget {
+        ThinkingBudget::None => Value::Null,
+        ThinkingBudget::All(b) => json!(b),
+        ThinkingBudget::PerModel(list) => {
+            Value::Object(list.iter().map(|(m, b)| (m.clone(), json!(b))).collect())
+        }
+    };
+    json!({
+        "enabled": p.thinking_budget != ThinkingBudget::None,
+        "budget": budget,
+        "include_thoughts": p.show_thinking_process,
+    })
+}
+
+/// `POST /admin/config/thinking {"enabled", "budget", "include_thoughts"}` (each optional):
+/// `enabled: false` drops the gateway's default thinking config (clients' own pass as sent);
+/// `enabled: true` / `budget` set the default `thinkingBudget` for every model (or the
+/// `THINKING_MODELS`); `include_thoughts` is `SHOW_THINKING_PROCESS` (`false` strips thoughts
+/// from answers, `true` asks for them).
+async fn compat_thinking(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let o = match json_body(&body) {
+        Ok(o) => o,
+        Err(refused) => return error(refused),
+    };
+    let changed = change_policy(&s, |p| {
+        let enabled = optional_bool(&o, "enabled")?;
+        let include = optional_bool(&o, "include_thoughts")?;
+        let budget = match o.get("budget") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .and_then(|b| i32::try_from(b).ok())
+                    .filter(|b| *b >= -1)
+                    .ok_or("`budget` must be -1 (dynamic), 0 (off) or a token count")?,
+            ),
+        };
+        match (enabled, budget) {
+            (Some(false), _) => p.thinking_budget = ThinkingBudget::None,
+            (_, Some(b)) => p.thinking_budget = ThinkingBudget::All(b),
+            (Some(true), None) => {
+                if p.thinking_budget == ThinkingBudget::None {
+                    p.thinking_budget = ThinkingBudget::All(-1);
+                }
+            }
+            (None, None) => {}
+        }
+        if include.is_some() {
+            p.show_thinking_process = include;
+        }
+        Ok(())
+    });
+    match changed {
+        Ok(p) => {
+            tracing::info!(thinking = %thinking_json(&p), "thinking defaults changed by the admin API");
+            axum::Json(json!({ "success": true, "thinking": thinking_json(&p) })).into_response()
+        }
+        Err(why) => error(ApiError::bad_request(why)),
+    }
+}
+
+fn position_name(p: InjectPosition) -> &'static str {
+    match p {
+        InjectPosition::UserPrefix => "user_prefix",
+        InjectPosition::UserSuffix => "user_suffix",
+        _ => "system",
+    }
+}
+
+/// `POST /admin/config/inject-prompt {"enabled", "content", "position"}` (each optional):
+/// `INJECT_PROMPT` and `INJECT_PROMPT_POSITION` at run time; `enabled: false` stops injecting.
+async fn compat_inject_prompt(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let o = match json_body(&body) {
+        Ok(o) => o,
+        Err(refused) => return error(refused),
+    };
+    let changed = change_policy(&s, |p| {
+        let enabled = optional_bool(&o, "enabled")?;
+        let content = match o.get("content") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(c)) => Some(c.clone()),
+            Some(_) => return Err("`content` must be a string".into()),
+        };
+        if let Some(pos) = o.get("position").filter(|v| !v.is_null()) {
+            let pos = pos.as_str().unwrap_or_default();
+            p.inject_prompt_position = InjectPosition::parse(pos).ok_or_else(|| {
+                format!("`position` {pos:?} is not one of system, user_prefix, user_suffix")
+            })?;
+        }
+        if enabled == Some(false) {
+            p.inject_prompt = None;
+        } else if let Some(c) = content {
+            p.inject_prompt = Some(c).filter(|c| !c.trim().is_empty());
+        }
+        if enabled == Some(true) && p.inject_prompt.is_none() {
+            return Err("`enabled: true` needs a non-empty `content`".into());
+        }
+        Ok(())
+    });
+    match changed {
+        Ok(p) => {
+            let state = json!({
+                "enabled": p.inject_prompt.is_some(),
+                "content": p.inject_prompt,
+                "position": position_name(p.inject_prompt_position),
+            });
+            tracing::info!(
+                enabled = p.inject_prompt.is_some(),
+                position = position_name(p.inject_prompt_position),
+                "prompt injection changed by the admin API"
+            );
+            axum::Json(json!({ "success": true, "inject_prompt": state })).into_response()
+        }
+        Err(why) => error(ApiError::bad_request(why)),
     }
 }

@@ -2,7 +2,7 @@
 //! stack and the router with the few routes of its own (`/health`, `/admin/...`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
@@ -14,6 +14,7 @@ use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::Gateway;
 use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
 use tower_gemini::openai::OpenAiToGeminiLayer;
+use tower_gemini::policy::{PolicyConfig, PolicyHandle, RequestPolicyLayer};
 use tower_gemini::rate_limit::{ClientAddr, RateLimitLayer, Rule};
 use tower_gemini::secret::ApiKey;
 use tower_gemini::stream_resume::StreamResumeLayer;
@@ -47,6 +48,12 @@ pub struct Shared {
     pub pool: Arc<KeyPool>,
     pub tokens: Arc<MemoryTokenStore>,
     pub started: Instant,
+    /// Own-key mode (`CLIENT_KEY_PASSTHROUGH`).
+    pub client_key_passthrough: bool,
+    /// The request policy as configured now (start-up variables, then admin changes) and the
+    /// handle that puts a changed one into force from the next request.
+    pub policy: Arc<Mutex<PolicyConfig>>,
+    pub policy_handle: PolicyHandle,
 }
 
 impl App {
@@ -70,7 +77,10 @@ impl App {
         };
 
         let tokens = Arc::new(MemoryTokenStore::new());
-        let minted_token = if config.allowed_tokens.is_empty() {
+        let minted_token = if config.allowed_tokens.is_empty() && config.client_key_passthrough {
+            // Own-key mode: every credential is a client's Gemini key; nothing to mint.
+            None
+        } else if config.allowed_tokens.is_empty() {
             let t = mint_token("sk-");
             tokens.insert(&t, "minted", false);
             Some(t)
@@ -100,8 +110,10 @@ impl App {
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| e.to_string())?;
+        let policy_handle = PolicyHandle::new(&config.policy.layer());
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
+            .client_key_passthrough(config.client_key_passthrough)
             .max_body_bytes(config.max_body_bytes)
             .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
@@ -120,9 +132,12 @@ impl App {
         // OpenAI's routes are translated first, so the policy, limits, resume and key pool
         // below see one dialect: Gemini's.
         builder = builder.layer(OpenAiToGeminiLayer::new().max_body_bytes(config.max_body_bytes));
-        if config.policy.is_active() {
-            builder = builder.layer(config.policy.layer().max_body_bytes(config.max_body_bytes));
-        }
+        // Always mounted (an empty policy passes requests through untouched), so the admin
+        // API can switch rules on at run time.
+        builder = builder.layer(
+            RequestPolicyLayer::from_handle(policy_handle.clone())
+                .max_body_bytes(config.max_body_bytes),
+        );
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
         }
@@ -133,10 +148,14 @@ impl App {
             pool: pool.clone(),
             tokens: tokens.clone(),
             started: Instant::now(),
+            client_key_passthrough: config.client_key_passthrough,
+            policy: Arc::new(Mutex::new(config.policy.clone())),
+            policy_handle,
         };
         let router = Router::new()
             .route("/health", get(health))
             .with_state(shared.clone())
+            .merge(admin::compat_routes(shared.clone()))
             .merge(ops::routes(shared.clone(), ops.clone()))
             .nest(
                 "/admin",
@@ -220,9 +239,17 @@ async fn client_addr(mut req: Request) -> Request {
 
 async fn health(State(s): State<Shared>) -> impl IntoResponse {
     let usable = s.pool.usable_count();
+    let mode = if s.demo {
+        "demo"
+    } else if s.client_key_passthrough {
+        "client_key_passthrough"
+    } else {
+        "upstream"
+    };
     axum::Json(serde_json::json!({
-        "status": if usable > 0 { "ok" } else { "degraded" },
-        "mode": if s.demo { "demo" } else { "upstream" },
+        // In own-key mode the clients bring the keys: no pool key is needed to serve.
+        "status": if usable > 0 || s.client_key_passthrough { "ok" } else { "degraded" },
+        "mode": mode,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "keys": { "total": s.pool.len(), "usable": usable },

@@ -54,6 +54,11 @@ pub struct Config {
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
     pub policy: PolicyConfig,
+    /// `CLIENT_KEY_PASSTHROUGH`: a credential that is not one of our tokens is the client's
+    /// own Gemini key, sent upstream for that request only.
+    pub client_key_passthrough: bool,
+    /// One line per old-style variable read (or ignored), to log once at start.
+    pub alias_notes: Vec<String>,
 }
 
 impl fmt::Debug for Config {
@@ -109,6 +114,8 @@ impl fmt::Debug for Config {
             .field("redis_prefix", &self.redis_prefix)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
+            .field("client_key_passthrough", &self.client_key_passthrough)
+            .field("alias_notes", &self.alias_notes)
             .finish()
     }
 }
@@ -134,7 +141,9 @@ impl Config {
     }
 
     /// Reads the configuration from a map of variables (tests use this directly).
-    pub fn from_map(env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn from_map(original: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let (env, alias_notes) = resolve_aliases(original)?;
+        let env = &env;
         let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let listen_addr = match get("LISTEN_ADDR") {
             Some(v) => v.parse().map_err(|_| {
@@ -144,10 +153,9 @@ impl Config {
             })?,
             None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         };
-        let upstream_url = get("UPSTREAM_URL")
-            .unwrap_or("https://generativelanguage.googleapis.com")
-            .trim_end_matches('/')
-            .to_owned();
+        let upstream_url = strip_api_version(
+            get("UPSTREAM_URL").unwrap_or("https://generativelanguage.googleapis.com"),
+        );
         if !(upstream_url.starts_with("http://") || upstream_url.starts_with("https://")) {
             return Err(ConfigError(format!(
                 "UPSTREAM_URL: `{upstream_url}` must start with http:// or https://"
@@ -182,13 +190,38 @@ impl Config {
             return Err(ConfigError("MAX_FAILURES: must be at least 1".into()));
         }
         let ops = super::ops::OpsConfig::from_map(env).map_err(ConfigError)?;
+        let gemini_api_keys = list(env, "GEMINI_API_KEYS")?;
+        let allowed_tokens = list(env, "ALLOWED_TOKENS")?;
+        let admin_token = get("ADMIN_TOKEN").map(str::to_owned);
+        let client_key_passthrough = boolean(env, "CLIENT_KEY_PASSTHROUGH", false)?;
+        if let Some(admin) = &admin_token {
+            if allowed_tokens.iter().any(|t| t == admin) {
+                return Err(ConfigError(format!(
+                    "ADMIN_TOKEN{}: is also a client token in ALLOWED_TOKENS{}, which would make \
+                     every holder of that token an admin; give the admin its own token, or unset \
+                     it to have one minted",
+                    via(original, "ADMIN_TOKEN", "AUTH_TOKEN"),
+                    via(original, "ALLOWED_TOKENS", "PASSWORD"),
+                )));
+            }
+        }
+        if client_key_passthrough && !gemini_api_keys.is_empty() && allowed_tokens.is_empty() {
+            return Err(ConfigError(
+                "CLIENT_KEY_PASSTHROUGH: cannot be combined with GEMINI_API_KEYS unless \
+                 ALLOWED_TOKENS names the clients that may use those keys (in own-key mode every \
+                 other credential is taken as the client's own Gemini key)"
+                    .into(),
+            ));
+        }
         Ok(Config {
+            client_key_passthrough,
+            alias_notes,
             ops,
             listen_addr,
             upstream_url,
-            gemini_api_keys: list(env, "GEMINI_API_KEYS")?,
-            allowed_tokens: list(env, "ALLOWED_TOKENS")?,
-            admin_token: get("ADMIN_TOKEN").map(str::to_owned),
+            gemini_api_keys,
+            allowed_tokens,
+            admin_token,
             request_timeout,
             max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
@@ -228,10 +261,114 @@ impl Config {
         })
     }
 
-    /// Demo mode: no upstream keys, so the built-in FakeGemini answers.
+    /// Demo mode: no upstream keys (and no client keys to forward), so the built-in
+    /// FakeGemini answers.
     pub fn is_demo(&self) -> bool {
-        self.gemini_api_keys.is_empty()
+        self.gemini_api_keys.is_empty() && !self.client_key_passthrough
     }
+}
+
+// === Aliases: the variable names of other Gemini proxies ===
+
+/// Old names read as ours: `(old, ours)`. Ours win when both are set.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("API_KEYS", "GEMINI_API_KEYS"),
+    ("PASSWORD", "ALLOWED_TOKENS"),
+    ("AUTH_TOKEN", "ADMIN_TOKEN"),
+    ("UPSTREAM_URL_BASE", "UPSTREAM_URL"),
+    ("BASE_URL", "UPSTREAM_URL"),
+    ("PORT", "LISTEN_ADDR"),
+    ("DEBUG", "LOG_LEVEL"),
+    ("DEBUG_MODE", "LOG_LEVEL"),
+    ("LOG_ROTATION_INTERVAL", "LOG_ROTATION"),
+];
+
+/// The variables with every old-style alias turned into our name (ours win when both are set),
+/// and one note per alias seen, for the start-up log.
+pub fn resolve_aliases(
+    env: &HashMap<String, String>,
+) -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
+    let set = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let mut out = env.clone();
+    let mut notes = Vec::new();
+    for &(old, ours) in ALIASES {
+        let Some(raw) = set(old) else { continue };
+        let value = match old {
+            "PORT" => match raw.parse::<u16>() {
+                Ok(port) if port > 0 => format!("0.0.0.0:{port}"),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "PORT: `{raw}` is not a port number (read as LISTEN_ADDR=0.0.0.0:PORT)"
+                    )));
+                }
+            },
+            "DEBUG" | "DEBUG_MODE" => match boolean(env, old, false)? {
+                true => "debug".to_owned(),
+                false => continue,
+            },
+            "LOG_ROTATION_INTERVAL" => match raw.to_ascii_lowercase().as_str() {
+                "midnight" | "d" | "daily" => "daily".to_owned(),
+                "h" | "hourly" => "hourly".to_owned(),
+                _ => {
+                    return Err(ConfigError(format!(
+                        "LOG_ROTATION_INTERVAL: `{raw}` is not midnight, h or d (read as LOG_ROTATION)"
+                    )));
+                }
+            },
+            "API_KEYS" | "PASSWORD" => {
+                // Checked here so that an error names the variable the user wrote.
+                list(env, old)?;
+                raw.to_owned()
+            }
+            "UPSTREAM_URL_BASE" | "BASE_URL" => {
+                if !(raw.starts_with("http://") || raw.starts_with("https://")) {
+                    return Err(ConfigError(format!(
+                        "{old}: `{raw}` must start with http:// or https:// (read as UPSTREAM_URL)"
+                    )));
+                }
+                raw.to_owned()
+            }
+            _ => raw.to_owned(),
+        };
+        if set(ours).is_some() {
+            notes.push(format!("{old} is ignored: {ours} is set and wins"));
+            continue;
+        }
+        if out
+            .get(ours)
+            .map(|v| v.trim())
+            .is_some_and(|v| !v.is_empty())
+        {
+            // A first alias (e.g. UPSTREAM_URL_BASE before BASE_URL) already set it.
+            notes.push(format!("{old} is ignored: {ours} is already set"));
+            continue;
+        }
+        out.insert(ours.to_owned(), value);
+        notes.push(format!("{old} is read as {ours}; rename it to {ours}"));
+    }
+    Ok((out, notes))
+}
+
+/// ` (set as OLD)` when `ours` came from its alias `old`, for error messages; `original` is
+/// the environment before aliases were resolved.
+fn via(original: &HashMap<String, String>, ours: &str, old: &str) -> String {
+    let set = |name: &str| original.get(name).is_some_and(|v| !v.trim().is_empty());
+    if !set(ours) && set(old) {
+        format!(" (set as {old})")
+    } else {
+        String::new()
+    }
+}
+
+/// An upstream base URL without a trailing `/`, `/v1beta` or `/v1` (old proxies took the
+/// versioned URL; the gateway adds the version itself).
+pub fn strip_api_version(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    let url = url
+        .strip_suffix("/v1beta")
+        .or_else(|| url.strip_suffix("/v1"))
+        .unwrap_or(url);
+    url.trim_end_matches('/').to_owned()
 }
 
 /// A whole number, or the default when unset.

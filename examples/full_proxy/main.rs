@@ -37,6 +37,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Old-style variable names (API_KEYS, PASSWORD, ...), once each, as a hint to rename.
+    for note in &config.alias_notes {
+        tracing::warn!("configuration: {note}");
+    }
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -111,6 +115,31 @@ fn print_banner(app: &App, addr: std::net::SocketAddr) {
             "================================================================================"
         );
     }
+    if app.config.client_key_passthrough {
+        eprintln!();
+        eprintln!(
+            "================================================================================"
+        );
+        eprintln!("  OWN-KEY MODE: CLIENT_KEY_PASSTHROUGH=true.");
+        if app.config.allowed_tokens.is_empty() {
+            eprintln!("  Every client credential is taken as the client's own Gemini key and sent");
+            eprintln!("  upstream for that request only (never pooled, stored or logged).");
+        } else {
+            eprintln!("  Requests with a token of ALLOWED_TOKENS use GEMINI_API_KEYS; any other");
+            eprintln!(
+                "  credential is taken as the client's own Gemini key, sent upstream for that"
+            );
+            eprintln!("  request only (never pooled, stored or logged).");
+        }
+        eprintln!("  Anyone who can reach this port can use it with their own key.");
+        eprintln!(
+            "================================================================================"
+        );
+        eprintln!("Try it:");
+        eprintln!(
+            "  curl -H \"x-goog-api-key: $GEMINI_API_KEY\" {base}/v1beta/models/gemini-2.5-flash:generateContent \\\n       -d '{{\"contents\":[{{\"parts\":[{{\"text\":\"hi\"}}]}}]}}'"
+        );
+    }
     if let Some(t) = &app.minted_token {
         eprintln!();
         eprintln!("ALLOWED_TOKENS is not set; minted a client token for this run:");
@@ -130,6 +159,7 @@ fn print_banner(app: &App, addr: std::net::SocketAddr) {
         %addr,
         demo = app.demo.is_some(),
         keys = app.pool.len(),
+        client_key_passthrough = app.config.client_key_passthrough,
         strategy = app.config.key_strategy.as_str(),
         "full_proxy listening on {base}"
     );

@@ -140,14 +140,24 @@ async fn metrics(State(ops): State<Ops>) -> Response {
 }
 
 async fn stats(State(ops): State<Ops>) -> Response {
-    axum::Json(ops.stats.to_json()).into_response()
+    let mut stats = ops.stats.to_json();
+    // Other Gemini proxies' shape, `usage_stats[<model>].{minute,hour,day}.{requests,tokens}`:
+    // the same per-model numbers under the name their dashboards read.
+    if let Some(o) = stats.as_object_mut() {
+        let models = o.get("models").cloned().unwrap_or_else(|| json!({}));
+        o.insert("usage_stats".to_owned(), models);
+    }
+    axum::Json(stats).into_response()
 }
 
 async fn status(State(ops): State<Ops>) -> Response {
+    let memory = resident_memory_bytes();
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": ops.started.elapsed().as_secs(),
-        "resident_memory_bytes": resident_memory_bytes(),
+        "resident_memory_bytes": memory,
+        // The same in MiB, as other Gemini proxies report it.
+        "memory_usage_mb": memory.map(|b| (b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0),
         "requests_in_flight": ops.usage.in_flight(),
         "open_connections": ops.server.open_connections.load(std::sync::atomic::Ordering::Relaxed),
         "usable_keys": ops.pool.usable_count(),

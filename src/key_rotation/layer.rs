@@ -21,7 +21,7 @@ use super::pool::{KeyId, KeyPool, Lease, Pick};
 use crate::body::{Body, BoxError, collect_limited};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{GeminiPath, strip_models_prefix};
-use crate::secret::{ApiKey, scrub_known};
+use crate::secret::{ApiKey, ClientKey, scrub_known};
 
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
@@ -228,6 +228,9 @@ impl Attempts {
         ResB::Error: Into<BoxError>,
     {
         strip_client_credentials(&mut self.parts);
+        if let Some(own) = self.parts.extensions.get::<ClientKey>().cloned() {
+            return self.run_own_key(inner, body, own.key()).await;
+        }
         self.pool.maybe_sync().await;
         let budget = if body.as_bytes().is_some() {
             self.config
@@ -365,6 +368,53 @@ impl Attempts {
             ApiError::service_unavailable("no upstream API key could serve the request")
                 .into_response(self.dialect)
         }))
+    }
+
+    /// Own-key mode: one attempt with the client's own key, which is never drawn from, reported
+    /// to or kept by the pool. Its errors are relayed (scrubbed of every key) for the client to
+    /// act on; a retry on a pool key would spend the gateway's keys on someone else's request.
+    async fn run_own_key<S, ResB>(
+        self,
+        mut inner: S,
+        body: Body,
+        key: &ApiKey,
+    ) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+        ResB: http_body::Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let span = tracing::Span::current();
+        span.record("attempt", 1);
+        span.record("key.id", "client");
+        let Some(req) = self.request(body, key) else {
+            return Ok(
+                ApiError::bad_request("the API key is not a valid header value")
+                    .into_response(self.dialect),
+            );
+        };
+        match inner.call(req).await {
+            Ok(res) => {
+                let (parts, res_body) = res.into_parts();
+                span.record("status", parts.status.as_u16());
+                if parts.status.as_u16() < 400 {
+                    return Ok(Response::from_parts(parts, Body::new(res_body)));
+                }
+                let bytes = collect_limited(res_body, self.config.max_error_body)
+                    .await
+                    .ok();
+                Ok(self.relay_error(parts, bytes, key))
+            }
+            Err(e) => {
+                let e: BoxError = e.into();
+                tracing::debug!(
+                    error = %scrub_known(&e.to_string(), &[key.expose()]),
+                    "upstream transport error on the client's own key"
+                );
+                Ok(transport_answer(&*e).into_response(self.dialect))
+            }
+        }
     }
 
     /// Picks an untried key; after a transient failure a tried key may serve again.

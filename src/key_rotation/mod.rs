@@ -63,6 +63,11 @@
 //! sets the upstream key as `x-goog-api-key` (marked sensitive). Keys appear only masked in
 //! snapshots and logs; spans carry `key.id`, a fingerprint.
 //!
+//! A request that carries a [`ClientKey`](crate::secret::ClientKey) extension (own-key mode,
+//! see [`BearerAuthLayer::client_key_passthrough`](crate::auth::BearerAuthLayer::client_key_passthrough))
+//! is sent once with that key instead: the pool is neither drawn from nor told about it, and its
+//! errors are relayed, scrubbed, for the client to act on.
+//!
 //! # Several instances
 //! Cool-downs and disabled flags can be shared through a [`KeyStateStore`]: [`MemoryStore`]
 //! in one process, `RedisStore` (feature `redis`) across processes. Without a store each

@@ -26,6 +26,59 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 type Rules = Arc<Vec<Arc<dyn Rule>>>;
 
+// === PolicyHandle ===
+
+/// The rules of running policy layers, swappable at run time: a layer made with
+/// [`RequestPolicyLayer::from_handle`] reads the rules current when each request arrives, so
+/// [`set`](Self::set) takes effect from the very next request (requests already under way keep
+/// the rules they started with). Clones share the rules.
+///
+/// ```
+/// use tower_gemini::policy::{PolicyHandle, RequestPolicyLayer, HideThoughts, CodeExecution};
+///
+/// let handle = PolicyHandle::new(&RequestPolicyLayer::new().rule(HideThoughts));
+/// let _layer = RequestPolicyLayer::from_handle(handle.clone());
+/// assert_eq!(handle.rules().len(), 1);
+/// handle.set(&RequestPolicyLayer::new().rule(HideThoughts).rule(CodeExecution));
+/// assert_eq!(handle.rules().len(), 2);
+/// ```
+#[derive(Clone)]
+pub struct PolicyHandle {
+    rules: Arc<std::sync::RwLock<Rules>>,
+}
+
+impl PolicyHandle {
+    /// A handle holding the rules of `layer`.
+    pub fn new(layer: &RequestPolicyLayer) -> Self {
+        Self {
+            rules: Arc::new(std::sync::RwLock::new(layer.rules.clone())),
+        }
+    }
+
+    /// Replaces the rules by those of `layer` (its body limit is not taken: that stays the
+    /// running layer's own).
+    pub fn set(&self, layer: &RequestPolicyLayer) {
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = layer.rules.clone();
+    }
+
+    /// The rules now in force, in order.
+    pub fn rules(&self) -> Vec<Arc<dyn Rule>> {
+        self.current().to_vec()
+    }
+
+    fn current(&self) -> Rules {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyHandle")
+            .field("rules", &self.current())
+            .finish()
+    }
+}
+
 // === RequestPolicyLayer ===
 
 /// Applies [`RequestPolicy`]: rewrites Gemini requests (and, where a rule says so, answers) by
@@ -33,6 +86,7 @@ type Rules = Arc<Vec<Arc<dyn Rule>>>;
 #[derive(Clone, Debug)]
 pub struct RequestPolicyLayer {
     rules: Rules,
+    live: Option<PolicyHandle>,
     max_body_bytes: usize,
 }
 
@@ -47,7 +101,17 @@ impl RequestPolicyLayer {
     pub fn new() -> Self {
         Self {
             rules: Arc::new(Vec::new()),
+            live: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// A layer whose rules live in `handle` and can be swapped at run time (see
+    /// [`PolicyHandle`]). Rules added to it with [`rule`](Self::rule) are ignored.
+    pub fn from_handle(handle: PolicyHandle) -> Self {
+        Self {
+            live: Some(handle),
+            ..Self::new()
         }
     }
 
@@ -70,7 +134,8 @@ impl RequestPolicyLayer {
         self
     }
 
-    /// The rules, in order.
+    /// The rules, in order (a layer [from a handle](Self::from_handle) has none of its own:
+    /// see [`PolicyHandle::rules`]).
     pub fn rules(&self) -> &[Arc<dyn Rule>] {
         &self.rules
     }
@@ -83,6 +148,7 @@ impl<S> Layer<S> for RequestPolicyLayer {
         RequestPolicy {
             inner,
             rules: self.rules.clone(),
+            live: self.live.clone(),
             max_body_bytes: self.max_body_bytes,
         }
     }
@@ -95,6 +161,7 @@ impl<S> Layer<S> for RequestPolicyLayer {
 pub struct RequestPolicy<S> {
     inner: S,
     rules: Rules,
+    live: Option<PolicyHandle>,
     max_body_bytes: usize,
 }
 
@@ -117,6 +184,7 @@ impl<S: fmt::Debug> fmt::Debug for RequestPolicy<S> {
         f.debug_struct("RequestPolicy")
             .field("inner", &self.inner)
             .field("rules", &self.rules)
+            .field("live", &self.live)
             .field("max_body_bytes", &self.max_body_bytes)
             .finish()
     }
@@ -175,14 +243,17 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let req = req.map(Body::new);
+        let rules = match &self.live {
+            Some(handle) => handle.current(),
+            None => self.rules.clone(),
+        };
         let classified = classify(&req);
-        let Some((kind, path)) = classified.filter(|_| !self.rules.is_empty()) else {
+        let Some((kind, path)) = classified.filter(|_| !rules.is_empty()) else {
             let fut = inner.call(req);
             return ResponseFuture(Box::pin(
                 async move { fut.await.map(|res| res.map(Body::new)) },
             ));
         };
-        let rules = self.rules.clone();
         let max = self.max_body_bytes;
         ResponseFuture(Box::pin(async move {
             let dialect = Dialect::of(&req);

@@ -20,7 +20,9 @@
 //! The built-in rules, one type each: [`ModelAliases`], [`SearchModels`], [`AllowedModels`],
 //! [`PromptInjection`], [`SafetyOverride`], [`ThinkingDefaults`], [`HideThoughts`],
 //! [`CodeExecution`]. [`PolicyConfig::from_env`] reads them from the usual environment
-//! variables, and [`PolicyConfig::layer`] builds the layer.
+//! variables, and [`PolicyConfig::layer`] builds the layer. To change the rules while serving
+//! (an admin API), build the layer with [`RequestPolicyLayer::from_handle`] and swap rules
+//! through its [`PolicyHandle`]; they apply from the next request.
 //!
 //! # Example
 //! ```
@@ -93,7 +95,9 @@ mod rules;
 mod tests;
 
 pub use config::{PolicyConfig, ThinkingBudget};
-pub use layer::{DEFAULT_MAX_BODY_BYTES, RequestPolicy, RequestPolicyLayer, ResponseFuture};
+pub use layer::{
+    DEFAULT_MAX_BODY_BYTES, PolicyHandle, RequestPolicy, RequestPolicyLayer, ResponseFuture,
+};
 pub use rule::{Call, CallKind, ListedModel, Rewrite, Rule};
 pub use rules::{
     AllowedModels, CodeExecution, HARM_CATEGORIES, HideThoughts, InjectPosition, ModelAliases,

@@ -44,20 +44,40 @@ pub struct Proxy {
 impl Proxy {
     /// Starts full_proxy with these variables (plus a client and an admin token).
     pub async fn start(vars: &[(&str, &str)]) -> Proxy {
+        let mut vars = vars.to_vec();
+        if !vars.iter().any(|(k, _)| *k == "ALLOWED_TOKENS") {
+            vars.push(("ALLOWED_TOKENS", "test-client-token-1"));
+        }
+        if !vars.iter().any(|(k, _)| *k == "ADMIN_TOKEN") {
+            vars.push(("ADMIN_TOKEN", "test-admin-token-1"));
+        }
+        Proxy::start_exact(&vars).await
+    }
+
+    /// Starts full_proxy with exactly these variables (and `LISTEN_ADDR`); `token` and
+    /// `admin_token` are the configured ones or, when unset, the minted ones (`token` is empty
+    /// in own-key mode without `ALLOWED_TOKENS`).
+    pub async fn start_exact(vars: &[(&str, &str)]) -> Proxy {
         init_tracing();
         let mut env: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        env.entry("ALLOWED_TOKENS".into())
-            .or_insert_with(|| "test-client-token-1".into());
-        env.entry("ADMIN_TOKEN".into())
-            .or_insert_with(|| "test-admin-token-1".into());
         env.insert("LISTEN_ADDR".into(), "127.0.0.1:0".into());
+        env.remove("PORT");
         let config = Config::from_map(&env).expect("valid test config");
-        let token = config.allowed_tokens[0].clone();
-        let admin_token = config.admin_token.clone().unwrap_or_default();
         let app = App::build(config.clone()).await.expect("app builds");
+        let token = config
+            .allowed_tokens
+            .first()
+            .cloned()
+            .or_else(|| app.minted_token.clone())
+            .unwrap_or_default();
+        let admin_token = config
+            .admin_token
+            .clone()
+            .or_else(|| app.minted_admin_token.clone())
+            .unwrap_or_default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
