@@ -16,21 +16,24 @@ if [ ! -x "$venv/bin/pytest" ]; then
   fi
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 token="sdk-test-token-$RANDOM$RANDOM"
 admin="sdk-admin-token-$RANDOM$RANDOM"
 log=$(mktemp)
-( cd "$root" && env -u GEMINI_API_KEYS LISTEN_ADDR="127.0.0.1:$port" ALLOWED_TOKENS="$token" ADMIN_TOKEN="$admin" \
+( cd "$root" && env -u GEMINI_API_KEYS LISTEN_ADDR="127.0.0.1:0" ALLOWED_TOKENS="$token" ADMIN_TOKEN="$admin" \
     cargo run -q --example full_proxy >"$log" 2>&1 ) &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null; pkill -f "target/.*/examples/full_proxy" -P "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
 trap cleanup EXIT
-for _ in $(seq 1 600); do
-  curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+# The gateway picks a free port itself and prints it: no race with other programs for a port.
+url=""
+for _ in $(seq 1 1500); do
+  url=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -n1 | sed 's/listening on //')
+  [ -n "$url" ] && curl -fs "$url/health" >/dev/null 2>&1 && break
   kill -0 "$pid" 2>/dev/null || { echo "full_proxy exited early:"; cat "$log"; exit 1; }
   sleep 0.2
 done
-GATEWAY_URL="http://127.0.0.1:$port" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
+[ -n "$url" ] || { echo "full_proxy did not start:"; cat "$log"; exit 1; }
+GATEWAY_URL="$url" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
   "$venv/bin/pytest" -q -p no:cacheprovider "$here"
 rc=$?
 if [ $rc -ne 0 ]; then echo "--- full_proxy log ---"; tail -50 "$log"; fi
