@@ -120,8 +120,14 @@ async fn add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
             "expected a JSON body like {\"key\": \"AIza...\"}",
         ));
     };
+    let record = tower_gemini::persist::KeyRecord::new(key.as_str());
     match s.pool.add_key(key) {
         Ok(id) => {
+            if let Err(e) = s.persist.store.put_key(&record.with_id(id.as_str())).await {
+                // Not saved: take it back out, so what runs matches what a restart would see.
+                s.pool.remove_key(id.as_str());
+                return super::persist::unsaved("the key was not added", &e);
+            }
             let snap = s.pool.snapshot().into_iter().find(|k| k.id == id);
             let body = snap.map_or_else(|| json!({ "id": id.as_str() }), |k| k.to_json());
             (StatusCode::CREATED, axum::Json(body)).into_response()
@@ -132,6 +138,10 @@ async fn add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
 
 async fn remove_key(State(s): State<Shared>, Path(id): Path<String>) -> Response {
     if s.pool.remove_key(&id) {
+        // Removed at once; then remembered, so GEMINI_API_KEYS does not bring it back.
+        if let Err(e) = s.persist.store.remove_key(&id).await {
+            return super::persist::unsaved("the key is removed for this run", &e);
+        }
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(ApiError::not_found(format!("no key with id `{id}`")))
@@ -169,6 +179,10 @@ async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response
         ));
     };
     let token = mint_token("sk-");
+    let record = tower_gemini::persist::TokenRecord::new(&token, name.as_str(), false);
+    if let Err(e) = s.persist.store.put_token(&record).await {
+        return super::persist::unsaved("no token was created", &e);
+    }
     let id = s.tokens.insert(&token, name.as_str(), false);
     (
         StatusCode::CREATED,
@@ -178,7 +192,15 @@ async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response
 }
 
 async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    if s.tokens.revoke(&id) {
+    let removed = s.tokens.remove(&id);
+    if !removed.is_empty() {
+        // Refused at once; then remembered, so ALLOWED_TOKENS does not bring it back.
+        for t in removed {
+            let record = tower_gemini::persist::TokenRecord::from(t);
+            if let Err(e) = s.persist.store.revoke_token(&record).await {
+                return super::persist::unsaved("the token is revoked for this run", &e);
+            }
+        }
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(ApiError::not_found(format!(

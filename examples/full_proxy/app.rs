@@ -22,6 +22,7 @@ use tower_gemini::testing::FakeGemini;
 use super::admin;
 use super::config::Config;
 use super::ops::{self, Ops};
+use super::persist::{self, Persist};
 use super::server::ServerStats;
 
 /// A built gateway, ready to serve.
@@ -47,13 +48,26 @@ pub struct Shared {
     pub pool: Arc<KeyPool>,
     pub tokens: Arc<MemoryTokenStore>,
     pub started: Instant,
+    /// Where admin changes are saved (and the request log, with `DATABASE_PATH`).
+    pub persist: Persist,
 }
 
 impl App {
     /// Builds the gateway. Never touches the network, except to connect to `REDIS_URL`
     /// (bounded; the gateway starts without shared key state when Redis is down).
     pub async fn build(config: Config) -> Result<App, String> {
-        let (upstream_url, keys, demo) = if config.is_demo() {
+        let persist = Persist::open(
+            &config.persist,
+            config.redis_url.as_deref(),
+            &config.redis_prefix,
+            config.ops.log_retention_days,
+        )
+        .await?;
+        let saved = persist.load().await;
+        // Keys added through the admin API count as configured keys; keys removed through it
+        // stay out even when GEMINI_API_KEYS still lists them.
+        let saved_keys: Vec<ApiKey> = saved.keys.iter().map(|k| k.key.clone()).collect();
+        let (upstream_url, keys, demo) = if config.is_demo() && saved_keys.is_empty() {
             let fake = FakeGemini::builder()
                 .accept_any_key(true)
                 .start()
@@ -65,17 +79,29 @@ impl App {
                 Some(fake),
             )
         } else {
-            let keys = config.gemini_api_keys.iter().map(ApiKey::new).collect();
+            let keys = config
+                .gemini_api_keys
+                .iter()
+                .map(ApiKey::new)
+                .filter(|k| !saved.is_key_removed(&k.fingerprint()))
+                .chain(saved_keys)
+                .collect();
             (config.upstream_url.clone(), keys, None)
         };
 
         let tokens = Arc::new(MemoryTokenStore::new());
-        let minted_token = if config.allowed_tokens.is_empty() {
+        for t in &saved.tokens {
+            tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
+        }
+        let minted_token = if config.allowed_tokens.is_empty() && saved.tokens.is_empty() {
             let t = mint_token("sk-");
             tokens.insert(&t, "minted", false);
             Some(t)
         } else {
             for (i, t) in config.allowed_tokens.iter().enumerate() {
+                if saved.is_token_revoked(t) {
+                    continue; // revoked through the admin API
+                }
                 tokens.insert(t, format!("client-{}", i + 1), false);
             }
             None
@@ -94,7 +120,15 @@ impl App {
 
         let pool = build_pool(&config, keys).await?;
         let server_stats = Arc::new(ServerStats::default());
-        let ops = Ops::new(pool.clone(), server_stats.clone());
+        let mut ops = Ops::new(pool.clone(), server_stats.clone());
+        if let Some(log) = &persist.request_log {
+            let mut usage = ops.usage.clone().sink(log.clone());
+            if config.persist.log_request_bodies {
+                usage = usage.request_bodies(persist::LOGGED_BODY_BYTES);
+            }
+            ops.usage = usage;
+        }
+        ops.persist = Some(persist.clone());
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
@@ -133,6 +167,7 @@ impl App {
             pool: pool.clone(),
             tokens: tokens.clone(),
             started: Instant::now(),
+            persist,
         };
         let router = Router::new()
             .route("/health", get(health))
@@ -140,7 +175,9 @@ impl App {
             .merge(ops::routes(shared.clone(), ops.clone()))
             .nest(
                 "/admin",
-                admin::router(shared.clone()).merge(ops::admin_routes(shared, ops)),
+                admin::router(shared.clone())
+                    .merge(persist::admin_routes(shared.clone()))
+                    .merge(ops::admin_routes(shared, ops)),
             )
             .fallback_service(gateway)
             .layer(axum::middleware::map_request(client_addr));

@@ -54,6 +54,8 @@ pub struct Config {
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
     pub policy: PolicyConfig,
+    // Persistence (DATABASE_PATH, LOG_REQUEST_BODIES, LOG_CLEANUP_INTERVAL_SECONDS, ...).
+    pub persist: super::persist::PersistConfig,
 }
 
 impl fmt::Debug for Config {
@@ -109,6 +111,7 @@ impl fmt::Debug for Config {
             .field("redis_prefix", &self.redis_prefix)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
+            .field("persist", &self.persist)
             .finish()
     }
 }
@@ -182,8 +185,10 @@ impl Config {
             return Err(ConfigError("MAX_FAILURES: must be at least 1".into()));
         }
         let ops = super::ops::OpsConfig::from_map(env).map_err(ConfigError)?;
+        let persist = super::persist::PersistConfig::from_map(env).map_err(ConfigError)?;
         Ok(Config {
             ops,
+            persist,
             listen_addr,
             upstream_url,
             gemini_api_keys: list(env, "GEMINI_API_KEYS")?,
@@ -373,6 +378,8 @@ mod tests {
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
             ("SHOW_THINKING_PROCESS", "perhaps"),
             ("INJECT_PROMPT_POSITION", "middle"),
+            ("LOG_REQUEST_BODIES", "sometimes"),
+            ("REQUEST_LOG_QUEUE_SIZE", "0"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");

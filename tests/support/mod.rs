@@ -12,6 +12,8 @@ pub mod app;
 pub mod config;
 #[path = "../../examples/full_proxy/ops.rs"]
 pub mod ops;
+#[path = "../../examples/full_proxy/persist.rs"]
+pub mod persist;
 #[path = "../../examples/full_proxy/server.rs"]
 pub mod server;
 
