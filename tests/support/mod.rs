@@ -100,6 +100,14 @@ impl Proxy {
         &mut self.task
     }
 
+    /// Stops this proxy (gracefully, for at most 5 s) and starts a new one with `vars`, as a
+    /// restart of the process would (same `DATABASE_PATH`, same Redis).
+    pub async fn restart(mut self, vars: &[(&str, &str)]) -> Proxy {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.shutdown()).await;
+        drop(self);
+        Proxy::start(vars).await
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
