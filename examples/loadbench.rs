@@ -37,6 +37,8 @@ mod app;
 mod config;
 #[path = "full_proxy/ops.rs"]
 mod ops;
+#[path = "full_proxy/persist.rs"]
+mod persist;
 #[path = "full_proxy/server.rs"]
 mod server;
 

@@ -118,6 +118,60 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
 }
 
+/// The SHA-256 digest of a client token: what a [`MemoryTokenStore`] (and a database behind
+/// it) keeps instead of the token. Client tokens are random (see [`mint_token`]), so a fast hash
+/// is enough; there is no password to stretch.
+///
+/// ```
+/// use tower_gemini::auth::TokenDigest;
+/// let d = TokenDigest::of("sk-client-token-1");
+/// assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
+/// assert!(!d.to_hex().contains("client"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The digest as 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex_digest.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = hex(pair[0])? << 4 | hex(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn ct_eq(&self, other: &TokenDigest) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", &self.to_hex()[..12])
+    }
+}
+
 /// One entry of a [`MemoryTokenStore`] listing (the token masked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenInfo {
@@ -127,15 +181,28 @@ pub struct TokenInfo {
     pub name: String,
     /// Whether the token is an admin token.
     pub admin: bool,
+    /// The token's SHA-256 digest (what is stored instead of the token).
+    pub digest: TokenDigest,
 }
 
 struct Entry {
-    token: Box<[u8]>,
+    digest: TokenDigest,
     identity: Identity,
 }
 
+impl Entry {
+    fn info(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.identity.id.to_string(),
+            name: self.identity.name.to_string(),
+            admin: self.identity.admin,
+            digest: self.digest,
+        }
+    }
+}
+
 /// An in-memory token set that can change at run time (tokens added and revoked take effect
-/// on the next request).
+/// on the next request). It keeps [`TokenDigest`]s, never the tokens themselves.
 #[derive(Default)]
 pub struct MemoryTokenStore {
     entries: RwLock<Vec<Entry>>,
@@ -162,37 +229,48 @@ impl MemoryTokenStore {
     /// Adds (or replaces) a token. Returns its id (the masked token).
     pub fn insert(&self, token: &str, name: impl Into<Arc<str>>, admin: bool) -> String {
         let id = mask(token);
+        self.insert_digest(TokenDigest::of(token), id.as_str(), name, admin);
+        id
+    }
+
+    /// Adds (or replaces) a token known only by its digest and id (the masked token), as a
+    /// database restores it.
+    pub fn insert_digest(
+        &self,
+        digest: TokenDigest,
+        id: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        admin: bool,
+    ) {
         let entry = Entry {
-            token: token.as_bytes().into(),
-            identity: Identity::new(name, id.as_str(), admin),
+            digest,
+            identity: Identity::new(name, id, admin),
         };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.retain(|e| !bool::from(e.token.ct_eq(token.as_bytes())));
+        entries.retain(|e| !e.digest.ct_eq(&digest));
         entries.push(entry);
-        id
     }
 
     /// Revokes a token given as the token itself or its id. Returns whether one was removed.
     pub fn revoke(&self, token_or_id: &str) -> bool {
+        !self.remove(token_or_id).is_empty()
+    }
+
+    /// Revokes a token given as the token itself or its id, and returns what was removed.
+    pub fn remove(&self, token_or_id: &str) -> Vec<TokenInfo> {
+        let digest = TokenDigest::of(token_or_id);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        let before = entries.len();
-        entries.retain(|e| {
-            !(bool::from(e.token.ct_eq(token_or_id.as_bytes())) || &*e.identity.id == token_or_id)
-        });
-        entries.len() != before
+        let (removed, kept) = std::mem::take(&mut *entries)
+            .into_iter()
+            .partition(|e| e.digest.ct_eq(&digest) || &*e.identity.id == token_or_id);
+        *entries = kept;
+        removed.iter().map(Entry::info).collect()
     }
 
     /// The tokens, masked.
     pub fn list(&self) -> Vec<TokenInfo> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries
-            .iter()
-            .map(|e| TokenInfo {
-                id: e.identity.id.to_string(),
-                name: e.identity.name.to_string(),
-                admin: e.identity.admin,
-            })
-            .collect()
+        entries.iter().map(Entry::info).collect()
     }
 
     /// Number of tokens.
@@ -216,11 +294,12 @@ impl fmt::Debug for MemoryTokenStore {
 
 impl TokenStore for MemoryTokenStore {
     fn authenticate(&self, token: &str) -> Option<Identity> {
+        let digest = TokenDigest::of(token);
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         // Compare against every entry, so timing says nothing about which one matched.
         let mut found = None;
         for e in entries.iter() {
-            if bool::from(e.token.ct_eq(token.as_bytes())) {
+            if e.digest.ct_eq(&digest) {
                 found = Some(e.identity.clone());
             }
         }
@@ -761,6 +840,22 @@ mod tests {
             seen[1].extensions().get::<Identity>().unwrap().name(),
             "alice"
         );
+    }
+
+    #[test]
+    fn a_token_restored_from_its_digest_authenticates() {
+        let s = MemoryTokenStore::new();
+        s.insert_digest(
+            TokenDigest::of("client-token-0009"),
+            "clie…0009",
+            "bob",
+            false,
+        );
+        assert_eq!(s.authenticate("client-token-0009").unwrap().name(), "bob");
+        assert!(s.authenticate("client-token-0008").is_none());
+        let removed = s.remove("clie…0009");
+        assert_eq!(removed[0].digest, TokenDigest::of("client-token-0009"));
+        assert!(s.authenticate("client-token-0009").is_none());
     }
 
     #[test]

@@ -305,6 +305,7 @@ enum Kind {
     Body,
     Config,
     Redis,
+    Store,
 }
 
 impl Error {
@@ -339,6 +340,11 @@ impl Error {
         Self::new(Kind::Redis, Some(source.into()))
     }
 
+    /// A database of the gateway (an `AdminStore`, the request log) failed.
+    pub fn store(source: impl Into<BoxError>) -> Self {
+        Self::new(Kind::Store, Some(source.into()))
+    }
+
     /// Whether this is a timeout.
     pub fn is_timeout(&self) -> bool {
         self.inner.kind == Kind::Timeout
@@ -364,6 +370,11 @@ impl Error {
         self.inner.kind == Kind::Redis
     }
 
+    /// Whether a database of the gateway failed.
+    pub fn is_store(&self) -> bool {
+        self.inner.kind == Kind::Store
+    }
+
     /// The answer a client gets for this error, in a dialect.
     pub fn to_api_error(&self) -> ApiError {
         match self.inner.kind {
@@ -374,6 +385,7 @@ impl Error {
             Kind::Redis => {
                 ApiError::service_unavailable("the gateway's shared store is unavailable")
             }
+            Kind::Store => ApiError::service_unavailable("the gateway's database is unavailable"),
         }
     }
 
@@ -409,9 +421,10 @@ impl fmt::Display for Error {
             Kind::Body => "body error",
             Kind::Config => "invalid configuration",
             Kind::Redis => "shared store error",
+            Kind::Store => "database error",
         };
         match &self.inner.source {
-            Some(source) if self.inner.kind == Kind::Config => {
+            Some(source) if matches!(self.inner.kind, Kind::Config | Kind::Store) => {
                 write!(f, "{what}: {}", crate::secret::scrub(&source.to_string()))
             }
             _ => f.write_str(what),

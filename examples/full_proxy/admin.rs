@@ -119,34 +119,44 @@ async fn list_keys(State(s): State<Shared>) -> Response {
 
 /// `POST /admin/keys {"key": "..."}`: the key joins the rotation with the next request.
 async fn add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    match add_key_from_body(&s, &body) {
+    match add_key_from_body(&s, &body).await {
         Ok(snapshot) => (StatusCode::CREATED, axum::Json(snapshot)).into_response(),
-        Err(refused) => error(refused),
+        Err(refused) => refused,
     }
 }
 
 /// Adds the upstream key of a `{"key": "..."}` body to the pool; its snapshot (masked), or the
 /// refusal. Every route that adds a key goes through here.
-fn add_key_from_body(s: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+async fn add_key_from_body(s: &Shared, body: &[u8]) -> Result<Value, Response> {
     let key = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("key")?.as_str().map(|k| k.trim().to_owned()));
     let Some(key) = key.filter(|k| !k.is_empty()) else {
-        return Err(ApiError::bad_request(
+        return Err(error(ApiError::bad_request(
             "expected a JSON body like {\"key\": \"AIza...\"}",
-        ));
+        )));
     };
+    let record = tower_gemini::persist::KeyRecord::new(key.as_str());
     match s.pool.add_key(key) {
         Ok(id) => {
+            if let Err(e) = s.persist.store.put_key(&record.with_id(id.as_str())).await {
+                // Not saved: take it back out, so what runs matches what a restart would see.
+                s.pool.remove_key(id.as_str());
+                return Err(super::persist::unsaved("the key was not added", &e));
+            }
             let snap = s.pool.snapshot().into_iter().find(|k| k.id == id);
             Ok(snap.map_or_else(|| json!({ "id": id.as_str() }), |k| k.to_json()))
         }
-        Err(e) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(error(ApiError::new(StatusCode::CONFLICT, e.to_string()))),
     }
 }
 
 async fn remove_key(State(s): State<Shared>, Path(id): Path<String>) -> Response {
     if s.pool.remove_key(&id) {
+        // Removed at once; then remembered, so GEMINI_API_KEYS does not bring it back.
+        if let Err(e) = s.persist.store.remove_key(&id).await {
+            return super::persist::unsaved("the key is removed for this run", &e);
+        }
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(ApiError::not_found(format!("no key with id `{id}`")))
@@ -174,32 +184,44 @@ async fn list_tokens(State(s): State<Shared>) -> Response {
 
 /// `POST /admin/tokens {"name": "..."}` → `{"token", "id", "name"}`; the token is shown once.
 async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    match add_token_from_body(&s, &body) {
+    match add_token_from_body(&s, &body).await {
         Ok(created) => (StatusCode::CREATED, axum::Json(created)).into_response(),
-        Err(refused) => error(refused),
+        Err(refused) => refused,
     }
 }
 
 /// Mints a client token for the name in a `{"name": "..."}` body: `{"token", "id", "name"}`
 /// (the only time the token is shown), or the refusal. Every route that creates a client token
 /// goes through here.
-fn add_token_from_body(s: &Shared, body: &[u8]) -> Result<Value, ApiError> {
+async fn add_token_from_body(s: &Shared, body: &[u8]) -> Result<Value, Response> {
     let name = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("name")?.as_str().map(|n| n.trim().to_owned()))
         .filter(|n| !n.is_empty());
     let Some(name) = name else {
-        return Err(ApiError::bad_request(
+        return Err(error(ApiError::bad_request(
             "expected a JSON body like {\"name\": \"my-app\"}",
-        ));
+        )));
     };
     let token = mint_token("sk-");
+    let record = tower_gemini::persist::TokenRecord::new(&token, name.as_str(), false);
+    if let Err(e) = s.persist.store.put_token(&record).await {
+        return Err(super::persist::unsaved("no token was created", &e));
+    }
     let id = s.tokens.insert(&token, name.as_str(), false);
     Ok(json!({ "token": token, "id": id, "name": name }))
 }
 
 async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    if s.tokens.revoke(&id) {
+    let removed = s.tokens.remove(&id);
+    if !removed.is_empty() {
+        // Refused at once; then remembered, so ALLOWED_TOKENS does not bring it back.
+        for t in removed {
+            let record = tower_gemini::persist::TokenRecord::from(t);
+            if let Err(e) = s.persist.store.revoke_token(&record).await {
+                return super::persist::unsaved("the token is revoked for this run", &e);
+            }
+        }
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(ApiError::not_found(format!(
@@ -241,20 +263,20 @@ async fn compat_list_keys(State(s): State<Shared>) -> Response {
 
 /// `POST /admin/config/gemini-key {"key": "..."}`: `POST /admin/keys` in the old shape.
 async fn compat_add_key(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    match add_key_from_body(&s, &body) {
+    match add_key_from_body(&s, &body).await {
         Ok(snapshot) => axum::Json(json!({
             "success": true,
             "message": "key added",
             "key": snapshot,
         }))
         .into_response(),
-        Err(refused) => error(refused),
+        Err(refused) => refused,
     }
 }
 
 /// `POST /admin/config/user-key {"name": "..."}`: `POST /admin/tokens` in the old shape.
 async fn compat_add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    match add_token_from_body(&s, &body) {
+    match add_token_from_body(&s, &body).await {
         Ok(created) => {
             let mut out = json!({ "success": true, "message": "client token created; it is shown only once" });
             if let (Value::Object(out), Value::Object(created)) = (&mut out, created) {
@@ -262,7 +284,7 @@ async fn compat_add_token(State(s): State<Shared>, body: axum::body::Bytes) -> R
             }
             axum::Json(out).into_response()
         }
-        Err(refused) => error(refused),
+        Err(refused) => refused,
     }
 }
 
@@ -279,6 +301,126 @@ pub fn change_policy(
     *policy = next.clone();
     Ok(next)
 }
+
+/// Applies a `/admin/config/thinking` body to a policy (also used to restore a saved one).
+pub fn apply_thinking(
+    p: &mut PolicyConfig,
+    o: &serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let enabled = optional_bool(o, "enabled")?;
+    let include = optional_bool(o, "include_thoughts")?;
+    let budget = match o.get("budget") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|b| i32::try_from(b).ok())
+                .filter(|b| *b >= -1)
+                .ok_or("`budget` must be -1 (dynamic), 0 (off) or a token count")?,
+        ),
+    };
+    match (enabled, budget) {
+        (Some(false), _) => p.thinking_budget = ThinkingBudget::None,
+        (_, Some(b)) => p.thinking_budget = ThinkingBudget::All(b),
+        (Some(true), None) => {
+            if p.thinking_budget == ThinkingBudget::None {
+                p.thinking_budget = ThinkingBudget::All(-1);
+            }
+        }
+        (None, None) => {}
+    }
+    if include.is_some() {
+        p.show_thinking_process = include;
+    }
+    Ok(())
+}
+
+/// Applies a `/admin/config/inject-prompt` body to a policy (also used to restore a saved one).
+pub fn apply_inject_prompt(
+    p: &mut PolicyConfig,
+    o: &serde_json::Map<String, Value>,
+) -> Result<(), String> {
+    let enabled = optional_bool(o, "enabled")?;
+    let content = match o.get("content") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        Some(_) => return Err("`content` must be a string".into()),
+    };
+    if let Some(pos) = o.get("position").filter(|v| !v.is_null()) {
+        let pos = pos.as_str().unwrap_or_default();
+        p.inject_prompt_position = InjectPosition::parse(pos).ok_or_else(|| {
+            format!("`position` {pos:?} is not one of system, user_prefix, user_suffix")
+        })?;
+    }
+    if enabled == Some(false) {
+        p.inject_prompt = None;
+    } else if let Some(c) = content {
+        p.inject_prompt = Some(c).filter(|c| !c.trim().is_empty());
+    }
+    if enabled == Some(true) && p.inject_prompt.is_none() {
+        return Err("`enabled: true` needs a non-empty `content`".into());
+    }
+    Ok(())
+}
+/// The thinking defaults as a body [`apply_thinking`] accepts (per-model budgets from
+/// `THINKING_BUDGET` are not expressible there and are left as configured).
+pub fn thinking_state(p: &PolicyConfig) -> Value {
+    let mut v = json!({
+        "enabled": p.thinking_budget != ThinkingBudget::None,
+        "include_thoughts": p.show_thinking_process,
+    });
+    if let ThinkingBudget::All(b) = p.thinking_budget {
+        v["budget"] = json!(b);
+    }
+    v
+}
+
+/// The prompt injection as a body [`apply_inject_prompt`] accepts.
+pub fn inject_prompt_state(p: &PolicyConfig) -> Value {
+    json!({
+        "enabled": p.inject_prompt.is_some(),
+        "content": p.inject_prompt,
+        "position": position_name(p.inject_prompt_position),
+    })
+}
+
+/// Saves a run-time policy change as a named setting, restored at the next start.
+async fn save_setting(s: &Shared, name: &str, value: &Value) -> Option<Response> {
+    let e = s.persist.store.put_setting(name, value).await.err()?;
+    Some(super::persist::unsaved(
+        "the change is in force for this run",
+        &e,
+    ))
+}
+
+/// Applies the policy settings saved by earlier runs (`thinking`, `inject_prompt`) on top of
+/// the configured policy.
+pub fn restore_policy(
+    policy: &mut PolicyConfig,
+    settings: &std::collections::BTreeMap<String, Value>,
+) {
+    type Apply = fn(&mut PolicyConfig, &serde_json::Map<String, Value>) -> Result<(), String>;
+    let appliers: [(&str, Apply); 2] = [
+        (SETTING_THINKING, apply_thinking),
+        (SETTING_INJECT_PROMPT, apply_inject_prompt),
+    ];
+    for (name, apply) in appliers {
+        let Some(Value::Object(o)) = settings.get(name) else {
+            continue;
+        };
+        match apply(policy, o) {
+            Ok(()) => tracing::info!(
+                setting = name,
+                "policy change restored from the admin store"
+            ),
+            Err(why) => tracing::warn!(setting = name, %why, "saved policy change ignored"),
+        }
+    }
+}
+
+/// The setting names run-time policy changes are saved under.
+pub const SETTING_THINKING: &str = "thinking";
+/// See [`SETTING_THINKING`].
+pub const SETTING_INJECT_PROMPT: &str = "inject_prompt";
 
 fn json_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
@@ -320,36 +462,13 @@ async fn compat_thinking(State(s): State<Shared>, body: axum::body::Bytes) -> Re
         Ok(o) => o,
         Err(refused) => return error(refused),
     };
-    let changed = change_policy(&s, |p| {
-        let enabled = optional_bool(&o, "enabled")?;
-        let include = optional_bool(&o, "include_thoughts")?;
-        let budget = match o.get("budget") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_i64()
-                    .and_then(|b| i32::try_from(b).ok())
-                    .filter(|b| *b >= -1)
-                    .ok_or("`budget` must be -1 (dynamic), 0 (off) or a token count")?,
-            ),
-        };
-        match (enabled, budget) {
-            (Some(false), _) => p.thinking_budget = ThinkingBudget::None,
-            (_, Some(b)) => p.thinking_budget = ThinkingBudget::All(b),
-            (Some(true), None) => {
-                if p.thinking_budget == ThinkingBudget::None {
-                    p.thinking_budget = ThinkingBudget::All(-1);
-                }
-            }
-            (None, None) => {}
-        }
-        if include.is_some() {
-            p.show_thinking_process = include;
-        }
-        Ok(())
-    });
+    let changed = change_policy(&s, |p| apply_thinking(p, &o));
     match changed {
         Ok(p) => {
             tracing::info!(thinking = %thinking_json(&p), "thinking defaults changed by the admin API");
+            if let Some(unsaved) = save_setting(&s, SETTING_THINKING, &thinking_state(&p)).await {
+                return unsaved;
+            }
             axum::Json(json!({ "success": true, "thinking": thinking_json(&p) })).into_response()
         }
         Err(why) => error(ApiError::bad_request(why)),
@@ -371,36 +490,13 @@ async fn compat_inject_prompt(State(s): State<Shared>, body: axum::body::Bytes) 
         Ok(o) => o,
         Err(refused) => return error(refused),
     };
-    let changed = change_policy(&s, |p| {
-        let enabled = optional_bool(&o, "enabled")?;
-        let content = match o.get("content") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(c)) => Some(c.clone()),
-            Some(_) => return Err("`content` must be a string".into()),
-        };
-        if let Some(pos) = o.get("position").filter(|v| !v.is_null()) {
-            let pos = pos.as_str().unwrap_or_default();
-            p.inject_prompt_position = InjectPosition::parse(pos).ok_or_else(|| {
-                format!("`position` {pos:?} is not one of system, user_prefix, user_suffix")
-            })?;
-        }
-        if enabled == Some(false) {
-            p.inject_prompt = None;
-        } else if let Some(c) = content {
-            p.inject_prompt = Some(c).filter(|c| !c.trim().is_empty());
-        }
-        if enabled == Some(true) && p.inject_prompt.is_none() {
-            return Err("`enabled: true` needs a non-empty `content`".into());
-        }
-        Ok(())
-    });
+    let changed = change_policy(&s, |p| apply_inject_prompt(p, &o));
     match changed {
         Ok(p) => {
-            let state = json!({
-                "enabled": p.inject_prompt.is_some(),
-                "content": p.inject_prompt,
-                "position": position_name(p.inject_prompt_position),
-            });
+            let state = inject_prompt_state(&p);
+            if let Some(unsaved) = save_setting(&s, SETTING_INJECT_PROMPT, &state).await {
+                return unsaved;
+            }
             tracing::info!(
                 enabled = p.inject_prompt.is_some(),
                 position = position_name(p.inject_prompt_position),

@@ -23,6 +23,7 @@ use tower_gemini::testing::FakeGemini;
 use super::admin;
 use super::config::Config;
 use super::ops::{self, Ops};
+use super::persist::{self, Persist};
 use super::server::ServerStats;
 
 /// A built gateway, ready to serve.
@@ -54,13 +55,26 @@ pub struct Shared {
     /// handle that puts a changed one into force from the next request.
     pub policy: Arc<Mutex<PolicyConfig>>,
     pub policy_handle: PolicyHandle,
+    /// Where admin changes are saved (and the request log, with `DATABASE_PATH`).
+    pub persist: Persist,
 }
 
 impl App {
     /// Builds the gateway. Never touches the network, except to connect to `REDIS_URL`
     /// (bounded; the gateway starts without shared key state when Redis is down).
     pub async fn build(config: Config) -> Result<App, String> {
-        let (upstream_url, keys, demo) = if config.is_demo() {
+        let persist = Persist::open(
+            &config.persist,
+            config.redis_url.as_deref(),
+            &config.redis_prefix,
+            config.ops.log_retention_days,
+        )
+        .await?;
+        let saved = persist.load().await;
+        // Keys added through the admin API count as configured keys; keys removed through it
+        // stay out even when GEMINI_API_KEYS still lists them.
+        let saved_keys: Vec<ApiKey> = saved.keys.iter().map(|k| k.key.clone()).collect();
+        let (upstream_url, keys, demo) = if config.is_demo() && saved_keys.is_empty() {
             let fake = FakeGemini::builder()
                 .accept_any_key(true)
                 .start()
@@ -72,20 +86,32 @@ impl App {
                 Some(fake),
             )
         } else {
-            let keys = config.gemini_api_keys.iter().map(ApiKey::new).collect();
+            let keys = config
+                .gemini_api_keys
+                .iter()
+                .map(ApiKey::new)
+                .filter(|k| !saved.is_key_removed(&k.fingerprint()))
+                .chain(saved_keys)
+                .collect();
             (config.upstream_url.clone(), keys, None)
         };
 
         let tokens = Arc::new(MemoryTokenStore::new());
+        for t in &saved.tokens {
+            tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
+        }
         let minted_token = if config.allowed_tokens.is_empty() && config.client_key_passthrough {
             // Own-key mode: every credential is a client's Gemini key; nothing to mint.
             None
-        } else if config.allowed_tokens.is_empty() {
+        } else if config.allowed_tokens.is_empty() && saved.tokens.is_empty() {
             let t = mint_token("sk-");
             tokens.insert(&t, "minted", false);
             Some(t)
         } else {
             for (i, t) in config.allowed_tokens.iter().enumerate() {
+                if saved.is_token_revoked(t) {
+                    continue; // revoked through the admin API
+                }
                 tokens.insert(t, format!("client-{}", i + 1), false);
             }
             None
@@ -104,13 +130,23 @@ impl App {
 
         let pool = build_pool(&config, keys).await?;
         let server_stats = Arc::new(ServerStats::default());
-        let ops = Ops::new(pool.clone(), server_stats.clone());
+        let mut ops = Ops::new(pool.clone(), server_stats.clone());
+        if let Some(log) = &persist.request_log {
+            let mut usage = ops.usage.clone().sink(log.clone());
+            if config.persist.log_request_bodies {
+                usage = usage.request_bodies(persist::LOGGED_BODY_BYTES);
+            }
+            ops.usage = usage;
+        }
+        ops.persist = Some(persist.clone());
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
             .build()
             .map_err(|e| e.to_string())?;
-        let policy_handle = PolicyHandle::new(&config.policy.layer());
+        let mut policy = config.policy.clone();
+        admin::restore_policy(&mut policy, &saved.settings);
+        let policy_handle = PolicyHandle::new(&policy.layer());
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
@@ -149,8 +185,9 @@ impl App {
             tokens: tokens.clone(),
             started: Instant::now(),
             client_key_passthrough: config.client_key_passthrough,
-            policy: Arc::new(Mutex::new(config.policy.clone())),
+            policy: Arc::new(Mutex::new(policy)),
             policy_handle,
+            persist,
         };
         let router = Router::new()
             .route("/health", get(health))
@@ -159,7 +196,9 @@ impl App {
             .merge(ops::routes(shared.clone(), ops.clone()))
             .nest(
                 "/admin",
-                admin::router(shared.clone()).merge(ops::admin_routes(shared, ops)),
+                admin::router(shared.clone())
+                    .merge(persist::admin_routes(shared.clone()))
+                    .merge(ops::admin_routes(shared, ops)),
             )
             .fallback_service(gateway)
             .layer(axum::middleware::map_request(client_addr));

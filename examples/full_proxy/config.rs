@@ -59,6 +59,8 @@ pub struct Config {
     pub client_key_passthrough: bool,
     /// One line per old-style variable read (or ignored), to log once at start.
     pub alias_notes: Vec<String>,
+    // Persistence (DATABASE_PATH, LOG_REQUEST_BODIES, LOG_CLEANUP_INTERVAL_SECONDS, ...).
+    pub persist: super::persist::PersistConfig,
 }
 
 impl fmt::Debug for Config {
@@ -116,6 +118,7 @@ impl fmt::Debug for Config {
             .field("policy", &self.policy)
             .field("client_key_passthrough", &self.client_key_passthrough)
             .field("alias_notes", &self.alias_notes)
+            .field("persist", &self.persist)
             .finish()
     }
 }
@@ -213,10 +216,12 @@ impl Config {
                     .into(),
             ));
         }
+        let persist = super::persist::PersistConfig::from_map(env).map_err(ConfigError)?;
         Ok(Config {
             client_key_passthrough,
             alias_notes,
             ops,
+            persist,
             listen_addr,
             upstream_url,
             gemini_api_keys,
@@ -510,6 +515,8 @@ mod tests {
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
             ("SHOW_THINKING_PROCESS", "perhaps"),
             ("INJECT_PROMPT_POSITION", "middle"),
+            ("LOG_REQUEST_BODIES", "sometimes"),
+            ("REQUEST_LOG_QUEUE_SIZE", "0"),
         ] {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");

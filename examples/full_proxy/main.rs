@@ -11,6 +11,7 @@ mod admin;
 mod app;
 mod config;
 mod ops;
+mod persist;
 mod server;
 
 use std::process::ExitCode;

@@ -87,6 +87,8 @@ pub struct Ops {
     pub pool: Arc<KeyPool>,
     pub server: Arc<ServerStats>,
     pub started: Instant,
+    /// The admin store and request log (for `/status` and `/metrics`).
+    pub persist: Option<super::persist::Persist>,
 }
 
 impl Ops {
@@ -101,6 +103,7 @@ impl Ops {
             pool,
             server,
             started: Instant::now(),
+            persist: None,
         }
     }
 }
@@ -128,7 +131,10 @@ pub fn admin_routes(shared: Shared, ops: Ops) -> Router {
 async fn metrics(State(ops): State<Ops>) -> Response {
     ops.metrics.set_in_flight(ops.usage.in_flight());
     ops.metrics.set_key_states(&ops.pool);
-    let text = ops.metrics.render().unwrap_or_default();
+    let mut text = ops.metrics.render().unwrap_or_default();
+    if let Some(p) = &ops.persist {
+        text.push_str(&p.metrics());
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -162,6 +168,7 @@ async fn status(State(ops): State<Ops>) -> Response {
         "open_connections": ops.server.open_connections.load(std::sync::atomic::Ordering::Relaxed),
         "usable_keys": ops.pool.usable_count(),
         "total_keys": ops.pool.len(),
+        "persistence": ops.persist.as_ref().map(|p| p.status()),
     }))
     .into_response()
 }

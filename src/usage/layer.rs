@@ -28,6 +28,7 @@ use crate::gemini::{GeminiPath, Method, strip_models_prefix};
 pub struct UsageLayer {
     sinks: Arc<[Arc<dyn UsageSink>]>,
     in_flight: Arc<AtomicUsize>,
+    request_bodies: usize,
 }
 
 impl UsageLayer {
@@ -36,6 +37,7 @@ impl UsageLayer {
         Self {
             sinks: Arc::from([Arc::new(sink) as Arc<dyn UsageSink>]),
             in_flight: Arc::default(),
+            request_bodies: 0,
         }
     }
 
@@ -45,6 +47,7 @@ impl UsageLayer {
         Self {
             sinks: Arc::from([]),
             in_flight: Arc::default(),
+            request_bodies: 0,
         }
     }
 
@@ -53,6 +56,14 @@ impl UsageLayer {
         let mut sinks: Vec<Arc<dyn UsageSink>> = self.sinks.iter().cloned().collect();
         sinks.push(Arc::new(sink));
         self.sinks = sinks.into();
+        self
+    }
+
+    /// Keeps the first `max_bytes` of each request body in its record's
+    /// [`request_body`](UsageRecord::request_body), for sinks that log prompts. Default: 0,
+    /// nothing kept. The body is copied as it streams through; it is never buffered whole.
+    pub fn request_bodies(mut self, max_bytes: usize) -> Self {
+        self.request_bodies = max_bytes;
         self
     }
 
@@ -68,6 +79,7 @@ impl fmt::Debug for UsageLayer {
         f.debug_struct("UsageLayer")
             .field("sinks", &self.sinks.len())
             .field("in_flight", &self.in_flight())
+            .field("request_bodies", &self.request_bodies)
             .finish()
     }
 }
@@ -143,8 +155,22 @@ where
         });
         let mut record = UsageRecord::new(route, model);
         record.client = client;
+        record.request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = if self.layer.request_bodies > 0 {
+            let copy = BodyCopy::default();
+            let max = self.layer.request_bodies;
+            req = req.map(|b| copy.tee(b, max));
+            Some(copy)
+        } else {
+            None
+        };
         let pending = Recording {
             record,
+            body,
             handle,
             start: Instant::now(),
             sinks: self.layer.sinks.clone(),
@@ -222,6 +248,8 @@ impl Drop for InFlight {
 /// One request being recorded.
 struct Recording {
     record: UsageRecord,
+    /// The copy of the request body's start, when asked for.
+    body: Option<BodyCopy>,
     handle: UsageHandle,
     start: Instant,
     sinks: Arc<[Arc<dyn UsageSink>]>,
@@ -257,9 +285,75 @@ impl Recording {
             r.model = m;
         }
         r.tokens = tokens.or(scanned);
+        if let Some(body) = &self.body {
+            r.request_body = Some(body.take());
+        }
         for sink in self.sinks.iter() {
             sink.record(&self.record);
         }
+    }
+}
+
+/// The start of a request body, copied as the body is read.
+#[derive(Clone, Default)]
+struct BodyCopy(Arc<std::sync::Mutex<bytes::BytesMut>>);
+
+impl BodyCopy {
+    /// The request body, copying its first `max` bytes here as they pass.
+    fn tee(&self, body: Body, max: usize) -> Body {
+        if let Some(bytes) = body.as_bytes() {
+            self.push(bytes, max);
+            return body;
+        }
+        Body::new(TeeBody {
+            inner: body,
+            copy: self.clone(),
+            max,
+        })
+    }
+
+    fn push(&self, data: &[u8], max: usize) {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&data[..room.min(data.len())]);
+    }
+
+    fn take(&self) -> Bytes {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *buf).freeze()
+    }
+}
+
+/// A request body that copies its first bytes into a [`BodyCopy`].
+struct TeeBody {
+    inner: Body,
+    copy: BodyCopy,
+    max: usize,
+}
+
+impl http_body::Body for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(data) = f.data_ref() {
+                self.copy.push(data, self.max);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

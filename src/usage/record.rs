@@ -50,6 +50,12 @@ pub struct Client {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UsageRecord {
+    /// The request's `x-request-id`, when it has one (set by `RequestIdLayer` outside).
+    pub request_id: Option<String>,
+    /// The start of the request's first `capture` bytes, when the layer was asked to keep
+    /// request bodies ([`UsageLayer::request_bodies`](super::UsageLayer::request_bodies)).
+    /// It is what the client sent: prompts included.
+    pub request_body: Option<bytes::Bytes>,
     /// The authenticated client, if any.
     pub client: Option<Client>,
     /// The id of the upstream key that answered (see
@@ -85,6 +91,8 @@ impl UsageRecord {
     /// An empty record for `route` and `model` (status 0); used by tests and custom layers.
     pub fn new(route: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
+            request_id: None,
+            request_body: None,
             client: None,
             key_id: None,
             upstream_attempts: 0,

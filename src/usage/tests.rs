@@ -403,3 +403,32 @@ fn metrics_count_each_record_once_and_hold_no_secret() {
     assert!(!text.contains("AIza"), "{text}");
     assert!(!text.contains("alice"), "{text}");
 }
+
+#[tokio::test]
+async fn request_bodies_are_kept_only_when_asked_and_capped() {
+    let seen: Arc<Mutex<Vec<UsageRecord>>> = Arc::default();
+    let s = seen.clone();
+    let sink = move |r: &UsageRecord| s.lock().unwrap().push(r.clone());
+    let upstream = service_fn(|req: Request<Body>| async move {
+        let _ = crate::body::collect_limited(req.into_body(), 1 << 20).await;
+        Ok::<_, Infallible>(Response::new(Body::from("{}")))
+    });
+    let with = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()).request_bodies(8))
+        .service(upstream);
+    let without = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink))
+        .service(upstream);
+    let req = || {
+        Request::post("/v1beta/models/m:generateContent")
+            .header("x-request-id", "req-1")
+            .body(Body::from("0123456789abcdef"))
+            .unwrap()
+    };
+    with.oneshot(req()).await.unwrap();
+    without.oneshot(req()).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].request_body.as_deref(), Some(&b"01234567"[..]));
+    assert_eq!(seen[0].request_id.as_deref(), Some("req-1"));
+    assert_eq!(seen[1].request_body, None);
+}

@@ -12,6 +12,8 @@ pub mod app;
 pub mod config;
 #[path = "../../examples/full_proxy/ops.rs"]
 pub mod ops;
+#[path = "../../examples/full_proxy/persist.rs"]
+pub mod persist;
 #[path = "../../examples/full_proxy/server.rs"]
 pub mod server;
 
@@ -116,6 +118,14 @@ impl Proxy {
             let _ = stop.send(());
         }
         &mut self.task
+    }
+
+    /// Stops this proxy (gracefully, for at most 5 s) and starts a new one with `vars`, as a
+    /// restart of the process would (same `DATABASE_PATH`, same Redis).
+    pub async fn restart(mut self, vars: &[(&str, &str)]) -> Proxy {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.shutdown()).await;
+        drop(self);
+        Proxy::start(vars).await
     }
 
     /// `http://127.0.0.1:PORT`

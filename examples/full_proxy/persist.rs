@@ -1,0 +1,248 @@
+//! What full_proxy keeps across restarts: admin changes (keys added or removed, client tokens
+//! created or revoked) in SQLite (`DATABASE_PATH`), else Redis (`REDIS_URL`), else memory with a
+//! start-up warning; and, with `DATABASE_PATH`, one row per request plus `POST /admin/backup`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::json;
+use tower_gemini::error::{ApiError, Dialect};
+use tower_gemini::persist::{
+    AdminState, AdminStore, MemoryStore, RedisStore, RequestLog, SqliteStore,
+};
+
+use super::admin::admin_only;
+use super::app::Shared;
+
+/// Bytes of each request body kept in the request log with `LOG_REQUEST_BODIES=true`.
+pub const LOGGED_BODY_BYTES: usize = 64 * 1024;
+
+/// The persistence settings.
+#[derive(Clone, Debug)]
+pub struct PersistConfig {
+    /// `DATABASE_PATH`: the SQLite file for admin changes and the request log.
+    pub database_path: Option<PathBuf>,
+    /// `LOG_REQUEST_BODIES`: keep the start of each request body (prompts) in the request log.
+    pub log_request_bodies: bool,
+    /// `LOG_CLEANUP_INTERVAL_SECONDS`: how often old request rows are removed.
+    pub log_cleanup_interval: Duration,
+    /// `REQUEST_LOG_QUEUE_SIZE`: request rows waiting for the disk before new ones are dropped.
+    pub request_log_queue: usize,
+}
+
+impl PersistConfig {
+    /// Reads the settings from the variables.
+    pub fn from_map(env: &HashMap<String, String>) -> Result<PersistConfig, String> {
+        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let number = |name: &str, default: u64| match get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| format!("{name}: `{v}` is not a whole number")),
+        };
+        let log_request_bodies = match get("LOG_REQUEST_BODIES").map(str::to_ascii_lowercase) {
+            None => false,
+            Some(v) => match v.as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => return Err(format!("LOG_REQUEST_BODIES: `{v}` is not true or false")),
+            },
+        };
+        let log_cleanup_interval = number("LOG_CLEANUP_INTERVAL_SECONDS", 3600)?;
+        if log_cleanup_interval == 0 {
+            return Err("LOG_CLEANUP_INTERVAL_SECONDS: must be at least 1".into());
+        }
+        let request_log_queue = number("REQUEST_LOG_QUEUE_SIZE", 10_000)?;
+        if request_log_queue == 0 {
+            return Err("REQUEST_LOG_QUEUE_SIZE: must be at least 1".into());
+        }
+        Ok(PersistConfig {
+            database_path: get("DATABASE_PATH").map(PathBuf::from),
+            log_request_bodies,
+            log_cleanup_interval: Duration::from_secs(log_cleanup_interval),
+            request_log_queue: usize::try_from(request_log_queue)
+                .map_err(|_| "REQUEST_LOG_QUEUE_SIZE: too large".to_owned())?,
+        })
+    }
+}
+
+/// The opened stores.
+#[derive(Clone)]
+pub struct Persist {
+    /// Where admin changes go.
+    pub store: Arc<dyn AdminStore>,
+    /// The SQLite store, for backups (`DATABASE_PATH` only).
+    pub sqlite: Option<SqliteStore>,
+    /// The request log (`DATABASE_PATH` only).
+    pub request_log: Option<RequestLog>,
+}
+
+impl Persist {
+    /// Opens the admin store and the request log the configuration asks for. A SQLite file
+    /// that cannot be opened stops the start; an unreachable Redis falls back to memory.
+    pub async fn open(
+        config: &PersistConfig,
+        redis_url: Option<&str>,
+        redis_prefix: &str,
+        log_retention_days: u64,
+    ) -> Result<Persist, String> {
+        if let Some(path) = &config.database_path {
+            let sqlite = SqliteStore::open(path)
+                .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
+            let retention =
+                (log_retention_days > 0).then(|| Duration::from_secs(log_retention_days * 86_400));
+            let request_log = RequestLog::builder(path)
+                .queue(config.request_log_queue)
+                .retention(retention)
+                .cleanup_interval(config.log_cleanup_interval)
+                .log_bodies(config.log_request_bodies)
+                .open()
+                .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
+            tracing::info!(
+                path = %path.display(),
+                "admin changes and the request log are kept in SQLite"
+            );
+            return Ok(Persist {
+                store: Arc::new(sqlite.clone()),
+                sqlite: Some(sqlite),
+                request_log: Some(request_log),
+            });
+        }
+        if let Some(url) = redis_url {
+            match RedisStore::connect(url).await {
+                Ok(store) => {
+                    tracing::info!("admin changes are kept in Redis");
+                    return Ok(Persist {
+                        store: Arc::new(store.with_prefix(format!("{redis_prefix}:admin"))),
+                        sqlite: None,
+                        request_log: None,
+                    });
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "REDIS_URL: cannot reach Redis; admin changes (keys, tokens) are kept in \
+                     memory only and LOST ON RESTART"
+                ),
+            }
+        } else {
+            tracing::warn!(
+                "admin changes (keys, tokens) are kept in memory only and LOST ON RESTART; \
+                 set DATABASE_PATH (SQLite) or REDIS_URL to keep them"
+            );
+        }
+        Ok(Persist {
+            store: Arc::new(MemoryStore::new()),
+            sqlite: None,
+            request_log: None,
+        })
+    }
+
+    /// What the store holds; empty (after a warning) when it cannot be read.
+    pub async fn load(&self) -> AdminState {
+        match self.store.load().await {
+            Ok(state) => {
+                tracing::info!(
+                    keys = state.keys.len(),
+                    tokens = state.tokens.len(),
+                    removed_keys = state.removed_keys.len(),
+                    revoked_tokens = state.revoked_tokens.len(),
+                    store = self.store.kind(),
+                    "admin changes restored"
+                );
+                state
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, store = self.store.kind(), "cannot read saved admin changes");
+                AdminState::default()
+            }
+        }
+    }
+
+    /// `/status`'s view: the store and the request log's counters.
+    pub fn status(&self) -> serde_json::Value {
+        let log = self.request_log.as_ref().map(|l| {
+            let s = l.stats();
+            json!({ "written": s.written, "dropped": s.dropped, "failed": s.failed, "removed": s.removed })
+        });
+        json!({
+            "store": self.store.kind(),
+            "durable": self.store.is_durable(),
+            "request_log": log,
+        })
+    }
+
+    /// Prometheus lines for the request log's counters (empty without one).
+    pub fn metrics(&self) -> String {
+        let Some(log) = &self.request_log else {
+            return String::new();
+        };
+        let s = log.stats();
+        format!(
+            "# HELP gemini_gateway_request_log_rows_total Rows of the SQLite request log, by outcome (dropped: queue full; failed: refused by the database).\n\
+             # TYPE gemini_gateway_request_log_rows_total counter\n\
+             gemini_gateway_request_log_rows_total{{outcome=\"written\"}} {}\n\
+             gemini_gateway_request_log_rows_total{{outcome=\"dropped\"}} {}\n\
+             gemini_gateway_request_log_rows_total{{outcome=\"failed\"}} {}\n\
+             gemini_gateway_request_log_rows_total{{outcome=\"removed\"}} {}\n",
+            s.written, s.dropped, s.failed, s.removed
+        )
+    }
+}
+
+/// An admin change is in effect but could not be saved: say so (500), so the operator knows
+/// it will not survive a restart.
+pub fn unsaved(what: &str, e: &tower_gemini::Error) -> Response {
+    tracing::warn!(error = %e, "admin change not saved: {what}");
+    ApiError::internal(format!(
+        "{what}: the change could not be saved ({e}) and will not survive a restart"
+    ))
+    .into_response(Dialect::Gemini)
+    .into_response()
+}
+
+/// `POST /admin/backup` (admin token), merged into the `/admin` router.
+pub fn admin_routes(shared: Shared) -> Router {
+    Router::new()
+        .route("/backup", post(backup))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            admin_only,
+        ))
+        .with_state(shared)
+}
+
+/// A consistent online copy of the SQLite database next to it: `{"path", "size_bytes"}`.
+async fn backup(State(s): State<Shared>) -> Response {
+    let Some(sqlite) = &s.persist.sqlite else {
+        return ApiError::bad_request(format!(
+            "backups need DATABASE_PATH (a SQLite database); this gateway keeps admin changes \
+             in {}",
+            s.persist.store.kind()
+        ))
+        .into_response(Dialect::Gemini)
+        .into_response();
+    };
+    match sqlite.backup().await {
+        Ok((path, size)) => {
+            tracing::info!(path = %path.display(), size, "database backed up");
+            (
+                StatusCode::CREATED,
+                axum::Json(json!({ "path": path.display().to_string(), "size_bytes": size })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "database backup failed");
+            ApiError::internal(format!("the backup failed: {e}"))
+                .into_response(Dialect::Gemini)
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Admin changes that survive a restart: upstream keys, client tokens and named settings.
+//!
+//! An [`AdminStore`] is where a gateway writes what its admin API changed at run time, and
+//! what it reads back on start to merge with its configuration:
+//! - **keys**: upstream keys added (kept *as they are*, since the gateway must use them after a
+//!   restart) and tombstones of keys removed (the key itself is erased);
+//! - **tokens**: client tokens created, as a [`TokenDigest`] (SHA-256) with their masked id,
+//!   name and admin flag, never the token itself, and tombstones of tokens revoked;
+//! - **settings**: named JSON values, for run-time policy changes.
+//!
+//! Implementations: [`MemoryStore`] (lost on restart), `SqliteStore` (feature `sqlite`, a file
+//! created with mode 0600) and `RedisStore` (feature `redis`, hashes under a prefix). A store
+//! that holds upstream keys must be protected like the keys themselves.
+//!
+//! With the `sqlite` feature, `RequestLog` writes one row per request into the same database,
+//! in batches off the request path (see its docs).
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use tower_gemini::auth::{MemoryTokenStore, TokenStore};
+//! use tower_gemini::persist::{AdminStore, MemoryStore, TokenRecord};
+//!
+//! let store = MemoryStore::new();
+//! store.put_token(&TokenRecord::new("sk-secret-client-token", "my-app", false)).await.unwrap();
+//!
+//! // On the next start: restore the tokens into the gateway's token store.
+//! let state = store.load().await.unwrap();
+//! let tokens = MemoryTokenStore::new();
+//! for t in &state.tokens {
+//!     tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
+//! }
+//! assert_eq!(tokens.authenticate("sk-secret-client-token").unwrap().name(), "my-app");
+//! # });
+//! ```
+//!
+//! # Several instances
+//! Instances sharing a Redis or SQLite store see each other's changes when they start, not
+//! while they run: each applies its own admin changes at once and writes them through.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use crate::Error;
+use crate::auth::TokenDigest;
+use crate::secret::{ApiKey, mask};
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqlite")]
+mod request_log;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::RedisStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use request_log::{RequestLog, RequestLogBuilder, RequestLogStats};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
+
+/// The future of an [`AdminStore`] operation.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
+
+// === Records ===
+
+/// An upstream key added at run time. Its `Debug` masks the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The key's id in the pool (its fingerprint).
+    pub id: String,
+    /// The key itself: the gateway needs it after a restart.
+    pub key: ApiKey,
+}
+
+impl KeyRecord {
+    /// A record for `key`, with its fingerprint as id.
+    pub fn new(key: impl Into<ApiKey>) -> Self {
+        let key = key.into();
+        Self {
+            id: key.fingerprint(),
+            key,
+        }
+    }
+
+    /// Sets the id (when the pool gave the key another one).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = id.into();
+        self
+    }
+}
+
+/// A client token, known by its digest: the token itself is never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The masked token, the token's id in listings.
+    pub id: String,
+    /// The client's name.
+    pub name: String,
+    /// Whether it is an admin token.
+    pub admin: bool,
+    /// The token's SHA-256 digest.
+    pub digest: TokenDigest,
+}
+
+impl TokenRecord {
+    /// A record for `token` (which is hashed and masked here, and not kept).
+    pub fn new(token: &str, name: impl Into<String>, admin: bool) -> Self {
+        Self {
+            id: mask(token),
+            name: name.into(),
+            admin,
+            digest: TokenDigest::of(token),
+        }
+    }
+}
+
+impl From<crate::auth::TokenInfo> for TokenRecord {
+    fn from(t: crate::auth::TokenInfo) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            admin: t.admin,
+            digest: t.digest,
+        }
+    }
+}
+
+/// Everything an [`AdminStore`] holds, as read on start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdminState {
+    /// Keys added at run time (and not removed since).
+    pub keys: Vec<KeyRecord>,
+    /// Ids of keys removed at run time: a configured key with such an id stays out.
+    pub removed_keys: Vec<String>,
+    /// Tokens created at run time (and not revoked since).
+    pub tokens: Vec<TokenRecord>,
+    /// Tokens revoked at run time: a configured token with such a digest stays out.
+    pub revoked_tokens: Vec<TokenRecord>,
+    /// Named settings.
+    pub settings: BTreeMap<String, Value>,
+}
+
+impl AdminState {
+    /// Whether a key with this id was removed at run time.
+    pub fn is_key_removed(&self, id: &str) -> bool {
+        self.removed_keys.iter().any(|r| r == id)
+    }
+
+    /// Whether `token` was revoked at run time.
+    pub fn is_token_revoked(&self, token: &str) -> bool {
+        let d = TokenDigest::of(token);
+        self.revoked_tokens.iter().any(|r| r.digest == d)
+    }
+}
+
+// === AdminStore ===
+
+/// Where admin changes are kept: the plug point for databases.
+///
+/// Writes are idempotent: putting a key or token again replaces it (and clears its tombstone);
+/// removing one leaves a tombstone so that the same key or token given in the configuration
+/// stays removed after a restart.
+pub trait AdminStore: Send + Sync + 'static {
+    /// Everything the store holds.
+    fn load(&self) -> StoreFuture<'_, AdminState>;
+    /// Keeps an upstream key added at run time.
+    fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()>;
+    /// Forgets a key (erasing it) and remembers that `id` was removed.
+    fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()>;
+    /// Keeps a client token created at run time (its digest, never the token).
+    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()>;
+    /// Remembers that a token was revoked.
+    fn revoke_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()>;
+    /// Sets a named setting.
+    fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()>;
+    /// Removes a named setting.
+    fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+    /// What kind of store this is (`memory`, `sqlite`, `redis`), for logs and status pages.
+    fn kind(&self) -> &'static str;
+    /// Whether what it holds survives a restart of the process.
+    fn is_durable(&self) -> bool {
+        true
+    }
+}
+
+impl<T: AdminStore + ?Sized> AdminStore for Arc<T> {
+    fn load(&self) -> StoreFuture<'_, AdminState> {
+        (**self).load()
+    }
+    fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
+        (**self).put_key(key)
+    }
+    fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        (**self).remove_key(id)
+    }
+    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        (**self).put_token(token)
+    }
+    fn revoke_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        (**self).revoke_token(token)
+    }
+    fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()> {
+        (**self).put_setting(name, value)
+    }
+    fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        (**self).delete_setting(name)
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
+    }
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
+    }
+}
+
+// === MemoryStore ===
+
+/// An [`AdminStore`] in memory: changes hold while the process runs and are lost on restart.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<Tables>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// id → key, `None` once removed.
+    keys: HashMap<String, Option<ApiKey>>,
+    /// digest → (record, revoked)
+    tokens: HashMap<TokenDigest, (TokenRecord, bool)>,
+    settings: BTreeMap<String, Value>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("keys", &t.keys.len())
+            .field("tokens", &t.tokens.len())
+            .field("settings", &t.settings.len())
+            .finish()
+    }
+}
+
+impl AdminStore for MemoryStore {
+    fn load(&self) -> StoreFuture<'_, AdminState> {
+        let t = self.lock();
+        let mut state = AdminState {
+            settings: t.settings.clone(),
+            ..AdminState::default()
+        };
+        for (id, key) in &t.keys {
+            match key {
+                Some(key) => state.keys.push(KeyRecord {
+                    id: id.clone(),
+                    key: key.clone(),
+                }),
+                None => state.removed_keys.push(id.clone()),
+            }
+        }
+        for (record, revoked) in t.tokens.values() {
+            if *revoked {
+                state.revoked_tokens.push(record.clone());
+            } else {
+                state.tokens.push(record.clone());
+            }
+        }
+        state.sort();
+        Box::pin(std::future::ready(Ok(state)))
+    }
+
+    fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
+        self.lock()
+            .keys
+            .insert(key.id.clone(), Some(key.key.clone()));
+        done()
+    }
+
+    fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        self.lock().keys.insert(id.to_owned(), None);
+        done()
+    }
+
+    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        self.lock()
+            .tokens
+            .insert(token.digest, (token.clone(), false));
+        done()
+    }
+
+    fn revoke_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        self.lock()
+            .tokens
+            .insert(token.digest, (token.clone(), true));
+        done()
+    }
+
+    fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()> {
+        self.lock().settings.insert(name.to_owned(), value.clone());
+        done()
+    }
+
+    fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        self.lock().settings.remove(name);
+        done()
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_durable(&self) -> bool {
+        false
+    }
+}
+
+fn done<'a>() -> StoreFuture<'a, ()> {
+    Box::pin(std::future::ready(Ok(())))
+}
+
+impl AdminState {
+    /// A stable order (by id), so listings do not depend on a hash map.
+    fn sort(&mut self) {
+        self.keys.sort_by(|a, b| a.id.cmp(&b.id));
+        self.removed_keys.sort();
+        self.tokens.sort_by(|a, b| a.id.cmp(&b.id));
+        self.revoked_tokens.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+}
+
+/// Seconds since the Unix epoch.
+#[cfg(feature = "sqlite")]
+pub(crate) fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

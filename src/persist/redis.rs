@@ -1,0 +1,222 @@
+//! [`RedisStore`]: the admin store in Redis hashes (feature `redis`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord};
+use crate::Error;
+use crate::auth::TokenDigest;
+use crate::secret::ApiKey;
+
+const DEFAULT_PREFIX: &str = "tower-gemini:admin";
+
+/// An [`AdminStore`] in Redis (feature `redis`), for gateways that already share state there.
+///
+/// Layout under the prefix (default `tower-gemini:admin`): hashes `{prefix}:keys` (key id →
+/// JSON `{"key", "removed"}`), `{prefix}:tokens` (token digest → JSON `{"id", "name",
+/// "admin", "revoked"}`) and `{prefix}:settings` (name → JSON). The keys hash holds upstream
+/// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
+/// stored as SHA-256 digests only.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    key: Option<String>,
+    removed: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredToken {
+    id: String,
+    name: String,
+    admin: bool,
+    revoked: bool,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
+    /// unreachable. The connection is re-established automatically afterwards.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let client = redis::Client::open(url).map_err(Error::redis)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(Error::redis)?;
+        Ok(Self::from_manager(conn))
+    }
+
+    /// Uses an existing connection manager.
+    pub fn from_manager(conn: ConnectionManager) -> Self {
+        Self {
+            conn,
+            prefix: Arc::from(DEFAULT_PREFIX),
+        }
+    }
+
+    /// Sets the key prefix. Default: `tower-gemini:admin`.
+    pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        self.prefix = Arc::from(prefix.as_ref());
+        self
+    }
+
+    fn hash(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    fn hset<'a>(&'a self, hash: &'static str, field: String, value: String) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("HSET")
+                .arg(self.hash(hash))
+                .arg(field)
+                .arg(value)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
+        })
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+impl AdminStore for RedisStore {
+    fn load(&self) -> StoreFuture<'_, AdminState> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            type Hash = HashMap<String, String>;
+            let (keys, tokens, settings): (Hash, Hash, Hash) = redis::pipe()
+                .cmd("HGETALL")
+                .arg(self.hash("keys"))
+                .cmd("HGETALL")
+                .arg(self.hash("tokens"))
+                .cmd("HGETALL")
+                .arg(self.hash("settings"))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::redis)?;
+            let mut state = AdminState::default();
+            for (id, value) in keys {
+                match serde_json::from_str::<StoredKey>(&value) {
+                    Ok(StoredKey {
+                        key: Some(key),
+                        removed: false,
+                    }) => state.keys.push(KeyRecord {
+                        id,
+                        key: ApiKey::new(key),
+                    }),
+                    Ok(_) => state.removed_keys.push(id),
+                    Err(_) => tracing::warn!(key = %id, "admin store: skipping a malformed key"),
+                }
+            }
+            for (digest, value) in tokens {
+                let (Some(digest), Ok(t)) = (
+                    TokenDigest::from_hex(&digest),
+                    serde_json::from_str::<StoredToken>(&value),
+                ) else {
+                    tracing::warn!("admin store: skipping a malformed token");
+                    continue;
+                };
+                let record = TokenRecord {
+                    id: t.id,
+                    name: t.name,
+                    admin: t.admin,
+                    digest,
+                };
+                if t.revoked {
+                    state.revoked_tokens.push(record);
+                } else {
+                    state.tokens.push(record);
+                }
+            }
+            for (name, value) in settings {
+                match serde_json::from_str(&value) {
+                    Ok(v) => {
+                        state.settings.insert(name, v);
+                    }
+                    Err(_) => tracing::warn!(setting = %name, "admin store: skipping bad JSON"),
+                }
+            }
+            state.sort();
+            Ok(state)
+        })
+    }
+
+    fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
+        let value = json(&StoredKey {
+            key: Some(key.key.expose().to_owned()),
+            removed: false,
+        });
+        self.hset("keys", key.id.clone(), value)
+    }
+
+    fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        let value = json(&StoredKey {
+            key: None,
+            removed: true,
+        });
+        self.hset("keys", id.to_owned(), value)
+    }
+
+    fn put_token<'a>(&'a self, t: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        let value = json(&StoredToken {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            admin: t.admin,
+            revoked: false,
+        });
+        self.hset("tokens", t.digest.to_hex(), value)
+    }
+
+    fn revoke_token<'a>(&'a self, t: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        let value = json(&StoredToken {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            admin: t.admin,
+            revoked: true,
+        });
+        self.hset("tokens", t.digest.to_hex(), value)
+    }
+
+    fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()> {
+        self.hset("settings", name.to_owned(), value.to_string())
+    }
+
+    fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("HDEL")
+                .arg(self.hash("settings"))
+                .arg(name)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}

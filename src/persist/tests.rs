@@ -1,0 +1,345 @@
+#[cfg(feature = "sqlite")]
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::*;
+use crate::auth::{MemoryTokenStore, TokenStore};
+
+/// A fresh directory under the system's temp dir (removed by the test when it passes).
+#[cfg(feature = "sqlite")]
+fn temp_dir(test: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tower-gemini-{test}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What every store must do: keep, replace, tombstone, and give it all back.
+async fn contract(store: &dyn AdminStore) {
+    let key = KeyRecord::new("AIzaSyPersist-test-key-0000000000001");
+    let other = KeyRecord::new("AIzaSyPersist-test-key-0000000000002");
+    store.put_key(&key).await.unwrap();
+    store.put_key(&other).await.unwrap();
+    store.remove_key(&other.id).await.unwrap();
+    store.remove_key("configured-key-id").await.unwrap();
+
+    let alice = TokenRecord::new("sk-alice-token-000000000001", "alice", false);
+    let bob = TokenRecord::new("sk-bob-token-00000000000002", "bob", false);
+    store.put_token(&alice).await.unwrap();
+    store.put_token(&bob).await.unwrap();
+    store.revoke_token(&bob).await.unwrap();
+
+    store.put_setting("policy", &json!({"a": 1})).await.unwrap();
+    store.put_setting("gone", &json!(true)).await.unwrap();
+    store.delete_setting("gone").await.unwrap();
+
+    let state = store.load().await.unwrap();
+    assert_eq!(state.keys, vec![key.clone()]);
+    let mut removed = state.removed_keys.clone();
+    removed.sort();
+    let mut want = vec![other.id.clone(), "configured-key-id".to_owned()];
+    want.sort();
+    assert_eq!(removed, want);
+    assert_eq!(state.tokens, vec![alice.clone()]);
+    assert_eq!(state.revoked_tokens, vec![bob.clone()]);
+    assert!(state.is_token_revoked("sk-bob-token-00000000000002"));
+    assert!(!state.is_token_revoked("sk-alice-token-000000000001"));
+    assert!(state.is_key_removed("configured-key-id"));
+    assert_eq!(state.settings.len(), 1);
+    assert_eq!(state.settings["policy"], json!({"a": 1}));
+
+    // Putting a removed key back clears its tombstone.
+    store.put_key(&other).await.unwrap();
+    let state = store.load().await.unwrap();
+    assert_eq!(state.keys.len(), 2);
+    assert!(!state.is_key_removed(&other.id));
+
+    // A restored digest authenticates the token it came from.
+    let tokens = MemoryTokenStore::new();
+    for t in &state.tokens {
+        tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
+    }
+    assert_eq!(
+        tokens
+            .authenticate("sk-alice-token-000000000001")
+            .unwrap()
+            .name(),
+        "alice"
+    );
+    assert!(tokens.authenticate("sk-bob-token-00000000000002").is_none());
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    let store = MemoryStore::new();
+    contract(&store).await;
+    assert!(!store.is_durable());
+}
+
+#[test]
+fn key_records_mask_the_key_in_debug() {
+    let r = KeyRecord::new("AIzaSyPersist-test-key-0000000000001");
+    let text = format!("{r:?}");
+    assert!(!text.contains("Persist-test-key"), "{text}");
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use crate::usage::{Tokens, UsageRecord, UsageSink};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_store_keeps_the_contract_across_reopen() {
+        let dir = temp_dir("sqlite-contract");
+        let path = dir.join("gateway.db");
+        let store = SqliteStore::open(&path).unwrap();
+        contract(&store).await;
+        drop(store);
+        let again = SqliteStore::open(&path).unwrap();
+        let state = again.load().await.unwrap();
+        assert_eq!(state.keys.len(), 2);
+        assert_eq!(state.tokens.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_database_file_is_private_and_holds_no_client_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("sqlite-private");
+        let path = dir.join("gateway.db");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SqliteStore::open(&path).unwrap();
+            let token = TokenRecord::new("sk-never-in-clear-000000000001", "x", false);
+            store.put_token(&token).await.unwrap();
+        });
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains("sk-never-in-clear"));
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backup_is_a_readable_copy() {
+        let dir = temp_dir("sqlite-backup");
+        let store = SqliteStore::open(dir.join("gateway.db")).unwrap();
+        store
+            .put_key(&KeyRecord::new("AIzaSyBackup-key-00000000000000001"))
+            .await
+            .unwrap();
+        let (path, size) = store.backup().await.unwrap();
+        assert!(size > 0);
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        let copy = SqliteStore::open(&path).unwrap();
+        assert_eq!(copy.load().await.unwrap().keys.len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn record(n: u64) -> UsageRecord {
+        let mut r = UsageRecord::new("generateContent", "gemini-2.5-flash")
+            .with_status(200)
+            .with_client("client-1", "sk-a…0001")
+            .with_key("0badf00d")
+            .with_tokens(Tokens {
+                prompt: n,
+                output: 2 * n,
+                thoughts: 3,
+                cached: 1,
+                total: 3 * n + 3,
+            });
+        r.request_id = Some(format!("req-{n}"));
+        r.request_body = Some(bytes::Bytes::from_static(b"{\"prompt\":\"secret plans\"}"));
+        r.upstream_attempts = 3;
+        r.resumes = 1;
+        r
+    }
+
+    async fn rows(path: &std::path::Path, n: i64) -> i64 {
+        for _ in 0..200 {
+            let conn = rusqlite::Connection::open(path).unwrap();
+            let count: i64 = conn
+                .query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0))
+                .unwrap();
+            if count >= n {
+                return count;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        -1
+    }
+
+    #[tokio::test]
+    async fn request_rows_are_written_in_batches_without_bodies_by_default() {
+        let dir = temp_dir("request-log");
+        let path = dir.join("gateway.db");
+        let log = RequestLog::builder(&path)
+            .flush_interval(Duration::from_millis(10))
+            .open()
+            .unwrap();
+        for n in 1..=3 {
+            log.record(&record(n));
+        }
+        assert_eq!(rows(&path, 3).await, 3);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let (prompt, output, thoughts, cached, retries, resumes, body, rid): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<String>,
+            String,
+        ) = conn
+            .query_row(
+                "SELECT prompt_tokens, output_tokens, thought_tokens, cached_tokens, key_retries,
+                        resumes, request_body, request_id
+                 FROM requests WHERE request_id = 'req-2'",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .unwrap();
+        assert_eq!((prompt, output, thoughts, cached), (2, 4, 3, 1));
+        assert_eq!((retries, resumes), (1, 1));
+        assert_eq!(body, None);
+        assert_eq!(rid, "req-2");
+        assert_eq!(log.stats().written, 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bodies_are_kept_only_when_asked() {
+        let dir = temp_dir("request-log-bodies");
+        let path = dir.join("gateway.db");
+        let log = RequestLog::builder(&path)
+            .flush_interval(Duration::from_millis(10))
+            .log_bodies(true)
+            .open()
+            .unwrap();
+        log.record(&record(1));
+        assert_eq!(rows(&path, 1).await, 1);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let body: String = conn
+            .query_row("SELECT request_body FROM requests", [], |r| r.get(0))
+            .unwrap();
+        assert!(body.contains("secret plans"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn old_rows_are_removed_by_the_retention_cleanup() {
+        let dir = temp_dir("request-log-retention");
+        let path = dir.join("gateway.db");
+        let log = RequestLog::builder(&path)
+            .flush_interval(Duration::from_millis(10))
+            .retention(Some(Duration::from_secs(24 * 3600)))
+            .open()
+            .unwrap();
+        log.record(&record(1));
+        assert_eq!(rows(&path, 1).await, 1);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO requests (time_ms, model, route, status, stream, latency_ms,
+                 duration_ms, resumes, upstream_attempts, key_retries, rate_limited, completed)
+             VALUES (1000, 'm', 'r', 200, 0, 1, 1, 0, 1, 0, 0, 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            log.remove_older_than(Duration::from_secs(24 * 3600))
+                .unwrap(),
+            1
+        );
+        assert_eq!(rows(&path, 1).await, 1);
+        assert_eq!(log.stats().removed, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_drops_rows_instead_of_waiting() {
+        let dir = temp_dir("request-log-locked");
+        let path = dir.join("gateway.db");
+        let log = RequestLog::builder(&path)
+            .queue(4)
+            .batch(1)
+            .flush_interval(Duration::from_millis(1))
+            .open()
+            .unwrap();
+        let locker = rusqlite::Connection::open(&path).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let start = std::time::Instant::now();
+        for n in 0..100 {
+            log.record(&record(n));
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "record waited");
+        assert!(log.stats().dropped >= 90, "{:?}", log.stats());
+        locker.execute_batch("ROLLBACK").unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+
+    async fn redis_url() -> Option<String> {
+        let Ok(url) = std::env::var("REDIS_URL") else {
+            println!("skipping: no redis at REDIS_URL (unset)");
+            return None;
+        };
+        match tokio::time::timeout(Duration::from_secs(3), RedisStore::connect(&url)).await {
+            Ok(Ok(_)) => Some(url),
+            _ => {
+                println!("skipping: no redis at {url}");
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_store_keeps_the_contract() {
+        let Some(url) = redis_url().await else { return };
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let prefix = format!("tower-gemini-test:admin:{}:{nanos}", std::process::id());
+        let store = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix(&prefix);
+        contract(&store).await;
+        let again = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix(&prefix);
+        assert_eq!(again.load().await.unwrap().tokens.len(), 1);
+    }
+}
