@@ -85,10 +85,12 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // A key pasted into the path (as a model name) is masked like any other.
+        let path = crate::secret::scrub(req.uri().path()).into_owned();
         if let Some(p) = GeminiPath::parse(&path) {
             if !p.model.is_empty() {
-                tracing::Span::current().record("model", p.model.as_str());
+                let model = crate::secret::scrub(p.model.as_str());
+                tracing::Span::current().record("model", &*model);
             }
         }
         ResponseFuture {
@@ -149,5 +151,58 @@ where
             ),
         }
         Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use http::{Request, Response};
+    use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+    use super::AccessLogLayer;
+    use crate::Body;
+    use crate::request_id::RequestIdLayer;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_pasted_into_the_path_is_masked_in_the_line_and_the_span() {
+        const KEY: &str = "AIzaSyA-leaked-key-in-a-model-name00001";
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .layer(AccessLogLayer::new())
+            .service(service_fn(|_: Request<Body>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+            }));
+        let req = Request::post(format!("/v1beta/models/{KEY}:generateContent"))
+            .body(Body::empty())
+            .unwrap();
+        svc.oneshot(req).await.unwrap();
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains(&crate::secret::mask(KEY)), "{text}");
+        assert!(!text.contains("leaked-key"), "{text}");
     }
 }

@@ -207,7 +207,7 @@ where
             "request",
             request_id = %id,
             method = %req.method(),
-            path = %req.uri().path(),
+            path = %crate::secret::scrub(req.uri().path()),
             client = tracing::field::Empty,
             model = tracing::field::Empty,
             key.id = tracing::field::Empty,

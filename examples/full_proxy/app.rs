@@ -255,7 +255,8 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
     }
     let mut builder = RateLimitLayer::builder()
         .rules(rules)
-        .trusted_proxies(config.trusted_proxies.iter().cloned());
+        .trusted_proxies(config.trusted_proxies.iter().cloned())
+        .fail_open(config.rate_limit_fail_open);
     if !config.trusted_proxies.is_empty() {
         builder = builder.forwarded_header("x-forwarded-for");
     }

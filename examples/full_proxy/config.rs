@@ -50,6 +50,8 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// When the rate limit store (Redis) fails: let requests through (`true`) or answer 503.
+    pub rate_limit_fail_open: bool,
     // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
@@ -114,6 +116,7 @@ impl fmt::Debug for Config {
             // A Redis URL may hold a password.
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
+            .field("rate_limit_fail_open", &self.rate_limit_fail_open)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
             .field("client_key_passthrough", &self.client_key_passthrough)
@@ -263,6 +266,7 @@ impl Config {
                 ConfigError(msg.to_owned())
             })?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
+            rate_limit_fail_open: boolean(env, "RATE_LIMIT_FAIL_OPEN", true)?,
         })
     }
 
@@ -475,6 +479,7 @@ mod tests {
         assert!(c.swallow_thoughts_after_retry);
         assert_eq!(c.max_requests_per_minute, None);
         assert!(c.model_limits.is_none() && c.redis_url.is_none());
+        assert!(c.rate_limit_fail_open);
     }
 
     #[test]
@@ -513,6 +518,7 @@ mod tests {
             ("SWALLOW_THOUGHTS_AFTER_RETRY", "maybe"),
             ("MODEL_LIMITS", "gemini-2.5-pro=5rpx"),
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
+            ("RATE_LIMIT_FAIL_OPEN", "sometimes"),
             ("SHOW_THINKING_PROCESS", "perhaps"),
             ("INJECT_PROMPT_POSITION", "middle"),
             ("LOG_REQUEST_BODIES", "sometimes"),

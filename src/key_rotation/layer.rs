@@ -180,7 +180,7 @@ where
         let dialect = Dialect::of(&req);
         let span = tracing::info_span!(
             "key_rotation",
-            gemini.model = %model,
+            gemini.model = %crate::secret::scrub(&model),
             attempt = field::Empty,
             key.id = field::Empty,
             status = field::Empty,

@@ -223,7 +223,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = self.config.clone();
-        let span = tracing::debug_span!("openai", route = ?route, path = %req.uri().path());
+        let span = tracing::debug_span!("openai", route = ?route, path = %crate::secret::scrub(req.uri().path()));
         let future = Box::pin(tracing::Instrument::instrument(
             async move {
                 if req.method() != route.method() {

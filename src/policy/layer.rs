@@ -286,7 +286,7 @@ where
             let mut call = Call::new(kind, path.model.clone(), request);
             for rule in rules.iter() {
                 if let Err(e) = rule.request(&mut call) {
-                    tracing::debug!(model = %call.requested_model(), status = %e.status(), "policy refused the request");
+                    tracing::debug!(model = %crate::secret::scrub(call.requested_model()), status = %e.status(), "policy refused the request");
                     return Ok(e.into_response(dialect));
                 }
             }

@@ -284,6 +284,10 @@ impl Recording {
         if let Some(m) = model {
             r.model = m;
         }
+        // The model is the client's text: a key pasted there is masked before any sink sees it.
+        if let std::borrow::Cow::Owned(masked) = crate::secret::scrub(&r.model) {
+            r.model = masked;
+        }
         r.tokens = tokens.or(scanned);
         if let Some(body) = &self.body {
             r.request_body = Some(body.take());

@@ -283,6 +283,26 @@ async fn openai_routes_take_the_model_from_the_body() {
     assert_eq!(all[2].route, "models.list");
 }
 
+#[tokio::test]
+async fn a_key_pasted_as_the_model_is_masked_before_any_sink_sees_it() {
+    const KEY: &str = "AIzaSyA-leaked-key-in-a-model-name00001";
+    let sink = Collect::default();
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(unary_upstream());
+    svc.clone()
+        .oneshot(post(&format!("/v1beta/models/{KEY}:generateContent")))
+        .await
+        .unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from(format!(r#"{{"model":"{KEY}","messages":[]}}"#)))
+        .unwrap();
+    svc.oneshot(req).await.unwrap();
+    for r in sink.all() {
+        assert_eq!(r.model, crate::secret::mask(KEY));
+    }
+}
+
 // === UsageStats ===
 
 fn record(model: &str, key: &str, client: &str, status: u16, total: u64) -> UsageRecord {

@@ -1,0 +1,779 @@
+//! The secret sweep: full_proxy with known upstream keys, client tokens and an admin token is
+//! driven through every route, error path and admin route, with logs captured as text and JSON
+//! (in memory and in `LOG_DIR` files); then every response status line, header and body, every log
+//! line, every log file, `/metrics` and every request the upstream received is searched for each
+//! secret — whole, and any 12-character piece of it. None may appear (the one exception: the
+//! response that mints a client token shows that token once).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use support::Proxy;
+use tower::ServiceExt;
+use tower_gemini::Body;
+use tower_gemini::body::collect_limited;
+use tower_gemini::client::UpstreamClient;
+use tower_gemini::testing::{FakeGemini, Fault, KeyBehavior};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+// Distinctive values: no 12-character piece of them occurs in ordinary text.
+const KEY_1: &str = "AIzaSyQ7vK2mX9pL4wR8tZ1nB6cJ3hF5dG0sYeUa";
+const KEY_2: &str = "AIzaSyW3nM8qT1zV6xK4bP9rL2cH7jD5fS0gYuEb";
+/// Listed in GEMINI_API_KEYS but unknown to the upstream: every use is an `API_KEY_INVALID`
+/// answer that echoes it.
+const KEY_BAD: &str = "AIzaSyE5rT9yU2iO7pA4sD1fG8hJ3kL6zX0cVbNm";
+/// Added at run time through `POST /admin/keys`.
+const KEY_ADDED: &str = "AIzaSyR4tY7uI0oP3aS6dF9gH2jK5lZ8xC1vBnMq";
+const CLIENT: &str = "sk-client-Hq4Zr8Lw2Nc6Vy0Tb3Xm";
+const CLIENT_2: &str = "sk-client-Jd7Ks1Pf5Rg9Wh3Qn6Ez";
+const ADMIN: &str = "sk-admin-Uc2Ym5Ti8Ob1Av4Ex7Lk0";
+
+const PROMPT: &str = r#"{"contents":[{"role":"user","parts":[{"text":"tell me about bees"}]}]}"#;
+
+// === Log capture ===
+
+/// An in-memory log sink shared by a tracing layer and the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-gemini-secrets-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn log_files(dir: &Path) -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        all.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    all
+}
+
+// === The record of everything a client or operator saw ===
+
+#[derive(Default)]
+struct Seen {
+    /// `(what, text)` for each response: status line, headers and body.
+    responses: Vec<(String, String)>,
+}
+
+impl Seen {
+    async fn send(&mut self, proxy: &Proxy, req: Request<Body>) -> (StatusCode, String) {
+        let what = format!("{} {}", req.method(), req.uri());
+        let call = UpstreamClient::new(proxy.url()).unwrap().oneshot(req);
+        let res: Response<Body> = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let status = res.status();
+        let mut text = format!("{status}\n");
+        for (name, value) in res.headers() {
+            text.push_str(&format!(
+                "{name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        text.push_str(&body);
+        self.responses.push((what, text));
+        (status, body)
+    }
+}
+
+// === Requests ===
+
+#[derive(Clone, Copy)]
+enum Cred<'a> {
+    None,
+    Bearer(&'a str),
+    Goog(&'a str),
+    Query(&'a str),
+}
+
+fn request(method: Method, path: &str, cred: Cred<'_>, body: &str) -> Request<Body> {
+    let uri = match cred {
+        Cred::Query(t) if path.contains('?') => format!("{path}&key={t}"),
+        Cred::Query(t) => format!("{path}?key={t}"),
+        _ => path.to_owned(),
+    };
+    let mut b = Request::builder().method(method).uri(uri);
+    match cred {
+        Cred::Bearer(t) => b = b.header("authorization", format!("Bearer {t}")),
+        Cred::Goog(t) => b = b.header("x-goog-api-key", t),
+        _ => {}
+    }
+    if !body.is_empty() {
+        b = b.header("content-type", "application/json");
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+fn post(path: &str, cred: Cred<'_>, body: &str) -> Request<Body> {
+    request(Method::POST, path, cred, body)
+}
+
+fn get(path: &str, cred: Cred<'_>) -> Request<Body> {
+    request(Method::GET, path, cred, "")
+}
+
+/// Each secret whole, and every 12-character piece of it (a log that printed part of a key
+/// still leaks it).
+fn needles(secret: &str) -> Vec<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    let mut out = vec![secret.to_owned()];
+    out.extend(chars.windows(12).map(|w| w.iter().collect::<String>()));
+    out
+}
+
+fn leaks(text: &str, secrets: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for secret in secrets {
+        if let Some(n) = needles(secret)
+            .into_iter()
+            .find(|n| text.contains(n.as_str()))
+        {
+            found.push(format!("`{n}` (of {secret})"));
+        }
+    }
+    found
+}
+
+/// Where a secret shows in `text`, with some context, for the failure message.
+fn context(text: &str, secrets: &[&str]) -> String {
+    for secret in secrets {
+        for n in needles(secret) {
+            if let Some(at) = text.find(n.as_str()) {
+                let start = text[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(200)
+                    .map_or(0, |(i, _)| i);
+                let end = (at + n.len() + 200).min(text.len());
+                let end = (end..=text.len())
+                    .find(|i| text.is_char_boundary(*i))
+                    .unwrap_or(text.len());
+                return text[start..end].to_owned();
+            }
+        }
+    }
+    String::new()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_or_token_appears_in_any_response_log_line_log_file_or_metric() {
+    let text_logs = Captured::default();
+    let json_logs = Captured::default();
+    let text_dir = temp_dir("text");
+    let json_dir = temp_dir("json");
+    let file_writer = |dir: &Path| {
+        let env = [("LOG_DIR".to_owned(), dir.to_string_lossy().into_owned())]
+            .into_iter()
+            .collect();
+        let config = support::ops::OpsConfig::from_map(&env).unwrap();
+        support::ops::log_writer(&config).unwrap().unwrap()
+    };
+    let (text_file, text_guard) = file_writer(&text_dir);
+    let (json_file, json_guard) = file_writer(&json_dir);
+    // The layers full_proxy's main installs for LOG_FORMAT=text and =json, at the most verbose
+    // level an operator can ask for, each also writing to its LOG_DIR.
+    let (t, j) = (text_logs.clone(), json_logs.clone());
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("trace"))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(move || t.clone()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .json()
+                .with_writer(move || j.clone())
+                .boxed(),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .with_writer(text_file),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .json()
+                .with_writer(json_file)
+                .boxed(),
+        );
+    let default = tracing::subscriber::set_default(subscriber);
+
+    let fake = FakeGemini::builder()
+        .keys([KEY_1, KEY_2, KEY_ADDED])
+        .echo_key_in_errors(true)
+        .start()
+        .await
+        .unwrap();
+    let keys = format!("{KEY_1},{KEY_2},{KEY_BAD}");
+    let tokens = format!("{CLIENT},{CLIENT_2}");
+    let url = fake.url();
+    let mut proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("ALLOWED_TOKENS", tokens.as_str()),
+        ("ADMIN_TOKEN", ADMIN),
+        ("MAX_BODY_BYTES", "4096"),
+        ("MAX_FAILURES", "2"),
+        ("RETRY_DELAY_MS", "0"),
+        ("KEY_COOLDOWN_SECONDS", "60"),
+    ])
+    .await;
+    let mut seen = Seen::default();
+    let gen_path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    let sse_path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+
+    // --- Native routes, every credential style (the invalid key gets used and disabled). ---
+    for cred in [
+        Cred::Bearer(CLIENT),
+        Cred::Goog(CLIENT_2),
+        Cred::Query(CLIENT),
+        Cred::Bearer(ADMIN),
+    ] {
+        let (s, b) = seen.send(&proxy, post(gen_path, cred, PROMPT)).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    for path in [
+        sse_path,
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+    ] {
+        let (s, b) = seen
+            .send(&proxy, post(path, Cred::Query(CLIENT), PROMPT))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1beta/models/gemini-2.5-flash:countTokens",
+                Cred::Goog(CLIENT),
+                PROMPT,
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1beta/models/text-embedding-004:embedContent",
+                Cred::Bearer(CLIENT),
+                r#"{"content":{"parts":[{"text":"bees"}]}}"#,
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1beta/models/text-embedding-004:batchEmbedContents",
+                Cred::Bearer(CLIENT),
+                r#"{"requests":[{"model":"models/text-embedding-004","content":{"parts":[{"text":"bees"}]}}]}"#,
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    for path in [
+        "/v1beta/models?pageSize=2",
+        "/v1beta/models/gemini-2.5-flash",
+        "/v1/models/gemini-2.5-flash:generateContent",
+    ] {
+        let req = if path.ends_with(":generateContent") {
+            post(path, Cred::Query(CLIENT_2), PROMPT)
+        } else {
+            get(path, Cred::Query(CLIENT_2))
+        };
+        let (s, b) = seen.send(&proxy, req).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+    }
+    assert_eq!(
+        proxy.pool.usable_count(),
+        2,
+        "the invalid key was used until disabled"
+    );
+
+    // --- OpenAI routes. ---
+    let chat =
+        json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "bees"}]});
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1/chat/completions",
+                Cred::Bearer(CLIENT),
+                &chat.to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut stream = chat.clone();
+    stream["stream"] = json!(true);
+    stream["stream_options"] = json!({"include_usage": true});
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1/chat/completions",
+                Cred::Bearer(CLIENT_2),
+                &stream.to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("[DONE]"), "{b}");
+    for path in ["/v1/models", "/v1/models/gemini-2.5-flash"] {
+        let (s, b) = seen.send(&proxy, get(path, Cred::Bearer(CLIENT))).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {b}");
+    }
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1/embeddings",
+                Cred::Bearer(CLIENT),
+                r#"{"model":"text-embedding-004","input":["bees","wasps"]}"#,
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    // --- Error paths. ---
+    // 401: no token, a wrong token (shaped like a key and like a token), on both dialects.
+    let wrong_key_like = "AIzaSyZ0xC9vB8nM7aS6dF5gH4jK3lQ2wE1rTyUi";
+    for (path, body) in [
+        (gen_path, PROMPT.to_owned()),
+        ("/v1/chat/completions", chat.to_string()),
+    ] {
+        for cred in [
+            Cred::None,
+            Cred::Bearer(wrong_key_like),
+            Cred::Query("sk-client-wrong-token-0000"),
+        ] {
+            let (s, b) = seen.send(&proxy, post(path, cred, &body)).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}: {b}");
+        }
+    }
+    // 404: an unknown path, and an unknown model (the upstream's 404 passed through).
+    let (s, _) = seen
+        .send(&proxy, get("/v1beta/nothing/here", Cred::Bearer(CLIENT)))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = seen
+        .send(
+            &proxy,
+            post("/v1/nothing", Cred::Bearer(CLIENT), &chat.to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A model name that is a key (and a client token): it must not be echoed or logged.
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                &format!("/v1beta/models/{KEY_1}:generateContent"),
+                Cred::Bearer(CLIENT),
+                PROMPT,
+            ),
+        )
+        .await;
+    assert!(s.is_client_error(), "{s}: {b}");
+    // 413 and 400 on both dialects.
+    let big = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"{}"}}]}}]}}"#,
+        "x".repeat(8000)
+    );
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Bearer(CLIENT), &big))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = seen
+        .send(
+            &proxy,
+            post("/v1/chat/completions", Cred::Bearer(CLIENT), &big),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Bearer(CLIENT), "{not json"))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = seen
+        .send(
+            &proxy,
+            post("/v1/chat/completions", Cred::Bearer(CLIENT), "{not json"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Upstream 403 that echoes the key (`api_key:<KEY>`), on every key for one model: the
+    // client gets an error naming no key.
+    for key in [KEY_1, KEY_2] {
+        fake.set_key_for_model(key, "gemini-2.5-pro", KeyBehavior::PermissionDenied);
+    }
+    let pro = "/v1beta/models/gemini-2.5-pro:generateContent";
+    let (s, b) = seen
+        .send(&proxy, post(pro, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    assert!(s.is_client_error() || s.is_server_error(), "{s}: {b}");
+    let (s, b) = seen
+        .send(&proxy, post(pro, Cred::Query(CLIENT_2), PROMPT))
+        .await;
+    assert!(s.is_client_error() || s.is_server_error(), "{s}: {b}");
+    // The keys come back: re-enabled through the admin API (the invalid one too, to be
+    // disabled again).
+    for key in [KEY_1, KEY_2] {
+        fake.clear_model_overrides(key);
+    }
+    let (s, b) = seen
+        .send(&proxy, get("/admin/keys", Cred::Bearer(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let listed: Value = serde_json::from_str(&b).unwrap();
+    for k in listed["keys"].as_array().unwrap() {
+        let id = k["id"].as_str().unwrap().to_owned();
+        seen.send(
+            &proxy,
+            post(&format!("/admin/keys/{id}/enable"), Cred::Bearer(ADMIN), ""),
+        )
+        .await;
+    }
+    // Errors written by the upstream with the key in them: 403, 400 and 500 (the 500s on every
+    // attempt, so the last one reaches the client).
+    fake.push_fault(Fault::HttpError {
+        status: 403,
+        message: format!("Permission denied: Consumer 'api_key:{KEY_1}' has been suspended."),
+    });
+    seen.send(&proxy, post(gen_path, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    fake.push_fault(Fault::HttpError {
+        status: 400,
+        message: format!("bad request for key={KEY_2} (api_key:{KEY_2})"),
+    });
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    for _ in 0..8 {
+        fake.push_fault(Fault::HttpError {
+            status: 500,
+            message: format!("internal error; keys {KEY_1} {KEY_2} {KEY_ADDED}"),
+        });
+    }
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    assert!(s.is_server_error(), "{s}");
+    let (s, _) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1/chat/completions",
+                Cred::Bearer(CLIENT),
+                &chat.to_string(),
+            ),
+        )
+        .await;
+    assert!(s.is_server_error() || s == StatusCode::OK, "{s}");
+    while fake.pending_faults() > 0 {
+        seen.send(&proxy, post(gen_path, Cred::Bearer(CLIENT), PROMPT))
+            .await;
+    }
+    // An error event inside a stream, on both dialects.
+    fake.push_fault(Fault::ErrorEventAfter(1));
+    seen.send(&proxy, post(sse_path, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+
+    // --- The admin API: the admin token only. ---
+    let add = json!({ "key": KEY_ADDED }).to_string();
+    let (s, b) = seen
+        .send(&proxy, post("/admin/keys", Cred::Goog(ADMIN), &add))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let added_id = serde_json::from_str::<Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Adding it again and a malformed add.
+    seen.send(&proxy, post("/admin/keys", Cred::Query(ADMIN), &add))
+        .await;
+    seen.send(
+        &proxy,
+        post("/admin/keys", Cred::Bearer(ADMIN), "{\"key\":"),
+    )
+    .await;
+
+    // 429 from a key cooling: the added key and the first two cool for one model; the next
+    // request on it is refused at once with Retry-After, naming no key.
+    for key in [KEY_1, KEY_2, KEY_ADDED] {
+        fake.set_key_for_model(
+            key,
+            "gemini-2.0-flash",
+            KeyBehavior::exhausted(Duration::from_secs(60)),
+        );
+    }
+    let cool = "/v1beta/models/gemini-2.0-flash:generateContent";
+    let (s, b) = seen
+        .send(&proxy, post(cool, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    let (s, b) = seen
+        .send(&proxy, post(cool, Cred::Bearer(CLIENT), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    let (s, b) = seen
+        .send(
+            &proxy,
+            post(
+                "/v1/chat/completions",
+                Cred::Bearer(CLIENT),
+                &json!({"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": "x"}]})
+                    .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+
+    // Tokens: list, mint (shown once), use, revoke by token, refused at once.
+    let (s, _) = seen
+        .send(&proxy, get("/admin/tokens", Cred::Bearer(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, minted_body) = seen
+        .send(
+            &proxy,
+            post("/admin/tokens", Cred::Bearer(ADMIN), r#"{"name":"sweep"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{minted_body}");
+    let minted_at = seen.responses.len() - 1;
+    let minted = serde_json::from_str::<Value>(&minted_body).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, b) = seen
+        .send(&proxy, post(gen_path, Cred::Query(&minted), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, _) = seen
+        .send(&proxy, get("/admin/tokens", Cred::Bearer(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = seen
+        .send(
+            &proxy,
+            request(
+                Method::DELETE,
+                &format!("/admin/tokens/{minted}"),
+                Cred::Bearer(ADMIN),
+                "",
+            ),
+        )
+        .await;
+    assert!(s.is_success(), "{s}: {b}");
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Bearer(&minted), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Operator pages.
+    for path in ["/admin/stats", "/status", "/admin/keys", "/admin/nothing"] {
+        let (s, b) = seen.send(&proxy, get(path, Cred::Bearer(ADMIN))).await;
+        let want = if path == "/admin/nothing" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(s, want, "{path}: {b}");
+    }
+    for path in ["/health", "/metrics", "/admin"] {
+        let (s, _) = seen.send(&proxy, get(path, Cred::None)).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+    let (s, _) = seen
+        .send(
+            &proxy,
+            request(
+                Method::DELETE,
+                &format!("/admin/keys/{added_id}"),
+                Cred::Bearer(ADMIN),
+                "",
+            ),
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+
+    // Admin routes refuse client tokens (403), wrong tokens and no token (401), whatever the
+    // credential style, and change nothing.
+    let keys_before = proxy.pool.len();
+    let admin_routes: [(Method, &str, &str); 9] = [
+        (Method::GET, "/admin/keys", ""),
+        (
+            Method::POST,
+            "/admin/keys",
+            r#"{"key":"AIzaSyNotAddedByAClient000000001"}"#,
+        ),
+        (Method::DELETE, "/admin/keys/anything", ""),
+        (Method::POST, "/admin/keys/anything/enable", ""),
+        (Method::GET, "/admin/tokens", ""),
+        (Method::POST, "/admin/tokens", r#"{"name":"x"}"#),
+        (Method::DELETE, &format!("/admin/tokens/{CLIENT_2}"), ""),
+        (Method::GET, "/admin/stats", ""),
+        (Method::GET, "/status", ""),
+    ];
+    for (method, path, body) in &admin_routes {
+        for (cred, want) in [
+            (Cred::None, StatusCode::UNAUTHORIZED),
+            (Cred::Bearer(CLIENT), StatusCode::FORBIDDEN),
+            (Cred::Goog(CLIENT_2), StatusCode::FORBIDDEN),
+            (Cred::Query(CLIENT), StatusCode::FORBIDDEN),
+            (
+                Cred::Bearer("sk-admin-wrong-token-000000"),
+                StatusCode::UNAUTHORIZED,
+            ),
+        ] {
+            let (s, b) = seen
+                .send(&proxy, request(method.clone(), path, cred, body))
+                .await;
+            assert_eq!(s, want, "{method} {path}: {b}");
+        }
+    }
+    assert_eq!(proxy.pool.len(), keys_before, "a client changed the pool");
+    let (s, _) = seen
+        .send(&proxy, post(gen_path, Cred::Goog(CLIENT_2), PROMPT))
+        .await;
+    assert_eq!(s, StatusCode::OK, "a client revoked a token");
+
+    // Stats settle within a moment; then take the last look at the operator pages.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in [
+        "/metrics",
+        "/admin/stats",
+        "/status",
+        "/admin/keys",
+        "/admin/tokens",
+    ] {
+        seen.send(&proxy, get(path, Cred::Bearer(ADMIN))).await;
+    }
+
+    // --- The sweep. ---
+    let upstream_keys = [KEY_1, KEY_2, KEY_BAD, KEY_ADDED];
+    let client_secrets = [CLIENT, CLIENT_2, ADMIN, minted.as_str()];
+    let all: Vec<&str> = upstream_keys
+        .iter()
+        .chain(client_secrets.iter())
+        .copied()
+        .collect();
+    // The mint answer shows the new token once; nothing else in it.
+    let mut failures = Vec::new();
+    for (i, (what, text)) in seen.responses.iter().enumerate() {
+        let secrets: Vec<&str> = if i == minted_at {
+            all.iter().copied().filter(|s| *s != minted).collect()
+        } else {
+            all.clone()
+        };
+        let found = leaks(text, &secrets);
+        if !found.is_empty() {
+            failures.push(format!(
+                "response to {what}: {found:?}\n  …{}…",
+                context(text, &secrets)
+            ));
+        }
+    }
+    // The upstream never sees a client credential.
+    for r in fake.received() {
+        let text = format!(
+            "{} {}?{} {:?} {}",
+            r.method,
+            r.path,
+            r.query.clone().unwrap_or_default(),
+            r.headers,
+            String::from_utf8_lossy(&r.body)
+        );
+        let found = leaks(&text, &client_secrets);
+        if !found.is_empty() {
+            failures.push(format!("sent upstream: {found:?}\n  {text}"));
+        }
+    }
+
+    proxy.shutdown();
+    drop(proxy);
+    drop(fake);
+    drop(default);
+    drop(text_guard);
+    drop(json_guard);
+    let logs = [
+        ("text log", text_logs.text()),
+        ("JSON log", json_logs.text()),
+        ("text log file", log_files(&text_dir)),
+        ("JSON log file", log_files(&json_dir)),
+    ];
+    for (what, text) in &logs {
+        // The logs were captured at all, in the format asked for.
+        assert!(text.contains("gemini-2.5-flash"), "{what} is empty: {text}");
+        let found = leaks(text, &all);
+        if !found.is_empty() {
+            failures.push(format!("{what}: {found:?}\n  …{}…", context(text, &all)));
+        }
+    }
+    assert!(
+        logs[1]
+            .1
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "JSON logs are JSON lines"
+    );
+    let _ = std::fs::remove_dir_all(&text_dir);
+    let _ = std::fs::remove_dir_all(&json_dir);
+    assert!(
+        failures.is_empty(),
+        "{} leak(s):\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn the_sweep_finds_a_piece_of_a_secret() {
+    assert!(leaks("masked AIza…YeUa is fine", &[KEY_1]).is_empty());
+    assert!(!leaks("x Q7vK2mX9pL4w y", &[KEY_1]).is_empty());
+    assert!(!leaks(&format!("Bearer {CLIENT}"), &[CLIENT]).is_empty());
+}
