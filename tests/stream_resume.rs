@@ -419,3 +419,25 @@ async fn empty_unary_answers_are_retried_when_enabled() {
     );
     assert_eq!(fake.total_requests(), 3);
 }
+
+#[tokio::test]
+async fn an_answer_longer_than_the_resume_cap_is_relayed_but_not_resumed() {
+    let fake = fake().await;
+    fake.push_fault(Fault::DropAfter(3));
+    // A cap smaller than the three chunks' text: the relay stops keeping it.
+    let got = stream(&fake, layer().max_resume_text_bytes(8), true, prompt_body()).await;
+    assert_eq!(fake.total_requests(), 1, "no continuation was sent");
+    let sent = FakeGemini::passage_chunks(PROMPT, 4)[..3].concat();
+    assert_eq!(
+        got.text(),
+        sent,
+        "what came before the break is relayed whole"
+    );
+    assert_eq!(got.last()["error"]["code"], 502);
+    assert!(
+        got.last()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too long to resume")
+    );
+}

@@ -20,6 +20,10 @@ use crate::gemini::{GeminiPath, Method};
 /// The default instruction sent with a continuation request.
 pub const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where you stopped, without repeating anything you have already written and without any preamble.";
 
+/// The default cap on the answer text kept to resume a stream: 1 MiB, four times the longest
+/// answer Gemini writes (65,536 output tokens).
+pub const DEFAULT_MAX_RESUME_TEXT_BYTES: usize = 1024 * 1024;
+
 /// How [`StreamResume`] behaves. Built through [`StreamResumeLayer`]'s setters.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -34,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) min_overlap: usize,
     pub(crate) seam_window: usize,
     pub(crate) max_event_bytes: usize,
+    pub(crate) max_resume_text_bytes: usize,
 }
 
 impl Default for Config {
@@ -50,6 +55,7 @@ impl Default for Config {
             min_overlap: 4,
             seam_window: 256,
             max_event_bytes: crate::sse::DEFAULT_MAX_EVENT_BYTES,
+            max_resume_text_bytes: DEFAULT_MAX_RESUME_TEXT_BYTES,
         }
     }
 }
@@ -121,6 +127,14 @@ impl StreamResumeLayer {
     /// finishReason (default off).
     pub fn retry_unary(self, on: bool) -> Self {
         self.with(|c| c.retry_unary = on)
+    }
+
+    /// The answer text kept to build a continuation (default
+    /// [`DEFAULT_MAX_RESUME_TEXT_BYTES`]). A stream whose visible text outgrows it is still
+    /// relayed, in bounded memory, but if it then breaks the client gets an error event
+    /// instead of a resume.
+    pub fn max_resume_text_bytes(self, bytes: usize) -> Self {
+        self.with(|c| c.max_resume_text_bytes = bytes)
     }
 
     /// Shortest repeated tail that is dropped at a seam (default 4 characters).

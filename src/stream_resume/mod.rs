@@ -57,4 +57,7 @@ mod layer;
 mod relay;
 mod seam;
 
-pub use layer::{DEFAULT_CONTINUE_INSTRUCTION, ResponseFuture, StreamResume, StreamResumeLayer};
+pub use layer::{
+    DEFAULT_CONTINUE_INSTRUCTION, DEFAULT_MAX_RESUME_TEXT_BYTES, ResponseFuture, StreamResume,
+    StreamResumeLayer,
+};

@@ -134,7 +134,10 @@ where
             mode,
             array: JsonArrayEncoder::new(),
         },
-        answer: Answer::default(),
+        answer: Answer {
+            sent: Sent::new(config.max_resume_text_bytes),
+            ..Answer::default()
+        },
         attempt: Attempt::new(body, &config),
         stalls: 0,
         attempts: 1,
@@ -199,7 +202,7 @@ enum Outcome {
 #[derive(Default)]
 struct Answer {
     /// Visible (non-thought) text sent to the client.
-    sent: String,
+    sent: Sent,
     /// Usage of finished (interrupted) attempts, summed.
     usage_total: Option<Map<String, Value>>,
     /// The last usage of the current attempt.
@@ -209,6 +212,52 @@ struct Answer {
     /// Continuation text held until the seam is de-duplicated.
     seam: Option<String>,
     progress: bool,
+}
+
+/// The visible text sent to the client, kept for a continuation request up to a cap, so a
+/// long stream is relayed in bounded memory.
+#[derive(Default)]
+struct Sent {
+    text: String,
+    /// Bytes sent in all, kept or not.
+    total: usize,
+    cap: usize,
+    /// The text outgrew the cap and was dropped: this answer can no longer be resumed.
+    dropped: bool,
+}
+
+impl Sent {
+    fn new(cap: usize) -> Self {
+        Sent {
+            cap,
+            ..Sent::default()
+        }
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.total += s.len();
+        if self.dropped {
+            return;
+        }
+        if self.text.len() + s.len() > self.cap {
+            self.dropped = true;
+            self.text = String::new();
+            return;
+        }
+        self.text.push_str(s);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn len(&self) -> usize {
+        self.total
+    }
+
+    fn as_str(&self) -> &str {
+        &self.text
+    }
 }
 
 /// One upstream answer being read: its body, the decoder of its format, and its idle clock.
@@ -360,6 +409,20 @@ where
             self.state = State::Done;
             return;
         }
+        if self.answer.sent.dropped {
+            tracing::warn!(
+                ?why,
+                chars = self.answer.sent.len(),
+                "stream broke after more text than a continuation may carry; it cannot be resumed"
+            );
+            let msg = format!(
+                "the upstream stream broke after more than {} bytes of answer, too long to resume",
+                self.config.max_resume_text_bytes
+            );
+            self.out.fail(502, "UNAVAILABLE", &msg);
+            self.state = State::Done;
+            return;
+        }
         if self.answer.progress {
             self.stalls = 0;
         }
@@ -397,7 +460,7 @@ where
             self.template.original()
         } else {
             self.template
-                .continuation(&self.answer.sent, &self.config.continue_instruction)
+                .continuation(self.answer.sent.as_str(), &self.config.continue_instruction)
         };
         let Some(mut inner) = self.inner.take() else {
             self.state = State::Done;
@@ -550,7 +613,7 @@ fn flush_seam(out: &mut Output, answer: &mut Answer, config: &Config) {
     let Some(held) = answer.seam.take().filter(|h| !h.is_empty()) else {
         return;
     };
-    let cut = overlap(&answer.sent, &held, config.min_overlap);
+    let cut = overlap(answer.sent.as_str(), &held, config.min_overlap);
     let text = &held[cut..];
     if text.is_empty() {
         return;
@@ -761,7 +824,7 @@ fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Con
             return Step::Continue;
         }
         let held = answer.seam.take().unwrap_or_default();
-        let cut = overlap(&answer.sent, &held, config.min_overlap);
+        let cut = overlap(answer.sent.as_str(), &held, config.min_overlap);
         if cut > 0 {
             tracing::debug!(chars = cut, "dropped the repeated tail at the seam");
         }
