@@ -226,10 +226,28 @@ impl MemoryTokenStore {
         self
     }
 
-    /// Adds (or replaces) a token. Returns its id (the masked token).
+    /// Adds (or replaces) a token. Returns its id: the masked token, made unique with a `#2`,
+    /// `#3`, ... suffix when another token masks the same way (`team-a-2024` and `team-b-2024`
+    /// both mask to `team…2024`), so rate limits and stats never mix two clients up.
     pub fn insert(&self, token: &str, name: impl Into<Arc<str>>, admin: bool) -> String {
-        let id = mask(token);
-        self.insert_digest(TokenDigest::of(token), id.as_str(), name, admin);
+        let digest = TokenDigest::of(token);
+        let masked = mask(token);
+        let id = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let taken = |id: &str| {
+                entries
+                    .iter()
+                    .any(|e| &*e.identity.id == id && !e.digest.ct_eq(&digest))
+            };
+            let mut id = masked.clone();
+            let mut n = 1;
+            while taken(&id) {
+                n += 1;
+                id = format!("{masked}#{n}");
+            }
+            id
+        };
+        self.insert_digest(digest, id.as_str(), name, admin);
         id
     }
 
@@ -692,6 +710,26 @@ mod tests {
                 }
             }));
         (svc, seen)
+    }
+
+    #[test]
+    fn tokens_that_mask_alike_get_distinct_ids() {
+        let store = MemoryTokenStore::new();
+        let a = store.insert("team-alpha-2024", "a", false);
+        let b = store.insert("team-beta-2024", "b", false);
+        let c = store.insert("team-gamma-2024", "c", false);
+        assert_eq!(a, "team…2024");
+        assert_eq!(b, "team…2024#2");
+        assert_eq!(c, "team…2024#3");
+        // Re-inserting a token keeps its id; each authenticates as itself.
+        assert_eq!(store.insert("team-beta-2024", "b", false), b);
+        assert_eq!(store.authenticate("team-alpha-2024").unwrap().id(), a);
+        assert_eq!(store.authenticate("team-beta-2024").unwrap().id(), b);
+        // Revoking by id removes that one token only.
+        assert_eq!(store.remove(&b).len(), 1);
+        assert!(store.authenticate("team-alpha-2024").is_some());
+        assert!(store.authenticate("team-beta-2024").is_none());
+        assert!(store.authenticate("team-gamma-2024").is_some());
     }
 
     fn store() -> Arc<MemoryTokenStore> {

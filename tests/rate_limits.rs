@@ -177,3 +177,24 @@ fn uuid_like() -> String {
         .as_nanos();
     format!("{nanos:x}-{}", std::process::id())
 }
+
+/// Two client tokens that mask alike (`team…2024`) are still two clients: one's limit does not
+/// spend the other's.
+#[tokio::test]
+async fn clients_whose_tokens_mask_alike_have_their_own_limits() {
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", url.as_str()),
+        ("ALLOWED_TOKENS", "team-alpha-2024,team-beta-2024"),
+        ("MAX_REQUESTS_PER_MINUTE", "1"),
+    ])
+    .await;
+    let res = send(&proxy, generate("gemini-2.5-flash", "team-alpha-2024")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = send(&proxy, generate("gemini-2.5-flash", "team-alpha-2024")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let res = send(&proxy, generate("gemini-2.5-flash", "team-beta-2024")).await;
+    assert_eq!(res.status(), StatusCode::OK, "beta has a limit of its own");
+}
