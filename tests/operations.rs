@@ -449,3 +449,36 @@ fn old_rotated_log_files_are_removed_the_current_one_kept() {
     assert!(dir.join("other.log").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn admin_config_shows_the_configuration_with_every_secret_masked() {
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let redis = "redis://:hunter2-redis-password@127.0.0.1:1/0";
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", url.as_str()),
+        ("REDIS_URL", redis),
+        ("MAX_REQUESTS_PER_MINUTE", "77"),
+        ("INJECT_PROMPT", "Be kind."),
+    ])
+    .await;
+    for (token, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(CLIENT), StatusCode::FORBIDDEN),
+    ] {
+        let (status, _) = text(send(&proxy, get("/admin/config", token)).await).await;
+        assert_eq!(status, want, "{token:?}");
+    }
+    let (status, body) = text(send(&proxy, get("/admin/config", Some(ADMIN))).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for secret in [KEY, CLIENT, ADMIN, "hunter2-redis-password"] {
+        assert!(!body.contains(secret), "{secret} in {body}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["gemini_api_keys"][0], tower_gemini::secret::mask(KEY));
+    assert_eq!(v["max_requests_per_minute"], 77);
+    assert_eq!(v["redis_url"], "redis://<redacted>@127.0.0.1:1/0");
+    assert_eq!(v["policy"]["inject_prompt"]["content"], "Be kind.");
+    assert_eq!(v["keys"]["total"], 1);
+}

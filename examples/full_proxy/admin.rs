@@ -25,6 +25,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/keys/{id}/enable", post(enable_key))
         .route("/tokens", get(list_tokens).post(add_token))
         .route("/tokens/{id}", delete(revoke_token))
+        .route("/config", get(config_view))
         // Compatibility routes of other Gemini proxies (README: "Coming from another Gemini proxy").
         .route("/config/gemini-key", post(compat_add_key))
         .route("/config/user-key", post(compat_add_token))
@@ -105,6 +106,21 @@ async fn unknown(State(s): State<Shared>, req: Request) -> Response {
             req.uri().path()
         )))
     })
+}
+
+/// `GET /admin/config`: the configuration the gateway started with, secrets masked, and the
+/// request policy in force now (after admin changes).
+async fn config_view(State(s): State<Shared>) -> Response {
+    let mut view = (*s.config_view).clone();
+    let policy = s.policy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    view["policy"] = json!({
+        "thinking": thinking_state(&policy),
+        "inject_prompt": inject_prompt_state(&policy),
+        "rules": format!("{policy:?}"),
+    });
+    view["keys"] = json!({ "total": s.pool.len(), "usable": s.pool.usable_count() });
+    view["persistence_store"] = json!(s.persist.store.kind());
+    axum::Json(view).into_response()
 }
 
 async fn list_keys(State(s): State<Shared>) -> Response {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub policy_handle: PolicyHandle,
     /// Where admin changes are saved (and the request log, with `DATABASE_PATH`).
     pub persist: Persist,
+    /// The start-up configuration, secrets masked, for `GET /admin/config`.
+    pub config_view: Arc<serde_json::Value>,
 }
 
 impl App {
@@ -186,6 +188,7 @@ impl App {
             started: Instant::now(),
             client_key_passthrough: config.client_key_passthrough,
             policy: Arc::new(Mutex::new(policy)),
+            config_view: Arc::new(config.to_json()),
             policy_handle,
             persist,
         };

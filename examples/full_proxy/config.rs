@@ -126,6 +126,61 @@ impl fmt::Debug for Config {
     }
 }
 
+impl Config {
+    /// The configuration as `GET /admin/config` shows it: every secret masked (keys and tokens
+    /// as `AIza…9xQk`), a Redis URL or an upstream URL with a password reduced to its host.
+    pub fn to_json(&self) -> serde_json::Value {
+        use tower_gemini::secret::mask;
+        let masked = |list: &[String]| list.iter().map(|k| mask(k)).collect::<Vec<_>>();
+        let secs = |d: Duration| d.as_secs_f64();
+        serde_json::json!({
+            "listen_addr": self.listen_addr.to_string(),
+            "upstream_url": without_userinfo(&self.upstream_url),
+            "gemini_api_keys": masked(&self.gemini_api_keys),
+            "allowed_tokens": masked(&self.allowed_tokens),
+            "admin_token": self.admin_token.as_deref().map(mask),
+            "client_key_passthrough": self.client_key_passthrough,
+            "request_timeout_seconds": secs(self.request_timeout),
+            "max_body_bytes": self.max_body_bytes,
+            "log_level": self.log_level,
+            "log_format": format!("{:?}", self.log_format).to_lowercase(),
+            "shutdown_grace_seconds": secs(self.shutdown_grace),
+            "client_read_timeout_seconds": secs(self.client_read_timeout),
+            "max_connections": self.max_connections,
+            "key_strategy": format!("{:?}", self.key_strategy),
+            "max_failures": self.max_failures,
+            "key_cooldown_seconds": secs(self.key_cooldown),
+            "key_reprobe_seconds": secs(self.key_reprobe),
+            "max_consecutive_retries": self.max_consecutive_retries,
+            "retry_delay_ms": self.retry_delay.as_millis() as u64,
+            "swallow_thoughts_after_retry": self.swallow_thoughts_after_retry,
+            "stream_idle_timeout_seconds": secs(self.stream_idle_timeout),
+            "max_requests_per_minute": self.max_requests_per_minute,
+            "max_requests_per_day_per_ip": self.max_requests_per_day_per_ip,
+            "model_limits": self.model_limits.as_ref().map(|m| format!("{m:?}")),
+            "trusted_proxies": self.trusted_proxies,
+            "redis_url": self.redis_url.as_deref().map(without_userinfo),
+            "redis_key_prefix": self.redis_prefix,
+            "rate_limit_fail_open": self.rate_limit_fail_open,
+            "log_files": format!("{:?}", self.ops),
+            "persistence": format!("{:?}", self.persist),
+            "old_variable_names": self.alias_notes,
+        })
+    }
+}
+
+/// A URL without its `user:password@` part (`redis://:pw@host:6379` → `redis://<redacted>@host:6379`).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A start-up error that names the variable at fault.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
