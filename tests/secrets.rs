@@ -4,6 +4,12 @@
 //! line, every log file, `/metrics` and every request the upstream received is searched for each
 //! secret — whole, and any 12-character piece of it. None may appear (the one exception: the
 //! response that mints a client token shows that token once).
+//!
+//! A second sweep does the same in own-key mode (`CLIENT_KEY_PASSTHROUGH`) with the
+//! compatibility routes and `DATABASE_PATH`: a client's own key must appear nowhere but in the
+//! header that takes it upstream, and the SQLite file (with its WAL and backups) holds the key
+//! added through the admin API — as documented — but no own key, no client token in clear and no
+//! prompt unless `LOG_REQUEST_BODIES=true`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
