@@ -2,6 +2,10 @@
 //! it is down requests follow `RATE_LIMIT_FAIL_OPEN` (through, or 503 without an upstream call)
 //! and none hangs; once it is back on the same port, the limit is enforced again.
 //!
+//! The key pool's shared state (cool-downs, disabled flags) too: while Redis is down a key that
+//! gets a 429 still cools down locally and every request is served; once Redis is back, two
+//! instances see each other's cool-downs again.
+//!
 //! Each test runs its own `redis-server` on a free loopback port; without `redis-server` on the
 //! PATH they print "skipping: ..." and pass.
 
@@ -21,7 +25,7 @@ use tower::ServiceExt;
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
 use tower_gemini::client::UpstreamClient;
-use tower_gemini::testing::FakeGemini;
+use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
 const KEY: &str = "AIzaSyRedis-outage-test-key-000000001";
 const LIMIT: usize = 3;
@@ -104,6 +108,26 @@ impl Redis {
         assert!(!self.ping().await, "redis is down");
     }
 
+    /// The members of the key pool's shared cool-down set (`"{key id}\t{model}"`).
+    async fn cooling(&self) -> Vec<String> {
+        let read = async {
+            let client = redis::Client::open(self.url()).ok()?;
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("ZRANGE")
+                .arg("tower-gemini:keys:cooling")
+                .arg(0)
+                .arg(-1)
+                .query_async::<Vec<String>>(&mut conn)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
@@ -127,7 +151,12 @@ async fn setup(redis: &Redis, fail_open: &str) -> (FakeGemini, Proxy) {
 
 /// One request; it must be answered within a few seconds whatever Redis does.
 async fn generate(proxy: &Proxy) -> (StatusCode, Value) {
-    let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+    generate_with(proxy, "gemini-2.5-flash").await
+}
+
+/// One request for `model`; it must be answered within a few seconds whatever Redis does.
+async fn generate_with(proxy: &Proxy, model: &str) -> (StatusCode, Value) {
+    let req = Request::post(format!("/v1beta/models/{model}:generateContent"))
         .header("authorization", format!("Bearer {}", proxy.token))
         .body(Body::from(
             r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
@@ -229,4 +258,113 @@ async fn fail_open_lets_requests_through_while_redis_is_down_and_limits_again_af
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+}
+
+// === Key pool state ===
+
+const POOL_KEY_1: &str = "AIzaSyRedis-outage-pool-key-one-000001";
+const POOL_KEY_2: &str = "AIzaSyRedis-outage-pool-key-two-000002";
+
+/// Two instances of full_proxy sharing one Redis (no rate limit: only the key pool uses it).
+async fn two_instances(redis: &Redis) -> (FakeGemini, Proxy, Proxy) {
+    let fake = FakeGemini::start([POOL_KEY_1, POOL_KEY_2]).await.unwrap();
+    let url = fake.url();
+    let redis_url = redis.url();
+    let keys = format!("{POOL_KEY_1},{POOL_KEY_2}");
+    let vars = [
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("KEY_COOLDOWN_SECONDS", "60"),
+        ("RETRY_DELAY_MS", "0"),
+    ];
+    let a = Proxy::start(&vars).await;
+    let b = Proxy::start(&vars).await;
+    (fake, a, b)
+}
+
+/// Sends requests for `model` through `proxy` until `key` has been tried (and answered 429);
+/// every request is served (by the other key).
+async fn hit_exhausted_key(fake: &FakeGemini, proxy: &Proxy, key: &str, model: &str) {
+    let before = fake.requests_for(key);
+    for _ in 0..4 {
+        let (s, v) = generate_with(proxy, model).await;
+        assert_eq!(s, StatusCode::OK, "served by the other key: {v}");
+        if fake.requests_for(key) > before {
+            return;
+        }
+    }
+    panic!("the pool never tried {key} for {model}");
+}
+
+/// `n` requests for `model` through `proxy`, all served, none of them on `key`.
+async fn served_without(fake: &FakeGemini, proxy: &Proxy, key: &str, model: &str, n: usize) {
+    let before = fake.requests_for(key);
+    for i in 0..n {
+        let (s, v) = generate_with(proxy, model).await;
+        assert_eq!(s, StatusCode::OK, "request {i}: {v}");
+    }
+    assert_eq!(
+        fake.requests_for(key),
+        before,
+        "{key} is cooling for {model}, yet it was used"
+    );
+}
+
+/// Longer than the pool's sync interval (1 s): the next request pulls the shared state.
+async fn next_sync() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_cool_downs_stay_local_while_redis_is_down_and_are_shared_again_after() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let (fake, a, b) = two_instances(&redis).await;
+    let quota = KeyBehavior::exhausted(Duration::from_secs(60));
+
+    // Redis up: a key exhausted through A is not used by B.
+    fake.set_key_for_model(POOL_KEY_1, "gemini-2.5-flash", quota.clone());
+    hit_exhausted_key(&fake, &a, POOL_KEY_1, "gemini-2.5-flash").await;
+    next_sync().await;
+    served_without(&fake, &b, POOL_KEY_1, "gemini-2.5-flash", 4).await;
+
+    // Redis down: every request is served in time, and a key that gets a 429 cools down in
+    // the instance that saw it (B, which saw nothing, still knows the cool-down from before).
+    redis.kill().await;
+    fake.set_key_for_model(POOL_KEY_2, "gemini-2.0-flash", quota.clone());
+    hit_exhausted_key(&fake, &a, POOL_KEY_2, "gemini-2.0-flash").await;
+    served_without(&fake, &a, POOL_KEY_2, "gemini-2.0-flash", 4).await;
+    next_sync().await;
+    served_without(&fake, &a, POOL_KEY_2, "gemini-2.0-flash", 2).await;
+    served_without(&fake, &b, POOL_KEY_1, "gemini-2.5-flash", 4).await;
+
+    // Redis back on the same port, empty. Ordinary traffic reconnects both instances, and A
+    // hands over the cool-down it learnt while Redis was away.
+    assert!(redis.spawn().await, "redis restarts");
+    let mut shared = Vec::new();
+    for _ in 0..20 {
+        next_sync().await;
+        for proxy in [&a, &b] {
+            let (s, v) = generate_with(proxy, "gemini-2.5-flash-lite").await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+        }
+        shared = redis.cooling().await;
+        if shared.iter().any(|m| m.ends_with("\tgemini-2.0-flash")) {
+            break;
+        }
+    }
+    assert!(
+        shared.iter().any(|m| m.ends_with("\tgemini-2.0-flash")),
+        "the cool-down from the outage reaches Redis: {shared:?}"
+    );
+    next_sync().await;
+    served_without(&fake, &b, POOL_KEY_2, "gemini-2.0-flash", 4).await;
+
+    // And a new cool-down is shared as before.
+    fake.set_key_for_model(POOL_KEY_1, "gemini-2.5-pro", quota);
+    hit_exhausted_key(&fake, &a, POOL_KEY_1, "gemini-2.5-pro").await;
+    next_sync().await;
+    served_without(&fake, &b, POOL_KEY_1, "gemini-2.5-pro", 4).await;
 }

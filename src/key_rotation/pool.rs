@@ -211,6 +211,9 @@ pub struct KeyPool {
     probe_lock: Mutex<()>,
     /// Milliseconds since `epoch` of the last store sync, plus one (0: never).
     last_sync: AtomicU64,
+    /// A store call failed: the store may have missed changes, or lost everything (a Redis
+    /// restarted empty). The local state is sent again once the store answers.
+    store_stale: AtomicBool,
 }
 
 impl fmt::Debug for KeyPool {
@@ -396,7 +399,7 @@ impl KeyPool {
         }
         tracing::info!(key.id = %entry.id, "key enabled by operator");
         if let Some(store) = &self.store {
-            log_store(store.enable(&entry.id).await);
+            self.store_outcome(store.enable(&entry.id).await);
         }
         true
     }
@@ -689,16 +692,16 @@ impl KeyPool {
         let id = &entry.id;
         match publish {
             Publish::Nothing => {}
-            Publish::Enable => log_store(store.enable(id).await),
+            Publish::Enable => self.store_outcome(store.enable(id).await),
             Publish::Cool(until) => {
-                log_store(store.cool_down(id, model, to_system(until)).await);
+                self.store_outcome(store.cool_down(id, model, to_system(until)).await);
             }
             Publish::EnableAndCool(until) => {
-                log_store(store.enable(id).await);
-                log_store(store.cool_down(id, model, to_system(until)).await);
+                self.store_outcome(store.enable(id).await);
+                self.store_outcome(store.cool_down(id, model, to_system(until)).await);
             }
             Publish::Disable(reason, at) => {
-                log_store(store.disable(id, &reason, to_system(at)).await);
+                self.store_outcome(store.disable(id, &reason, to_system(at)).await);
             }
         }
     }
@@ -720,9 +723,8 @@ impl KeyPool {
         {
             return; // another request is syncing
         }
-        match store.load().await {
-            Ok(shared) => self.merge(&shared, Instant::now()),
-            Err(e) => log_store(Err(e)),
+        if let Err(e) = self.load_and_merge(store).await {
+            self.store_outcome(Err(e));
         }
     }
 
@@ -731,9 +733,70 @@ impl KeyPool {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let shared = store.load().await?;
+        self.load_and_merge(store).await.inspect_err(|_| {
+            self.store_stale.store(true, Ordering::Release);
+        })
+    }
+
+    /// Pulls the shared state and merges it. After a store failure, the first answer first
+    /// gets this pool's cool-downs and disabled flags sent again (what the store missed, or
+    /// lost by restarting empty), then the shared view is read again: merging the view from
+    /// before would take the missing flags for keys enabled elsewhere.
+    async fn load_and_merge(&self, store: &Arc<dyn KeyStateStore>) -> Result<(), Error> {
+        let mut shared = store.load().await?;
+        if self.store_stale.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.republish(store).await {
+                self.store_stale.store(true, Ordering::Release);
+                return Err(e);
+            }
+            shared = store.load().await?;
+        }
         self.merge(&shared, Instant::now());
         Ok(())
+    }
+
+    /// Sends every live cool-down and disabled flag of this pool to the store.
+    async fn republish(&self, store: &Arc<dyn KeyStateStore>) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut sent = 0usize;
+        for e in &self.list().entries {
+            let (cooling, disabled) = {
+                let h = e.health();
+                let cooling: Vec<(Box<str>, Instant)> = h
+                    .cooling
+                    .iter()
+                    .filter(|(_, c)| c.until > now)
+                    .map(|(model, c)| (model.clone(), c.until))
+                    .collect();
+                let disabled = h
+                    .disabled
+                    .as_ref()
+                    .map(|d| (d.reason.clone(), d.reprobe_at));
+                (cooling, disabled)
+            };
+            for (model, until) in cooling {
+                store.cool_down(&e.id, &model, to_system(until)).await?;
+                sent += 1;
+            }
+            if let Some((reason, at)) = disabled {
+                store.disable(&e.id, &reason, to_system(at)).await?;
+                sent += 1;
+            }
+        }
+        tracing::info!(
+            entries = sent,
+            "key state store answers again; local cool-downs and disabled flags sent again"
+        );
+        Ok(())
+    }
+
+    /// Logs a failed store call (the pool goes on with its local state) and remembers to send
+    /// the local state again once the store answers.
+    fn store_outcome(&self, r: Result<(), Error>) {
+        if let Err(e) = r {
+            self.store_stale.store(true, Ordering::Release);
+            tracing::warn!(error = %e, "key state store failed; continuing with local state");
+        }
     }
 
     fn merge(&self, shared: &HashMap<KeyId, SharedKeyState>, now: Instant) {
@@ -788,12 +851,6 @@ enum Publish {
     Cool(Instant),
     EnableAndCool(Instant),
     Disable(String, Instant),
-}
-
-fn log_store(r: Result<(), Error>) {
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "key state store failed; continuing with local state");
-    }
 }
 
 fn to_system(at: Instant) -> SystemTime {
@@ -1111,6 +1168,7 @@ impl KeyPoolBuilder {
             next_probe: AtomicU64::new(u64::MAX),
             probe_lock: Mutex::new(()),
             last_sync: AtomicU64::new(0),
+            store_stale: AtomicBool::new(false),
         });
         for (key, weight) in self.keys {
             if !key.expose().is_empty() {

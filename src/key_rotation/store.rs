@@ -33,7 +33,9 @@ pub struct SharedKeyState {
 /// the proxy, with `RedisStore`).
 ///
 /// Calls are made off the key-picking path: on state changes and on periodic syncs. A store
-/// error is logged and ignored (the pool keeps working on its local state).
+/// error is logged and ignored (the pool keeps working on its local state); once the store
+/// answers again, the pool sends it its live cool-downs and disabled flags again, so what it
+/// learnt meanwhile (or what a store restarted empty lost) is shared again.
 pub trait KeyStateStore: Send + Sync + fmt::Debug + 'static {
     /// Records that `key` cools down for `model` until `until` (a later time wins).
     fn cool_down<'a>(

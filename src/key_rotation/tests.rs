@@ -506,6 +506,100 @@ async fn pools_sharing_a_store_share_cooldowns_and_disabled_flags() {
     assert_eq!(state(&b, 1).state, KeyState::Enabled);
 }
 
+/// A shared store that can go down and come back empty (a Redis restarted without persistence).
+#[derive(Debug, Default)]
+struct FlakyStore {
+    inner: Mutex<Arc<MemoryStore>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyStore {
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn restart_empty(&self) {
+        *self.inner.lock().unwrap() = Arc::new(MemoryStore::new());
+        self.set_down(false);
+    }
+
+    /// The store now, or the error of a store that is down.
+    fn inner(&self) -> Result<Arc<MemoryStore>, crate::Error> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::Error::store("connection refused"));
+        }
+        Ok(self.inner.lock().unwrap().clone())
+    }
+}
+
+impl KeyStateStore for FlakyStore {
+    fn cool_down<'a>(
+        &'a self,
+        key: &'a KeyId,
+        model: &'a str,
+        until: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        let inner = self.inner();
+        Box::pin(async move { inner?.cool_down(key, model, until).await })
+    }
+    fn disable<'a>(
+        &'a self,
+        key: &'a KeyId,
+        reason: &'a str,
+        reprobe_at: SystemTime,
+    ) -> StoreFuture<'a, ()> {
+        let inner = self.inner();
+        Box::pin(async move { inner?.disable(key, reason, reprobe_at).await })
+    }
+    fn enable<'a>(&'a self, key: &'a KeyId) -> StoreFuture<'a, ()> {
+        let inner = self.inner();
+        Box::pin(async move { inner?.enable(key).await })
+    }
+    fn load(&self) -> StoreFuture<'_, std::collections::HashMap<KeyId, SharedKeyState>> {
+        let inner = self.inner();
+        Box::pin(async move { inner?.load().await })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_learnt_while_the_store_was_down_is_shared_once_it_is_back() {
+    let store = Arc::new(FlakyStore::default());
+    let build = || {
+        KeyPool::builder()
+            .keys(keys(2))
+            .max_failures(1)
+            .store(store.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    store.set_down(true);
+    let mut l = lease(&a, MODEL); // key 0
+    a.report(
+        &mut l,
+        MODEL,
+        &exhausted(Some(Duration::from_secs(30))),
+        None,
+    )
+    .await;
+    let mut l = lease(&a, MODEL); // key 1
+    a.report(&mut l, MODEL, &key_failure(), None).await;
+    assert!(b.sync().await.is_err());
+    assert_eq!(b.usable_count(), 2, "b heard nothing");
+
+    // Back, empty: a sends what it learnt, and keeps its own disabled flag (an empty view is
+    // no operator's enable).
+    store.restart_empty();
+    tokio::time::advance(Duration::from_secs(5)).await;
+    a.sync().await.unwrap();
+    assert!(matches!(state(&a, 1).state, KeyState::Disabled { .. }));
+    b.sync().await.unwrap();
+    let snap = b.snapshot();
+    assert_eq!(snap[0].cooling.len(), 1, "{snap:?}");
+    assert!(matches!(snap[1].state, KeyState::Disabled { .. }));
+    assert!(matches!(unavailable(&b, MODEL), Unavailable::AllCooling(_)));
+}
+
 // === layer ===
 
 #[tokio::test(start_paused = true)]
