@@ -34,6 +34,22 @@ use tower::{Layer, Service};
 
 use crate::gemini::GeminiPath;
 
+/// The path to show in log lines and spans instead of the request's own, set in request
+/// extensions by a router that knows the route's template (`/admin/tokens/{id}`) when the real
+/// path may hold a secret (a token being revoked). Read by [`AccessLog`] and
+/// [`RequestId`](crate::request_id::RequestId).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPath(pub std::sync::Arc<str>);
+
+/// The path of `req` as logs may show it: its [`LogPath`], else the URI path with any key
+/// pasted into it masked. Never the query.
+pub(crate) fn log_path<B>(req: &Request<B>) -> String {
+    match req.extensions().get::<LogPath>() {
+        Some(p) => p.0.to_string(),
+        None => crate::secret::scrub(req.uri().path()).into_owned(),
+    }
+}
+
 /// Applies [`AccessLog`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AccessLogLayer {
@@ -86,7 +102,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = req.method().clone();
         // A key pasted into the path (as a model name) is masked like any other.
-        let path = crate::secret::scrub(req.uri().path()).into_owned();
+        let path = log_path(&req);
         if let Some(p) = GeminiPath::parse(&path) {
             if !p.model.is_empty() {
                 let model = crate::secret::scrub(p.model.as_str());

@@ -207,7 +207,7 @@ where
             "request",
             request_id = %id,
             method = %req.method(),
-            path = %crate::secret::scrub(req.uri().path()),
+            path = %crate::access_log::log_path(&req),
             client = tracing::field::Empty,
             model = tracing::field::Empty,
             key.id = tracing::field::Empty,

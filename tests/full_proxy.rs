@@ -294,6 +294,72 @@ async fn health_needs_no_credential() {
     assert_eq!(fake.total_requests(), 0, "health does not call upstream");
 }
 
+/// The gateway's own routes carry `x-request-id` like the proxied ones: the client's when
+/// valid, else a minted one.
+#[tokio::test]
+async fn the_gateways_own_routes_carry_a_request_id() {
+    let fake = fake().await;
+    let proxy = proxy_for(&fake).await;
+    let res = send(&proxy, Request::get("/health").body(Body::empty()).unwrap()).await;
+    let minted = res.headers()["x-request-id"].to_str().unwrap();
+    assert!(minted.len() >= 16, "{minted}");
+    for path in [
+        "/health",
+        "/metrics",
+        "/admin/keys",
+        "/admin/tokens/some-token-id",
+    ] {
+        let req = Request::builder()
+            .method(if path.contains("tokens") {
+                "DELETE"
+            } else {
+                "GET"
+            })
+            .uri(path)
+            .header("x-request-id", "trace-me-42")
+            .header("authorization", format!("Bearer {}", proxy.admin_token))
+            .body(Body::empty())
+            .unwrap();
+        let res = send(&proxy, req).await;
+        assert_eq!(res.headers()["x-request-id"], "trace-me-42", "{path}");
+    }
+}
+
+/// A path outside the Gemini and OpenAI APIs is a 404 in the route's dialect, answered by the
+/// gateway without spending a key; without a token it is a 401 first.
+#[tokio::test]
+async fn unknown_paths_are_404_in_their_dialect_without_an_upstream_call() {
+    let fake = fake().await;
+    let proxy = proxy_for(&fake).await;
+    let bearer = format!("Bearer {}", proxy.token);
+    for (path, openai) in [
+        ("/foo", false),
+        ("/v1/nothing", true),
+        ("/v1/completions", true),
+        ("/favicon.ico", false),
+    ] {
+        let res = send(&proxy, post(path, Some(("authorization", &bearer)), "{}")).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        let v = json_of(res).await;
+        assert_eq!(v["error"]["type"].is_string(), openai, "{path}: {v}");
+        assert_eq!(v["error"]["status"].is_string(), !openai, "{path}: {v}");
+        let res = send(&proxy, post(path, None, "{}")).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    assert_eq!(fake.total_requests(), 0, "no key was spent");
+    // Gemini's own namespaces are still forwarded (the upstream knows its API best).
+    let res = send(
+        &proxy,
+        Request::get("/v1beta/tunedModels")
+            .header("authorization", &bearer)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(res.status().is_client_error() || res.status().is_success());
+    assert_eq!(fake.total_requests(), 1);
+}
+
 #[tokio::test]
 async fn upstream_errors_pass_through_in_gemini_shape_and_never_show_the_key() {
     let fake = fake().await;

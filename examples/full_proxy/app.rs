@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
-use tower_gemini::gateway::Gateway;
+use tower_gemini::gateway::{Gateway, GatewayService};
 use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
 use tower_gemini::openai::OpenAiToGeminiLayer;
 use tower_gemini::policy::{PolicyConfig, PolicyHandle, RequestPolicyLayer};
@@ -170,6 +170,9 @@ impl App {
         // OpenAI's routes are translated first, so the policy, limits, resume and key pool
         // below see one dialect: Gemini's.
         builder = builder.layer(OpenAiToGeminiLayer::new().max_body_bytes(config.max_body_bytes));
+        // What is left must be a Gemini API path; anything else is a 404 here, in the route's
+        // dialect, without spending a key on it.
+        builder = builder.layer(tower::layer::layer_fn(known_routes_only));
         // Always mounted (an empty policy passes requests through untouched), so the admin
         // API can switch rules on at run time.
         builder = builder.layer(
@@ -203,6 +206,14 @@ impl App {
                     .merge(persist::admin_routes(shared.clone()))
                     .merge(ops::admin_routes(shared, ops)),
             )
+            // The gateway's own routes get what the gateway stack gives the proxied ones: an
+            // `x-request-id` (the client's or a minted one) and a line in the access log, so
+            // admin changes are logged too. `route_layer`: the fallback has its own.
+            .route_layer(tower_gemini::access_log::AccessLogLayer::new())
+            .route_layer(tower_gemini::request_id::RequestIdLayer::new())
+            // Logs show the route's template, never a token in the path (`DELETE
+            // /admin/tokens/{id or token}`).
+            .route_layer(axum::middleware::map_request(log_route_template))
             .fallback_service(gateway)
             .layer(axum::middleware::map_request(client_addr));
         Ok(App {
@@ -215,6 +226,59 @@ impl App {
             minted_admin_token,
         })
     }
+}
+
+/// Answers 404 for paths that are not Gemini API paths (after the OpenAI front has taken its
+/// own), so `/foo` or `/v1/nothing` is refused here instead of forwarded on a pool key.
+fn known_routes_only(inner: GatewayService) -> GatewayService {
+    GatewayService::new(tower::service_fn(
+        move |req: http::Request<tower_gemini::Body>| {
+            let inner = inner.clone();
+            async move {
+                if is_gemini_api_path(req.uri().path()) {
+                    return tower::ServiceExt::oneshot(inner, req).await;
+                }
+                let dialect = tower_gemini::error::Dialect::of(&req);
+                let msg = format!("no route {} {}", req.method(), req.uri().path());
+                Ok(tower_gemini::error::ApiError::not_found(msg).into_response(dialect))
+            }
+        },
+    ))
+}
+
+/// Whether `path` is in the Gemini API's namespaces: everything under `/v1beta/`,
+/// `/v1alpha/`, `/upload/` and `/download/`, and `/v1/` collections Gemini has.
+fn is_gemini_api_path(path: &str) -> bool {
+    const V1_COLLECTIONS: [&str; 9] = [
+        "models",
+        "tunedModels",
+        "files",
+        "cachedContents",
+        "batches",
+        "operations",
+        "corpora",
+        "generatedFiles",
+        "fileSearchStores",
+    ];
+    if ["/v1beta/", "/v1alpha/", "/upload/", "/download/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+    {
+        return true;
+    }
+    path.strip_prefix("/v1/").is_some_and(|rest| {
+        let first = rest.split(['/', ':']).next().unwrap_or_default();
+        V1_COLLECTIONS.contains(&first)
+    })
+}
+
+/// Puts the matched route's template (`/admin/tokens/{id}`) in place of the path for logs.
+async fn log_route_template(mut req: Request) -> Request {
+    if let Some(template) = req.extensions().get::<axum::extract::MatchedPath>() {
+        let template = tower_gemini::access_log::LogPath(std::sync::Arc::from(template.as_str()));
+        req.extensions_mut().insert(template);
+    }
+    req
 }
 
 /// The key pool for `GEMINI_API_KEYS` (or the demo key), sharing cool-downs and disabled
