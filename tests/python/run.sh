@@ -19,10 +19,13 @@ fi
 token="sdk-test-token-$RANDOM$RANDOM"
 admin="sdk-admin-token-$RANDOM$RANDOM"
 log=$(mktemp)
-( cd "$root" && env -u GEMINI_API_KEYS LISTEN_ADDR="127.0.0.1:0" ALLOWED_TOKENS="$token" ADMIN_TOKEN="$admin" \
-    cargo run -q --example full_proxy >"$log" 2>&1 ) &
+# Build first, then run the binary itself, so the signal below reaches full_proxy, not cargo.
+( cd "$root" && cargo build -q --example full_proxy ) || { echo "could not build full_proxy"; exit 1; }
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/examples/full_proxy"
+( cd "$root" && exec env -u GEMINI_API_KEYS LISTEN_ADDR="127.0.0.1:0" ALLOWED_TOKENS="$token" ADMIN_TOKEN="$admin" \
+    SHUTDOWN_GRACE_SECONDS=5 "$bin" >"$log" 2>&1 ) &
 pid=$!
-cleanup() { kill "$pid" 2>/dev/null; pkill -f "target/.*/examples/full_proxy" -P "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
+cleanup() { kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
 trap cleanup EXIT
 # The gateway picks a free port itself and prints it: no race with other programs for a port.
 url=""
@@ -37,6 +40,21 @@ GATEWAY_URL="$url" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
   "$venv/bin/pytest" -q -p no:cacheprovider "$here"
 rc=$?
 if [ $rc -ne 0 ]; then echo "--- full_proxy log ---"; tail -50 "$log"; fi
+# SIGTERM: full_proxy stops taking connections, finishes what is in flight and exits 0.
+kill -TERM "$pid"
+stopped=""
+for _ in $(seq 1 100); do
+  kill -0 "$pid" 2>/dev/null || { stopped=1; break; }
+  sleep 0.1
+done
+if [ -z "$stopped" ]; then echo "FAIL: full_proxy still running 10 s after SIGTERM"; rc=1
+else
+  wait "$pid"; code=$?
+  if [ "$code" -ne 0 ]; then echo "FAIL: full_proxy exited $code after SIGTERM"; rc=1; fi
+  grep -q "shutting down" "$log" || { echo "FAIL: no shutdown line in the log after SIGTERM"; rc=1; }
+  if curl -fs "$url/health" >/dev/null 2>&1; then echo "FAIL: still answering after SIGTERM"; rc=1; fi
+  [ $rc -eq 0 ] && echo "sdk tests: SIGTERM stopped full_proxy cleanly (exit 0)"
+fi
 # The log must never hold the client token in clear.
 if grep -q "$token" "$log"; then echo "FAIL: the client token appears in full_proxy's log"; rc=1; fi
 exit $rc
