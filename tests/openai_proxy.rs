@@ -847,6 +847,31 @@ async fn a_model_not_allowed_is_an_openai_403_before_upstream() {
         OpenAIError::ApiError(e) => assert!(e.api_error.message.contains("not allowed"), "{e:?}"),
         other => panic!("expected an API error, got {other:?}"),
     }
+    // A `models/` prefix is the same model, refused the same way.
+    let (status, text) = raw_chat(
+        &proxy,
+        &proxy.token,
+        json!({"model": "models/gemini-2.5-pro", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "permission_denied", "{v}");
+    // Retrieving it is refused too, in OpenAI's shape.
+    let req = Request::get("/v1/models/gemini-2.5-pro")
+        .header("authorization", format!("Bearer {}", proxy.token))
+        .body(Body::empty())
+        .unwrap();
+    let res = UpstreamClient::new(proxy.url())
+        .unwrap()
+        .oneshot(req)
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["type"], "permission_error", "{v}");
     assert_eq!(fake.total_requests(), 0);
 
     // The alias is allowed, and the models list shows only what is.
