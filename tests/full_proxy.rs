@@ -684,3 +684,45 @@ async fn a_stalled_stream_is_resumed_after_stream_idle_timeout_seconds() {
     assert_eq!(text, FakeGemini::passage("slow bees"));
     assert_eq!(finishes, ["STOP"]);
 }
+
+#[tokio::test]
+async fn a_stream_ending_with_an_empty_stop_is_resumed_in_both_formats() {
+    let fake = fake().await;
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("RETRY_DELAY_MS", "0"),
+    ])
+    .await;
+    for (uri, sse) in [
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            true,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            false,
+        ),
+    ] {
+        fake.clear_received();
+        // No text at all, then STOP.
+        fake.push_fault(Fault::Empty);
+        let res = send(
+            &proxy,
+            post(
+                uri,
+                Some(("x-goog-api-key", &proxy.token)),
+                prompt("an empty net"),
+            ),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+        let (text, finishes, errors) = stream_text(&body, sse);
+        assert_eq!(text, FakeGemini::passage("an empty net"), "{uri}");
+        assert_eq!(finishes, ["STOP"], "{uri}: exactly one final finishReason");
+        assert!(errors.is_empty(), "{uri}");
+        assert_eq!(fake.pending_faults(), 0);
+        assert_eq!(fake.received().len(), 2, "{uri}: one resume");
+    }
+}
