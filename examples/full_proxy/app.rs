@@ -288,6 +288,7 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .keys(keys)
         .strategy(config.key_strategy)
         .max_failures(config.max_failures)
+        .max_transient_failures(config.max_transient_failures)
         .cooldown(config.key_cooldown)
         .reprobe_after(config.key_reprobe);
     if let Some(url) = &config.redis_url {
