@@ -63,8 +63,10 @@ pub struct Shared {
 
 impl App {
     /// Builds the gateway. Never touches the network, except to connect to `REDIS_URL`
-    /// (bounded; the gateway starts without shared key state when Redis is down).
+    /// (bounded; the gateway starts without shared key state when Redis is down). Logs each
+    /// old-style variable name used once, and where admin changes are kept.
     pub async fn build(config: Config) -> Result<App, String> {
+        config.log_alias_notes();
         let persist = Persist::open(
             &config.persist,
             config.redis_url.as_deref(),

@@ -129,6 +129,14 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// Logs each old-style variable name used (`API_KEYS`, `PASSWORD`, ...) once, as a hint to
+    /// rename it. Called by [`App::build`](super::app::App::build), once per start.
+    pub fn log_alias_notes(&self) {
+        for note in &self.alias_notes {
+            tracing::warn!("configuration: {note}");
+        }
+    }
+
     /// The configuration as `GET /admin/config` shows it: every secret masked (keys and tokens
     /// as `AIza…9xQk`), a Redis URL or an upstream URL with a password reduced to its host.
     pub fn to_json(&self) -> serde_json::Value {
