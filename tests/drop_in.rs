@@ -205,6 +205,54 @@ async fn a_gateway_on_old_style_variables_serves_both_dialects() {
 }
 
 #[tokio::test]
+async fn each_old_variable_name_used_is_logged_once_at_start() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let fake = FakeGemini::start([KEY_1, KEY_2]).await.unwrap();
+    let base = format!("{}/v1beta/", fake.url());
+    let keys = format!(r#"["{KEY_1}", "{KEY_2}"]"#);
+    let proxy = Proxy::start_exact(&[
+        ("API_KEYS", keys.as_str()),
+        ("PASSWORD", OLD_PASSWORD),
+        ("AUTH_TOKEN", OLD_ADMIN),
+        ("BASE_URL", base.as_str()),
+        ("GEMINI_API_KEYS", KEY_1),
+    ])
+    .await;
+    // Requests log nothing more about the names.
+    for i in 0..3 {
+        let (status, body) =
+            text(send(&proxy, generate("goog", OLD_PASSWORD, &format!("q{i}"))).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    for old in ["PASSWORD", "AUTH_TOKEN", "BASE_URL"] {
+        let line = format!("configuration: {old} is read as");
+        assert_eq!(logs.matches(&line).count(), 1, "`{line}` once:\n{logs}");
+    }
+    // Shadowed by ours: logged once too, as ignored.
+    let line = "configuration: API_KEYS is ignored";
+    assert_eq!(logs.matches(line).count(), 1, "`{line}` once:\n{logs}");
+    assert_eq!(
+        logs.matches("configuration: ").count(),
+        4,
+        "one line per old name:\n{logs}"
+    );
+    assert!(logs.contains("WARN"), "{logs}");
+    for secret in [KEY_1, KEY_2, OLD_PASSWORD, OLD_ADMIN] {
+        assert!(!logs.contains(secret), "`{secret}` logged:\n{logs}");
+    }
+}
+
+#[tokio::test]
 async fn our_variables_win_over_their_aliases() {
     let fake = FakeGemini::start([KEY_1]).await.unwrap();
     let url = fake.url();

@@ -167,6 +167,56 @@ async fn a_key_exhausted_mid_run_cools_down_and_comes_back() {
 }
 
 #[tokio::test]
+async fn a_key_the_upstream_keeps_failing_with_rests_while_the_good_key_serves() {
+    let fake = FakeGemini::start([GOOD_1, GOOD_2]).await.unwrap();
+    fake.set_key(GOOD_2, KeyBehavior::Unavailable);
+    let keys = format!("{GOOD_1},{GOOD_2}");
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", &keys),
+        ("UPSTREAM_URL", &fake.url()),
+        ("MAX_TRANSIENT_FAILURES", "2"),
+    ])
+    .await;
+    for i in 0..10 {
+        let (status, headers, body) = read(
+            send(
+                &proxy,
+                generate(&proxy, "gemini-2.5-flash", &format!("q{i}")),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        assert_no_key(&headers);
+        assert_no_key(&body);
+    }
+    // Round robin sends every other request to the failing key first, until its second 503 in
+    // a row rests it; then it is skipped and the good key serves alone.
+    assert_eq!(fake.requests_for(GOOD_2), 2);
+    assert_eq!(fake.requests_for(GOOD_1), 10);
+
+    let (_, _, body) = read(send(&proxy, get("/admin/keys", Some(&proxy.admin_token))).await).await;
+    assert_no_key(&body);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let failing = &v["keys"][1];
+    assert_eq!(
+        failing["state"], "enabled",
+        "rested, not disabled: {failing}"
+    );
+    assert_eq!(failing["consecutive_transient_failures"], 2);
+    assert_eq!(failing["consecutive_failures"], 0);
+    let rest = failing["resting_seconds"].as_u64().unwrap();
+    assert!(rest > 0 && rest <= 60, "{failing}");
+    assert_eq!(failing["last_error"], "503 UNAVAILABLE");
+    assert!(v["keys"][0]["resting_seconds"].is_null());
+
+    // Still counted usable: it is not the key that is broken.
+    let (_, _, body) = read(send(&proxy, get("/health", None)).await).await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["keys"]["usable"], 2);
+}
+
+#[tokio::test]
 async fn a_429_on_one_model_leaves_the_key_serving_other_models() {
     let fake = FakeGemini::start([GOOD_1]).await.unwrap();
     fake.set_key_for_model(

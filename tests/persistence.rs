@@ -7,7 +7,9 @@
 
 mod support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -18,7 +20,7 @@ use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::secret::{ApiKey, mask};
-use tower_gemini::testing::FakeGemini;
+use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
 const KEY: &str = "AIzaSyPersist-test-key-number-one-0001";
 const KEY2: &str = "AIzaSyPersist-test-key-number-two-0002";
@@ -173,6 +175,38 @@ fn all_bytes(dir: &Path) -> String {
         out.push_str(&String::from_utf8_lossy(&bytes));
     }
     out
+}
+
+/// Log output captured for one test (a thread-local subscriber).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures every log line of this thread until the guard is dropped.
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
 
 async fn metric(proxy: &Proxy, series: &str) -> f64 {
@@ -432,6 +466,90 @@ async fn request_rows_have_the_right_counts_and_tokens_and_no_secret() {
     for secret in [KEY, CLIENT, ADMIN, "tell me about bees"] {
         assert!(!text.contains(secret), "`{secret}` is in a row: {text}");
     }
+    drop(proxy);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_request_retried_on_another_key_has_its_key_retries_in_its_row() {
+    let fake = FakeGemini::start([KEY, KEY2]).await.unwrap();
+    // The first key is refused by the upstream (400 API_KEY_INVALID): a request that draws it
+    // first is retried on the second key.
+    fake.set_key(KEY, KeyBehavior::Invalid);
+    let url = fake.url();
+    let dir = temp_dir("retries");
+    let db = dir.join("gateway.db");
+    let keys = format!("{KEY},{KEY2}");
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("DATABASE_PATH", db.to_str().unwrap()),
+        ("SHUTDOWN_GRACE_SECONDS", "1"),
+    ])
+    .await;
+    // Round robin over two keys: one of two requests draws the invalid key first.
+    for _ in 0..2 {
+        let (status, body) = text(send(&proxy, generate(Some(CLIENT))).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let drew_invalid = fake.requests_for(KEY);
+    assert!(drew_invalid >= 1, "the invalid key was never drawn");
+    assert_eq!(
+        fake.requests_for(KEY2),
+        2,
+        "every request ended on the good key"
+    );
+
+    let rows = rows(&db, 2).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let retried: Vec<&Value> = rows.iter().filter(|r| r["key_retries"] != 0).collect();
+    assert_eq!(retried.len() as u64, drew_invalid, "{rows:?}");
+    for row in &retried {
+        assert_eq!(row["key_retries"], 1, "{row}");
+        assert_eq!(row["upstream_attempts"], 2, "{row}");
+        assert_eq!(row["status"], 200, "{row}");
+        assert_eq!(row["key_id"], ApiKey::new(KEY2).fingerprint().as_str());
+    }
+    for row in rows.iter().filter(|r| r["key_retries"] == 0) {
+        assert_eq!(row["upstream_attempts"], 1, "{row}");
+    }
+    let text = serde_json::to_string(&rows).unwrap();
+    for secret in [KEY, KEY2, CLIENT] {
+        assert!(!text.contains(secret), "`{secret}` is in a row: {text}");
+    }
+    drop(proxy);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn without_a_database_or_redis_the_start_warns_that_admin_changes_are_lost_on_restart() {
+    let (logs, _guard) = Captured::start();
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let proxy = Proxy::start(&[("GEMINI_API_KEYS", KEY), ("UPSTREAM_URL", url.as_str())]).await;
+    assert!(proxy.app_config.persist.database_path.is_none());
+    assert!(proxy.app_config.redis_url.is_none());
+    let logs = logs.text();
+    let warning = logs
+        .lines()
+        .find(|l| l.contains("kept in memory only and LOST ON RESTART"))
+        .unwrap_or_else(|| panic!("no memory-only warning in:\n{logs}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("DATABASE_PATH") && warning.contains("REDIS_URL"),
+        "{warning}"
+    );
+    assert_eq!(logs.matches("LOST ON RESTART").count(), 1, "{logs}");
+    drop(proxy);
+
+    // With a database there is no such warning.
+    let (logs, _guard) = Captured::start();
+    let dir = temp_dir("no-warning");
+    let db = dir.join("gateway.db");
+    let proxy = Proxy::start(&vars(&url, db.to_str().unwrap(), &[])).await;
+    let logs = logs.text();
+    assert!(!logs.contains("LOST ON RESTART"), "{logs}");
+    assert!(logs.contains("kept in SQLite"), "{logs}");
     drop(proxy);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -63,8 +63,10 @@ pub struct Shared {
 
 impl App {
     /// Builds the gateway. Never touches the network, except to connect to `REDIS_URL`
-    /// (bounded; the gateway starts without shared key state when Redis is down).
+    /// (bounded; the gateway starts without shared key state when Redis is down). Logs each
+    /// old-style variable name used once, and where admin changes are kept.
     pub async fn build(config: Config) -> Result<App, String> {
+        config.log_alias_notes();
         let persist = Persist::open(
             &config.persist,
             config.redis_url.as_deref(),
@@ -288,6 +290,7 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .keys(keys)
         .strategy(config.key_strategy)
         .max_failures(config.max_failures)
+        .max_transient_failures(config.max_transient_failures)
         .cooldown(config.key_cooldown)
         .reprobe_after(config.key_reprobe);
     if let Some(url) = &config.redis_url {

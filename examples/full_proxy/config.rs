@@ -35,6 +35,7 @@ pub struct Config {
     pub max_connections: usize,
     // Key pool.
     pub max_failures: u32,
+    pub max_transient_failures: u32,
     pub key_strategy: Strategy,
     pub key_cooldown: Duration,
     pub key_reprobe: Duration,
@@ -96,6 +97,7 @@ impl fmt::Debug for Config {
             .field("client_read_timeout", &self.client_read_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_failures", &self.max_failures)
+            .field("max_transient_failures", &self.max_transient_failures)
             .field("key_strategy", &self.key_strategy)
             .field("key_cooldown", &self.key_cooldown)
             .field("key_reprobe", &self.key_reprobe)
@@ -127,6 +129,14 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// Logs each old-style variable name used (`API_KEYS`, `PASSWORD`, ...) once, as a hint to
+    /// rename it. Called by [`App::build`](super::app::App::build), once per start.
+    pub fn log_alias_notes(&self) {
+        for note in &self.alias_notes {
+            tracing::warn!("configuration: {note}");
+        }
+    }
+
     /// The configuration as `GET /admin/config` shows it: every secret masked (keys and tokens
     /// as `AIza…9xQk`), a Redis URL or an upstream URL with a password reduced to its host.
     pub fn to_json(&self) -> serde_json::Value {
@@ -149,6 +159,7 @@ impl Config {
             "max_connections": self.max_connections,
             "key_strategy": format!("{:?}", self.key_strategy),
             "max_failures": self.max_failures,
+            "max_transient_failures": self.max_transient_failures,
             "key_cooldown_seconds": secs(self.key_cooldown),
             "key_reprobe_seconds": secs(self.key_reprobe),
             "max_consecutive_retries": self.max_consecutive_retries,
@@ -299,6 +310,8 @@ impl Config {
             max_connections: (number(env, "MAX_CONNECTIONS", 4096)? as usize).max(1),
             max_failures: u32::try_from(max_failures)
                 .map_err(|_| ConfigError("MAX_FAILURES: too large".into()))?,
+            max_transient_failures: u32::try_from(number(env, "MAX_TRANSIENT_FAILURES", 3)?)
+                .map_err(|_| ConfigError("MAX_TRANSIENT_FAILURES: too large".into()))?,
             key_strategy,
             key_cooldown: Duration::from_secs(number(env, "KEY_COOLDOWN_SECONDS", 60)?),
             key_reprobe: Duration::from_secs(number(env, "KEY_REPROBE_SECONDS", 3600)?),
@@ -528,6 +541,7 @@ mod tests {
         assert_eq!(c.request_timeout, Duration::from_secs(300));
         assert_eq!(c.stream_idle_timeout, c.request_timeout);
         assert_eq!(c.max_failures, 3);
+        assert_eq!(c.max_transient_failures, 3);
         assert_eq!(c.key_strategy, Strategy::RoundRobin);
         assert_eq!(c.key_reprobe, Duration::from_secs(3600));
         assert_eq!(c.max_consecutive_retries, 5);

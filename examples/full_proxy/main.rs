@@ -38,10 +38,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Old-style variable names (API_KEYS, PASSWORD, ...), once each, as a hint to rename.
-    for note in &config.alias_notes {
-        tracing::warn!("configuration: {note}");
-    }
+    // App::build logs the old-style variable names (API_KEYS, PASSWORD, ...) once each.
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {

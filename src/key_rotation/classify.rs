@@ -101,7 +101,8 @@ pub(crate) enum Outcome {
         /// Why, for the key's state (no secret: a status or reason name).
         reason: String,
     },
-    /// Google's side or the transport: retry with a small backoff; the key is untouched.
+    /// Google's side or the transport: retry with a small backoff; counts against the key only
+    /// when it repeats (see `KeyPoolBuilder::max_transient_failures`).
     Transient,
     /// The client's fault (or nothing to do with the key): return it, no retry.
     Final,

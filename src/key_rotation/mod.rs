@@ -43,13 +43,16 @@
 //! | 2xx | failures reset, cool-down for the model cleared | relayed (a stream is never retried) |
 //! | 429 | cools for *that model*: `RetryInfo.retryDelay`, else exponential backoff with jitter from [`cooldown`](KeyPoolBuilder::cooldown); a per-day quota parks it until midnight Pacific (UTC-8) | retried on another key at once |
 //! | 400 `API_KEY_INVALID`, 400 `FAILED_PRECONDITION`, 401, 403 | one failure; [`max_failures`](KeyPoolBuilder::max_failures) in a row disable it until a re-probe | retried on another key at once |
-//! | 500, 502, 503, 504, transport error | untouched | retried with a small backoff |
+//! | 500, 502, 503, 504, transport error, timeout | one transient failure; [`max_transient_failures`](KeyPoolBuilder::max_transient_failures) in a row (default 3) rest it for every model for the base [`cooldown`](KeyPoolBuilder::cooldown), then it comes back; any other answer resets the count | retried with a small backoff |
 //! | any other 4xx (bad request, 404) | untouched | relayed, no retry |
 //!
 //! A disabled key is re-probed after [`reprobe_after`](KeyPoolBuilder::reprobe_after) with one
 //! real request, and revived when it answers. When no key can serve the model the layer answers
 //! at once, without calling upstream: 429 with `Retry-After` when every key is cooling for the
 //! model, 503 when every key is disabled; in the route's [`Dialect`](crate::Dialect), naming no key.
+//! A key resting after repeated transient failures counts as cooling for every model, so a
+//! gateway whose upstream fails with every key answers 429 with `Retry-After` for a while, not
+//! 503 for ever.
 //!
 //! # Retries and bodies
 //! A retry replays the request body, so it needs a buffered body ([`Body::as_bytes`]

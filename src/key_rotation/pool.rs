@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::secret::ApiKey;
 
 const DEFAULT_MAX_FAILURES: u32 = 3;
+const DEFAULT_MAX_TRANSIENT_FAILURES: u32 = 3;
 const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
 const DEFAULT_REPROBE_AFTER: Duration = Duration::from_secs(3600);
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -91,6 +92,10 @@ struct Health {
     disabled: Option<Disabled>,
     probing: bool,
     cooling: HashMap<Box<str>, Cooling>,
+    /// 5xx or transport failures in a row (any other answer resets it).
+    transient: u32,
+    /// Out of rotation for every model until then, after repeated transient failures.
+    resting_until: Option<Instant>,
     last_error: Option<String>,
 }
 
@@ -109,7 +114,16 @@ struct Cooling {
 
 impl Health {
     fn is_clean(&self) -> bool {
-        self.disabled.is_none() && self.cooling.is_empty() && !self.probing
+        self.disabled.is_none()
+            && self.cooling.is_empty()
+            && self.resting_until.is_none()
+            && !self.probing
+    }
+
+    /// The upstream answered something other than a 5xx: the transient streak ends.
+    fn end_transient_streak(&mut self) {
+        self.transient = 0;
+        self.resting_until = None;
     }
 }
 
@@ -167,7 +181,9 @@ impl KeyEntry {
             return true;
         }
         let h = self.health();
-        h.disabled.is_none() && h.cooling.get(model).is_none_or(|c| c.until <= now)
+        h.disabled.is_none()
+            && h.resting_until.is_none_or(|t| t <= now)
+            && h.cooling.get(model).is_none_or(|c| c.until <= now)
     }
 }
 
@@ -201,6 +217,7 @@ pub struct KeyPool {
     selector: Arc<dyn SelectKey>,
     strategy_name: &'static str,
     max_failures: u32,
+    max_transient_failures: u32,
     cooldown: Duration,
     reprobe_after: Duration,
     store: Option<Arc<dyn KeyStateStore>>,
@@ -222,6 +239,7 @@ impl fmt::Debug for KeyPool {
             .field("keys", &self.len())
             .field("strategy", &self.strategy_name)
             .field("max_failures", &self.max_failures)
+            .field("max_transient_failures", &self.max_transient_failures)
             .field("cooldown", &self.cooldown)
             .field("reprobe_after", &self.reprobe_after)
             .field("store", &self.store)
@@ -246,6 +264,9 @@ pub(crate) enum Unavailable {
     AllDisabled,
     /// Every enabled key is cooling for the model; the earliest is free after this long.
     AllCooling(Duration),
+    /// Every enabled key rests after repeated upstream failures (none is cooling for the
+    /// model's quota); the earliest is back after this long.
+    AllResting(Duration),
     /// Every usable key was already tried by this request.
     AllTried,
 }
@@ -272,12 +293,20 @@ impl Unavailable {
                 ),
                 *after,
             ),
+            Unavailable::AllResting(after) => ApiError::too_many_requests(
+                format!(
+                    "the upstream failed repeatedly with every API key{for_model}; retry in {} s",
+                    after.as_secs() + u64::from(after.subsec_nanos() > 0)
+                ),
+                *after,
+            ),
         }
     }
 }
 
 impl KeyPool {
-    /// A builder with the defaults: round robin, 3 failures, 60 s cool-down, 3600 s re-probe.
+    /// A builder with the defaults: round robin, 3 failures, 3 transient failures, 60 s
+    /// cool-down, 3600 s re-probe.
     pub fn builder() -> KeyPoolBuilder {
         KeyPoolBuilder::default()
     }
@@ -384,7 +413,8 @@ impl KeyPool {
         true
     }
 
-    /// Enables a key again (clears its failures and disabled flag; cool-downs stay).
+    /// Enables a key again (clears its failures, disabled flag and any rest after transient
+    /// failures; per-model cool-downs stay).
     /// Returns false when no key has this id.
     pub async fn enable(&self, id: &str) -> bool {
         let Some(entry) = self.entry(id) else {
@@ -395,6 +425,7 @@ impl KeyPool {
             h.failures = 0;
             h.disabled = None;
             h.probing = false;
+            h.end_transient_streak();
             entry.update_clean(&h);
         }
         tracing::info!(key.id = %entry.id, "key enabled by operator");
@@ -451,6 +482,8 @@ impl KeyPool {
                     weight: e.weight,
                     state,
                     consecutive_failures: h.failures,
+                    consecutive_transient_failures: h.transient,
+                    resting: h.resting_until.filter(|t| *t > now).map(|t| t - now),
                     cooling,
                     total_requests: e.total.load(Ordering::Relaxed),
                     in_flight: e.in_flight(),
@@ -559,6 +592,7 @@ impl KeyPool {
         tried: &[KeyId],
     ) -> Unavailable {
         let mut earliest: Option<Instant> = None;
+        let mut any_quota = false;
         let mut any_tried = false;
         for e in &list.entries {
             if tried.contains(&e.id) {
@@ -569,16 +603,22 @@ impl KeyPool {
             if h.disabled.is_some() {
                 continue;
             }
-            match h.cooling.get(model) {
-                Some(c) if c.until > now => {
-                    earliest = Some(earliest.map_or(c.until, |x| x.min(c.until)));
+            let resting = h.resting_until.filter(|t| *t > now);
+            let cooling = h.cooling.get(model).map(|c| c.until).filter(|t| *t > now);
+            any_quota |= cooling.is_some();
+            match resting.max(cooling) {
+                Some(free_at) => {
+                    earliest = Some(earliest.map_or(free_at, |x| x.min(free_at)));
                 }
                 // Usable after all (a race with a cool-down ending): let the caller retry.
-                _ => return Unavailable::AllTried,
+                None => return Unavailable::AllTried,
             }
         }
         match earliest {
-            Some(at) => Unavailable::AllCooling((at - now).max(Duration::from_millis(1))),
+            Some(at) if any_quota => {
+                Unavailable::AllCooling((at - now).max(Duration::from_millis(1)))
+            }
+            Some(at) => Unavailable::AllResting((at - now).max(Duration::from_millis(1))),
             None if any_tried => Unavailable::AllTried,
             None => Unavailable::AllDisabled,
         }
@@ -604,6 +644,9 @@ impl KeyPool {
             }
             // Only the probe's own lease ends the probe.
             let was_probe = lease.probe && std::mem::take(&mut h.probing);
+            if *outcome != Outcome::Transient {
+                h.end_transient_streak();
+            }
             match outcome {
                 Outcome::Success => {
                     h.failures = 0;
@@ -674,6 +717,31 @@ impl KeyPool {
                             reason = %reason,
                             "key failure counted, rotating"
                         );
+                    }
+                }
+                Outcome::Transient if !was_probe && h.disabled.is_none() => {
+                    h.transient = h.transient.saturating_add(1);
+                    let limit = self.max_transient_failures;
+                    if limit > 0 && h.transient >= limit {
+                        // The upstream more likely than the key is at fault: a short rest for
+                        // every model, not a disabling. After it, one more transient failure
+                        // sends the key back to rest; any other answer ends the streak.
+                        let until = now + self.cooldown;
+                        h.resting_until = Some(h.resting_until.map_or(until, |t| t.max(until)));
+                        if h.transient == limit {
+                            tracing::warn!(
+                                key.id = %entry.id,
+                                transient_failures = h.transient,
+                                rest_s = self.cooldown.as_secs(),
+                                "upstream failed with this key repeatedly: key rests for every model"
+                            );
+                        } else {
+                            tracing::debug!(
+                                key.id = %entry.id,
+                                transient_failures = h.transient,
+                                "upstream still failing with this key: key rests again"
+                            );
+                        }
                     }
                 }
                 Outcome::Transient | Outcome::Final => {
@@ -960,6 +1028,13 @@ pub struct KeySnapshot {
     pub state: KeyState,
     /// Key failures (invalid key, permission denied) in a row.
     pub consecutive_failures: u32,
+    /// Transient failures (500, 502, 503, 504, transport errors, timeouts) in a row with this
+    /// key; any other answer resets it.
+    pub consecutive_transient_failures: u32,
+    /// Time left in a rest for every model after
+    /// [`max_transient_failures`](KeyPoolBuilder::max_transient_failures) transient failures
+    /// in a row. The key stays enabled and comes back by itself.
+    pub resting: Option<Duration>,
     /// Models this key is cooling down for.
     pub cooling: Vec<CoolingSnapshot>,
     /// Requests sent with this key since it joined the pool.
@@ -999,6 +1074,8 @@ impl KeySnapshot {
             "disabled_reason": reason,
             "reprobe_in_seconds": reprobe_in,
             "consecutive_failures": self.consecutive_failures,
+            "consecutive_transient_failures": self.consecutive_transient_failures,
+            "resting_seconds": self.resting.map(|r| r.as_secs_f64().ceil() as u64),
             "cooling": cooling,
             "total_requests": self.total_requests,
             "in_flight": self.in_flight,
@@ -1048,6 +1125,7 @@ pub struct KeyPoolBuilder {
     strategy: Strategy,
     selector: Option<Arc<dyn SelectKey>>,
     max_failures: u32,
+    max_transient_failures: u32,
     cooldown: Duration,
     reprobe_after: Duration,
     store: Option<Arc<dyn KeyStateStore>>,
@@ -1061,6 +1139,7 @@ impl Default for KeyPoolBuilder {
             strategy: Strategy::RoundRobin,
             selector: None,
             max_failures: DEFAULT_MAX_FAILURES,
+            max_transient_failures: DEFAULT_MAX_TRANSIENT_FAILURES,
             cooldown: DEFAULT_COOLDOWN,
             reprobe_after: DEFAULT_REPROBE_AFTER,
             store: None,
@@ -1111,7 +1190,21 @@ impl KeyPoolBuilder {
         self
     }
 
-    /// Base cool-down after a 429 without `retryDelay`, doubled on repeats (with jitter).
+    /// Transient failures (500, 502, 503, 504, transport errors, timeouts) in a row with one
+    /// key after which that key rests, out of rotation for every model, for the base
+    /// [`cooldown`](Self::cooldown). The key is not disabled and counts as usable: the
+    /// upstream, not the key, is the likely culprit. After the rest one more transient
+    /// failure sends it back to rest; any other answer (a success, a 429, a 4xx) ends the
+    /// streak. When every key rests, requests get 429 with `Retry-After` until the first rest
+    /// ends. Rests are not shared through the [`store`](Self::store). Default: 3; 0 turns
+    /// rests off (transient failures never count).
+    pub fn max_transient_failures(mut self, n: u32) -> Self {
+        self.max_transient_failures = n;
+        self
+    }
+
+    /// Base cool-down after a 429 without `retryDelay`, doubled on repeats (with jitter);
+    /// also the length of a rest after repeated transient failures (not doubled).
     /// Default: 60 s.
     pub fn cooldown(mut self, base: Duration) -> Self {
         self.cooldown = base;
@@ -1160,6 +1253,7 @@ impl KeyPoolBuilder {
             selector: self.selector.unwrap_or_else(|| self.strategy.selector()),
             strategy_name: self.strategy.as_str(),
             max_failures: self.max_failures,
+            max_transient_failures: self.max_transient_failures,
             cooldown: self.cooldown,
             reprobe_after: self.reprobe_after,
             store: self.store,

@@ -351,7 +351,7 @@ async fn a_success_resets_the_failure_count() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn server_errors_and_client_errors_never_count_against_a_key() {
+async fn one_off_server_errors_and_client_errors_never_count_against_a_key() {
     let pool = pool_of(1);
     for outcome in [Outcome::Transient, Outcome::Final].iter().cycle().take(10) {
         let mut l = lease(&pool, MODEL);
@@ -359,8 +359,143 @@ async fn server_errors_and_client_errors_never_count_against_a_key() {
     }
     let s = state(&pool, 0);
     assert_eq!(s.consecutive_failures, 0);
+    assert_eq!(s.consecutive_transient_failures, 0);
     assert_eq!(s.state, KeyState::Enabled);
     assert!(s.cooling.is_empty());
+    assert_eq!(s.resting, None);
+    drop(lease(&pool, MODEL));
+}
+
+fn resting_pool(keys_n: usize) -> Arc<KeyPool> {
+    KeyPool::builder()
+        .keys(keys(keys_n))
+        .max_transient_failures(3)
+        .cooldown(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn report_on(pool: &Arc<KeyPool>, i: usize, outcome: Outcome) {
+    let id = pool.ids()[i].clone();
+    let others: Vec<KeyId> = pool.ids().into_iter().filter(|k| *k != id).collect();
+    let mut l = match pool.pick(MODEL, &others) {
+        Pick::Key(l) => l,
+        Pick::Unavailable(why) => panic!("key {i} unavailable: {why:?}"),
+    };
+    assert_eq!(l.id(), &id);
+    pool.report(&mut l, MODEL, &outcome, Some("503 UNAVAILABLE".into()))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_server_errors_rest_the_key_for_every_model_then_it_comes_back() {
+    let pool = resting_pool(1);
+    for _ in 0..2 {
+        report_on(&pool, 0, Outcome::Transient).await;
+    }
+    assert_eq!(state(&pool, 0).consecutive_transient_failures, 2);
+    assert_eq!(state(&pool, 0).resting, None);
+    drop(lease(&pool, MODEL));
+
+    report_on(&pool, 0, Outcome::Transient).await;
+    let s = state(&pool, 0);
+    assert_eq!(s.state, KeyState::Enabled, "rested, not disabled");
+    assert_eq!(s.resting, Some(Duration::from_secs(10)));
+    assert_eq!(s.consecutive_failures, 0);
+    assert_eq!(s.last_error.as_deref(), Some("503 UNAVAILABLE"));
+    let json = s.to_json();
+    assert_eq!(json["resting_seconds"], 10);
+    assert_eq!(json["consecutive_transient_failures"], 3);
+    // Out for every model, answered as a local 429 with the time left, still counted usable.
+    assert_eq!(
+        unavailable(&pool, MODEL),
+        Unavailable::AllResting(Duration::from_secs(10))
+    );
+    assert!(matches!(
+        unavailable(&pool, "gemini-2.5-pro"),
+        Unavailable::AllResting(_)
+    ));
+    assert_eq!(pool.usable_count(), 1);
+
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(
+        unavailable(&pool, MODEL),
+        Unavailable::AllResting(Duration::from_secs(1))
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(state(&pool, 0).resting, None);
+    // Back: still failing, one more transient failure sends it back to rest at once.
+    report_on(&pool, 0, Outcome::Transient).await;
+    assert_eq!(state(&pool, 0).resting, Some(Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // Healthy again: a success ends the streak.
+    report_on(&pool, 0, Outcome::Success).await;
+    let s = state(&pool, 0);
+    assert_eq!(s.consecutive_transient_failures, 0);
+    assert_eq!(s.resting, None);
+    report_on(&pool, 0, Outcome::Transient).await;
+    assert_eq!(state(&pool, 0).resting, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_success_between_server_errors_resets_the_streak() {
+    let pool = resting_pool(1);
+    for outcome in [
+        Outcome::Transient,
+        Outcome::Transient,
+        Outcome::Success,
+        Outcome::Transient,
+        Outcome::Transient,
+    ] {
+        report_on(&pool, 0, outcome).await;
+    }
+    let s = state(&pool, 0);
+    assert_eq!(s.consecutive_transient_failures, 2);
+    assert_eq!(s.resting, None);
+    drop(lease(&pool, MODEL));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resting_key_is_skipped_while_the_others_serve() {
+    let pool = resting_pool(2);
+    for _ in 0..3 {
+        report_on(&pool, 0, Outcome::Transient).await;
+    }
+    for _ in 0..4 {
+        let l = lease(&pool, MODEL);
+        assert_eq!(l.id(), &pool.ids()[1]);
+    }
+    // Cooling for a model's quota wins the answer's wording when both apply.
+    report_on(&pool, 1, exhausted(Some(Duration::from_secs(3)))).await;
+    assert_eq!(
+        unavailable(&pool, MODEL),
+        Unavailable::AllCooling(Duration::from_secs(3))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_max_transient_failures_never_rests_a_key() {
+    let pool = KeyPool::builder()
+        .keys(keys(1))
+        .max_transient_failures(0)
+        .build()
+        .unwrap();
+    for _ in 0..10 {
+        report_on(&pool, 0, Outcome::Transient).await;
+    }
+    assert_eq!(state(&pool, 0).resting, None);
+    drop(lease(&pool, MODEL));
+}
+
+#[tokio::test(start_paused = true)]
+async fn enabling_a_resting_key_ends_its_rest() {
+    let pool = resting_pool(1);
+    for _ in 0..3 {
+        report_on(&pool, 0, Outcome::Transient).await;
+    }
+    assert!(pool.enable(pool.ids()[0].as_str()).await);
+    assert_eq!(state(&pool, 0).resting, None);
+    drop(lease(&pool, MODEL));
 }
 
 async fn disabled_pool(reprobe: Duration) -> Arc<KeyPool> {
@@ -668,6 +803,39 @@ async fn all_cooling_answers_429_with_retry_after_without_calling_upstream() {
     assert!(body.contains("RESOURCE_EXHAUSTED"), "{body}");
     assert!(!body.contains("AIza"), "{body}");
     assert_eq!(calls.len(), 2, "no upstream call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_failing_with_every_key_answers_429_until_the_rests_end() {
+    let calls = Calls::default();
+    let up = upstream(&calls, |_, _| Ok(json(503, OVERLOADED_503)));
+    let pool = KeyPool::builder()
+        .keys(keys(2))
+        .cooldown(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let svc = stack(
+        KeyRotationLayer::new(pool.clone()).retry_backoff(Duration::from_millis(10)),
+        up,
+    );
+    // Default threshold 3: three requests, each trying both keys, relay the upstream's 503.
+    for _ in 0..3 {
+        assert_eq!(send(&svc, post(GENERATE, "{}")).await.status(), 503);
+    }
+    assert_eq!(calls.len(), 6);
+    assert!(pool.snapshot().iter().all(|s| s.resting.is_some()));
+
+    let res = send(&svc, post(GENERATE, "{}")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.headers()["retry-after"], "30");
+    let body = text(res).await;
+    assert!(body.contains("failed repeatedly"), "{body}");
+    assert!(!body.contains("AIza"), "{body}");
+    assert_eq!(calls.len(), 6, "no upstream call while every key rests");
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(send(&svc, post(GENERATE, "{}")).await.status(), 503);
+    assert!(calls.len() > 6, "the keys came back");
 }
 
 #[tokio::test(start_paused = true)]

@@ -45,6 +45,8 @@ pub enum KeyBehavior {
     },
     /// 403 `PERMISSION_DENIED`.
     PermissionDenied,
+    /// 503 `UNAVAILABLE` ("The model is overloaded"), Google's side failing for this key.
+    Unavailable,
 }
 
 impl KeyBehavior {
@@ -542,6 +544,14 @@ fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
                     {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US",
                      "message": "API key not valid. Please pass a valid API key."}
                 ]
+            }}),
+        )),
+        KeyBehavior::Unavailable => Some(json_response(
+            503,
+            &json!({"error": {
+                "code": 503,
+                "message": "The model is overloaded. Please try again later.",
+                "status": "UNAVAILABLE"
             }}),
         )),
         KeyBehavior::PermissionDenied => Some(json_response(

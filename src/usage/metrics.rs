@@ -146,7 +146,7 @@ impl MetricsSink {
         let mut counts = [0u32; 4];
         for k in pool.snapshot() {
             let i = match k.state {
-                KeyState::Enabled if k.cooling.is_empty() => 0,
+                KeyState::Enabled if k.cooling.is_empty() && k.resting.is_none() => 0,
                 KeyState::Enabled => 1,
                 KeyState::Probing { .. } => 3,
                 _ => 2,
