@@ -197,3 +197,156 @@ fn targeted_hostile_bodies() {
         check(status, &res, "content type");
     }
 }
+
+// === Env config values ===
+
+/// Every variable full_proxy reads (ours and the old-style aliases).
+const VARIABLES: &[&str] = &[
+    "ADMIN_TOKEN",
+    "ALLOWED_MODELS",
+    "ALLOWED_TOKENS",
+    "API_KEYS",
+    "AUTH_TOKEN",
+    "BASE_URL",
+    "CLIENT_KEY_PASSTHROUGH",
+    "CLIENT_READ_TIMEOUT_SECONDS",
+    "DATABASE_PATH",
+    "DEBUG",
+    "DEBUG_MODE",
+    "DISABLE_SAFETY_FILTERING",
+    "GEMINI_API_KEYS",
+    "INJECT_PROMPT",
+    "INJECT_PROMPT_POSITION",
+    "KEY_COOLDOWN_SECONDS",
+    "KEY_REPROBE_SECONDS",
+    "KEY_STRATEGY",
+    "LISTEN_ADDR",
+    "LOG_CLEANUP_INTERVAL_SECONDS",
+    "LOG_DIR",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+    "LOG_REQUEST_BODIES",
+    "LOG_RETENTION_DAYS",
+    "LOG_ROTATION",
+    "LOG_ROTATION_INTERVAL",
+    "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
+    "MAX_CONSECUTIVE_RETRIES",
+    "MAX_FAILURES",
+    "MAX_LOG_BACKUPS",
+    "MAX_LOG_SIZE",
+    "MAX_REQUESTS_PER_DAY_PER_IP",
+    "MAX_REQUESTS_PER_MINUTE",
+    "MODEL_ALIASES",
+    "MODEL_LIMITS",
+    "MODEL_SEARCH",
+    "PASSWORD",
+    "PORT",
+    "RATE_LIMIT_FAIL_OPEN",
+    "REDIS_KEY_PREFIX",
+    "REDIS_URL",
+    "REQUEST_LOG_QUEUE_SIZE",
+    "REQUEST_TIMEOUT_SECONDS",
+    "RETRY_DELAY_MS",
+    "SHOW_SEARCH_LINK",
+    "SHOW_THINKING_PROCESS",
+    "SHUTDOWN_GRACE_SECONDS",
+    "STREAM_IDLE_TIMEOUT_SECONDS",
+    "SWALLOW_THOUGHTS_AFTER_RETRY",
+    "THINKING_BUDGET",
+    "THINKING_MODELS",
+    "TOOLS_CODE_EXECUTION_ENABLED",
+    "TRUSTED_PROXIES",
+    "UPSTREAM_URL",
+    "UPSTREAM_URL_BASE",
+];
+
+/// Values shaped like what the variables take (numbers, booleans, lists, pairs, limits,
+/// addresses, URLs), near misses of them, and anything at all.
+fn config_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "[ -~]{0,40}",
+        "[ +-]?[0-9]{0,40}[ .eE0-9]{0,3}",
+        prop_oneof![
+            Just("true"),
+            Just("FALSE"),
+            Just("yes"),
+            Just("0"),
+            Just("maybe")
+        ]
+        .prop_map(str::to_owned),
+        r#"\[?("?[a-z0-9 ,'-]{0,8}"?,? ?){0,4}\]?"#,
+        r#"\{?("?[a-z0-9./-]{0,8}"?[=:] ?"?-?[a-z0-9.-]{0,6}"?,? ?){0,4}\}?"#,
+        "([a-z0-9./-]{0,10}=([0-9]{0,22}(rp[smhd]|tp[mhd]|x)?,?){0,3};?){0,3}",
+        "(https?|ftp|redis)?(://)?[a-z0-9.:@/-]{0,20}",
+        "[0-9.:\\[\\]a-f]{0,25}",
+    ]
+}
+
+/// The invariant: no panic, and a refusal names one of the variables that were set.
+fn check_config(env: &HashMap<String, String>) {
+    if let Err(e) = Config::from_map(env) {
+        assert!(
+            env.keys().any(|name| e.0.starts_with(name.as_str())),
+            "the error names none of the variables set: {e} (env: {env:?})"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_single_config_value_is_accepted_or_refused_by_name(
+        name in proptest::sample::select(VARIABLES),
+        value in config_value(),
+    ) {
+        let env = HashMap::from([(name.to_owned(), value)]);
+        check_config(&env);
+    }
+
+    #[test]
+    fn any_mix_of_config_values_is_accepted_or_refused_by_name(
+        vars in proptest::collection::hash_map(proptest::sample::select(VARIABLES), config_value(), 1..12),
+    ) {
+        let env = vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        check_config(&env);
+    }
+}
+
+/// Every variable × values that are out of range for it: huge and negative numbers, numbers
+/// that overflow u64, i32 or u32, whitespace, and JSON lists with non-string items.
+#[test]
+fn out_of_range_config_values_are_refused_by_name_or_accepted() {
+    let values = [
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999999999999999999999",
+        "4294967296",
+        "2147483648",
+        "-1",
+        "-9223372036854775809",
+        "1e30",
+        "0.5",
+        " 0 ",
+        "+7",
+        "[1, 2]",
+        "[\"\"]",
+        "{\"a\": 99999999999999999999}",
+        "{\"a\": -2}",
+        "a=1e99",
+        "gemini-2.5-pro=18446744073709551616rpm",
+        "gemini-2.5-pro=0rpm",
+        "=",
+        ",",
+        ";",
+        "[",
+        "{",
+    ];
+    for name in VARIABLES {
+        for value in values {
+            check_config(&HashMap::from([(name.to_string(), value.to_owned())]));
+        }
+    }
+}
