@@ -350,3 +350,104 @@ fn out_of_range_config_values_are_refused_by_name_or_accepted() {
         }
     }
 }
+
+/// Accepted extremes must not break the gateway later: every duration, count and limit at
+/// `u64::MAX` (where the variable takes it), then requests that make keys fail, cool down on
+/// an upstream `retryDelay` just as absurd, and get logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_accepted_values_build_a_gateway_that_serves() {
+    use tower_gemini::testing::KeyBehavior;
+    const INVALID: &str = "AIzaSyBad-input-test-key-invalid-00002";
+    const EXHAUSTED: &str = "AIzaSyBad-input-test-key-exhaust-00003";
+    let fake = FakeGemini::start([KEY, INVALID, EXHAUSTED]).await.unwrap();
+    fake.set_key(INVALID, KeyBehavior::Invalid);
+    fake.set_key(
+        EXHAUSTED,
+        KeyBehavior::exhausted(std::time::Duration::from_secs(u64::MAX)),
+    );
+    let dir = std::env::temp_dir().join(format!("tower-gemini-bad-input-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let keys = format!("{INVALID},{EXHAUSTED},{KEY}");
+    let url = fake.url();
+    let max = u64::MAX.to_string();
+    let mut vars = vec![
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("DATABASE_PATH", db.to_str().unwrap()),
+        ("MAX_FAILURES", "1"),
+    ];
+    for name in [
+        "REQUEST_TIMEOUT_SECONDS",
+        "MAX_BODY_BYTES",
+        "SHUTDOWN_GRACE_SECONDS",
+        "CLIENT_READ_TIMEOUT_SECONDS",
+        "MAX_CONNECTIONS",
+        "KEY_COOLDOWN_SECONDS",
+        "KEY_REPROBE_SECONDS",
+        "STREAM_IDLE_TIMEOUT_SECONDS",
+        "MAX_REQUESTS_PER_MINUTE",
+        "MAX_REQUESTS_PER_DAY_PER_IP",
+        "LOG_RETENTION_DAYS",
+        "LOG_CLEANUP_INTERVAL_SECONDS",
+        "MAX_LOG_SIZE",
+    ] {
+        vars.push((name, max.as_str()));
+    }
+    let proxy = support::Proxy::start(&vars).await;
+    let client = tower_gemini::client::UpstreamClient::new(proxy.url()).unwrap();
+    for _ in 0..3 {
+        let req = Request::post(GENERATE)
+            .header("x-goog-api-key", proxy.token.as_str())
+            .body(Body::from(VALID))
+            .unwrap();
+        let res = client
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("the gateway answers");
+        let status = res.status();
+        let body = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    // The request log's writer is still alive: rows get written.
+    let series = r#"gemini_gateway_request_log_rows_total{outcome="written"}"#;
+    let mut written = 0.0;
+    for _ in 0..100 {
+        let req = Request::get("/metrics").body(Body::empty()).unwrap();
+        let res = client.clone().oneshot(req).await.unwrap();
+        let text = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+        written = String::from_utf8_lossy(&text)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0);
+        if written >= 3.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(written >= 3.0, "the request log wrote {written} rows");
+}
+
+#[test]
+fn counts_that_would_stall_or_exhaust_memory_are_refused_by_name() {
+    for (name, value) in [
+        ("MAX_LOG_BACKUPS", "1001"),
+        ("MAX_LOG_BACKUPS", "18446744073709551615"),
+        ("REQUEST_LOG_QUEUE_SIZE", "100001"),
+        ("REQUEST_LOG_QUEUE_SIZE", "18446744073709551615"),
+    ] {
+        let err = Config::from_map(&HashMap::from([(name.to_owned(), value.to_owned())]))
+            .err()
+            .unwrap_or_else(|| panic!("{name}={value} was accepted"));
+        assert!(err.0.starts_with(name), "{err}");
+    }
+    let c = Config::from_map(&HashMap::from([(
+        "CLIENT_READ_TIMEOUT_SECONDS".to_owned(),
+        u64::MAX.to_string(),
+    )]))
+    .unwrap();
+    assert_eq!(c.client_read_timeout, support::config::FOREVER);
+}
