@@ -451,3 +451,291 @@ fn counts_that_would_stall_or_exhaust_memory_are_refused_by_name() {
     .unwrap();
     assert_eq!(c.client_read_timeout, support::config::FOREVER);
 }
+
+// === OpenAI bodies ===
+
+const CHAT: &str = "/v1/chat/completions";
+const EMBEDDINGS: &str = "/v1/embeddings";
+
+/// A chat request using most of what the translator reads: a system message, content parts
+/// with an inline image, an assistant tool call and its answer, tools, sampling settings.
+fn valid_chat(stream: bool) -> Value {
+    serde_json::json!({
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"cats\"}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "{\"found\":true}"},
+            {"role": "user", "content": "hello there"}
+        ],
+        "tools": [{"type": "function", "function": {
+            "name": "lookup",
+            "description": "looks things up",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+        }}],
+        "tool_choice": "auto",
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "max_tokens": 64,
+        "stop": ["\n\n"],
+        "n": 1,
+        "stream": stream,
+        "stream_options": {"include_usage": true}
+    })
+}
+
+fn valid_embeddings() -> Value {
+    serde_json::json!({"model": "text-embedding-004", "input": ["hello", "world"], "encoding_format": "float"})
+}
+
+/// Field names the translator knows, so generated objects hit real fields.
+const OPENAI_KEYS: &[&str] = &[
+    "model",
+    "messages",
+    "role",
+    "content",
+    "type",
+    "text",
+    "image_url",
+    "url",
+    "detail",
+    "input_audio",
+    "data",
+    "format",
+    "file",
+    "file_data",
+    "tools",
+    "tool_choice",
+    "function",
+    "name",
+    "description",
+    "parameters",
+    "properties",
+    "required",
+    "items",
+    "arguments",
+    "tool_calls",
+    "tool_call_id",
+    "id",
+    "stream",
+    "stream_options",
+    "include_usage",
+    "n",
+    "stop",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "response_format",
+    "json_schema",
+    "schema",
+    "strict",
+    "reasoning_effort",
+    "logprobs",
+    "top_logprobs",
+    "seed",
+    "input",
+    "encoding_format",
+    "dimensions",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+    "modalities",
+    "audio",
+    "extra_body",
+    "google",
+    "thinking_config",
+    "anyOf",
+    "$ref",
+    "enum",
+];
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        "[ -~]{0,12}".prop_map(Value::String),
+        any::<String>().prop_map(Value::String),
+        proptest::sample::select(OPENAI_KEYS).prop_map(|s| Value::String(s.to_owned())),
+        proptest::sample::select(
+            &[
+                "user",
+                "assistant",
+                "system",
+                "tool",
+                "developer",
+                "function",
+                "auto",
+                "none",
+                "required",
+                "json_object",
+                "json_schema",
+                "text",
+                "image_url",
+                "base64",
+                "float",
+                "data:image/png;base64,!!",
+                "data:",
+                "{",
+                "{\"a\":"
+            ][..]
+        )
+        .prop_map(|s| Value::String(s.to_owned())),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec((proptest::sample::select(OPENAI_KEYS), inner), 0..4)
+                .prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+                )),
+        ]
+    })
+}
+
+/// JSON pointers to every node of `v`.
+fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                pointers(item, format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                pointers(
+                    item,
+                    format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                    out,
+                );
+            }
+        }
+        _ => {}
+    }
+    out.push(at);
+}
+
+/// Replaces, removes or adds fields of `doc` at generated places.
+fn mutate(mut doc: Value, edits: &[(usize, u8, &'static str, Value)]) -> Value {
+    for (at, how, key, value) in edits {
+        let mut all = Vec::new();
+        pointers(&doc, String::new(), &mut all);
+        let ptr = &all[at % all.len()];
+        let Some(node) = doc.pointer_mut(ptr) else {
+            continue;
+        };
+        match (how % 3, node) {
+            (0, node) => *node = value.clone(),
+            (1, Value::Object(map)) => {
+                map.insert((*key).to_owned(), value.clone());
+            }
+            (_, Value::Object(map)) => {
+                map.remove(*key);
+            }
+            (_, Value::Array(items)) if !items.is_empty() => {
+                items.remove(at % items.len());
+            }
+            (_, node) => *node = value.clone(),
+        }
+    }
+    doc
+}
+
+/// The invariants of an OpenAI route: no 5xx the gateway made up (a 502/503/504 the fake
+/// upstream caused is allowed), and every 4xx is OpenAI's error object.
+fn check_openai(status: StatusCode, body: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        !status.is_server_error()
+            || matches!(status.as_u16(), 502..=504) && !text.contains("panic"),
+        "{what}: {status} {text}"
+    );
+    if status.is_client_error() || status.is_server_error() {
+        let v: Value = serde_json::from_slice(body)
+            .unwrap_or_else(|_| panic!("{what}: a {status} without a JSON error: {text}"));
+        let e = &v["error"];
+        assert!(
+            e["message"].is_string() && e["type"].is_string() && e.get("code").is_some(),
+            "{what}: not OpenAI's error shape: {v}"
+        );
+        assert!(
+            e.get("status").is_none(),
+            "{what}: Gemini's error shape: {v}"
+        );
+    }
+}
+
+fn openai_post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_openai_bodies_never_break_the_gateway(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        for path in [CHAT, EMBEDDINGS] {
+            let (status, res) = call(openai_post(path, body.clone()));
+            check_openai(status, &res, path);
+        }
+    }
+
+    #[test]
+    fn mutated_openai_requests_never_break_the_gateway(
+        stream in any::<bool>(),
+        edits in proptest::collection::vec(
+            (any::<usize>(), any::<u8>(), proptest::sample::select(OPENAI_KEYS), arb_json()),
+            1..4,
+        ),
+    ) {
+        let chat = mutate(valid_chat(stream), &edits);
+        let (status, res) = call(openai_post(CHAT, chat.to_string()));
+        check_openai(status, &res, &format!("chat {chat}"));
+        let embeddings = mutate(valid_embeddings(), &edits);
+        let (status, res) = call(openai_post(EMBEDDINGS, embeddings.to_string()));
+        check_openai(status, &res, &format!("embeddings {embeddings}"));
+    }
+
+    #[test]
+    fn byte_flipped_openai_requests_never_break_the_gateway(
+        stream in any::<bool>(),
+        cut in any::<usize>(),
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+    ) {
+        for (path, doc) in [(CHAT, valid_chat(stream)), (EMBEDDINGS, valid_embeddings())] {
+            let mut bytes = doc.to_string().into_bytes();
+            for (i, b) in &flips {
+                let n = bytes.len();
+                bytes[i % n] = *b;
+            }
+            let n = bytes.len();
+            bytes.truncate((cut % n).max(1));
+            let (status, res) = call(openai_post(path, bytes));
+            check_openai(status, &res, path);
+        }
+    }
+}
+
+#[test]
+fn the_unmutated_openai_requests_succeed() {
+    for stream in [false, true] {
+        let (status, res) = call(openai_post(CHAT, valid_chat(stream).to_string()));
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&res));
+    }
+    let (status, res) = call(openai_post(EMBEDDINGS, valid_embeddings().to_string()));
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&res));
+}
