@@ -739,3 +739,208 @@ fn the_unmutated_openai_requests_succeed() {
     let (status, res) = call(openai_post(EMBEDDINGS, valid_embeddings().to_string()));
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&res));
 }
+
+// === Targeted: huge strings, deep nesting, content types ===
+
+/// A gateway whose body limit (16 MiB) is above a 10 MB string, with its fake upstream.
+async fn big_body_gateway() -> (Router, FakeGemini) {
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let env: HashMap<String, String> = [
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", url.as_str()),
+        ("ALLOWED_TOKENS", TOKEN),
+        ("ADMIN_TOKEN", "bad-input-admin-token-0001"),
+        ("MAX_BODY_BYTES", "16777216"),
+        ("RETRY_DELAY_MS", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let app = App::build(Config::from_map(&env).unwrap()).await.unwrap();
+    (app.router, fake)
+}
+
+/// 10 MB of text with what JSON has to escape and what UTF-8 has to encode in several bytes.
+fn ten_megabytes() -> String {
+    let piece = "héllo \"wörld\" \\ tab\t newline\n emoji 🙂 nul-ish \u{1} ";
+    piece.repeat(10_000_000 / piece.len() + 1)
+}
+
+async fn send(router: &Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let body = collect_limited(res.into_body(), 64 << 20).await.unwrap();
+    (status, body.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_megabyte_string_reaches_the_upstream_intact_on_both_dialects() {
+    let (router, fake) = big_body_gateway().await;
+    let text = ten_megabytes();
+
+    let native = serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]});
+    let (status, res) = send(&router, post(GENERATE, native.to_string())).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&res[..res.len().min(500)])
+    );
+    let got = fake.last_received().unwrap().json();
+    assert!(
+        got["contents"][0]["parts"][0]["text"].as_str() == Some(text.as_str()),
+        "the native text arrived changed"
+    );
+    fake.clear_received();
+
+    let openai = serde_json::json!({
+        "model": "gemini-2.5-flash",
+        "messages": [{"role": "user", "content": text}],
+    });
+    let (status, res) = send(&router, openai_post(CHAT, openai.to_string())).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&res[..res.len().min(500)])
+    );
+    let got = fake.last_received().unwrap().json();
+    assert!(
+        got["contents"][0]["parts"][0]["text"].as_str() == Some(text.as_str()),
+        "the OpenAI text arrived changed"
+    );
+}
+
+/// `[[[[...]]]]` nested `depth` deep.
+fn nested(depth: usize) -> String {
+    let mut s = "[".repeat(depth);
+    s.push_str(&"]".repeat(depth));
+    s
+}
+
+#[test]
+fn deeply_nested_json_is_a_400_on_both_dialects() {
+    let deep = nested(100_000);
+    let native_cases = [
+        format!(r#"{{"contents":{deep}}}"#),
+        format!(r#"{{"contents":[],"generationConfig":{deep}}}"#),
+        deep.clone(),
+    ];
+    for body in native_cases {
+        let (status, res) = call(post(GENERATE, body));
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&res)
+        );
+        check(status, &res, "deep native");
+    }
+    let openai_cases = [
+        (
+            CHAT,
+            format!(r#"{{"model":"gemini-2.5-flash","messages":{deep}}}"#),
+        ),
+        (
+            CHAT,
+            format!(
+                r#"{{"model":"gemini-2.5-flash","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{deep}}}}}]}}"#
+            ),
+        ),
+        (
+            EMBEDDINGS,
+            format!(r#"{{"model":"text-embedding-004","input":{deep}}}"#),
+        ),
+        (CHAT, deep.clone()),
+    ];
+    for (path, body) in openai_cases {
+        let (status, res) = call(openai_post(path, body));
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&res)
+        );
+        check_openai(status, &res, "deep openai");
+    }
+    // Deep JSON inside a string the translator parses again: a tool call's arguments.
+    let arguments = serde_json::json!({
+        "model": "gemini-2.5-flash",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                "function": {"name": "f", "arguments": deep}}]},
+            {"role": "tool", "tool_call_id": "c", "content": deep},
+        ],
+    });
+    let (status, res) = call(openai_post(CHAT, arguments.to_string()));
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&res)
+    );
+    check_openai(status, &res, "deep arguments");
+}
+
+/// Nesting just under serde_json's limit of 128 that the translation makes deeper: the layers
+/// behind the translator parse it again, and must still answer sensibly.
+#[test]
+fn nesting_near_the_parser_limit_gets_a_defined_answer() {
+    for depth in [100, 120, 126] {
+        let schema = format!(
+            r#"{{"type":"object","properties":{{"x":{{"type":"array","items":{}}}}}}}"#,
+            nested(depth)
+        );
+        let body = format!(
+            r#"{{"model":"gemini-2.5-flash","messages":[{{"role":"user","content":"hi"}}],"tools":[{{"type":"function","function":{{"name":"f","parameters":{schema}}}}}]}}"#
+        );
+        let (status, res) = call(openai_post(CHAT, body));
+        check_openai(status, &res, &format!("schema depth {depth}"));
+        let native = format!(
+            r#"{{"contents":[{{"parts":[{{"text":"hi"}}]}}],"tools":[{{"functionDeclarations":[{{"name":"f","parameters":{schema}}}]}}]}}"#
+        );
+        let (status, res) = call(post(GENERATE, native));
+        check(status, &res, &format!("native schema depth {depth}"));
+        assert!(status.is_success() || status.is_client_error(), "{status}");
+    }
+}
+
+#[test]
+fn openai_routes_read_json_whatever_the_content_type_says() {
+    // Like the native routes (tested above), the OpenAI front reads the body as JSON with any
+    // Content-Type or none; a body that is not JSON is a 400 either way.
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        for (path, body, want) in [
+            (CHAT, valid_chat(false).to_string(), StatusCode::OK),
+            (EMBEDDINGS, valid_embeddings().to_string(), StatusCode::OK),
+            (
+                CHAT,
+                "model=gemini-2.5-flash&messages=hi".to_owned(),
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let mut b = Request::post(path).header("authorization", format!("Bearer {TOKEN}"));
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            let (status, res) = call(b.body(Body::from(body)).unwrap());
+            assert_eq!(
+                status,
+                want,
+                "{ct:?} {path}: {}",
+                String::from_utf8_lossy(&res)
+            );
+            check_openai(status, &res, "content type");
+        }
+    }
+    // Over the limit: 413 in OpenAI's shape.
+    let (status, res) = call(openai_post(CHAT, vec![b'a'; 2 << 20]));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    check_openai(status, &res, "too large");
+}
