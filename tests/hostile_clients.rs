@@ -171,6 +171,75 @@ async fn two_hundred_concurrent_streams_all_arrive_intact() {
     }
 }
 
+fn openai_stream_request(proxy: &Proxy, prompt: &str) -> Request<Body> {
+    Request::post("/v1/chat/completions")
+        .header("authorization", format!("Bearer {}", proxy.token))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({
+                "model": "gemini-2.5-flash",
+                "stream": true,
+                "messages": [{"role": "user", "content": prompt}],
+            })
+            .to_string(),
+        ))
+        .unwrap()
+}
+
+/// The text of an OpenAI chat stream, which must end with `data: [DONE]`.
+fn openai_sse_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_native_and_openai_streams_all_arrive_intact() {
+    let (fake, proxy) = setup(&[]).await;
+    fake.set_chunk_delay(Duration::from_millis(5));
+    let client = UpstreamClient::new(proxy.url()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let openai = i % 2 == 1;
+        let prompt = format!("mixed stream number {i}");
+        let req = if openai {
+            openai_stream_request(&proxy, &prompt)
+        } else {
+            stream_request(&proxy, &prompt)
+        };
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let res = client.oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "stream {i}");
+            let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+            let text = if openai {
+                openai_sse_text(&body)
+            } else {
+                sse_text(&body)
+            };
+            (i, prompt, text)
+        }));
+    }
+    for t in tasks {
+        let (i, prompt, text) = t.await.unwrap();
+        assert_eq!(text, FakeGemini::passage(&prompt), "stream {i}");
+    }
+    assert_eq!(fake.total_requests(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_connections() {
     let (fake, mut proxy) = setup(&[("SHUTDOWN_GRACE_SECONDS", "20")]).await;

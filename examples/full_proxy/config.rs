@@ -242,7 +242,7 @@ impl Config {
                 )));
             }
         };
-        let request_timeout = Duration::from_secs(number(env, "REQUEST_TIMEOUT_SECONDS", 300)?);
+        let request_timeout = seconds(env, "REQUEST_TIMEOUT_SECONDS", 300)?;
         let key_strategy = match get("KEY_STRATEGY") {
             None => Strategy::RoundRobin,
             Some(v) => v.parse().map_err(|_| {
@@ -300,28 +300,24 @@ impl Config {
             max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
-            shutdown_grace: Duration::from_secs(number(env, "SHUTDOWN_GRACE_SECONDS", 30)?),
-            client_read_timeout: Duration::from_secs(number(
-                env,
-                "CLIENT_READ_TIMEOUT_SECONDS",
-                30,
-            )?)
-            .max(Duration::from_secs(1)),
+            shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 30)?,
+            client_read_timeout: seconds(env, "CLIENT_READ_TIMEOUT_SECONDS", 30)?
+                .max(Duration::from_secs(1)),
             max_connections: (number(env, "MAX_CONNECTIONS", 4096)? as usize).max(1),
             max_failures: u32::try_from(max_failures)
                 .map_err(|_| ConfigError("MAX_FAILURES: too large".into()))?,
             max_transient_failures: u32::try_from(number(env, "MAX_TRANSIENT_FAILURES", 3)?)
                 .map_err(|_| ConfigError("MAX_TRANSIENT_FAILURES: too large".into()))?,
             key_strategy,
-            key_cooldown: Duration::from_secs(number(env, "KEY_COOLDOWN_SECONDS", 60)?),
-            key_reprobe: Duration::from_secs(number(env, "KEY_REPROBE_SECONDS", 3600)?),
+            key_cooldown: seconds(env, "KEY_COOLDOWN_SECONDS", 60)?,
+            key_reprobe: seconds(env, "KEY_REPROBE_SECONDS", 3600)?,
             max_consecutive_retries: u32::try_from(number(env, "MAX_CONSECUTIVE_RETRIES", 5)?)
                 .map_err(|_| ConfigError("MAX_CONSECUTIVE_RETRIES: too large".into()))?,
-            retry_delay: Duration::from_millis(number(env, "RETRY_DELAY_MS", 500)?),
+            retry_delay: Duration::from_millis(number(env, "RETRY_DELAY_MS", 500)?).min(FOREVER),
             swallow_thoughts_after_retry: boolean(env, "SWALLOW_THOUGHTS_AFTER_RETRY", true)?,
             stream_idle_timeout: match get("STREAM_IDLE_TIMEOUT_SECONDS") {
                 None => request_timeout,
-                Some(_) => Duration::from_secs(number(env, "STREAM_IDLE_TIMEOUT_SECONDS", 0)?),
+                Some(_) => seconds(env, "STREAM_IDLE_TIMEOUT_SECONDS", 0)?,
             },
             max_requests_per_minute: positive(env, "MAX_REQUESTS_PER_MINUTE")?,
             max_requests_per_day_per_ip: positive(env, "MAX_REQUESTS_PER_DAY_PER_IP")?,
@@ -456,6 +452,19 @@ pub fn number(env: &HashMap<String, String>, name: &str, default: u64) -> Result
             .parse()
             .map_err(|_| ConfigError(format!("{name}: `{v}` is not a whole number"))),
     }
+}
+
+/// The longest duration any variable sets (100 years): a larger value means "never" just as
+/// well, and timers, `Instant` arithmetic and the libraries below panic on overflow.
+pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// A number of seconds (at most [`FOREVER`]), or the default when unset.
+pub fn seconds(
+    env: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(number(env, name, default)?).min(FOREVER))
 }
 
 /// An optional limit: unset or `0` means off.

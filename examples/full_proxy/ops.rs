@@ -46,6 +46,9 @@ pub struct OpsConfig {
     pub log_retention_days: u64,
 }
 
+/// The most log backups `MAX_LOG_BACKUPS` may ask for.
+pub const MAX_LOG_BACKUPS: u64 = 1000;
+
 impl OpsConfig {
     /// Reads the settings from the variables.
     pub fn from_map(env: &HashMap<String, String>) -> Result<OpsConfig, String> {
@@ -65,11 +68,19 @@ impl OpsConfig {
                 ));
             }
         };
+        // Each roll-over renames every backup slot in turn: a huge count would stall the log
+        // writer for good at its first roll-over.
+        let max_log_backups = number("MAX_LOG_BACKUPS", 10)?;
+        if max_log_backups > MAX_LOG_BACKUPS {
+            return Err(format!(
+                "MAX_LOG_BACKUPS: `{max_log_backups}` is more than {MAX_LOG_BACKUPS}"
+            ));
+        }
         Ok(OpsConfig {
             log_dir: get("LOG_DIR").map(PathBuf::from),
             log_rotation,
             max_log_size: number("MAX_LOG_SIZE", 100 * 1024 * 1024)?,
-            max_log_backups: usize::try_from(number("MAX_LOG_BACKUPS", 10)?)
+            max_log_backups: usize::try_from(max_log_backups)
                 .map_err(|_| "MAX_LOG_BACKUPS: too large".to_owned())?,
             log_retention_days: number("LOG_RETENTION_DAYS", 30)?,
         })
@@ -215,7 +226,7 @@ pub fn log_writer(config: &OpsConfig) -> Result<Option<(NonBlocking, WorkerGuard
             })?;
     if config.log_retention_days > 0 {
         let dir = dir.clone();
-        let max_age = Duration::from_secs(config.log_retention_days * 24 * 3600);
+        let max_age = Duration::from_secs(config.log_retention_days.saturating_mul(24 * 3600));
         let spawned = std::thread::Builder::new()
             .name("log-retention".into())
             .spawn(move || {

@@ -37,6 +37,9 @@ pub struct PersistConfig {
     pub request_log_queue: usize,
 }
 
+/// The longest request log queue `REQUEST_LOG_QUEUE_SIZE` may ask for.
+pub const MAX_REQUEST_LOG_QUEUE: u64 = 100_000;
+
 impl PersistConfig {
     /// Reads the settings from the variables.
     pub fn from_map(env: &HashMap<String, String>) -> Result<PersistConfig, String> {
@@ -62,6 +65,12 @@ impl PersistConfig {
         let request_log_queue = number("REQUEST_LOG_QUEUE_SIZE", 10_000)?;
         if request_log_queue == 0 {
             return Err("REQUEST_LOG_QUEUE_SIZE: must be at least 1".into());
+        }
+        // The queue's slots are allocated up front.
+        if request_log_queue > MAX_REQUEST_LOG_QUEUE {
+            return Err(format!(
+                "REQUEST_LOG_QUEUE_SIZE: `{request_log_queue}` is more than {MAX_REQUEST_LOG_QUEUE} rows"
+            ));
         }
         Ok(PersistConfig {
             database_path: get("DATABASE_PATH").map(PathBuf::from),
@@ -96,8 +105,8 @@ impl Persist {
         if let Some(path) = &config.database_path {
             let sqlite = SqliteStore::open(path)
                 .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
-            let retention =
-                (log_retention_days > 0).then(|| Duration::from_secs(log_retention_days * 86_400));
+            let retention = (log_retention_days > 0)
+                .then(|| Duration::from_secs(log_retention_days.saturating_mul(86_400)));
             let request_log = RequestLog::builder(path)
                 .queue(config.request_log_queue)
                 .retention(retention)

@@ -56,7 +56,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // A semaphore holds at most MAX_PERMITS; more connections than that is no limit at all.
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

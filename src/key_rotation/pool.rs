@@ -673,7 +673,7 @@ impl KeyPool {
                     } else {
                         backoff(self.cooldown, strikes)
                     };
-                    let mut until = now + wait;
+                    let mut until = later(now, wait);
                     if let Some(c) = h.cooling.get(model) {
                         until = until.max(c.until);
                     }
@@ -695,7 +695,7 @@ impl KeyPool {
                     let disable = was_probe
                         || (h.disabled.is_none() && h.failures >= self.max_failures.max(1));
                     if disable {
-                        let reprobe_at = now + self.reprobe_after;
+                        let reprobe_at = later(now, self.reprobe_after);
                         tracing::warn!(
                             key.id = %entry.id,
                             failures = h.failures,
@@ -869,7 +869,7 @@ impl KeyPool {
 
     fn merge(&self, shared: &HashMap<KeyId, SharedKeyState>, now: Instant) {
         let wall = SystemTime::now();
-        let local_time = |t: SystemTime| now + t.duration_since(wall).unwrap_or_default();
+        let local_time = |t: SystemTime| later(now, t.duration_since(wall).unwrap_or_default());
         // A local disable younger than this may not have reached the store yet.
         let settle = self.sync_interval * 2;
         for e in &self.list().entries {
@@ -951,12 +951,22 @@ fn unique_id(key: &ApiKey, entries: &[Arc<KeyEntry>]) -> KeyId {
         .unwrap_or_else(|| KeyId::new(fp))
 }
 
+/// `now + d`, with an absurd `d` (an upstream `retryDelay` of 10^19 seconds, a cool-down of
+/// `Duration::MAX`, a far-future time from the shared store) cut to a century instead of
+/// overflowing `Instant`, which panics.
+pub(crate) fn later(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d.min(CENTURY))
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
+}
+
 /// Exponential backoff for repeated 429s without `retryDelay`: `base · 2^(strikes-1)`, capped
 /// at an hour (or `base` when longer), plus up to 25 % jitter.
 pub(crate) fn backoff(base: Duration, strikes: u32) -> Duration {
     let exp = strikes.saturating_sub(1).min(16);
     let grown = base.saturating_mul(1 << exp).min(MAX_BACKOFF.max(base));
-    grown + grown.mul_f64(0.25 * random_fraction())
+    grown.saturating_add(grown.mul_f64(0.25 * random_fraction()))
 }
 
 /// Time until the next midnight Pacific time, when Gemini's daily quotas reset.

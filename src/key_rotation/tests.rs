@@ -1342,3 +1342,27 @@ mod redis_store {
         store.clear().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn durations_past_the_end_of_time_park_a_key_instead_of_panicking() {
+    // A cool-down and a re-probe period of `Duration::MAX` overflow `Instant` if added as is.
+    let pool = KeyPool::builder()
+        .keys(keys(2))
+        .max_failures(1)
+        .cooldown(Duration::MAX)
+        .reprobe_after(Duration::MAX)
+        .build()
+        .unwrap();
+    let mut l = lease(&pool, MODEL);
+    pool.report(&mut l, MODEL, &key_failure(), None).await;
+    drop(l);
+    let mut l = lease(&pool, MODEL);
+    pool.report(&mut l, MODEL, &exhausted(None), None).await;
+    drop(l);
+    assert!(matches!(state(&pool, 0).state, KeyState::Disabled { .. }));
+    assert!(!state(&pool, 1).cooling.is_empty());
+    assert!(matches!(
+        unavailable(&pool, MODEL),
+        Unavailable::AllCooling(_)
+    ));
+}

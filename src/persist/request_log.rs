@@ -321,16 +321,17 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut batch: Vec<Row> = Vec::with_capacity(self.batch);
-        let mut next_cleanup = Instant::now();
+        // `None`: no cleanup is ever due (no retention, or an interval past the end of time).
+        let mut next_cleanup = self.retention.map(|_| Instant::now());
         loop {
-            if let Some(keep) = self.retention {
-                if Instant::now() >= next_cleanup {
+            if let (Some(keep), Some(due)) = (self.retention, next_cleanup) {
+                if Instant::now() >= due {
                     self.cleanup(keep);
-                    next_cleanup = Instant::now() + self.cleanup_interval;
+                    next_cleanup = Instant::now().checked_add(self.cleanup_interval);
                 }
             }
-            let wait = match self.retention {
-                Some(_) => next_cleanup.saturating_duration_since(Instant::now()),
+            let wait = match next_cleanup {
+                Some(due) => due.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
             };
             match self.rx.recv_timeout(wait) {
@@ -339,12 +340,12 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             // Let a few more rows join this transaction.
-            let deadline = Instant::now() + self.flush_interval;
+            let started = Instant::now();
             let mut open = true;
             while batch.len() < self.batch {
                 match self
                     .rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .recv_timeout(self.flush_interval.saturating_sub(started.elapsed()))
                 {
                     Ok(row) => batch.push(row),
                     Err(RecvTimeoutError::Timeout) => break,
