@@ -101,14 +101,24 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = req.method().clone();
-        // A key pasted into the path (as a model name) is masked like any other.
-        let path = log_path(&req);
-        if let Some(p) = GeminiPath::parse(&path) {
-            if !p.model.is_empty() {
-                let model = crate::secret::scrub(p.model.as_str());
-                tracing::Span::current().record("model", &*model);
+        // With the line and the request span both off, there is nothing to prepare.
+        let span = tracing::Span::current();
+        let line = tracing::enabled!(target: "tower_gemini::access", tracing::Level::WARN);
+        let path = if line || !span.is_disabled() {
+            // A key pasted into the path (as a model name) is masked like any other.
+            let path = log_path(&req);
+            if !span.is_disabled() {
+                if let Some(p) = GeminiPath::parse(&path) {
+                    if !p.model.is_empty() {
+                        let model = crate::secret::scrub(p.model.as_str());
+                        span.record("model", &*model);
+                    }
+                }
             }
-        }
+            if line { path } else { String::new() }
+        } else {
+            String::new()
+        };
         ResponseFuture {
             inner: self.inner.call(req),
             start: Instant::now(),

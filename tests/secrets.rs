@@ -883,7 +883,13 @@ fn db_files(dir: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
+        // SQLite removes its `-wal`/`-shm` files when the last connection closes: a file
+        // that is gone by now holds nothing.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
         out.push((
             path.file_name().unwrap().to_string_lossy().into_owned(),
             String::from_utf8_lossy(&bytes).into_owned(),

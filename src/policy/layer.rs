@@ -247,8 +247,13 @@ where
             Some(handle) => handle.current(),
             None => self.rules.clone(),
         };
-        let classified = classify(&req);
-        let Some((kind, path)) = classified.filter(|_| !rules.is_empty()) else {
+        // No rule, nothing to read: the request is not even classified.
+        let classified = if rules.is_empty() {
+            None
+        } else {
+            classify(&req)
+        };
+        let Some((kind, path)) = classified else {
             let fut = inner.call(req);
             return ResponseFuture(Box::pin(
                 async move { fut.await.map(|res| res.map(Body::new)) },

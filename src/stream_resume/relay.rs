@@ -686,6 +686,21 @@ struct PeekPart<'a> {
     function_call: bool,
 }
 
+/// Just what [`unary_needs_retry`] needs of a `:generateContent` answer.
+#[derive(Deserialize)]
+struct UnaryPeek<'a> {
+    #[serde(default, borrow)]
+    candidates: Vec<UnaryCandidate<'a>>,
+}
+
+#[derive(Deserialize)]
+struct UnaryCandidate<'a> {
+    #[serde(default, borrow)]
+    content: Option<PeekContent<'a>>,
+    #[serde(rename = "finishReason", default, borrow)]
+    finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// A field that is there, whatever its value (`null` included).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
@@ -944,6 +959,33 @@ fn not_json() -> Response<Body> {
 }
 
 fn unary_needs_retry(bytes: &[u8], config: &Config) -> Option<&'static str> {
+    // The common answer, read into borrowed structs without building a JSON tree; anything
+    // they do not describe (odd types, duplicate keys, not JSON) gets the full reading.
+    if let Ok(peek) = serde_json::from_slice::<UnaryPeek<'_>>(bytes) {
+        let c = peek.candidates.first()?;
+        let parts = c.content.as_ref().map_or(&[][..], |c| &c.parts[..]);
+        let finish = c.finish_reason.as_deref();
+        if finish.is_some_and(|f| config.retryable_finish_reasons.contains(f)) {
+            return Some("finish reason");
+        }
+        let has_call = parts.iter().any(|p| p.function_call);
+        let has_text = parts
+            .iter()
+            .any(|p| p.thought != Some(true) && p.text.as_deref().is_some_and(|t| !t.is_empty()));
+        if !has_text
+            && !has_call
+            && finish.is_none_or(|f| f == "STOP")
+            && config.empty_stop_is_retryable
+        {
+            return Some("empty answer");
+        }
+        return None;
+    }
+    unary_needs_retry_tree(bytes, config)
+}
+
+/// [`unary_needs_retry`] on a JSON tree: for answers the borrowed reading does not describe.
+fn unary_needs_retry_tree(bytes: &[u8], config: &Config) -> Option<&'static str> {
     let Ok(v) = serde_json::from_slice::<Value>(bytes) else {
         return Some(NOT_JSON);
     };
@@ -966,4 +1008,52 @@ fn unary_needs_retry(bytes: &[u8], config: &Config) -> Option<&'static str> {
         return Some("empty answer");
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_borrowed_unary_check_agrees_with_the_tree() {
+        let config = Config::default();
+        let bodies = [
+            r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}]},"finishReason":"STOP"}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x","thought":true}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x","thought":false}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":null}]},"finishReason":"STOP"}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"cut"}]},"finishReason":"MAX_TOKENS"}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]},"finishReason":"MALFORMED_FUNCTION_CALL"}]}"#,
+            r#"{"candidates":[{"content":null,"finishReason":"SAFETY"}]}"#,
+            r#"{"candidates":[{"finishReason":null}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"\u0041"}]}}]}"#,
+            r#"{"candidates":[],"promptFeedback":{"blockReason":"SAFETY"}}"#,
+            r#"{"usageMetadata":{"totalTokenCount":1}}"#,
+        ];
+        for body in bodies {
+            assert!(
+                serde_json::from_slice::<UnaryPeek<'_>>(body.as_bytes()).is_ok(),
+                "{body}"
+            );
+            assert_eq!(
+                unary_needs_retry(body.as_bytes(), &config),
+                unary_needs_retry_tree(body.as_bytes(), &config),
+                "{body}"
+            );
+        }
+        // What the borrowed reading refuses still gets an answer, from the tree.
+        for body in [
+            r#"{"candidates":[{"content":{"parts":[{"text":3}]}}]}"#,
+            r#"{"candidates":null}"#,
+            "<html>",
+        ] {
+            assert_eq!(
+                unary_needs_retry(body.as_bytes(), &config),
+                unary_needs_retry_tree(body.as_bytes(), &config),
+                "{body}"
+            );
+        }
+        assert_eq!(unary_needs_retry(b"<html>", &config), Some(NOT_JSON));
+    }
 }

@@ -142,6 +142,7 @@ where
             if !model.is_empty() {
                 handle.record_model(&model);
             }
+            handle.record_tapped();
             return ResponseFuture {
                 inner: self.inner.call(req),
                 pending: Some(Pending::Tap(handle)),
@@ -268,6 +269,7 @@ impl Recording {
             rate_limited,
             model,
             tokens,
+            tapped: _,
         } = self.handle.report();
         let r = &mut self.record;
         r.duration = self.start.elapsed();
@@ -411,28 +413,42 @@ where
         };
         let stream = is_stream(&res);
         let (parts, body) = res.into_parts();
+        let mut scan = true;
         let sink = match pending {
             Pending::Tap(handle) => Sink::Tap(handle),
             Pending::Record(mut rec) => {
                 rec.record.status = parts.status.as_u16();
                 rec.record.stream = stream;
                 rec.record.latency = rec.start.elapsed();
-                if let Some(k) = rec.handle.report().key_id {
+                let report = rec.handle.report();
+                if let Some(k) = report.key_id {
                     rec.record.key_id = Some(k); // the key whose answer is relayed
+                }
+                // A tap below reads these very bytes (a Gemini answer is relayed unchanged
+                // through the layers between) and its counts win: reading them twice is
+                // waste. A translated (OpenAI) answer is still read here, in case the Gemini
+                // one carried no counts.
+                if report.tapped && !rec.record.route.starts_with("openai.") {
+                    scan = false;
                 }
                 Sink::Record(rec)
             }
         };
         if let Some(bytes) = body.as_bytes() {
             // A buffered answer: read it now and keep the body as it is.
-            let mut scanner = TokenScanner::new();
-            scanner.feed(bytes);
-            sink.finish(scanner.tokens(), true);
+            let tokens = scan
+                .then(|| {
+                    let mut scanner = TokenScanner::new();
+                    scanner.feed(bytes);
+                    scanner.tokens()
+                })
+                .flatten();
+            sink.finish(tokens, true);
             return Poll::Ready(Ok(Response::from_parts(parts, body)));
         }
         let body = Body::new(ResponseBody {
             inner: body,
-            scanner: TokenScanner::new(),
+            scanner: scan.then(TokenScanner::new),
             sink: Some(sink),
         });
         Poll::Ready(Ok(Response::from_parts(parts, body)))
@@ -471,14 +487,21 @@ impl Sink {
 /// when it ends (or is dropped).
 struct ResponseBody {
     inner: Body,
-    scanner: TokenScanner,
+    /// `None` when a tap below reads the token counts.
+    scanner: Option<TokenScanner>,
     sink: Option<Sink>,
 }
 
 impl ResponseBody {
     fn finish(&mut self, completed: bool) {
         if let Some(sink) = self.sink.take() {
-            sink.finish(self.scanner.tokens(), completed);
+            // The body is over (or abandoned): let the layers below finish first, so that a
+            // tap there has reported what it read before the record is made.
+            drop(std::mem::take(&mut self.inner));
+            sink.finish(
+                self.scanner.as_ref().and_then(TokenScanner::tokens),
+                completed,
+            );
         }
     }
 }
@@ -494,8 +517,8 @@ impl http_body::Body for ResponseBody {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    self.scanner.feed(data);
+                if let (Some(data), Some(scanner)) = (f.data_ref(), &mut self.scanner) {
+                    scanner.feed(data);
                 }
                 if self.inner.is_end_stream() {
                     self.finish(true);

@@ -1,10 +1,10 @@
 //! `MetricsSink`: usage records as Prometheus metrics (through the `metrics` facade).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 
-use metrics::{Recorder, counter, gauge, histogram};
+use metrics::{Counter, Histogram, Recorder, counter, gauge, histogram};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -14,6 +14,8 @@ use super::record::{UsageRecord, UsageSink};
 /// Distinct model labels kept; later models are labelled `other` (client-chosen model names
 /// must not grow the series without bound).
 const MAX_MODEL_LABELS: usize = 128;
+/// Key labels whose counters are kept at hand; further keys are looked up on each record.
+const MAX_CACHED_KEYS: usize = 1024;
 /// Buckets of the request duration histogram, in seconds.
 const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -77,7 +79,32 @@ enum Target {
 /// ```
 pub struct MetricsSink {
     target: Target,
-    models: Mutex<HashSet<String>>,
+    /// Metric handles already registered, so that recording a request is a few atomic adds
+    /// instead of a registry look-up (label hashing and allocation) per metric.
+    handles: RwLock<Handles>,
+}
+
+/// The registered handles, by label.
+#[derive(Default)]
+struct Handles {
+    /// By model label (`none`, `invalid` and `other` included).
+    models: HashMap<String, Arc<ModelHandles>>,
+    /// Plausible model names seen (capped at [`MAX_MODEL_LABELS`]).
+    real_models: usize,
+    /// By key label: requests, upstream attempts.
+    keys: HashMap<String, Arc<[Counter; 2]>>,
+    /// By route: rate limited, incomplete.
+    routes: HashMap<String, Arc<[Counter; 2]>>,
+}
+
+/// The handles of one model label.
+struct ModelHandles {
+    label: String,
+    /// `prompt`, `output`, `thoughts`, `cached`, `total`.
+    tokens: [Counter; 5],
+    resumes: Counter,
+    /// By route and status: requests and durations.
+    requests: RwLock<Vec<(String, u16, Counter, Histogram)>>,
 }
 
 impl fmt::Debug for MetricsSink {
@@ -103,15 +130,16 @@ impl MetricsSink {
         let handle = recorder.handle();
         Self {
             target: Target::Prometheus(Box::new(recorder), handle),
-            models: Mutex::default(),
+            handles: RwLock::default(),
         }
     }
 
-    /// A sink recording through the globally installed `metrics` recorder.
+    /// A sink recording through the globally installed `metrics` recorder. Each series is
+    /// registered once, on its first record, so install the recorder before the first request.
     pub fn global() -> Self {
         Self {
             target: Target::Global,
-            models: Mutex::default(),
+            handles: RwLock::default(),
         }
     }
 
@@ -163,80 +191,176 @@ impl MetricsSink {
         });
     }
 
-    /// The model as a label: a plausible model name, at most [`MAX_MODEL_LABELS`] of them.
-    fn model_label(&self, model: &str) -> String {
-        if model.is_empty() {
-            return "none".to_owned();
-        }
-        let plausible = model.len() <= 64
+    /// The model as a label: a plausible model name, at most [`MAX_MODEL_LABELS`] of them,
+    /// else `none`, `invalid` or `other`; with the label's handles.
+    fn model_handles(&self, model: &str) -> Arc<ModelHandles> {
+        let plausible = !model.is_empty()
+            && model.len() <= 64
             && model
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
             && crate::secret::scrub(model) == model;
-        if !plausible {
-            return "invalid".to_owned();
+        let label = match model {
+            "" => "none",
+            _ if !plausible => "invalid",
+            m => m,
+        };
+        if let Some(h) = read(&self.handles).models.get(label) {
+            return h.clone();
         }
-        let mut seen = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(model) {
-            return model.to_owned();
+        let mut handles = write(&self.handles);
+        if let Some(h) = handles.models.get(label) {
+            return h.clone();
         }
-        if seen.len() < MAX_MODEL_LABELS {
-            seen.insert(model.to_owned());
-            return model.to_owned();
+        let label = if !plausible || handles.real_models < MAX_MODEL_LABELS {
+            label
+        } else {
+            "other"
+        };
+        if let Some(h) = handles.models.get(label) {
+            return h.clone();
         }
-        "other".to_owned()
+        if plausible && label != "other" {
+            handles.real_models += 1;
+        }
+        let owned = label.to_owned();
+        let h = self.with(|| {
+            let kind =
+                |k: &'static str| counter!(TOKENS_TOTAL, "model" => owned.clone(), "type" => k);
+            Arc::new(ModelHandles {
+                tokens: [
+                    kind("prompt"),
+                    kind("output"),
+                    kind("thoughts"),
+                    kind("cached"),
+                    kind("total"),
+                ],
+                resumes: counter!(RESUMES_TOTAL, "model" => owned.clone()),
+                requests: RwLock::default(),
+                label: owned.clone(),
+            })
+        });
+        handles.models.insert(owned, h.clone());
+        h
+    }
+
+    /// The request counter and duration histogram of `route`, `model` and `status`.
+    fn request_handles(
+        &self,
+        model: &str,
+        m: &ModelHandles,
+        route: &str,
+        status: u16,
+    ) -> (Counter, Histogram) {
+        let find = |v: &Vec<(String, u16, Counter, Histogram)>| {
+            v.iter()
+                .find(|(r, s, ..)| *s == status && r == route)
+                .map(|(_, _, c, h)| (c.clone(), h.clone()))
+        };
+        if let Some(found) = find(&read(&m.requests)) {
+            return found;
+        }
+        let mut v = write(&m.requests);
+        if let Some(found) = find(&v) {
+            return found;
+        }
+        let (c, h) = self.with(|| {
+            let labels = [
+                ("route", route.to_owned()),
+                ("model", model.to_owned()),
+                ("status", status.to_string()),
+            ];
+            (
+                counter!(REQUESTS_TOTAL, &labels),
+                histogram!(REQUEST_DURATION, &labels),
+            )
+        });
+        v.push((route.to_owned(), status, c.clone(), h.clone()));
+        (c, h)
+    }
+
+    /// The requests and upstream attempts counters of a key label.
+    fn key_handles(&self, key: &str) -> Arc<[Counter; 2]> {
+        if let Some(h) = read(&self.handles).keys.get(key) {
+            return h.clone();
+        }
+        let h = self.with(|| {
+            Arc::new([
+                counter!(KEY_REQUESTS_TOTAL, "key" => key.to_owned()),
+                counter!(UPSTREAM_ATTEMPTS_TOTAL, "key" => key.to_owned()),
+            ])
+        });
+        let mut handles = write(&self.handles);
+        if handles.keys.len() < MAX_CACHED_KEYS {
+            handles.keys.insert(key.to_owned(), h.clone());
+        }
+        h
+    }
+
+    /// The rate-limited and incomplete counters of a route.
+    fn route_handles(&self, route: &str) -> Arc<[Counter; 2]> {
+        if let Some(h) = read(&self.handles).routes.get(route) {
+            return h.clone();
+        }
+        let h = self.with(|| {
+            Arc::new([
+                counter!(RATE_LIMITED_TOTAL, "route" => route.to_owned()),
+                counter!(INCOMPLETE_TOTAL, "route" => route.to_owned()),
+            ])
+        });
+        // Routes are a short fixed list (the route names of `UsageLayer`).
+        write(&self.handles)
+            .routes
+            .insert(route.to_owned(), h.clone());
+        h
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Key ids are fingerprints; anything else (a custom sink's id) is not put in a label.
-fn key_label(id: &str) -> String {
+fn key_label(id: &str) -> &str {
     let ok = id.len() <= 24 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        id.to_owned()
-    } else {
-        "invalid".to_owned()
-    }
+    if ok { id } else { "invalid" }
 }
 
 impl UsageSink for MetricsSink {
     fn record(&self, r: &UsageRecord) {
-        let model = self.model_label(&r.model);
-        let route = r.route.clone();
-        let status = r.status.to_string();
-        self.with(|| {
-            let labels = [
-                ("route", route.clone()),
-                ("model", model.clone()),
-                ("status", status),
-            ];
-            counter!(REQUESTS_TOTAL, &labels).increment(1);
-            histogram!(REQUEST_DURATION, &labels).record(r.duration.as_secs_f64());
-            if let Some(t) = r.tokens {
-                for (kind, n) in [
-                    ("prompt", t.prompt),
-                    ("output", t.output),
-                    ("thoughts", t.thoughts),
-                    ("cached", t.cached),
-                    ("total", t.total),
-                ] {
-                    counter!(TOKENS_TOTAL, "model" => model.clone(), "type" => kind).increment(n);
-                }
+        let model = self.model_handles(&r.model);
+        let (requests, duration) = self.request_handles(&model.label, &model, &r.route, r.status);
+        requests.increment(1);
+        duration.record(r.duration.as_secs_f64());
+        if let Some(t) = r.tokens {
+            for (c, n) in model
+                .tokens
+                .iter()
+                .zip([t.prompt, t.output, t.thoughts, t.cached, t.total])
+            {
+                c.increment(n);
             }
-            if let Some(key) = &r.key_id {
-                let key = key_label(key);
-                counter!(KEY_REQUESTS_TOTAL, "key" => key.clone()).increment(1);
-                counter!(UPSTREAM_ATTEMPTS_TOTAL, "key" => key)
-                    .increment(u64::from(r.upstream_attempts));
-            }
-            if r.resumes > 0 {
-                counter!(RESUMES_TOTAL, "model" => model.clone()).increment(u64::from(r.resumes));
-            }
+        }
+        if let Some(key) = &r.key_id {
+            let [requests, attempts] = &*self.key_handles(key_label(key));
+            requests.increment(1);
+            attempts.increment(u64::from(r.upstream_attempts));
+        }
+        if r.resumes > 0 {
+            model.resumes.increment(u64::from(r.resumes));
+        }
+        if r.rate_limited || !r.completed {
+            let [rate_limited, incomplete] = &*self.route_handles(&r.route);
             if r.rate_limited {
-                counter!(RATE_LIMITED_TOTAL, "route" => route.clone()).increment(1);
+                rate_limited.increment(1);
             }
             if !r.completed {
-                counter!(INCOMPLETE_TOTAL, "route" => route).increment(1);
+                incomplete.increment(1);
             }
-        });
+        }
     }
 }

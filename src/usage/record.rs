@@ -183,6 +183,8 @@ pub(crate) struct Report {
     pub(crate) rate_limited: bool,
     pub(crate) model: Option<String>,
     pub(crate) tokens: Option<Tokens>,
+    /// A tap below reads the answer's token counts (see [`UsageLayer::tap`](super::UsageLayer::tap)).
+    pub(crate) tapped: bool,
 }
 
 impl UsageHandle {
@@ -234,6 +236,11 @@ impl UsageHandle {
     /// outer layer reads from the translated answer).
     pub fn record_tokens(&self, tokens: Tokens) {
         self.lock().tokens = Some(tokens);
+    }
+
+    /// A tap below reads the answer it relays and reports its token counts.
+    pub(crate) fn record_tapped(&self) {
+        self.lock().tapped = true;
     }
 
     pub(crate) fn report(&self) -> Report {

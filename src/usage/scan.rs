@@ -80,9 +80,45 @@ impl TokenScanner {
     }
 
     /// Feeds the next bytes.
-    pub fn feed(&mut self, data: &[u8]) {
-        for &b in data {
-            self.byte(b);
+    pub fn feed(&mut self, mut data: &[u8]) {
+        // The bulk of an answer is outside keys or inside long strings (the text): jump over
+        // those to the next byte that can change the state, then step byte by byte.
+        while let Some(&first) = data.first() {
+            match self.state {
+                State::Outside => match memchr::memchr(b'"', data) {
+                    Some(i) => {
+                        self.outside(b'"');
+                        data = &data[i + 1..];
+                    }
+                    None => return,
+                },
+                State::InString { escape: false } => match memchr::memchr2(b'"', b'\\', data) {
+                    Some(i) => {
+                        self.push_key(&data[..i]);
+                        self.byte(data[i]);
+                        data = &data[i + 1..];
+                    }
+                    None => {
+                        self.push_key(data);
+                        return;
+                    }
+                },
+                _ => {
+                    self.byte(first);
+                    data = &data[1..];
+                }
+            }
+        }
+    }
+
+    /// Plain string bytes: kept as the key while it is short enough to be one.
+    fn push_key(&mut self, bytes: &[u8]) {
+        let room = MAX_KEY - self.key_len;
+        let n = bytes.len().min(room);
+        self.key[self.key_len..self.key_len + n].copy_from_slice(&bytes[..n]);
+        self.key_len += n;
+        if bytes.len() > room {
+            self.key_overflow = true;
         }
     }
 
@@ -249,6 +285,24 @@ mod tests {
                 total: 38
             }
         );
+    }
+
+    #[test]
+    fn skipping_ahead_reads_like_stepping_byte_by_byte() {
+        let body = br#"data: {"candidates":[{"content":{"parts":[{"text":"a \"quoted\" \\ long text with \"promptTokenCount\": 5 inside and a very long key name next"}]}}],"aVeryLongKeyNameThatIsNotATokenCountAtAll":1,"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":345,"thoughtsTokenCount":6,"totalTokenCount":363}}"#;
+        let mut stepped = TokenScanner::new();
+        for &b in body.iter() {
+            stepped.byte(b);
+        }
+        for chunk in [1, 2, 3, 7, 16, body.len()] {
+            let mut s = TokenScanner::new();
+            for piece in body.chunks(chunk) {
+                s.feed(piece);
+            }
+            assert_eq!(s.tokens(), stepped.tokens(), "chunks of {chunk}");
+        }
+        let t = stepped.tokens().unwrap();
+        assert_eq!((t.prompt, t.output, t.thoughts, t.total), (12, 345, 6, 363));
     }
 
     #[test]

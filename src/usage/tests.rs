@@ -262,6 +262,62 @@ async fn a_tap_reports_the_inner_model_and_tokens_to_the_outer_layer() {
     assert_eq!(all[0].tokens.unwrap().total, 14);
 }
 
+/// A native stream through an outer layer and a tap: (the record sink, the client's body, the
+/// upstream's sender).
+async fn tapped_stream() -> (
+    Collect,
+    Body,
+    tokio::sync::mpsc::Sender<Result<http_body::Frame<Bytes>, crate::BoxError>>,
+) {
+    let sink = Collect::default();
+    let (tx, body) = channel_body();
+    let body = Arc::new(Mutex::new(Some(body)));
+    let upstream = service_fn(move |_req: Request<Body>| {
+        let body = body.lock().unwrap().take().unwrap();
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .layer(UsageLayer::tap())
+        .service(upstream);
+    let res = svc.oneshot(post(STREAM)).await.unwrap();
+    (sink, res.into_body(), tx)
+}
+
+#[tokio::test]
+async fn a_tapped_native_stream_is_recorded_with_its_last_usage() {
+    let (sink, mut body, tx) = tapped_stream().await;
+    tx.send(sse(r#"{"usageMetadata":{"promptTokenCount":3}}"#))
+        .await
+        .unwrap();
+    tx.send(sse(
+        r#"{"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":8,"totalTokenCount":11}}"#,
+    ))
+    .await
+    .unwrap();
+    drop(tx);
+    while body.frame().await.is_some() {}
+    let all = sink.all();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].completed);
+    assert_eq!(all[0].tokens.unwrap().output, 8);
+    assert_eq!(all[0].tokens.unwrap().total, 11);
+}
+
+#[tokio::test]
+async fn a_tapped_native_stream_dropped_midway_keeps_the_usage_seen_so_far() {
+    let (sink, mut body, tx) = tapped_stream().await;
+    tx.send(sse(r#"{"usageMetadata":{"promptTokenCount":3}}"#))
+        .await
+        .unwrap();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    let all = sink.all();
+    assert_eq!(all.len(), 1);
+    assert!(!all[0].completed);
+    assert_eq!(all[0].tokens.unwrap().prompt, 3);
+}
+
 #[tokio::test]
 async fn openai_routes_take_the_model_from_the_body() {
     let sink = Collect::default();
