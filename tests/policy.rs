@@ -597,10 +597,11 @@ async fn malformed_json_gets_upstreams_own_400() {
 }
 
 #[tokio::test]
-async fn embeddings_pass_through_untouched() {
+async fn embeddings_pass_through_untouched_but_only_for_allowed_models() {
     let s = stack(&[
-        ("ALLOWED_MODELS", "gemini-2.5-flash"),
+        ("ALLOWED_MODELS", "gemini-2.5-flash,text-embedding-004"),
         ("INJECT_PROMPT", "x"),
+        ("MODEL_ALIASES", "text-embedding-004=gemini-embedding-001"),
     ])
     .await;
     let body = json!({"content": {"parts": [{"text": "hello"}]}});
@@ -608,5 +609,28 @@ async fn embeddings_pass_through_untouched() {
         .post("/v1beta/models/text-embedding-004:embedContent", &body)
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(s.upstream().body, body.to_string().as_bytes());
+    let seen = s.upstream();
+    assert_eq!(seen.body, body.to_string().as_bytes(), "body untouched");
+    assert_eq!(
+        seen.path, "/v1beta/models/text-embedding-004:embedContent",
+        "a batch names its model in every request: never renamed"
+    );
+
+    // ALLOWED_MODELS holds for embeddings too, in both dialects, before any upstream call.
+    let calls = s.fake.total_requests();
+    let batch = json!({"requests": [{"model": "models/embedding-001", "content": {"parts": [{"text": "a"}]}}]});
+    let res = s
+        .post("/v1beta/models/embedding-001:batchEmbedContents", &batch)
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(res).await["error"]["status"], "PERMISSION_DENIED");
+    let res = s
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "embedding-001", "input": "a"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(json_of(res).await["error"]["type"], "permission_error");
+    assert_eq!(s.fake.total_requests(), calls, "nothing went upstream");
 }

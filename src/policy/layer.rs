@@ -216,6 +216,9 @@ fn classify(req: &Request<Body>) -> Option<(CallKind, GeminiPath)> {
             CallKind::StreamGenerateContent
         }
         (&http::Method::POST, Some(Method::CountTokens)) => CallKind::CountTokens,
+        (&http::Method::POST, Some(Method::EmbedContent | Method::BatchEmbedContents)) => {
+            CallKind::Embed
+        }
         _ => return None,
     };
     Some((kind, path))

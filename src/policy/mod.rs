@@ -5,8 +5,9 @@
 //! aliases and an allow list. [`RequestPolicyLayer`] applies a list of [`Rule`]s, in order, to
 //! the native Gemini routes:
 //! `POST /v1beta/models/{model}:generateContent`, `:streamGenerateContent` (SSE or streamed
-//! JSON array), `:countTokens`, and `GET /v1beta/models[/{model}]`. Anything else passes
-//! through untouched.
+//! JSON array), `:countTokens`, and `GET /v1beta/models[/{model}]`; `:embedContent` and
+//! `:batchEmbedContents` are checked against the allow list only (never renamed or rewritten).
+//! Anything else passes through untouched.
 //!
 //! A rule changes only the field it targets: the layer edits the request JSON in place, so
 //! every other field (numbers and unknown fields included) reaches upstream as the client sent

@@ -21,6 +21,10 @@ pub enum CallKind {
     GetModel,
     /// `GET /v1beta/models`
     ListModels,
+    /// `POST /v1beta/models/{model}:embedContent` or `:batchEmbedContents`: only the model is
+    /// policed (an allow list applies); the body is never rewritten and the model never renamed,
+    /// since a batch names its model again in every request.
+    Embed,
 }
 
 impl CallKind {

@@ -123,6 +123,9 @@ impl ModelAliases {
 
 impl Rule for ModelAliases {
     fn request(&self, call: &mut Call) -> Result<(), ApiError> {
+        if call.kind() == CallKind::Embed {
+            return Ok(());
+        }
         if let Some(target) = self.target(call.model()) {
             let target = target.to_owned();
             call.set_model(target);
@@ -195,6 +198,9 @@ impl SearchModels {
 
 impl Rule for SearchModels {
     fn request(&self, call: &mut Call) -> Result<(), ApiError> {
+        if call.kind() == CallKind::Embed {
+            return Ok(());
+        }
         let Some(base) = call.model().strip_suffix(SEARCH_SUFFIX) else {
             return Ok(());
         };

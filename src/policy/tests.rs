@@ -778,9 +778,10 @@ async fn unrelated_routes_pass_through_untouched() {
     let svc = ServiceBuilder::new()
         .layer(layer_from(&[
             ("DISABLE_SAFETY_FILTERING", "true"),
-            ("ALLOWED_MODELS", "x"),
+            ("ALLOWED_MODELS", "x,text-embedding-004"),
         ]))
         .service(upstream(seen.clone(), ok_json(json!({}))));
+    // An allowed embedding model: policed for the allow list only, body and path untouched.
     let body = r#"{"content": {"parts": [{"text": "hi"}]}}"#;
     let res = svc
         .clone()
