@@ -36,6 +36,11 @@ pub mod policy;
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;
+#[cfg(all(
+    feature = "redis",
+    any(feature = "key-rotation", feature = "persist", feature = "rate-limit")
+))]
+mod redis_util;
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;

@@ -10,35 +10,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use serde_json::json;
-use support::Proxy;
-use tower::ServiceExt;
+use support::{Proxy, get, send};
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::secret::mask;
 use tower_gemini::testing::FakeGemini;
 
 const KEY_1: &str = "AIzaSyAdmin-page-key-one-0000000000001";
 const KEY_2: &str = "AIzaSyAdmin-page-key-two-0000000000002";
 const NEW_KEY: &str = "AIzaSyAdmin-page-key-new-0000000000003";
-
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
-
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
-}
 
 async fn text(res: Response<Body>) -> String {
     let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();

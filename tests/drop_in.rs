@@ -6,17 +6,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use support::{Config, Proxy};
-use tower::ServiceExt;
+use support::{Captured, Config, Proxy, get, send, status_and_text};
 use tower_gemini::Body;
-use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::testing::FakeGemini;
 
 const KEY_1: &str = "AIzaSyDropIn-pool-key-number-one-000001";
@@ -28,22 +23,8 @@ const OLD_ADMIN: &str = "old-proxy-admin-token-0001";
 
 // === Helpers ===
 
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
-
-async fn text(res: Response<Body>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn json_of(res: Response<Body>) -> (StatusCode, Value) {
-    let (status, body) = text(res).await;
+    let (status, body) = status_and_text(res).await;
     let v = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     (status, v)
 }
@@ -97,14 +78,6 @@ fn admin_post(path: &str, token: Option<&str>, body: Value) -> Request<Body> {
     b.body(Body::from(body.to_string())).unwrap()
 }
 
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
-}
-
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -117,19 +90,6 @@ fn last_upstream(fake: &FakeGemini) -> Value {
     fake.last_received()
         .expect("a request reached upstream")
         .json()
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn pool_proxy(extra: &[(&str, &str)]) -> (FakeGemini, Proxy) {
@@ -181,7 +141,8 @@ async fn a_gateway_on_old_style_variables_serves_both_dialects() {
         assert!(notes.contains(&format!("{old} is read as")), "{notes}");
     }
 
-    let (status, body) = text(send(&proxy, generate("goog", OLD_PASSWORD, "hi")).await).await;
+    let (status, body) =
+        status_and_text(send(&proxy, generate("goog", OLD_PASSWORD, "hi")).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("candidates"), "{body}");
     let (status, v) = json_of(send(&proxy, chat(OLD_PASSWORD, json!({}))).await).await;
@@ -206,14 +167,7 @@ async fn a_gateway_on_old_style_variables_serves_both_dialects() {
 
 #[tokio::test]
 async fn each_old_variable_name_used_is_logged_once_at_start() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::start();
 
     let fake = FakeGemini::start([KEY_1, KEY_2]).await.unwrap();
     let base = format!("{}/v1beta/", fake.url());
@@ -229,11 +183,12 @@ async fn each_old_variable_name_used_is_logged_once_at_start() {
     // Requests log nothing more about the names.
     for i in 0..3 {
         let (status, body) =
-            text(send(&proxy, generate("goog", OLD_PASSWORD, &format!("q{i}"))).await).await;
+            status_and_text(send(&proxy, generate("goog", OLD_PASSWORD, &format!("q{i}"))).await)
+                .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     for old in ["PASSWORD", "AUTH_TOKEN", "BASE_URL"] {
         let line = format!("configuration: {old} is read as");
         assert_eq!(logs.matches(&line).count(), 1, "`{line}` once:\n{logs}");
@@ -273,14 +228,16 @@ async fn our_variables_win_over_their_aliases() {
     assert!(notes.contains("BASE_URL is ignored"), "{notes}");
 
     let (status, _) =
-        text(send(&proxy, generate("bearer", "our-client-token-0001", "a")).await).await;
+        status_and_text(send(&proxy, generate("bearer", "our-client-token-0001", "a")).await).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = text(send(&proxy, generate("bearer", OLD_PASSWORD, "b")).await).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = text(send(&proxy, get("/admin/keys", Some(OLD_ADMIN))).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, generate("bearer", OLD_PASSWORD, "b")).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) =
-        text(send(&proxy, get("/admin/keys", Some("our-admin-token-0001"))).await).await;
+        status_and_text(send(&proxy, get("/admin/keys", Some(OLD_ADMIN))).await).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) =
+        status_and_text(send(&proxy, get("/admin/keys", Some("our-admin-token-0001"))).await).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fake.requests_for(KEY_1), 1);
 }
@@ -357,10 +314,11 @@ async fn unset_password_and_auth_token_are_minted_not_defaulted() {
     assert!(proxy.admin_token.starts_with("sk-admin-"));
     assert_ne!(proxy.token, proxy.admin_token);
     for guess in ["123", "", "sk-123456", "admin"] {
-        let (status, _) = text(send(&proxy, generate("goog", guess, "x")).await).await;
+        let (status, _) = status_and_text(send(&proxy, generate("goog", guess, "x")).await).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{guess:?}");
     }
-    let (status, _) = text(send(&proxy, generate("goog", &proxy.token, "x")).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, generate("goog", &proxy.token, "x")).await).await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -372,7 +330,7 @@ async fn own_key_mode_forwards_exactly_the_clients_key() {
     assert!(!proxy.app_config.is_demo());
     assert!(proxy.token.is_empty(), "no token is minted in own-key mode");
     for (style, key) in [("goog", OWN_1), ("query", OWN_2), ("bearer", OWN_1)] {
-        let (status, body) = text(send(&proxy, generate(style, key, style)).await).await;
+        let (status, body) = status_and_text(send(&proxy, generate(style, key, style)).await).await;
         assert_eq!(status, StatusCode::OK, "{style}: {body}");
         let seen = fake.last_received().unwrap();
         assert_eq!(seen.api_key().as_deref(), Some(key), "{style}");
@@ -387,7 +345,7 @@ async fn own_key_mode_forwards_exactly_the_clients_key() {
     );
     assert_eq!(proxy.pool.len(), 0, "a client's key never joins the pool");
 
-    let (status, _) = text(
+    let (status, _) = status_and_text(
         send(
             &proxy,
             Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
@@ -427,7 +385,7 @@ async fn own_keys_never_show_in_logs_or_responses() {
         for v in res.headers().values() {
             bodies.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
-        bodies.push_str(&text(res).await.1);
+        bodies.push_str(&status_and_text(res).await.1);
     }
     let res = send(&proxy, chat(unknown, json!({}))).await;
     assert_eq!(
@@ -435,17 +393,17 @@ async fn own_keys_never_show_in_logs_or_responses() {
         StatusCode::BAD_REQUEST,
         "the upstream's own 400 passes"
     );
-    bodies.push_str(&text(res).await.1);
+    bodies.push_str(&status_and_text(res).await.1);
     assert!(
         fake.received()
             .iter()
             .any(|r| r.api_key().as_deref() == Some(unknown))
     );
     let (_, stats) =
-        text(send(&proxy, get("/admin/stats", Some("test-admin-token-1"))).await).await;
+        status_and_text(send(&proxy, get("/admin/stats", Some("test-admin-token-1"))).await).await;
     bodies.push_str(&stats);
 
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.contains("gemini-2.5-flash"),
         "logs were captured: {logs}"
@@ -466,13 +424,15 @@ async fn own_keys_never_show_in_logs_or_responses() {
 async fn own_key_mode_limits_each_client_key_on_its_own() {
     let (fake, proxy) = own_key_proxy(&[("MAX_REQUESTS_PER_MINUTE", "2")]).await;
     for i in 0..2 {
-        let (status, _) = text(send(&proxy, generate("goog", OWN_1, &format!("{i}"))).await).await;
+        let (status, _) =
+            status_and_text(send(&proxy, generate("goog", OWN_1, &format!("{i}"))).await).await;
         assert_eq!(status, StatusCode::OK);
     }
     let res = send(&proxy, generate("query", OWN_1, "over")).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().contains_key("retry-after"));
-    let (status, _) = text(send(&proxy, generate("goog", OWN_2, "other client")).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, generate("goog", OWN_2, "other client")).await).await;
     assert_eq!(status, StatusCode::OK, "another key has its own budget");
     assert_eq!(fake.requests_for(OWN_1), 2);
     assert_eq!(fake.requests_for(OWN_2), 1);
@@ -504,13 +464,13 @@ async fn allowed_tokens_use_the_pool_and_other_credentials_their_own_key() {
     ])
     .await;
     let (status, _) =
-        text(send(&proxy, generate("bearer", "pool-user-token-0001", "a")).await).await;
+        status_and_text(send(&proxy, generate("bearer", "pool-user-token-0001", "a")).await).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         fake.last_received().unwrap().api_key().as_deref(),
         Some(KEY_1)
     );
-    let (status, _) = text(send(&proxy, generate("goog", OWN_2, "b")).await).await;
+    let (status, _) = status_and_text(send(&proxy, generate("goog", OWN_2, "b")).await).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         fake.last_received().unwrap().api_key().as_deref(),
@@ -595,7 +555,8 @@ async fn compatibility_routes_answer_in_their_shapes() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["success"], true);
     let token = v["token"].as_str().unwrap().to_owned();
-    let (status, _) = text(send(&proxy, generate("bearer", &token, "new token")).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, generate("bearer", &token, "new token")).await).await;
     assert_eq!(status, StatusCode::OK, "the new token works at once");
 
     let (status, v) = json_of(send(&proxy, get("/health", None)).await).await;
@@ -633,7 +594,7 @@ async fn a_thinking_change_applies_to_the_very_next_request() {
     let admin = Some(proxy.admin_token.as_str());
     let token = proxy.token.clone();
 
-    text(send(&proxy, generate("goog", &token, "before")).await).await;
+    status_and_text(send(&proxy, generate("goog", &token, "before")).await).await;
     assert!(last_upstream(&fake)["generationConfig"]["thinkingConfig"].is_null());
 
     let (status, v) = json_of(
@@ -653,7 +614,7 @@ async fn a_thinking_change_applies_to_the_very_next_request() {
         v["thinking"],
         json!({"enabled": true, "budget": 1234, "include_thoughts": true})
     );
-    text(send(&proxy, generate("goog", &token, "after")).await).await;
+    status_and_text(send(&proxy, generate("goog", &token, "after")).await).await;
     assert_eq!(
         last_upstream(&fake)["generationConfig"]["thinkingConfig"],
         json!({"thinkingBudget": 1234, "includeThoughts": true})
@@ -674,7 +635,7 @@ async fn a_thinking_change_applies_to_the_very_next_request() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    text(send(&proxy, generate("goog", &token, "off again")).await).await;
+    status_and_text(send(&proxy, generate("goog", &token, "off again")).await).await;
     assert!(last_upstream(&fake)["generationConfig"]["thinkingConfig"].is_null());
 
     let (status, _) = json_of(
@@ -711,7 +672,7 @@ async fn a_prompt_injection_change_applies_to_the_very_next_request() {
         v["inject_prompt"],
         json!({"enabled": true, "content": "Answer like a pirate.", "position": "system"})
     );
-    text(send(&proxy, generate("goog", &token, "hi")).await).await;
+    status_and_text(send(&proxy, generate("goog", &token, "hi")).await).await;
     let seen = last_upstream(&fake);
     assert_eq!(
         seen["systemInstruction"]["parts"][0]["text"],
@@ -755,7 +716,7 @@ async fn a_prompt_injection_change_applies_to_the_very_next_request() {
         .await,
     )
     .await;
-    text(send(&proxy, generate("goog", &token, "plain")).await).await;
+    status_and_text(send(&proxy, generate("goog", &token, "plain")).await).await;
     let seen = last_upstream(&fake);
     assert!(seen["systemInstruction"].is_null());
     assert_eq!(seen["contents"][0]["parts"][0]["text"], "plain");
@@ -811,7 +772,7 @@ async fn a_resumed_stream_stays_on_the_clients_own_key() {
             .to_string(),
     ))
     .unwrap();
-    let (status, body) = text(send(&proxy, req).await).await;
+    let (status, body) = status_and_text(send(&proxy, req).await).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"finishReason\":\"STOP\""), "{body}");
     let keys: Vec<Option<String>> = fake.received().iter().map(|r| r.api_key()).collect();

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use support::Proxy;
+use support::{Proxy, send};
 use tower::ServiceExt;
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
@@ -25,14 +25,6 @@ async fn fake() -> FakeGemini {
 
 async fn proxy_for(fake: &FakeGemini) -> Proxy {
     Proxy::start(&[("GEMINI_API_KEYS", KEY), ("UPSTREAM_URL", &fake.url())]).await
-}
-
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
 }
 
 fn post(uri: &str, auth: Option<(&str, &str)>, body: impl Into<Body>) -> Request<Body> {

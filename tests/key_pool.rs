@@ -5,17 +5,13 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use support::Proxy;
-use tower::ServiceExt;
+use support::{Captured, Proxy, get, send};
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
 const GOOD_1: &str = "AIzaSyGood-key-number-one-000000000001";
@@ -23,14 +19,6 @@ const GOOD_2: &str = "AIzaSyGood-key-number-two-000000000002";
 const EXHAUSTED: &str = "AIzaSyTired-key-exhausted-0000000003";
 const INVALID: &str = "AIzaSyBroken-key-invalid-00000000004";
 const ALL: [&str; 4] = [GOOD_1, GOOD_2, EXHAUSTED, INVALID];
-
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
 
 fn generate(proxy: &Proxy, model: &str, text: &str) -> Request<Body> {
     Request::post(format!("/v1beta/models/{model}:generateContent"))
@@ -40,14 +28,6 @@ fn generate(proxy: &Proxy, model: &str, text: &str) -> Request<Body> {
             json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string(),
         ))
         .unwrap()
-}
-
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
 }
 
 /// Status, headers as text, and body text of a response.
@@ -393,20 +373,6 @@ async fn keys_added_and_removed_at_run_time_take_effect_on_the_next_request() {
     assert_eq!(fake.requests_for(GOOD_1), 6);
 }
 
-/// Log lines of everything the test does, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_key_ever_shows_in_a_log_line() {
     let logs = Captured::default();
@@ -437,7 +403,7 @@ async fn no_key_ever_shows_in_a_log_line() {
     req.headers_mut().remove("authorization");
     send(&proxy, req).await;
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(
         text.contains("gemini-2.5-pro"),
         "logs were captured: {text}"

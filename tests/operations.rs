@@ -7,33 +7,16 @@ mod support;
 
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use serde_json::{Value, json};
-use support::Proxy;
-use tower::ServiceExt;
+use support::{Proxy, get, send, status_and_text};
 use tower_gemini::Body;
-use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::secret::ApiKey;
 use tower_gemini::testing::{FakeGemini, Fault};
 
 const KEY: &str = "AIzaSyOps-test-key-number-one-00000001";
 const CLIENT: &str = "test-client-token-1";
 const ADMIN: &str = "test-admin-token-1";
-
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
-
-async fn text(res: Response<Body>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 fn generate(model: &str, token: Option<&str>) -> Request<Body> {
     let mut b = Request::post(format!("/v1beta/models/{model}:generateContent"))
@@ -60,14 +43,6 @@ fn stream(model: &str) -> Request<Body> {
     .unwrap()
 }
 
-fn get(path: &str, token: Option<&str>) -> Request<Body> {
-    let mut b = Request::get(path);
-    if let Some(t) = token {
-        b = b.header("authorization", format!("Bearer {t}"));
-    }
-    b.body(Body::empty()).unwrap()
-}
-
 /// The `totalTokenCount` of the last `usageMetadata` in an answer (unary or SSE).
 fn total_tokens(body: &str) -> u64 {
     let last = body
@@ -89,7 +64,7 @@ async fn setup(extra: &[(&str, &str)]) -> (FakeGemini, Proxy) {
 }
 
 async fn stats(proxy: &Proxy) -> Value {
-    let (status, body) = text(send(proxy, get("/admin/stats", Some(ADMIN))).await).await;
+    let (status, body) = status_and_text(send(proxy, get("/admin/stats", Some(ADMIN))).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -114,7 +89,7 @@ async fn metrics(proxy: &Proxy) -> String {
             .unwrap()
             .starts_with("text/plain")
     );
-    let (status, body) = text(res).await;
+    let (status, body) = status_and_text(res).await;
     assert_eq!(status, StatusCode::OK);
     body
 }
@@ -137,18 +112,21 @@ async fn stats_and_metrics_reflect_a_scripted_run_exactly() {
     let key_id = ApiKey::new(KEY).fingerprint();
 
     // Two answers and an upstream error on flash, one stream on pro, one request without a token.
-    let (s1, a1) = text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
-    let (s2, a2) = text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
+    let (s1, a1) =
+        status_and_text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
+    let (s2, a2) =
+        status_and_text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
     assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
-    let (s3, a3) = text(send(&proxy, stream("gemini-2.5-pro")).await).await;
+    let (s3, a3) = status_and_text(send(&proxy, stream("gemini-2.5-pro")).await).await;
     assert_eq!(s3, StatusCode::OK, "{a3}");
     fake.push_fault(Fault::HttpError {
         status: 400,
         message: "bad request".into(),
     });
-    let (s4, _) = text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
+    let (s4, _) =
+        status_and_text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await).await;
     assert_eq!(s4, StatusCode::BAD_REQUEST);
-    let (s5, _) = text(send(&proxy, generate("gemini-2.5-flash", None)).await).await;
+    let (s5, _) = status_and_text(send(&proxy, generate("gemini-2.5-flash", None)).await).await;
     assert_eq!(s5, StatusCode::UNAUTHORIZED);
     let flash_tokens = total_tokens(&a1) + total_tokens(&a2);
     let pro_tokens = total_tokens(&a3);
@@ -291,7 +269,7 @@ async fn admin_stats_and_status_refuse_non_admin_tokens() {
 #[tokio::test]
 async fn status_reports_version_uptime_memory_in_flight_and_keys() {
     let (_fake, proxy) = setup(&[]).await;
-    let (status, body) = text(send(&proxy, get("/status", Some(ADMIN))).await).await;
+    let (status, body) = status_and_text(send(&proxy, get("/status", Some(ADMIN))).await).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
@@ -308,10 +286,10 @@ async fn status_reports_version_uptime_memory_in_flight_and_keys() {
 async fn rate_limit_refusals_and_resumes_are_counted() {
     let (fake, proxy) = setup(&[("MAX_REQUESTS_PER_MINUTE", "1"), ("RETRY_DELAY_MS", "10")]).await;
     fake.push_fault(Fault::DropAfter(2));
-    let (status, body) = text(send(&proxy, stream("gemini-2.5-flash")).await).await;
+    let (status, body) = status_and_text(send(&proxy, stream("gemini-2.5-flash")).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await)
+        status_and_text(send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await)
             .await
             .0,
         StatusCode::TOO_MANY_REQUESTS
@@ -387,7 +365,7 @@ async fn rotated_log_files_appear_and_hold_no_secret() {
     let proxy = Proxy::start(&[("GEMINI_API_KEYS", KEY), ("UPSTREAM_URL", url.as_str())]).await;
     for i in 0..6 {
         send(&proxy, generate("gemini-2.5-flash", Some(CLIENT))).await;
-        let (_, _) = text(send(&proxy, stream("gemini-2.5-pro")).await).await;
+        let (_, _) = status_and_text(send(&proxy, stream("gemini-2.5-pro")).await).await;
         let query = Request::post(format!(
             "/v1beta/models/gemini-2.5-flash:generateContent?key={CLIENT}&n={i}"
         ))
@@ -467,10 +445,11 @@ async fn admin_config_shows_the_configuration_with_every_secret_masked() {
         (None, StatusCode::UNAUTHORIZED),
         (Some(CLIENT), StatusCode::FORBIDDEN),
     ] {
-        let (status, _) = text(send(&proxy, get("/admin/config", token)).await).await;
+        let (status, _) = status_and_text(send(&proxy, get("/admin/config", token)).await).await;
         assert_eq!(status, want, "{token:?}");
     }
-    let (status, body) = text(send(&proxy, get("/admin/config", Some(ADMIN))).await).await;
+    let (status, body) =
+        status_and_text(send(&proxy, get("/admin/config", Some(ADMIN))).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for secret in [KEY, CLIENT, ADMIN, "hunter2-redis-password"] {
         assert!(!body.contains(secret), "{secret} in {body}");

@@ -7,18 +7,13 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
-use support::Proxy;
-use tower::ServiceExt;
+use support::{Captured, Proxy, redis_url, send, status_and_text};
 use tower_gemini::Body;
-use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::secret::{ApiKey, mask};
 use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
@@ -43,22 +38,8 @@ fn temp_dir(test: &str) -> PathBuf {
     dir
 }
 
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
-
-async fn text(res: Response<Body>) -> (StatusCode, String) {
-    let status = res.status();
-    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn json_of(res: Response<Body>) -> (StatusCode, Value) {
-    let (status, body) = text(res).await;
+    let (status, body) = status_and_text(res).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -177,41 +158,10 @@ fn all_bytes(dir: &Path) -> String {
     out
 }
 
-/// Log output captured for one test (a thread-local subscriber).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// Captures every log line of this thread until the guard is dropped.
-    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 async fn metric(proxy: &Proxy, series: &str) -> f64 {
     let (_, m) =
-        text(send(proxy, Request::get("/metrics").body(Body::empty()).unwrap()).await).await;
+        status_and_text(send(proxy, Request::get("/metrics").body(Body::empty()).unwrap()).await)
+            .await;
     m.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no `{series}` in:\n{m}"))
@@ -246,7 +196,7 @@ async fn a_key_and_a_token_added_through_the_admin_api_survive_a_restart() {
     let mut want = vec![k1.clone(), k2.clone()];
     want.sort();
     assert_eq!(key_ids(&proxy).await, want);
-    let (status, body) = text(send(&proxy, generate(Some(&token))).await).await;
+    let (status, body) = status_and_text(send(&proxy, generate(Some(&token))).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // A configured key removed through the API stays out after a restart; the added key serves.
@@ -255,7 +205,7 @@ async fn a_key_and_a_token_added_through_the_admin_api_survive_a_restart() {
     let proxy = proxy.restart(&vars).await;
     assert_eq!(key_ids(&proxy).await, vec![k2]);
     let before = fake.requests_for(KEY2);
-    let (status, body) = text(send(&proxy, generate(Some(&token))).await).await;
+    let (status, body) = status_and_text(send(&proxy, generate(Some(&token))).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(fake.requests_for(KEY2), before + 1);
 
@@ -294,7 +244,7 @@ async fn policy_changes_through_the_admin_api_survive_a_restart() {
     }
 
     let proxy = proxy.restart(&vars).await;
-    let (status, body) = text(send(&proxy, generate(Some(CLIENT))).await).await;
+    let (status, body) = status_and_text(send(&proxy, generate(Some(CLIENT))).await).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seen = fake.last_received().unwrap().json();
     assert_eq!(
@@ -316,7 +266,7 @@ async fn policy_changes_through_the_admin_api_survive_a_restart() {
     .await;
     assert_eq!(status, StatusCode::OK);
     let proxy = proxy.restart(&vars).await;
-    text(send(&proxy, generate(Some(CLIENT))).await).await;
+    status_and_text(send(&proxy, generate(Some(CLIENT))).await).await;
     let seen = fake.last_received().unwrap().json();
     assert_eq!(
         seen["contents"][0]["parts"][0]["text"],
@@ -436,9 +386,9 @@ async fn request_rows_have_the_right_counts_and_tokens_and_no_secret() {
     let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
     let (status, answer) = json_of(res).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = text(send(&proxy, generate(Some(CLIENT))).await).await;
+    let (status, _) = status_and_text(send(&proxy, generate(Some(CLIENT))).await).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = text(send(&proxy, generate(None)).await).await;
+    let (status, _) = status_and_text(send(&proxy, generate(None)).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     let rows = rows(&db, 3).await;
@@ -489,7 +439,7 @@ async fn a_request_retried_on_another_key_has_its_key_retries_in_its_row() {
     .await;
     // Round robin over two keys: one of two requests draws the invalid key first.
     for _ in 0..2 {
-        let (status, body) = text(send(&proxy, generate(Some(CLIENT))).await).await;
+        let (status, body) = status_and_text(send(&proxy, generate(Some(CLIENT))).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let drew_invalid = fake.requests_for(KEY);
@@ -669,7 +619,8 @@ async fn backup_without_a_database_says_what_is_missing() {
     let fake = FakeGemini::start([KEY]).await.unwrap();
     let url = fake.url();
     let proxy = Proxy::start(&[("GEMINI_API_KEYS", KEY), ("UPSTREAM_URL", url.as_str())]).await;
-    let (status, body) = text(send(&proxy, admin("POST", "/admin/backup", None)).await).await;
+    let (status, body) =
+        status_and_text(send(&proxy, admin("POST", "/admin/backup", None)).await).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("DATABASE_PATH"), "{body}");
     let (_, s) = json_of(send(&proxy, admin("GET", "/status", None)).await).await;
@@ -697,7 +648,7 @@ async fn a_locked_database_neither_fails_nor_holds_up_requests() {
     let mut sent = 0;
     while metric(&proxy, dropped).await == 0.0 {
         assert!(sent < 2000, "no row was ever dropped");
-        let (status, body) = text(send(&proxy, generate(Some(CLIENT))).await).await;
+        let (status, body) = status_and_text(send(&proxy, generate(Some(CLIENT))).await).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         sent += 1;
     }
@@ -729,29 +680,6 @@ async fn a_locked_database_neither_fails_nor_holds_up_requests() {
 }
 
 // === Redis ===
-
-/// The Redis to test against, or `None` (after saying why) when there is none.
-async fn redis_url() -> Option<String> {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        println!("skipping: no redis at REDIS_URL (unset)");
-        return None;
-    };
-    let reachable = async {
-        let client = redis::Client::open(url.as_str()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(1), reachable).await {
-        Ok(Some(_)) => Some(url),
-        _ => {
-            println!("skipping: no redis at {url}");
-            None
-        }
-    }
-}
 
 #[tokio::test]
 async fn with_redis_a_key_and_a_token_survive_a_restart_and_revocations_stick() {

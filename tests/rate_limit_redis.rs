@@ -5,10 +5,13 @@
 //! one they print "skipping: no redis at ..." and pass. The failure tests need none.
 #![cfg(all(feature = "rate-limit", feature = "redis"))]
 
+mod support;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use support::redis_url;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::Body;
 use tower_gemini::auth::Identity;
@@ -17,29 +20,6 @@ use tower_gemini::rate_limit::{
 };
 
 type Svc = tower::util::BoxCloneService<Request<Body>, Response<Body>, Infallible>;
-
-/// The Redis to test against, or `None` (after saying why) when there is none.
-async fn redis_url() -> Option<String> {
-    let Ok(url) = std::env::var("REDIS_URL") else {
-        println!("skipping: no redis at REDIS_URL (unset)");
-        return None;
-    };
-    let reachable = async {
-        let client = redis::Client::open(url.as_str()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
-    };
-    match tokio::time::timeout(Duration::from_secs(1), reachable).await {
-        Ok(Some(_)) => Some(url),
-        _ => {
-            println!("skipping: no redis at {url}");
-            None
-        }
-    }
-}
 
 /// A key prefix no other test run shares.
 fn unique_prefix(test: &str) -> String {

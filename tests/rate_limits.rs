@@ -5,24 +5,14 @@
 
 mod support;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use serde_json::{Value, json};
-use support::Proxy;
-use tower::ServiceExt;
+use support::{Proxy, send};
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
-use tower_gemini::client::UpstreamClient;
 use tower_gemini::testing::FakeGemini;
 
 const KEY: &str = "AIzaSyRate-limit-test-key-0000000001";
-
-async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
-    UpstreamClient::new(proxy.url())
-        .unwrap()
-        .oneshot(req)
-        .await
-        .unwrap()
-}
 
 fn generate(model: &str, token: &str) -> Request<Body> {
     Request::post(format!("/v1beta/models/{model}:generateContent"))

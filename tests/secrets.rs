@@ -15,14 +15,12 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use support::Proxy;
+use support::{Captured, Proxy};
 use tower::ServiceExt;
 use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
@@ -46,26 +44,6 @@ const ADMIN: &str = "sk-admin-Uc2Ym5Ti8Ob1Av4Ex7Lk0";
 const PROMPT: &str = r#"{"contents":[{"role":"user","parts":[{"text":"tell me about bees"}]}]}"#;
 
 // === Log capture ===
-
-/// An in-memory log sink shared by a tracing layer and the test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

@@ -216,7 +216,7 @@ impl Config {
     pub fn from_map(original: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let (env, alias_notes) = resolve_aliases(original)?;
         let env = &env;
-        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let get = |name: &str| env_value(env, name);
         let listen_addr = match get("LISTEN_ADDR") {
             Some(v) => v.parse().map_err(|_| {
                 ConfigError(format!(
@@ -361,7 +361,7 @@ pub const ALIASES: &[(&str, &str)] = &[
 pub fn resolve_aliases(
     env: &HashMap<String, String>,
 ) -> Result<(HashMap<String, String>, Vec<String>), ConfigError> {
-    let set = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let set = |name: &str| env_value(env, name);
     let mut out = env.clone();
     let mut notes = Vec::new();
     for &(old, ours) in ALIASES {
@@ -444,9 +444,14 @@ pub fn strip_api_version(url: &str) -> String {
     url.trim_end_matches('/').to_owned()
 }
 
+/// A variable's value trimmed of whitespace; `None` when it is unset or blank.
+pub fn env_value<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
 /// A whole number, or the default when unset.
 pub fn number(env: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ConfigError> {
-    match env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+    match env_value(env, name) {
         None => Ok(default),
         Some(v) => v
             .parse()
@@ -494,7 +499,7 @@ pub fn boolean(
 /// A list given as `a,b,c` or as a JSON list `["a","b"]`; items trimmed of whitespace and quotes.
 /// An empty item or a malformed list is an error naming the variable, never a silently empty list.
 pub fn list(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, ConfigError> {
-    let Some(raw) = env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) else {
+    let Some(raw) = env_value(env, name) else {
         return Ok(Vec::new());
     };
     let items: Vec<String> = if raw.starts_with('[') {

@@ -19,6 +19,7 @@ use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 use super::admin::admin_only;
 use super::app::Shared;
+use super::config;
 use super::server::ServerStats;
 
 /// The log file's name in `LOG_DIR`; rotated files are `gateway.log.1`, `gateway.log.2`, ...
@@ -52,13 +53,8 @@ pub const MAX_LOG_BACKUPS: u64 = 1000;
 impl OpsConfig {
     /// Reads the settings from the variables.
     pub fn from_map(env: &HashMap<String, String>) -> Result<OpsConfig, String> {
-        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let number = |name: &str, default: u64| match get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| format!("{name}: `{v}` is not a whole number")),
-        };
+        let get = |name: &str| config::env_value(env, name);
+        let number = |name: &str, default: u64| config::number(env, name, default).map_err(|e| e.0);
         let log_rotation = match get("LOG_ROTATION").map(str::to_ascii_lowercase).as_deref() {
             None | Some("daily") => LogRotation::Daily,
             Some("hourly") => LogRotation::Hourly,

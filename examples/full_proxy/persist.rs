@@ -20,6 +20,7 @@ use tower_gemini::persist::{
 
 use super::admin::admin_only;
 use super::app::Shared;
+use super::config;
 
 /// Bytes of each request body kept in the request log with `LOG_REQUEST_BODIES=true`.
 pub const LOGGED_BODY_BYTES: usize = 64 * 1024;
@@ -43,21 +44,10 @@ pub const MAX_REQUEST_LOG_QUEUE: u64 = 100_000;
 impl PersistConfig {
     /// Reads the settings from the variables.
     pub fn from_map(env: &HashMap<String, String>) -> Result<PersistConfig, String> {
-        let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let number = |name: &str, default: u64| match get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| format!("{name}: `{v}` is not a whole number")),
-        };
-        let log_request_bodies = match get("LOG_REQUEST_BODIES").map(str::to_ascii_lowercase) {
-            None => false,
-            Some(v) => match v.as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => return Err(format!("LOG_REQUEST_BODIES: `{v}` is not true or false")),
-            },
-        };
+        let get = |name: &str| config::env_value(env, name);
+        let number = |name: &str, default: u64| config::number(env, name, default).map_err(|e| e.0);
+        let log_request_bodies =
+            config::boolean(env, "LOG_REQUEST_BODIES", false).map_err(|e| e.0)?;
         let log_cleanup_interval = number("LOG_CLEANUP_INTERVAL_SECONDS", 3600)?;
         if log_cleanup_interval == 0 {
             return Err("LOG_CLEANUP_INTERVAL_SECONDS: must be at least 1".into());

@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,15 +46,7 @@ impl RedisStore {
     /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
     /// unreachable. The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(Error::redis)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(Error::redis)?;
-        Ok(Self::from_manager(conn))
+        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
     }
 
     /// Uses an existing connection manager.

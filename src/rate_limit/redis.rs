@@ -8,6 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::store::{Check, Outcome, RateLimitStore, Settlement, StoreFuture};
 use crate::Error;
+use crate::redis_util;
 
 /// GCRA for every bucket of a request, all or nothing, in one round trip.
 ///
@@ -185,10 +186,7 @@ impl RateLimitStore for RedisStore {
                     .arg(c.cost);
             }
             let reply: Vec<i64> =
-                tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| Error::redis(Error::timeout()))?
-                    .map_err(Error::redis)?;
+                redis_util::within(self.timeout, invocation.invoke_async(&mut conn)).await?;
             if reply.len() != checks.len() * 4 {
                 return Err(Error::redis(
                     "the rate limit script answered an unexpected shape",
@@ -221,10 +219,7 @@ impl RateLimitStore for RedisStore {
                     .arg(micros(s.interval))
                     .arg(s.delta);
             }
-            let _: i64 = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn))
-                .await
-                .map_err(|_| Error::redis(Error::timeout()))?
-                .map_err(Error::redis)?;
+            let _: i64 = redis_util::within(timeout, invocation.invoke_async(&mut conn)).await?;
             Ok(())
         })
     }

@@ -1,8 +1,17 @@
-//! Shared test support: tracing, and full_proxy's app served on a loopback port.
-#![allow(dead_code, unreachable_pub)]
+//! Shared test support: tracing, full_proxy's app served on a loopback port, and the small
+//! request/response helpers the test files share.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use tower::ServiceExt;
+use tower_gemini::Body;
+use tower_gemini::body::collect_limited;
+use tower_gemini::client::UpstreamClient;
 
 #[path = "../../examples/full_proxy/admin.rs"]
 pub mod admin;
@@ -146,4 +155,86 @@ pub fn http_client() -> hyper_util::client::legacy::Client<
     tower_gemini::Body,
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// One request to `proxy` over loopback through an `UpstreamClient`.
+pub async fn send(proxy: &Proxy, req: Request<Body>) -> Response<Body> {
+    UpstreamClient::new(proxy.url())
+        .unwrap()
+        .oneshot(req)
+        .await
+        .unwrap()
+}
+
+/// A `GET path`, with `Authorization: Bearer <token>` when a token is given.
+pub fn get(path: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// Status and body text (lossy UTF-8) of a response.
+pub async fn status_and_text(res: Response<Body>) -> (StatusCode, String) {
+    let status = res.status();
+    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The Redis to test against, or `None` (after saying why) when there is none.
+pub async fn redis_url() -> Option<String> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("skipping: no redis at REDIS_URL (unset)");
+        return None;
+    };
+    let reachable = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(1), reachable).await {
+        Ok(Some(_)) => Some(url),
+        _ => {
+            println!("skipping: no redis at {url}");
+            None
+        }
+    }
+}
+
+/// Log output captured in memory: a `tracing_subscriber` writer (clones share one buffer).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// Captures every log line of this thread (every level, no ANSI colours) until the guard
+    /// is dropped.
+    pub fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything captured so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }
