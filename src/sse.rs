@@ -116,6 +116,51 @@ pub struct Decoder {
     retry: Option<u64>,
     bom_checked: bool,
     eof: bool,
+    /// Raw tracking (see [`Decoder::keep_raw`]): off unless asked for.
+    raw: Option<Box<RawTrack>>,
+}
+
+/// The bytes an event came in, as a range of one input buffer: events that follow each other
+/// in one buffer can be joined without copying.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "stream-resume"), allow(dead_code))]
+pub(crate) struct RawSpan {
+    /// The input buffer (the whole of it, as it was after the push).
+    pub(crate) src: Bytes,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+#[cfg_attr(not(feature = "stream-resume"), allow(dead_code))]
+impl RawSpan {
+    /// Extends `self` by `next` when `next` follows it in the same buffer.
+    pub(crate) fn join(&mut self, next: &RawSpan) -> bool {
+        let same = self.src.as_ptr() == next.src.as_ptr() && self.src.len() == next.src.len();
+        if same && self.end == next.start {
+            self.end = next.end;
+            return true;
+        }
+        false
+    }
+
+    /// The bytes.
+    pub(crate) fn bytes(&self) -> Bytes {
+        self.src.slice(self.start..self.end)
+    }
+}
+
+/// Where the bytes of the event being read lie.
+#[derive(Debug, Default)]
+struct RawTrack {
+    /// The current input buffer, whole: `buf` is always a suffix of it.
+    generation: Bytes,
+    /// The current event's bytes in `generation`: from `start`, `len` of them.
+    start: usize,
+    len: usize,
+    /// The current event's earlier bytes, when it began in an earlier buffer.
+    spill: Option<BytesMut>,
+    /// The bytes of the event `next_event` returned last, when it ended with a blank line.
+    last: Option<RawSpan>,
 }
 
 impl Default for Decoder {
@@ -139,6 +184,56 @@ impl Decoder {
             retry: None,
             bom_checked: false,
             eof: false,
+            raw: None,
+        }
+    }
+
+    /// Keeps the bytes each event came in, for [`take_raw`](Decoder::take_raw).
+    #[cfg_attr(not(feature = "stream-resume"), allow(dead_code))]
+    pub(crate) fn keep_raw(mut self) -> Self {
+        self.raw = Some(Box::default());
+        self
+    }
+
+    /// The bytes of the event the last [`next_event`](Decoder::next_event) returned, exactly as
+    /// they came, closing blank line included; `None` when the event ended at the end of input
+    /// without a blank line.
+    #[cfg_attr(not(feature = "stream-resume"), allow(dead_code))]
+    pub(crate) fn take_raw(&mut self) -> Option<RawSpan> {
+        self.raw.as_mut().and_then(|r| r.last.take())
+    }
+
+    /// Notes that the next `n` bytes of `buf` belong to the current event.
+    fn raw_consume(&mut self, n: usize) {
+        if let Some(r) = self.raw.as_deref_mut() {
+            if r.len == 0 {
+                r.start = r.generation.len() - self.buf.len();
+            }
+            r.len += n;
+        }
+    }
+
+    /// The current event ended: with its bytes when it ended with a blank line.
+    fn raw_end(&mut self, complete: bool) {
+        if let Some(r) = self.raw.as_deref_mut() {
+            let (start, len) = (r.start, std::mem::take(&mut r.len));
+            r.last = match r.spill.take() {
+                _ if !complete => None,
+                None => Some(RawSpan {
+                    src: r.generation.clone(),
+                    start,
+                    end: start + len,
+                }),
+                Some(mut spill) => {
+                    spill.extend_from_slice(&r.generation[start..start + len]);
+                    let src = spill.freeze();
+                    Some(RawSpan {
+                        end: src.len(),
+                        src,
+                        start: 0,
+                    })
+                }
+            };
         }
     }
 
@@ -151,6 +246,15 @@ impl Decoder {
     /// Appends input. Free when nothing is pending; only a partial line left over from the
     /// previous frame is copied.
     pub fn push(&mut self, bytes: Bytes) {
+        if let Some(r) = self.raw.as_deref_mut() {
+            // The event being read goes on in another buffer: keep what it has taken so far.
+            if r.len > 0 && !bytes.is_empty() {
+                let (start, len) = (r.start, std::mem::take(&mut r.len));
+                r.spill
+                    .get_or_insert_with(BytesMut::new)
+                    .extend_from_slice(&r.generation[start..start + len]);
+            }
+        }
         if self.buf.is_empty() {
             self.buf = bytes;
         } else if !bytes.is_empty() {
@@ -163,6 +267,11 @@ impl Decoder {
             self.bom_checked = true;
             if self.buf.starts_with(b"\xEF\xBB\xBF") {
                 self.buf.advance(3);
+            }
+        }
+        if let Some(r) = self.raw.as_deref_mut() {
+            if r.len == 0 {
+                r.generation = self.buf.clone();
             }
         }
     }
@@ -182,9 +291,13 @@ impl Decoder {
     /// The next complete event, `Ok(None)` when more input is needed (or, after
     /// [`finish`](Decoder::finish), when the input is exhausted).
     pub fn next_event(&mut self) -> Result<Option<Event>, SseError> {
+        if let Some(r) = self.raw.as_deref_mut() {
+            r.last = None;
+        }
         loop {
             let Some((len, term)) = self.find_line() else {
                 if self.eof && !self.buf.is_empty() {
+                    self.raw_consume(self.buf.len());
                     let line = std::mem::take(&mut self.buf);
                     self.scan = 0;
                     self.event_bytes += line.len();
@@ -193,6 +306,7 @@ impl Decoder {
                     continue;
                 }
                 if self.eof {
+                    self.raw_end(false);
                     return Ok(self.take_event());
                 }
                 if self.event_bytes + self.buf.len() > self.max {
@@ -200,14 +314,18 @@ impl Decoder {
                 }
                 return Ok(None);
             };
+            self.raw_consume(len + term);
             let line = self.buf.split_to(len + term).slice(..len);
             self.scan = 0;
             self.event_bytes += len + term;
             self.check_size()?;
             if line.is_empty() {
                 if let Some(ev) = self.take_event() {
+                    self.raw_end(true);
                     return Ok(Some(ev));
                 }
+                // A block without data is not passed on: its bytes are not kept either.
+                self.raw_end(false);
                 continue;
             }
             self.process_line(line);
@@ -227,6 +345,7 @@ impl Decoder {
         self.scan = 0;
         self.data_first = None;
         self.data_more = None;
+        self.raw_end(false);
         SseError::TooLarge { limit: self.max }
     }
 

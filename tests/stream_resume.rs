@@ -441,3 +441,96 @@ async fn an_answer_longer_than_the_resume_cap_is_relayed_but_not_resumed() {
             .contains("too long to resume")
     );
 }
+
+/// An upstream body handing out the given frames one by one.
+struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// Relays an SSE stream sent as `frames` and returns the frames the client got.
+async fn relay_frames(frames: Vec<bytes::Bytes>) -> Vec<bytes::Bytes> {
+    let upstream = tower::service_fn(move |_req: Request<Body>| {
+        let frames = frames.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::new(Frames(frames.into())))
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new().layer(layer()).service(upstream);
+    let uri = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let res = svc.oneshot(request(uri, prompt_body())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            out.push(data);
+        }
+    }
+    out
+}
+
+/// Streams with CRLF and LF line endings and an event whose data spans two `data:` lines.
+fn upstream_streams() -> Vec<&'static str> {
+    vec![
+        concat!(
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Rivers \"}],\"role\": \"model\"},\"index\": 0}]}\r\n\r\n",
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"run\"}],\"role\": \"model\"},\"index\": 0}]}\r\n\r\n",
+            "data: {\"candidates\": [{\"content\": {\"parts\": [{\"text\": \".\"}],\"role\": \"model\"},\"finishReason\": \"STOP\",\"index\": 0}],\"usageMetadata\": {\"promptTokenCount\": 4,\"totalTokenCount\": 7}}\r\n\r\n",
+        ),
+        concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Rivers \"}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"run\",\"thought\":true}]}}]}\n\n",
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\".\"}]},\"finishReason\":\"STOP\"}]}\n\n",
+        ),
+        concat!(
+            "data: {\"candidates\":[{\"content\":{\"parts\":\r\n",
+            "data: [{\"text\":\"Rivers \"}]}}]}\r\n\r\n",
+            "data: {\"candidates\":[{\"content\":\n",
+            "data: {\"parts\":[{\"text\":\"run.\"}]},\n",
+            "data: \"finishReason\":\"STOP\"}]}\n\n",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_normal_stream_is_relayed_byte_for_byte_whatever_its_line_endings_and_framing() {
+    for stream in upstream_streams() {
+        let bytes = bytes::Bytes::from_static(stream.as_bytes());
+        for size in [1, 2, 7, 40, stream.len()] {
+            let frames = bytes
+                .chunks(size)
+                .map(bytes::Bytes::copy_from_slice)
+                .collect();
+            let got = relay_frames(frames).await.concat();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                stream,
+                "frames of {size} bytes"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_that_arrive_in_one_frame_go_out_in_one_frame() {
+    for stream in upstream_streams() {
+        let got = relay_frames(vec![bytes::Bytes::from_static(stream.as_bytes())]).await;
+        assert_eq!(got.len(), 1, "{stream}");
+        assert_eq!(got[0], stream.as_bytes());
+    }
+}

@@ -250,6 +250,13 @@ proptest! {
             prop_assert_eq!(&a.data, &b.data);
             prop_assert_eq!(&a.event, &b.event);
         }
+        // The raw bytes of the events, however the input was cut, are the input.
+        let split = split_at(&input, &cuts);
+        let raw: Vec<u8> = decode_raw(&split, false)
+            .into_iter()
+            .flat_map(|(_, r)| r.map(|r| r.to_vec()).unwrap_or_default())
+            .collect();
+        prop_assert_eq!(raw, input);
     }
 
     #[test]
@@ -301,4 +308,64 @@ proptest! {
         let parsed: Vec<serde_json::Value> = got.iter().map(|s| serde_json::from_str(s).unwrap()).collect();
         prop_assert_eq!(parsed, jsons);
     }
+}
+
+/// Decodes `chunks` keeping raw bytes: each event's data and the bytes it came in.
+fn decode_raw(chunks: &[&[u8]], finish: bool) -> Vec<(Bytes, Option<Bytes>)> {
+    let mut d = Decoder::new().keep_raw();
+    let mut out = Vec::new();
+    let mut drain = |d: &mut Decoder| {
+        while let Some(e) = d.next_event().unwrap() {
+            out.push((e.data, d.take_raw().map(|r| r.bytes())));
+        }
+    };
+    for c in chunks {
+        d.push(Bytes::copy_from_slice(c));
+        drain(&mut d);
+    }
+    if finish {
+        d.finish();
+        drain(&mut d);
+    }
+    out
+}
+
+#[test]
+fn raw_bytes_are_each_event_as_it_came_across_frames() {
+    let got = decode_raw(
+        &[
+            b"data: a\r\n",
+            b"\r\ndata: b\n",
+            b"data: c\n\n: ping\n\ndata: d\r\n\r\n",
+        ],
+        false,
+    );
+    let raw: Vec<_> = got.iter().map(|(_, r)| r.clone().unwrap()).collect();
+    assert_eq!(
+        raw,
+        ["data: a\r\n\r\n", "data: b\ndata: c\n\n", "data: d\r\n\r\n"]
+    );
+    assert_eq!(got[1].0, "b\nc");
+}
+
+#[test]
+fn an_event_ended_by_the_end_of_input_has_no_raw_bytes() {
+    let got = decode_raw(&[b"data: a\n\ndata: b\n"], true);
+    assert_eq!(got[0].1.as_deref(), Some(&b"data: a\n\n"[..]));
+    assert_eq!(got[1].0, "b");
+    assert_eq!(got[1].1, None);
+}
+
+#[test]
+fn events_of_one_buffer_join_without_a_copy() {
+    let mut d = Decoder::new().keep_raw();
+    let input = Bytes::from_static(b"data: a\n\ndata: b\n\n");
+    d.push(input.clone());
+    d.next_event().unwrap().unwrap();
+    let mut run = d.take_raw().unwrap();
+    d.next_event().unwrap().unwrap();
+    assert!(run.join(&d.take_raw().unwrap()));
+    let joined = run.bytes();
+    assert_eq!(joined, input);
+    assert_eq!(joined.as_ptr(), input.as_ptr());
 }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::layer::Config;
 use super::seam::overlap;
 use crate::body::{Body, BoxError, collect_limited};
-use crate::sse::{Decoder, JsonArrayDecoder, JsonArrayEncoder, LineEnding, encode_data};
+use crate::sse::{Decoder, JsonArrayDecoder, JsonArrayEncoder, LineEnding, RawSpan, encode_data};
 
 /// The stream format of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +131,7 @@ where
         template,
         out: Output {
             queue: VecDeque::new(),
+            run: None,
             mode,
             array: JsonArrayEncoder::new(),
         },
@@ -153,12 +154,37 @@ where
 /// hands out before it reads on.
 struct Output {
     queue: VecDeque<Bytes>,
+    /// SSE events passed on as they came, not queued yet: those that follow each other in one
+    /// upstream buffer become one frame, sliced from it without a copy.
+    run: Option<RawSpan>,
     mode: Mode,
     array: JsonArrayEncoder,
 }
 
 impl Output {
+    /// Passes an event on unchanged: its own bytes when the decoder kept them.
+    fn send_original(&mut self, json: &Bytes, raw: Option<RawSpan>) {
+        let Some(raw) = raw else {
+            return self.send(json);
+        };
+        if let Some(run) = &mut self.run {
+            if run.join(&raw) {
+                return;
+            }
+        }
+        self.flush();
+        self.run = Some(raw);
+    }
+
+    /// Queues the events held in the run.
+    fn flush(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.queue.push_back(run.bytes());
+        }
+    }
+
     fn send(&mut self, json: &[u8]) {
+        self.flush();
         let bytes = match self.mode {
             Mode::JsonArray => self.array.element(json),
             _ => encode_data(json, LineEnding::CrLf),
@@ -167,6 +193,7 @@ impl Output {
     }
 
     fn close(&mut self) {
+        self.flush();
         if self.mode == Mode::JsonArray {
             let end = self.array.close();
             self.queue.push_back(end);
@@ -276,7 +303,9 @@ impl Attempt {
     fn new(body: Body, config: &Config) -> Self {
         Attempt {
             body,
-            sse: Decoder::new().max_event_bytes(config.max_event_bytes),
+            sse: Decoder::new()
+                .max_event_bytes(config.max_event_bytes)
+                .keep_raw(),
             array: JsonArrayDecoder::new().max_element_bytes(config.max_event_bytes),
             ended: false,
             last_frame: Instant::now(),
@@ -284,23 +313,30 @@ impl Attempt {
         }
     }
 
-    /// The next event of this attempt, or why it ended without a finish.
+    /// The next event of this attempt (with its bytes as they came, when kept), or why it
+    /// ended without a finish; `Ok(None)` when no event is buffered and `may_read` is false.
+    #[allow(clippy::type_complexity, reason = "one private call site")]
     fn poll_event(
         &mut self,
         cx: &mut Context<'_>,
         mode: Mode,
         idle: Option<Duration>,
-    ) -> Poll<Result<Bytes, Interruption>> {
+        may_read: bool,
+    ) -> Poll<Result<Option<(Bytes, Option<RawSpan>)>, Interruption>> {
         loop {
             let next = match mode {
-                Mode::JsonArray => self.array.next_element(),
-                _ => self.sse.next_event().map(|e| e.map(|e| e.data)),
+                Mode::JsonArray => self.array.next_element().map(|e| e.map(|e| (e, None))),
+                _ => self
+                    .sse
+                    .next_event()
+                    .map(|e| e.map(|e| (e.data, self.sse.take_raw()))),
             };
             match next {
-                Ok(Some(data)) => return Poll::Ready(Ok(data)),
+                Ok(Some(event)) => return Poll::Ready(Ok(Some(event))),
                 Ok(None) if self.ended => {
                     return Poll::Ready(Err(Interruption::EndedWithoutFinish));
                 }
+                Ok(None) if !may_read => return Poll::Ready(Ok(None)),
                 Ok(None) => {}
                 Err(_) => return Poll::Ready(Err(Interruption::Malformed)),
             }
@@ -547,7 +583,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) && self.out.queue.is_empty()
+        matches!(self.state, State::Done) && self.out.queue.is_empty() && self.out.run.is_none()
     }
 }
 
@@ -565,15 +601,28 @@ where
             if let Some(bytes) = this.out.queue.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
+            if this.out.run.is_some() && !matches!(this.state, State::Pumping) {
+                this.out.flush();
+                continue;
+            }
             match &mut this.state {
                 State::Done => return Poll::Ready(None),
                 State::Pumping => {
-                    let event =
-                        this.attempt
-                            .poll_event(cx, this.out.mode, this.config.idle_timeout);
+                    // Events already buffered join the run; it goes out before reading on.
+                    let may_read = this.out.run.is_none();
+                    let event = this.attempt.poll_event(
+                        cx,
+                        this.out.mode,
+                        this.config.idle_timeout,
+                        may_read,
+                    );
                     let step = match ready!(event) {
-                        Ok(data) => {
-                            handle_event(data, &mut this.out, &mut this.answer, &this.config)
+                        Ok(Some((data, raw))) => {
+                            handle_event(data, raw, &mut this.out, &mut this.answer, &this.config)
+                        }
+                        Ok(None) => {
+                            this.out.flush();
+                            Step::Continue
                         }
                         Err(why) => Step::Done(Outcome::Interrupted(why)),
                     };
@@ -708,7 +757,12 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
 
 /// Relays an event of a healthy, never-resumed stream that neither ends nor breaks it, as it
 /// came; `false` when the event needs the full reading.
-fn pass_through(data: &Bytes, out: &mut Output, answer: &mut Answer) -> bool {
+fn pass_through(
+    data: &Bytes,
+    raw: &mut Option<RawSpan>,
+    out: &mut Output,
+    answer: &mut Answer,
+) -> bool {
     if answer.resumed || answer.seam.is_some() {
         return false;
     }
@@ -738,7 +792,7 @@ fn pass_through(data: &Bytes, out: &mut Output, answer: &mut Answer) -> bool {
         }
     }
     if !parts.is_empty() {
-        out.send(data);
+        out.send_original(data, raw.take());
     }
     true
 }
@@ -761,8 +815,14 @@ fn visible_text(parts: &[Value]) -> String {
 }
 
 /// Handles one event: classifies it, rewrites it when needed, and forwards it.
-fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Config) -> Step {
-    if pass_through(&data, out, answer) {
+fn handle_event(
+    data: Bytes,
+    mut raw: Option<RawSpan>,
+    out: &mut Output,
+    answer: &mut Answer,
+    config: &Config,
+) -> Step {
+    if pass_through(&data, &mut raw, out, answer) {
         return Step::Continue;
     }
     let Ok(Value::Object(mut event)) = serde_json::from_slice::<Value>(&data) else {
@@ -788,12 +848,12 @@ fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Con
             .and_then(|f| f.get("blockReason"))
             .is_some();
         if blocked {
-            let original = (!modified).then_some(&data);
+            let original = (!modified).then_some((&data, raw));
             return finish(event, original, out, answer);
         }
         if answer.attempt_usage.is_some() && !answer.resumed {
             // Forward as it came (usage is re-added on the final chunk otherwise).
-            out.send(&data);
+            out.send_original(&data, raw);
             return Step::Continue;
         }
         return Step::Continue;
@@ -861,14 +921,14 @@ fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Con
     }
 
     if finish_reason.is_some() && !retryable {
-        let original = (!modified).then_some(&data);
+        let original = (!modified).then_some((&data, raw));
         return finish(event, original, out, answer);
     }
     if has_content {
         if modified {
             out.send(&serde_json::to_vec(&event).unwrap_or_default());
         } else {
-            out.send(&data);
+            out.send_original(&data, raw);
         }
     }
     if retryable {
@@ -883,12 +943,12 @@ fn handle_event(data: Bytes, out: &mut Output, answer: &mut Answer, config: &Con
 /// nothing was resumed).
 fn finish(
     mut event: Map<String, Value>,
-    original: Option<&Bytes>,
+    original: Option<(&Bytes, Option<RawSpan>)>,
     out: &mut Output,
     answer: &mut Answer,
 ) -> Step {
     match original {
-        Some(data) => out.send(data),
+        Some((data, raw)) => out.send_original(data, raw),
         None => {
             fold_usage(answer);
             if let Some(u) = answer.usage_total.take() {
