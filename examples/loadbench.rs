@@ -47,7 +47,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -121,6 +121,54 @@ impl Settings {
 }
 
 // === Memory and CPU of this process ===
+
+/// The system allocator, counting live heap bytes while `HEAP_COUNTING` is on. RSS alone
+/// cannot say what 1,000 idle streams hold: freed memory is reused, so whichever path is
+/// measured second reads low. Counting is off during the load runs (one relaxed load per
+/// allocation then) so the throughput numbers do not pay for it.
+struct CountingAlloc;
+
+static HEAP_COUNTING: AtomicBool = AtomicBool::new(false);
+static HEAP_LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters only observe sizes.
+#[allow(unsafe_code)]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if HEAP_COUNTING.load(Ordering::Relaxed) {
+            HEAP_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System.alloc`'s.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if HEAP_COUNTING.load(Ordering::Relaxed) {
+            HEAP_LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System.dealloc`'s.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if HEAP_COUNTING.load(Ordering::Relaxed) {
+            HEAP_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System.alloc_zeroed`'s.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if HEAP_COUNTING.load(Ordering::Relaxed) {
+            HEAP_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is `System.realloc`'s.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Resident set size in bytes (`/proc/self/statm`, resident pages × 4 KiB pages).
 fn rss_bytes() -> u64 {
@@ -459,6 +507,50 @@ async fn start_gateway(config: Config) -> Result<(SocketAddr, App), String> {
         server::serve(listener, router, limits, stats, std::future::pending()).await;
     });
     Ok((addr, app))
+}
+
+// === The floor: a forwarder with no layers ===
+
+/// A proxy that does nothing but forward: hyper's HTTP/1 server, the request's path and body
+/// sent on through a pooled hyper-util client, the answer's body streamed back as it comes.
+/// No auth, keys, logs, limits or parsing. What it costs is what any proxy that terminates
+/// HTTP on both sides pays on this machine, so the report can tell that floor from what the
+/// gateway's layers add.
+async fn start_bare(mock: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .build(connector);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                async move {
+                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let uri: Uri = format!("http://{mock}{pq}")
+                        .parse()
+                        .expect("a loopback address and a request's path make a valid URI");
+                    *req.uri_mut() = uri;
+                    req.headers_mut().remove(header::AUTHORIZATION);
+                    client.request(req).await
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    Ok(addr)
 }
 
 // === The load generator ===
@@ -802,10 +894,21 @@ fn closed_loop(
 
 // === Memory: idle streams and a 10 MB stream ===
 
-/// Opens `n` streams that stay open after their first event; returns RSS growth per stream.
-fn held_streams(rt: &Runtime, target: &Target, n: usize) -> Result<f64, String> {
+/// What `n` open idle streams hold, per stream.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    /// Growth of the process's RSS.
+    rss: f64,
+    /// Live heap bytes allocated while they opened (client, and every server on the path).
+    heap: f64,
+}
+
+/// Opens `n` streams that stay open after their first event and measures what they hold.
+fn held_streams(rt: &Runtime, target: &Target, n: usize) -> Result<Held, String> {
     let client = rt.block_on(async { http_client() });
     let before = rss_bytes();
+    HEAP_LIVE.store(0, Ordering::Relaxed);
+    HEAP_COUNTING.store(true, Ordering::Relaxed);
     let held = rt.block_on(async {
         let sem = Arc::new(Semaphore::new(64));
         let tasks: Vec<_> = (0..n)
@@ -828,18 +931,24 @@ fn held_streams(rt: &Runtime, target: &Target, n: usize) -> Result<f64, String> 
                 })
             })
             .collect();
-        let mut held = Vec::new();
+        let mut held = Vec::with_capacity(n);
         for t in tasks {
             held.push(t.await.map_err(|e| e.to_string())??);
         }
         Ok::<_, String>(held)
-    })?;
+    });
     std::thread::sleep(Duration::from_millis(300));
+    let heap = HEAP_LIVE.load(Ordering::Relaxed);
+    HEAP_COUNTING.store(false, Ordering::Relaxed);
+    let held = held?;
     let after = rss_bytes();
     drop(held);
     drop(client);
     std::thread::sleep(Duration::from_millis(300));
-    Ok(after.saturating_sub(before) as f64 / n as f64)
+    Ok(Held {
+        rss: after.saturating_sub(before) as f64 / n as f64,
+        heap: heap.max(0) as f64 / n as f64,
+    })
 }
 
 /// Reads one big stream; returns (bytes read, RSS peak growth during it).
@@ -911,19 +1020,21 @@ struct Measured {
     kind: Kind,
     load: Load,
     direct: Option<RunResult>,
+    /// The no-layer forwarder on the same Gemini request (native scenarios only).
+    bare: Option<RunResult>,
     gateway: RunResult,
 }
 
-/// Measures direct and through the gateway in alternating rounds, so a change in the
-/// machine's background load falls on both alike.
-fn run_pair(
+/// Measures direct, through the bare forwarder (when given) and through the gateway in
+/// alternating rounds, so a change in the machine's background load falls on all alike.
+fn run_paths(
     rt: &Runtime,
     client: &HttpClient,
-    (direct, gateway): (&Target, &Target),
+    (direct, bare, gateway): (&Target, Option<&Target>, &Target),
     load: Load,
     s: &Settings,
     rss: &RssSampler,
-) -> (RunResult, RunResult) {
+) -> (RunResult, Option<RunResult>, RunResult) {
     let secs = match load {
         Load::Rate(_) => s.open_secs,
         Load::Closed => s.closed_secs,
@@ -933,14 +1044,21 @@ fn run_pair(
         Load::Closed => closed_loop(rt, client, target, secs, rss),
     };
     let _ = run(direct, s.warmup_secs);
+    if let Some(b) = bare {
+        let _ = run(b, s.warmup_secs);
+    }
     let _ = run(gateway, s.warmup_secs);
     let mut d = RunResult::empty();
+    let mut b_out = bare.map(|_| RunResult::empty());
     let mut g = RunResult::empty();
     for _ in 0..s.rounds {
         d.merge(run(direct, secs));
+        if let (Some(b), Some(out)) = (bare, b_out.as_mut()) {
+            out.merge(run(b, secs));
+        }
         g.merge(run(gateway, secs));
     }
-    (d, g)
+    (d, b_out, g)
 }
 
 /// Checks a target answers 200 once; the error says what it answered instead.
@@ -1000,8 +1118,11 @@ fn run() -> Result<(), String> {
     let (gw, _app) = servers.block_on(start_gateway(config))?;
     std::thread::sleep(Duration::from_millis(200));
     let rss_gateway_idle = rss_bytes();
+    let bare = servers
+        .block_on(start_bare(mock))
+        .map_err(|e| format!("bare forwarder: {e}"))?;
     eprintln!(
-        "loadbench: mock on {mock}, gateway on {gw}; smoke={}",
+        "loadbench: mock on {mock}, gateway on {gw}, bare forwarder on {bare}; smoke={}",
         s.smoke
     );
 
@@ -1016,6 +1137,12 @@ fn run() -> Result<(), String> {
         if kind == Kind::Generate || kind == Kind::Stream {
             probe(&clients, &client, &direct(kind))
                 .map_err(|st| format!("the mock answered {st} to {}", kind.name()))?;
+            probe(
+                &clients,
+                &client,
+                &kind.target(bare, false, "gemini-2.5-flash"),
+            )
+            .map_err(|st| format!("the bare forwarder answered {st} to {}", kind.name()))?;
         }
         match probe(&clients, &client, &via(kind, "gemini-2.5-flash")) {
             Ok(()) => available.push(kind),
@@ -1032,6 +1159,11 @@ fn run() -> Result<(), String> {
         s.held_streams
     );
     let held_gw = held_streams(&clients, &via(Kind::Stream, "gemini-hold"), s.held_streams)?;
+    let held_bare = held_streams(
+        &clients,
+        &Kind::Stream.target(bare, false, "gemini-hold"),
+        s.held_streams,
+    )?;
     let held_direct = held_streams(
         &clients,
         &Kind::Stream.target(mock, false, "gemini-hold"),
@@ -1056,10 +1188,16 @@ fn run() -> Result<(), String> {
     {
         for load in &loads {
             eprintln!("loadbench: {} @ {}", kind.name(), load.label());
-            let (d, g) = run_pair(
+            let bare_target =
+                (*kind == kind.direct_kind()).then(|| kind.target(bare, false, "gemini-2.5-flash"));
+            let (d, b, g) = run_paths(
                 &clients,
                 &client,
-                (&direct(kind.direct_kind()), &via(*kind, "gemini-2.5-flash")),
+                (
+                    &direct(kind.direct_kind()),
+                    bare_target.as_ref(),
+                    &via(*kind, "gemini-2.5-flash"),
+                ),
                 *load,
                 &s,
                 &rss,
@@ -1068,6 +1206,7 @@ fn run() -> Result<(), String> {
                 kind: *kind,
                 load: *load,
                 direct: Some(d),
+                bare: b,
                 gateway: g,
             });
         }
@@ -1081,7 +1220,11 @@ fn run() -> Result<(), String> {
         rss_mock,
         rss_gateway_idle,
         rss_end,
-        held: (held_direct, held_gw),
+        held: HeldAll {
+            direct: held_direct,
+            bare: held_bare,
+            gateway: held_gw,
+        },
         big: (big_direct, big_gw),
         measured,
         unavailable,
@@ -1156,12 +1299,19 @@ struct Report {
     rss_mock: u64,
     rss_gateway_idle: u64,
     rss_end: u64,
-    /// Bytes per held stream: (direct, gateway).
-    held: (f64, f64),
+    /// What one held stream holds on each path.
+    held: HeldAll,
     /// (bytes read, RSS growth): (direct, gateway).
     big: ((u64, u64), (u64, u64)),
     measured: Vec<Measured>,
     unavailable: Vec<(Kind, String)>,
+}
+
+/// Idle streams measured on the three paths.
+struct HeldAll {
+    direct: Held,
+    bare: Held,
+    gateway: Held,
 }
 
 const PCTS: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
@@ -1192,9 +1342,13 @@ impl Report {
     /// Added time per chunk on a stream (µs): (all added time / events, added time after the
     /// first byte / the events after the first), from medians.
     fn per_chunk(&self, m: &Measured) -> Option<(f64, f64)> {
-        let d = m.direct.as_ref()?;
-        let dt = pct(&m.gateway.rec.total, 50.0) as f64 - pct(&d.rec.total, 50.0) as f64;
-        let df = pct(&m.gateway.rec.ttfb, 50.0) as f64 - pct(&d.rec.ttfb, 50.0) as f64;
+        Self::added_per_chunk(m.direct.as_ref()?, &m.gateway)
+    }
+
+    /// `per_chunk` for any path `g` against direct `d`.
+    fn added_per_chunk(d: &RunResult, g: &RunResult) -> Option<(f64, f64)> {
+        let dt = pct(&g.rec.total, 50.0) as f64 - pct(&d.rec.total, 50.0) as f64;
+        let df = pct(&g.rec.ttfb, 50.0) as f64 - pct(&d.rec.ttfb, 50.0) as f64;
         let n = STREAM_EVENTS as f64;
         Some((dt / n / 1e3, (dt - df) / (n - 1.0) / 1e3))
     }
@@ -1255,6 +1409,9 @@ impl Report {
                 };
                 row(&mut o, label, d);
             }
+            if let Some(b) = &m.bare {
+                row(&mut o, "bare forwarder (no layers)", b);
+            }
             row(&mut o, "gateway", &m.gateway);
             let ov: Vec<String> = PCTS
                 .iter()
@@ -1278,15 +1435,36 @@ impl Report {
         let _ = writeln!(o, "\n### Max throughput (closed loop)\n");
         let _ = writeln!(
             o,
-            "| scenario | direct rps | gateway rps | ratio | CPU µs/req direct | CPU µs/req gateway |"
+            "The bare forwarder (hyper server → hyper-util client, nothing else) is the floor: what any proxy that terminates HTTP on both sides reaches here.\n"
         );
-        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|");
+        let _ = writeln!(
+            o,
+            "| scenario | direct rps | bare forwarder rps (ratio) | gateway rps | ratio | gateway / bare | CPU µs/req direct | bare | gateway |"
+        );
+        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let cpu = |r: &RunResult| r.cpu.as_secs_f64() * 1e6 / (r.rec.ok.max(1)) as f64;
         for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
             let Some(d) = &m.direct else { continue };
-            let cpu = |r: &RunResult| r.cpu.as_secs_f64() * 1e6 / (r.rec.ok.max(1)) as f64;
+            // OpenAI scenarios compare with the bare forwarder on the Gemini call they become.
+            let bare = m.bare.as_ref().or_else(|| {
+                self.find(m.kind.direct_kind(), Load::Closed)
+                    .and_then(|b| b.bare.as_ref())
+            });
+            let (bare_rps, vs_bare, bare_cpu) = match bare {
+                Some(b) => (
+                    format!(
+                        "{:.0} ({:.0} %)",
+                        b.rps(),
+                        100.0 * b.rps() / d.rps().max(1.0)
+                    ),
+                    format!("{:.0} %", 100.0 * m.gateway.rps() / b.rps().max(1.0)),
+                    format!("{:.0}", cpu(b)),
+                ),
+                None => ("–".into(), "–".into(), "–".into()),
+            };
             let _ = writeln!(
                 o,
-                "| {} | {:.0} | {:.0} | {:.0} % | {:.0} | {:.0} |",
+                "| {} | {:.0} | {bare_rps} | {:.0} | {:.0} % | {vs_bare} | {:.0} | {bare_cpu} | {:.0} |",
                 m.kind.name(),
                 d.rps(),
                 m.gateway.rps(),
@@ -1299,15 +1477,24 @@ impl Report {
         let _ = writeln!(o, "\n### Streams: time to first byte and cost per chunk\n");
         let _ = writeln!(
             o,
-            "| scenario | load | TTFB p50 direct | TTFB p50 gateway | TTFB p99 direct | TTFB p99 gateway | added µs/chunk (all / after 1st) |"
+            "| scenario | load | TTFB p50 direct | TTFB p50 gateway | TTFB p99 direct | TTFB p99 gateway | added µs/chunk (all / after 1st) | bare forwarder: added µs/chunk |"
         );
-        let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|");
+        let _ = writeln!(o, "|---|---|--:|--:|--:|--:|--:|--:|");
         for m in self.measured.iter().filter(|m| m.kind.is_stream()) {
             let Some(d) = &m.direct else { continue };
             let (all, after) = self.per_chunk(m).unwrap_or_default();
+            let bare = m
+                .bare
+                .as_ref()
+                .or_else(|| {
+                    self.find(m.kind.direct_kind(), m.load)
+                        .and_then(|b| b.bare.as_ref())
+                })
+                .and_then(|b| Self::added_per_chunk(d, b))
+                .map_or("–".to_owned(), |(a, f)| format!("{a:.1} / {f:.1}"));
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} / {:.1} |",
+                "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} / {:.1} | {bare} |",
                 m.kind.name(),
                 m.load.label(),
                 ms(pct(&d.rec.ttfb, 50.0)),
@@ -1346,20 +1533,34 @@ impl Report {
         );
         let _ = writeln!(o, "| at the end | {:.1} MiB |", mib(self.rss_end));
         let n = self.settings.held_streams;
+        let h = &self.held;
         let _ = writeln!(
             o,
-            "| per open idle stream, direct ({n} held; client + mock side) | {:.1} KiB |",
-            self.held.0 / 1024.0
+            "| per open idle stream, direct ({n} held; client + mock): heap / RSS | {:.1} / {:.1} KiB |",
+            h.direct.heap / 1024.0,
+            h.direct.rss / 1024.0
         );
         let _ = writeln!(
             o,
-            "| per open idle stream, through the gateway ({n} held; client + gateway + mock) | {:.1} KiB |",
-            self.held.1 / 1024.0
+            "| per open idle stream, through the bare forwarder: heap / RSS | {:.1} / {:.1} KiB |",
+            h.bare.heap / 1024.0,
+            h.bare.rss / 1024.0
         );
         let _ = writeln!(
             o,
-            "| per open idle stream, the gateway's share (difference) | {:.1} KiB |",
-            (self.held.1 - self.held.0) / 1024.0
+            "| per open idle stream, through the gateway: heap / RSS | {:.1} / {:.1} KiB |",
+            h.gateway.heap / 1024.0,
+            h.gateway.rss / 1024.0
+        );
+        let _ = writeln!(
+            o,
+            "| per open idle stream, heap held by the bare forwarder (bare − direct) | {:.1} KiB |",
+            (h.bare.heap - h.direct.heap) / 1024.0
+        );
+        let _ = writeln!(
+            o,
+            "| per open idle stream, heap held by the gateway (gateway − direct) | {:.1} KiB |",
+            (h.gateway.heap - h.direct.heap) / 1024.0
         );
         let ((bd, gd), (bg, gg)) = self.big;
         let _ = writeln!(
@@ -1396,9 +1597,19 @@ impl Report {
         for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
             if let Some(d) = &m.direct {
                 let r = m.gateway.rps() / d.rps().max(1.0);
+                let floor = m
+                    .bare
+                    .as_ref()
+                    .map(|b| {
+                        format!(
+                            " (bare forwarder: {:.0} %)",
+                            100.0 * b.rps() / d.rps().max(1.0)
+                        )
+                    })
+                    .unwrap_or_default();
                 let _ = writeln!(
                     o,
-                    "| max throughput ≥ 50 % of direct, {} | {:.0} % | {} |",
+                    "| max throughput ≥ 50 % of direct, {} | {:.0} %{floor} | {} |",
                     m.kind.name(),
                     100.0 * r,
                     yes(r >= 0.5)
@@ -1423,10 +1634,11 @@ impl Report {
             mib(gd),
             yes(gg <= gd + (2 << 20))
         );
-        let gw_share = (self.held.1 - self.held.0) / 1024.0;
+        let gw_share = (self.held.gateway.heap - self.held.direct.heap) / 1024.0;
+        let bare_share = (self.held.bare.heap - self.held.direct.heap) / 1024.0;
         let _ = writeln!(
             o,
-            "| ≤ 16 KiB per open idle stream | {gw_share:.1} KiB (gateway's share) | {} |",
+            "| ≤ 16 KiB per open idle stream | {gw_share:.1} KiB of heap held by the gateway (the bare forwarder: {bare_share:.1} KiB) | {} |",
             yes(gw_share <= 16.0)
         );
         let growth = self.rss_gateway_idle.saturating_sub(self.rss_mock);
@@ -1479,6 +1691,7 @@ impl Report {
                     "scenario": m.kind.id(),
                     "load": m.load.id(),
                     "direct": m.direct.as_ref().map(run),
+                    "bare_forwarder": m.bare.as_ref().map(run),
                     "gateway": run(&m.gateway),
                     "overhead": overhead,
                     "per_chunk_us": self.per_chunk(m).filter(|_| m.kind.is_stream()).map(|(a, b)| json!({"all_over_events": a, "after_first_byte": b})),
@@ -1504,8 +1717,11 @@ impl Report {
                 "rss_idle_with_gateway_bytes": self.rss_gateway_idle,
                 "rss_end_bytes": self.rss_end,
                 "held_streams": self.settings.held_streams,
-                "bytes_per_idle_stream_direct": self.held.0,
-                "bytes_per_idle_stream_gateway": self.held.1,
+                "per_idle_stream": {
+                    "direct": {"heap_bytes": self.held.direct.heap, "rss_bytes": self.held.direct.rss},
+                    "bare_forwarder": {"heap_bytes": self.held.bare.heap, "rss_bytes": self.held.bare.rss},
+                    "gateway": {"heap_bytes": self.held.gateway.heap, "rss_bytes": self.held.gateway.rss},
+                },
                 "big_stream_bytes": {"direct": self.big.0.0, "gateway": self.big.1.0},
                 "big_stream_rss_growth_bytes": {"direct": self.big.0.1, "gateway": self.big.1.1},
             },
