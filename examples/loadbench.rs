@@ -191,6 +191,28 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Kernel work of this process so far: (read-like + write-like system calls from
+/// `/proc/self/io`, context switches of all its threads from `/proc/self/task/*/status`).
+fn kernel_counts() -> (u64, u64) {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let syscalls = field(&io, "syscr:") + field(&io, "syscw:");
+    let mut switches = 0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            switches += field(&status, "voluntary_ctxt_switches:")
+                + field(&status, "nonvoluntary_ctxt_switches:");
+        }
+    }
+    (syscalls, switches)
+}
+
 /// Samples RSS every 20 ms and keeps the peak since the last reset.
 struct RssSampler {
     peak: Arc<AtomicU64>,
@@ -471,6 +493,21 @@ fn gateway_config(mock: SocketAddr) -> Result<Config, String> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    // `LOADBENCH_ENV="K=V;K2=V2"` changes the gateway's variables, to see what one setting
+    // costs (an empty value removes the variable).
+    let mut vars = vars;
+    for pair in std::env::var("LOADBENCH_ENV")
+        .unwrap_or_default()
+        .split(';')
+    {
+        if let Some((k, v)) = pair.split_once('=') {
+            if v.is_empty() {
+                vars.remove(k.trim());
+            } else {
+                vars.insert(k.trim().to_owned(), v.to_owned());
+            }
+        }
+    }
     Config::from_map(&vars).map_err(|e| e.to_string())
 }
 
@@ -739,6 +776,9 @@ struct RunResult {
     rec: Recorder,
     elapsed: Duration,
     cpu: Duration,
+    /// Read/write system calls and context switches during the run (the whole process).
+    syscalls: u64,
+    switches: u64,
     peak_rss: u64,
     /// Worst lateness of the pacer against the schedule.
     pacer_lag: Duration,
@@ -750,6 +790,8 @@ impl RunResult {
             rec: Recorder::new(),
             elapsed: Duration::ZERO,
             cpu: Duration::ZERO,
+            syscalls: 0,
+            switches: 0,
             peak_rss: 0,
             pacer_lag: Duration::ZERO,
         }
@@ -765,6 +807,8 @@ impl RunResult {
         }
         self.elapsed += r.elapsed;
         self.cpu += r.cpu;
+        self.syscalls += r.syscalls;
+        self.switches += r.switches;
         self.peak_rss = self.peak_rss.max(r.peak_rss);
         self.pacer_lag = self.pacer_lag.max(r.pacer_lag);
     }
@@ -791,6 +835,7 @@ fn open_loop(
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     rss.reset();
     let cpu0 = cpu_time();
+    let k0 = kernel_counts();
     let start = Instant::now() + Duration::from_millis(5);
     let mut lag = Duration::ZERO;
     for i in 0..n {
@@ -829,6 +874,7 @@ fn open_loop(
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
+    let k1 = kernel_counts();
     let rec = Arc::try_unwrap(rec)
         .ok()
         .and_then(|m| m.into_inner().ok())
@@ -837,6 +883,8 @@ fn open_loop(
         rec,
         elapsed,
         cpu,
+        syscalls: k1.0.saturating_sub(k0.0),
+        switches: k1.1.saturating_sub(k0.1),
         peak_rss: rss.peak(),
         pacer_lag: lag,
     }
@@ -853,6 +901,7 @@ fn closed_loop(
 ) -> RunResult {
     rss.reset();
     let cpu0 = cpu_time();
+    let k0 = kernel_counts();
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let recs = rt.block_on(async {
@@ -879,6 +928,7 @@ fn closed_loop(
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
+    let k1 = kernel_counts();
     let mut out = RunResult::empty();
     for rec in recs {
         out.merge(RunResult {
@@ -888,6 +938,8 @@ fn closed_loop(
     }
     out.elapsed = elapsed;
     out.cpu = cpu;
+    out.syscalls = k1.0.saturating_sub(k0.0);
+    out.switches = k1.1.saturating_sub(k0.1);
     out.peak_rss = rss.peak();
     out
 }
@@ -1174,9 +1226,12 @@ fn run() -> Result<(), String> {
     let big_direct = big_stream(&clients, &Kind::Stream.target(mock, false, "gemini-big"))?;
     let big_gw = big_stream(&clients, &via(Kind::Stream, "gemini-big"))?;
 
+    // `LOADBENCH_MAX_ONLY=1` skips the fixed rates (for quick comparisons of builds).
+    let max_only = std::env::var("LOADBENCH_MAX_ONLY").is_ok_and(|v| v == "1");
     let loads: Vec<Load> = s
         .rates
         .iter()
+        .filter(|_| !max_only)
         .map(|r| Load::Rate(*r))
         .chain([Load::Closed])
         .collect();
@@ -1474,6 +1529,35 @@ impl Report {
             );
         }
 
+        let _ = writeln!(
+            o,
+            "\nKernel work per request in the closed loop (this whole process: load generator, mock and the path; read/write system calls from `/proc/self/io`, context switches of all threads):\n"
+        );
+        let _ = writeln!(
+            o,
+            "| scenario | syscalls direct | bare | gateway | context switches direct | bare | gateway |"
+        );
+        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|");
+        let per = |n: u64, r: &RunResult| n as f64 / r.rec.ok.max(1) as f64;
+        for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
+            let Some(d) = &m.direct else { continue };
+            let (bs, bc) = m.bare.as_ref().map_or(("–".into(), "–".into()), |b| {
+                (
+                    format!("{:.1}", per(b.syscalls, b)),
+                    format!("{:.1}", per(b.switches, b)),
+                )
+            });
+            let _ = writeln!(
+                o,
+                "| {} | {:.1} | {bs} | {:.1} | {:.1} | {bc} | {:.1} |",
+                m.kind.name(),
+                per(d.syscalls, d),
+                per(m.gateway.syscalls, &m.gateway),
+                per(d.switches, d),
+                per(m.gateway.switches, &m.gateway),
+            );
+        }
+
         let _ = writeln!(o, "\n### Streams: time to first byte and cost per chunk\n");
         let _ = writeln!(
             o,
@@ -1669,6 +1753,8 @@ impl Report {
                 "first_error": r.rec.first_error,
                 "rps": r.rps(),
                 "cpu_us_per_request": r.cpu.as_secs_f64() * 1e6 / (r.rec.ok.max(1)) as f64,
+                "rw_syscalls_per_request": r.syscalls as f64 / (r.rec.ok.max(1)) as f64,
+                "context_switches_per_request": r.switches as f64 / (r.rec.ok.max(1)) as f64,
                 "peak_rss_bytes": r.peak_rss,
                 "pacer_max_lag_ms": r.pacer_lag.as_secs_f64() * 1e3,
             })
