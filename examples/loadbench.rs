@@ -1,29 +1,36 @@
 //! loadbench: the gateway against calling the upstream directly, in one process, in one run.
 //!
-//! `cargo run --release --example loadbench` (about 2½ minutes; `-- --smoke` or
+//! `cargo run --release --example loadbench` (about 3½ minutes; `-- --smoke` or
 //! `LOADBENCH_SMOKE=1` for a few-second run that CI uses to keep it compiling and working).
+//! For A/B runs: `LOADBENCH_SCENARIOS=generate,stream` (also `chat`, `chat_stream`) runs only
+//! those, `LOADBENCH_MAX_ONLY=1` only the closed loop, and `LOADBENCH_ENV="LOG_LEVEL=warn;K="`
+//! changes the gateway's variables (an empty value removes one).
 //!
 //! It starts a fast mock Gemini (pre-serialized answers: `:generateContent`, a 20-event
 //! `:streamGenerateContent?alt=sse`, the models list, a stream that stays open, a 10 MB stream),
 //! then full_proxy exactly as `examples/full_proxy` builds it (`App::build` from a `Config`, 3
 //! upstream keys, every layer on, a rate limit too high to trigger, access log formatted into
-//! a sink), served by full_proxy's own server on `127.0.0.1:0`.
+//! a sink), served by full_proxy's own server on `127.0.0.1:0`, and a bare forwarder (hyper's
+//! HTTP/1 server handing each request to a pooled hyper-util client, no layers): the floor any
+//! proxy that terminates HTTP on both sides pays on this machine.
 //!
 //! Load: open loop at 500, 1,000 and 2,000 requests per second, then a closed loop for the
-//! maximum throughput, first straight at the mock, then through the gateway, for
+//! maximum throughput, straight at the mock, through the bare forwarder and through the gateway, for
 //! `generateContent`, `streamGenerateContent` and OpenAI chat (plain and streamed; reported
 //! "not available" while `/v1/chat/completions` answers 404). The open loop corrects for
 //! coordinated omission: a pacer thread releases request *i* at `start + i / rate` whatever
 //! earlier requests are doing, and every latency is measured from that scheduled time.
 //!
 //! Reported: p50/p90/p99/p99.9 latency and the gateway's overhead at each percentile, max
-//! throughput and its ratio to direct, CPU time per request, time to first byte and the added
+//! throughput and its ratio to direct, CPU time, read/write system calls and context switches
+//! per request, time to first byte and the added
 //! cost per chunk on streams, resident memory idle, under load, per open idle stream (1,000
 //! held open) and while a 10 MB stream relays. The markdown table is printed and written with
 //! the JSON to `${CARGO_TARGET_DIR:-target}/loadbench.{md,json}`.
 //!
 //! Memory is this process's RSS: it holds the mock and the load generator too, so "idle" is
-//! reported both whole and as the growth when the gateway was built.
+//! reported both whole and as the growth when the gateway was built. Idle streams are also
+//! measured as live heap (a counting allocator), which RSS's reuse of freed pages cannot show.
 
 #![allow(unreachable_pub, missing_docs, dead_code)]
 
@@ -191,9 +198,31 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// Kernel work of this process so far: (read-like + write-like system calls from
-/// `/proc/self/io`, context switches of all its threads from `/proc/self/task/*/status`).
-fn kernel_counts() -> (u64, u64) {
+/// Kernel work of this process: read-like + write-like system calls (`/proc/self/io`) and
+/// context switches of all its threads (`/proc/self/task/*/status`).
+#[derive(Clone, Copy, Debug, Default)]
+struct KernelCounts {
+    syscalls: u64,
+    switches: u64,
+}
+
+impl KernelCounts {
+    /// The counts since `earlier`.
+    fn since(self, earlier: KernelCounts) -> KernelCounts {
+        KernelCounts {
+            syscalls: self.syscalls.saturating_sub(earlier.syscalls),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+
+    fn add(&mut self, other: KernelCounts) {
+        self.syscalls += other.syscalls;
+        self.switches += other.switches;
+    }
+}
+
+/// This process's kernel work so far.
+fn kernel_counts() -> KernelCounts {
     let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
     let field = |text: &str, name: &str| -> u64 {
         text.lines()
@@ -210,7 +239,7 @@ fn kernel_counts() -> (u64, u64) {
                 + field(&status, "nonvoluntary_ctxt_switches:");
         }
     }
-    (syscalls, switches)
+    KernelCounts { syscalls, switches }
 }
 
 /// Samples RSS every 20 ms and keeps the peak since the last reset.
@@ -477,7 +506,7 @@ async fn start_mock(data: Arc<MockData>) -> std::io::Result<SocketAddr> {
 // === The gateway ===
 
 fn gateway_config(mock: SocketAddr) -> Result<Config, String> {
-    let vars: HashMap<String, String> = [
+    let mut vars: HashMap<String, String> = [
         ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
         ("UPSTREAM_URL", format!("http://{mock}")),
         (
@@ -495,7 +524,6 @@ fn gateway_config(mock: SocketAddr) -> Result<Config, String> {
     .collect();
     // `LOADBENCH_ENV="K=V;K2=V2"` changes the gateway's variables, to see what one setting
     // costs (an empty value removes the variable).
-    let mut vars = vars;
     for pair in std::env::var("LOADBENCH_ENV")
         .unwrap_or_default()
         .split(';')
@@ -776,9 +804,8 @@ struct RunResult {
     rec: Recorder,
     elapsed: Duration,
     cpu: Duration,
-    /// Read/write system calls and context switches during the run (the whole process).
-    syscalls: u64,
-    switches: u64,
+    /// Kernel work during the run (the whole process).
+    kernel: KernelCounts,
     peak_rss: u64,
     /// Worst lateness of the pacer against the schedule.
     pacer_lag: Duration,
@@ -790,8 +817,7 @@ impl RunResult {
             rec: Recorder::new(),
             elapsed: Duration::ZERO,
             cpu: Duration::ZERO,
-            syscalls: 0,
-            switches: 0,
+            kernel: KernelCounts::default(),
             peak_rss: 0,
             pacer_lag: Duration::ZERO,
         }
@@ -807,14 +833,30 @@ impl RunResult {
         }
         self.elapsed += r.elapsed;
         self.cpu += r.cpu;
-        self.syscalls += r.syscalls;
-        self.switches += r.switches;
+        self.kernel.add(r.kernel);
         self.peak_rss = self.peak_rss.max(r.peak_rss);
         self.pacer_lag = self.pacer_lag.max(r.pacer_lag);
     }
 
     fn rps(&self) -> f64 {
         self.rec.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// `total` spread over the requests answered.
+    fn per_request(&self, total: f64) -> f64 {
+        total / self.rec.ok.max(1) as f64
+    }
+
+    fn cpu_us_per_request(&self) -> f64 {
+        self.per_request(self.cpu.as_secs_f64() * 1e6)
+    }
+
+    fn syscalls_per_request(&self) -> f64 {
+        self.per_request(self.kernel.syscalls as f64)
+    }
+
+    fn switches_per_request(&self) -> f64 {
+        self.per_request(self.kernel.switches as f64)
     }
 }
 
@@ -874,7 +916,7 @@ fn open_loop(
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let k1 = kernel_counts();
+    let kernel = kernel_counts().since(k0);
     let rec = Arc::try_unwrap(rec)
         .ok()
         .and_then(|m| m.into_inner().ok())
@@ -883,8 +925,7 @@ fn open_loop(
         rec,
         elapsed,
         cpu,
-        syscalls: k1.0.saturating_sub(k0.0),
-        switches: k1.1.saturating_sub(k0.1),
+        kernel,
         peak_rss: rss.peak(),
         pacer_lag: lag,
     }
@@ -928,7 +969,7 @@ fn closed_loop(
     });
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let k1 = kernel_counts();
+    let kernel = kernel_counts().since(k0);
     let mut out = RunResult::empty();
     for rec in recs {
         out.merge(RunResult {
@@ -938,8 +979,7 @@ fn closed_loop(
     }
     out.elapsed = elapsed;
     out.cpu = cpu;
-    out.syscalls = k1.0.saturating_sub(k0.0);
-    out.switches = k1.1.saturating_sub(k0.1);
+    out.kernel = kernel;
     out.peak_rss = rss.peak();
     out
 }
@@ -1369,6 +1409,18 @@ struct HeldAll {
     gateway: Held,
 }
 
+impl HeldAll {
+    /// Heap bytes per stream the bare forwarder holds beyond the client and the mock.
+    fn bare_share(&self) -> f64 {
+        self.bare.heap - self.direct.heap
+    }
+
+    /// Heap bytes per stream the gateway holds beyond the client and the mock.
+    fn gateway_share(&self) -> f64 {
+        self.gateway.heap - self.direct.heap
+    }
+}
+
 const PCTS: [f64; 4] = [50.0, 90.0, 99.0, 99.9];
 
 fn ms(ns: u64) -> f64 {
@@ -1406,6 +1458,15 @@ impl Report {
         let df = pct(&g.rec.ttfb, 50.0) as f64 - pct(&d.rec.ttfb, 50.0) as f64;
         let n = STREAM_EVENTS as f64;
         Some((dt / n / 1e3, (dt - df) / (n - 1.0) / 1e3))
+    }
+
+    /// The bare forwarder's run to compare `m` with: its own, or for an OpenAI scenario the
+    /// one on the Gemini call it becomes.
+    fn bare_for<'a>(&'a self, m: &'a Measured) -> Option<&'a RunResult> {
+        m.bare.as_ref().or_else(|| {
+            self.find(m.kind.direct_kind(), m.load)
+                .and_then(|b| b.bare.as_ref())
+        })
     }
 
     fn find(&self, kind: Kind, load: Load) -> Option<&Measured> {
@@ -1497,15 +1558,9 @@ impl Report {
             "| scenario | direct rps | bare forwarder rps (ratio) | gateway rps | ratio | gateway / bare | CPU µs/req direct | bare | gateway |"
         );
         let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|--:|");
-        let cpu = |r: &RunResult| r.cpu.as_secs_f64() * 1e6 / (r.rec.ok.max(1)) as f64;
         for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
             let Some(d) = &m.direct else { continue };
-            // OpenAI scenarios compare with the bare forwarder on the Gemini call they become.
-            let bare = m.bare.as_ref().or_else(|| {
-                self.find(m.kind.direct_kind(), Load::Closed)
-                    .and_then(|b| b.bare.as_ref())
-            });
-            let (bare_rps, vs_bare, bare_cpu) = match bare {
+            let (bare_rps, vs_bare, bare_cpu) = match self.bare_for(m) {
                 Some(b) => (
                     format!(
                         "{:.0} ({:.0} %)",
@@ -1513,7 +1568,7 @@ impl Report {
                         100.0 * b.rps() / d.rps().max(1.0)
                     ),
                     format!("{:.0} %", 100.0 * m.gateway.rps() / b.rps().max(1.0)),
-                    format!("{:.0}", cpu(b)),
+                    format!("{:.0}", b.cpu_us_per_request()),
                 ),
                 None => ("–".into(), "–".into(), "–".into()),
             };
@@ -1524,8 +1579,8 @@ impl Report {
                 d.rps(),
                 m.gateway.rps(),
                 100.0 * m.gateway.rps() / d.rps().max(1.0),
-                cpu(d),
-                cpu(&m.gateway)
+                d.cpu_us_per_request(),
+                m.gateway.cpu_us_per_request()
             );
         }
 
@@ -1538,23 +1593,22 @@ impl Report {
             "| scenario | syscalls direct | bare | gateway | context switches direct | bare | gateway |"
         );
         let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|");
-        let per = |n: u64, r: &RunResult| n as f64 / r.rec.ok.max(1) as f64;
         for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
             let Some(d) = &m.direct else { continue };
             let (bs, bc) = m.bare.as_ref().map_or(("–".into(), "–".into()), |b| {
                 (
-                    format!("{:.1}", per(b.syscalls, b)),
-                    format!("{:.1}", per(b.switches, b)),
+                    format!("{:.1}", b.syscalls_per_request()),
+                    format!("{:.1}", b.switches_per_request()),
                 )
             });
             let _ = writeln!(
                 o,
                 "| {} | {:.1} | {bs} | {:.1} | {:.1} | {bc} | {:.1} |",
                 m.kind.name(),
-                per(d.syscalls, d),
-                per(m.gateway.syscalls, &m.gateway),
-                per(d.switches, d),
-                per(m.gateway.switches, &m.gateway),
+                d.syscalls_per_request(),
+                m.gateway.syscalls_per_request(),
+                d.switches_per_request(),
+                m.gateway.switches_per_request(),
             );
         }
 
@@ -1567,13 +1621,8 @@ impl Report {
         for m in self.measured.iter().filter(|m| m.kind.is_stream()) {
             let Some(d) = &m.direct else { continue };
             let (all, after) = self.per_chunk(m).unwrap_or_default();
-            let bare = m
-                .bare
-                .as_ref()
-                .or_else(|| {
-                    self.find(m.kind.direct_kind(), m.load)
-                        .and_then(|b| b.bare.as_ref())
-                })
+            let bare = self
+                .bare_for(m)
                 .and_then(|b| Self::added_per_chunk(d, b))
                 .map_or("–".to_owned(), |(a, f)| format!("{a:.1} / {f:.1}"));
             let _ = writeln!(
@@ -1618,34 +1667,28 @@ impl Report {
         let _ = writeln!(o, "| at the end | {:.1} MiB |", mib(self.rss_end));
         let n = self.settings.held_streams;
         let h = &self.held;
-        let _ = writeln!(
-            o,
-            "| per open idle stream, direct ({n} held; client + mock): heap / RSS | {:.1} / {:.1} KiB |",
-            h.direct.heap / 1024.0,
-            h.direct.rss / 1024.0
-        );
-        let _ = writeln!(
-            o,
-            "| per open idle stream, through the bare forwarder: heap / RSS | {:.1} / {:.1} KiB |",
-            h.bare.heap / 1024.0,
-            h.bare.rss / 1024.0
-        );
-        let _ = writeln!(
-            o,
-            "| per open idle stream, through the gateway: heap / RSS | {:.1} / {:.1} KiB |",
-            h.gateway.heap / 1024.0,
-            h.gateway.rss / 1024.0
-        );
-        let _ = writeln!(
-            o,
-            "| per open idle stream, heap held by the bare forwarder (bare − direct) | {:.1} KiB |",
-            (h.bare.heap - h.direct.heap) / 1024.0
-        );
-        let _ = writeln!(
-            o,
-            "| per open idle stream, heap held by the gateway (gateway − direct) | {:.1} KiB |",
-            (h.gateway.heap - h.direct.heap) / 1024.0
-        );
+        for (path, held) in [
+            (format!("direct ({n} held; client + mock)"), h.direct),
+            ("through the bare forwarder".to_owned(), h.bare),
+            ("through the gateway".to_owned(), h.gateway),
+        ] {
+            let _ = writeln!(
+                o,
+                "| per open idle stream, {path}: heap / RSS | {:.1} / {:.1} KiB |",
+                held.heap / 1024.0,
+                held.rss / 1024.0
+            );
+        }
+        for (path, share) in [
+            ("the bare forwarder (bare − direct)", h.bare_share()),
+            ("the gateway (gateway − direct)", h.gateway_share()),
+        ] {
+            let _ = writeln!(
+                o,
+                "| per open idle stream, heap held by {path} | {:.1} KiB |",
+                share / 1024.0
+            );
+        }
         let ((bd, gd), (bg, gg)) = self.big;
         let _ = writeln!(
             o,
@@ -1681,9 +1724,8 @@ impl Report {
         for m in self.measured.iter().filter(|m| m.load == Load::Closed) {
             if let Some(d) = &m.direct {
                 let r = m.gateway.rps() / d.rps().max(1.0);
-                let floor = m
-                    .bare
-                    .as_ref()
+                let floor = self
+                    .bare_for(m)
                     .map(|b| {
                         format!(
                             " (bare forwarder: {:.0} %)",
@@ -1718,8 +1760,8 @@ impl Report {
             mib(gd),
             yes(gg <= gd + (2 << 20))
         );
-        let gw_share = (self.held.gateway.heap - self.held.direct.heap) / 1024.0;
-        let bare_share = (self.held.bare.heap - self.held.direct.heap) / 1024.0;
+        let gw_share = self.held.gateway_share() / 1024.0;
+        let bare_share = self.held.bare_share() / 1024.0;
         let _ = writeln!(
             o,
             "| ≤ 16 KiB per open idle stream | {gw_share:.1} KiB of heap held by the gateway (the bare forwarder: {bare_share:.1} KiB) | {} |",
@@ -1752,9 +1794,9 @@ impl Report {
                 "errors": r.rec.errors,
                 "first_error": r.rec.first_error,
                 "rps": r.rps(),
-                "cpu_us_per_request": r.cpu.as_secs_f64() * 1e6 / (r.rec.ok.max(1)) as f64,
-                "rw_syscalls_per_request": r.syscalls as f64 / (r.rec.ok.max(1)) as f64,
-                "context_switches_per_request": r.switches as f64 / (r.rec.ok.max(1)) as f64,
+                "cpu_us_per_request": r.cpu_us_per_request(),
+                "rw_syscalls_per_request": r.syscalls_per_request(),
+                "context_switches_per_request": r.switches_per_request(),
                 "peak_rss_bytes": r.peak_rss,
                 "pacer_max_lag_ms": r.pacer_lag.as_secs_f64() * 1e3,
             })
