@@ -64,6 +64,124 @@ async fn a_slowloris_connection_is_closed_and_counted() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_and_counted() {
+    let (_fake, proxy) = setup(&[("CLIENT_READ_TIMEOUT_SECONDS", "1")]).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert_eq!(answer, "");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        proxy
+            .server_stats
+            .slow_clients_closed
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert_eq!(
+        proxy.server_stats.open_connections.load(Ordering::Relaxed),
+        0
+    );
+}
+
+/// Sends one authenticated `generateContent` over cleartext HTTP/2 (prior knowledge), writing
+/// the connection preface in two pieces when `split` (the server must wait for the rest).
+async fn h2c_generate(proxy: &Proxy, split: bool) -> (StatusCode, Value) {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if split {
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(&preface[..7]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(&preface[7..]).await.unwrap();
+    }
+    // hyper's client writes the preface itself; after a split one, strip it from its output.
+    let io = hyper_util::rt::TokioIo::new(SkipPreface {
+        inner: stream,
+        skip: if split { preface.len() } else { 0 },
+    });
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!(
+        "http://{}/v1beta/models/gemini-2.5-flash:generateContent",
+        proxy.addr
+    ))
+    .header("x-goog-api-key", &proxy.token)
+    .header("content-type", "application/json")
+    .body(Body::from(
+        json!({"contents": [{"role": "user", "parts": [{"text": "over h2c"}]}]}).to_string(),
+    ))
+    .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let status = res.status();
+    let bytes = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+pin_project_lite::pin_project! {
+    /// Drops the first `skip` bytes written (a preface already sent by hand).
+    struct SkipPreface {
+        #[pin]
+        inner: TcpStream,
+        skip: usize,
+    }
+}
+
+impl tokio::io::AsyncRead for SkipPreface {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SkipPreface {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.project();
+        if *this.skip > 0 {
+            let n = buf.len().min(*this.skip);
+            *this.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        this.inner.poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn cleartext_http2_with_prior_knowledge_is_served() {
+    let (_fake, proxy) = setup(&[]).await;
+    for split in [false, true] {
+        let (status, body) = h2c_generate(&proxy, split).await;
+        assert_eq!(status, StatusCode::OK, "split preface: {split}; {body}");
+        let text = body["candidates"][0]["content"]["parts"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(!text.is_empty(), "split preface: {split}; {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_request_body_that_never_ends_gets_408_and_never_reaches_upstream() {
     let (fake, proxy) = setup(&[("CLIENT_READ_TIMEOUT_SECONDS", "1")]).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();

@@ -1,6 +1,10 @@
-//! The HTTP server: hyper-util's connection builder (HTTP/1.1 and cleartext HTTP/2) with the
-//! limits that keep slow and hostile clients from holding the gateway, and graceful shutdown.
+//! The HTTP server: hyper's HTTP/1.1 and cleartext HTTP/2 connections with the limits that
+//! keep slow and hostile clients from holding the gateway, and graceful shutdown.
 //!
+//! - The protocol is told by peeking at the first bytes for the HTTP/2 preface, so hyper
+//!   reads the request from the socket itself. (hyper-util's `auto` builder reads the first
+//!   bytes into its own buffer and replays them, which makes hyper's read buffer grow to
+//!   16 KiB on the first request: about 10 KiB more per open connection, `BENCHMARKS.md`.)
 //! - A connection that does not send its request headers within `header_read_timeout` is
 //!   closed (slowloris); request bodies are bounded by the gateway's body read timeout.
 //! - At most `max_connections` connections are served at once; past that, new connections get
@@ -16,11 +20,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_gemini::error::{ApiError, Dialect};
@@ -60,16 +64,13 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(
         limits.max_connections.min(Semaphore::MAX_PERMITS),
     ));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let builders = Arc::new((h1, h2));
     tokio::pin!(shutdown);
 
     loop {
@@ -86,10 +87,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.connections_shed.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(shed(io, limits.header_read_timeout));
+            tokio::spawn(shed(TokioIo::new(stream), limits.header_read_timeout));
             continue;
         };
         let svc = router
@@ -98,15 +98,33 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             });
-        let conn = builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let svc = TowerToHyperService::new(svc);
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
         let stats = stats.clone();
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if is_header_timeout(&*e) {
+            let served = match sniff(&stream, limits.header_read_timeout).await {
+                Ok(Protocol::Http1) => {
+                    let conn = builders.0.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn).await
+                }
+                Ok(Protocol::Http2) => {
+                    let conn = builders.1.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn).await
+                }
+                Err(Sniff::TooSlow) => {
+                    stats.slow_clients_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, "closed a connection too slow to send its request headers");
+                    Ok(())
+                }
+                Err(Sniff::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended before a request");
+                    Ok(())
+                }
+            };
+            if let Err(e) = served {
+                if is_header_timeout(&e) {
                     stats.slow_clients_closed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(%peer, "closed a connection too slow to send its request headers");
                 } else {
@@ -124,6 +142,47 @@ pub async fn serve(
         () = tokio::time::sleep(limits.grace) => {
             tracing::warn!("grace period over; closing the connections still open");
         }
+    }
+}
+
+/// The protocol a connection speaks.
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Why a connection's protocol could not be told.
+enum Sniff {
+    /// No decisive byte within the header read timeout.
+    TooSlow,
+    /// The socket failed.
+    Io(std::io::Error),
+}
+
+/// Tells HTTP/2 with prior knowledge (its 24-byte preface) from HTTP/1.1 by peeking, so the
+/// bytes stay in the socket for hyper. One byte that is not the preface's decides HTTP/1.1,
+/// which is the first byte of every HTTP/1.1 request; a connection that closes before sending
+/// anything goes to HTTP/1.1, which ends it quietly.
+async fn sniff(stream: &TcpStream, within: Duration) -> Result<Protocol, Sniff> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let decide = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 || buf[..n] != PREFACE[..n] {
+                return Ok(Protocol::Http1);
+            }
+            if n == PREFACE.len() {
+                return Ok(Protocol::Http2);
+            }
+            // Part of the preface so far: peeking again at once would return the same bytes,
+            // so give the rest a moment to arrive.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    match tokio::time::timeout(within, decide).await {
+        Ok(decided) => decided.map_err(Sniff::Io),
+        Err(_) => Err(Sniff::TooSlow),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::{Body as _, Frame};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -35,6 +35,17 @@ pub(crate) enum Mode {
 
 // === Requests ===
 
+/// Bodies up to this size are copied into the template (see [`RequestTemplate::new`]); a
+/// larger one filled its read buffer on its own, so keeping it pins little else.
+const OWN_BODY_UP_TO: usize = 64 * 1024;
+
+/// A header value in its own allocation rather than a slice of the connection's buffer.
+fn owned_value(value: &HeaderValue) -> HeaderValue {
+    let mut owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    owned.set_sensitive(value.is_sensitive());
+    owned
+}
+
 /// What is needed to issue the original request again, or a continuation of it.
 pub(crate) struct RequestTemplate {
     method: Method,
@@ -46,12 +57,26 @@ pub(crate) struct RequestTemplate {
 }
 
 impl RequestTemplate {
+    /// The template outlives the request by as long as the stream is open, so it owns its
+    /// bytes: the server parses the head and a small body as slices of its connection read
+    /// buffer, and a clone of those slices would keep that buffer (8 KiB or more) alive per
+    /// open stream while the connection allocates another.
     pub(crate) fn new(parts: &Parts, original: Bytes) -> Self {
-        let mut headers = parts.headers.clone();
-        headers.remove(header::CONTENT_LENGTH);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            if name != header::CONTENT_LENGTH {
+                headers.append(name.clone(), owned_value(value));
+            }
+        }
+        let uri = Uri::try_from(parts.uri.to_string()).unwrap_or_else(|_| parts.uri.clone());
+        let original = if original.len() <= OWN_BODY_UP_TO {
+            Bytes::copy_from_slice(&original)
+        } else {
+            original
+        };
         Self {
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            uri,
             version: parts.version,
             headers,
             extensions: parts.extensions.clone(),
