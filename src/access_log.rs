@@ -32,7 +32,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::gemini::GeminiPath;
+use crate::gemini::GeminiPathRef;
 
 /// The path to show in log lines and spans instead of the request's own, set in request
 /// extensions by a router that knows the route's template (`/admin/tokens/{id}`) when the real
@@ -108,9 +108,9 @@ where
             // A key pasted into the path (as a model name) is masked like any other.
             let path = log_path(&req);
             if !span.is_disabled() {
-                if let Some(p) = GeminiPath::parse(&path) {
+                if let Some(p) = GeminiPathRef::parse(&path) {
                     if !p.model.is_empty() {
-                        let model = crate::secret::scrub(p.model.as_str());
+                        let model = crate::secret::scrub(p.model);
                         span.record("model", &*model);
                     }
                 }

@@ -139,7 +139,7 @@ pub use error::{
     QuotaFailure, QuotaViolation, RETRY_INFO_TYPE, RetryInfo, format_duration, parse_duration,
 };
 pub use model::{ListModelsResponse, Model};
-pub use path::{GeminiPath, Method, strip_models_prefix};
+pub use path::{GeminiPath, GeminiPathRef, Method, strip_models_prefix};
 pub use request::{
     FunctionCallingConfig, FunctionDeclaration, GenerateContentRequest, GenerationConfig,
     SafetySetting, ThinkingConfig, Tool, ToolConfig,

@@ -83,6 +83,41 @@ impl GeminiPath {
     /// assert!(GeminiPath::parse("/v1/chat/completions").is_none());
     /// ```
     pub fn parse(path: &str) -> Option<GeminiPath> {
+        GeminiPathRef::parse(path).map(|p| p.into_owned())
+    }
+
+    /// Whether this is the models list.
+    pub fn is_model_list(&self) -> bool {
+        self.model.is_empty()
+    }
+}
+
+/// A parsed Gemini path borrowed from the path it was parsed from: what [`GeminiPath`] holds,
+/// without allocating. Layers that only look at the model or method parse this.
+///
+/// ```
+/// use tower_gemini::gemini::{GeminiPathRef, Method};
+///
+/// let p = GeminiPathRef::parse("/v1beta/models/gemini-2.5-flash:generateContent").unwrap();
+/// assert_eq!(p.model, "gemini-2.5-flash");
+/// assert_eq!(p.method, Some(Method::GenerateContent));
+/// assert_eq!(p.into_owned().model, "gemini-2.5-flash");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GeminiPathRef<'a> {
+    /// `v1beta` or `v1` (or another version segment).
+    pub version: &'a str,
+    /// The model id without the `models/` prefix; empty for the models list.
+    pub model: &'a str,
+    /// The method, if the path names one.
+    pub method: Option<Method>,
+    /// The raw method name.
+    pub method_name: Option<&'a str>,
+}
+
+impl<'a> GeminiPathRef<'a> {
+    /// Parses like [`GeminiPath::parse`].
+    pub fn parse(path: &'a str) -> Option<GeminiPathRef<'a>> {
         let rest = path.strip_prefix('/')?;
         let (version, rest) = rest.split_once('/')?;
         if !(version.starts_with("v1") || version.starts_with("v2")) || version.contains(':') {
@@ -92,9 +127,9 @@ impl GeminiPath {
             .strip_prefix("models")
             .or_else(|| rest.strip_prefix("tunedModels"))?;
         if rest.is_empty() || rest == "/" {
-            return Some(GeminiPath {
-                version: version.to_owned(),
-                model: String::new(),
+            return Some(GeminiPathRef {
+                version,
+                model: "",
                 method: None,
                 method_name: None,
             });
@@ -110,12 +145,22 @@ impl GeminiPath {
         {
             return None;
         }
-        Some(GeminiPath {
-            version: version.to_owned(),
-            model: model.to_owned(),
+        Some(GeminiPathRef {
+            version,
+            model,
             method: method.map(Method::parse),
-            method_name: method.map(str::to_owned),
+            method_name: method,
         })
+    }
+
+    /// The owned [`GeminiPath`].
+    pub fn into_owned(self) -> GeminiPath {
+        GeminiPath {
+            version: self.version.to_owned(),
+            model: self.model.to_owned(),
+            method: self.method,
+            method_name: self.method_name.map(str::to_owned),
+        }
     }
 
     /// Whether this is the models list.

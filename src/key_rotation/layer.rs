@@ -20,7 +20,7 @@ use super::classify::{ErrorDetails, Outcome};
 use super::pool::{KeyId, KeyPool, Lease, Pick};
 use crate::body::{Body, BoxError, collect_limited};
 use crate::error::{ApiError, Dialect};
-use crate::gemini::{GeminiPath, strip_models_prefix};
+use crate::gemini::{GeminiPath, GeminiPathRef, strip_models_prefix};
 use crate::secret::{ApiKey, ClientKey, scrub_known};
 
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -178,7 +178,10 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let model = model_of(&req);
         let dialect = Dialect::of(&req);
-        let span = tracing::info_span!(
+        // Debug level: at info the attempt and key are recorded on the enclosing request span
+        // (`RequestIdLayer` declares `attempt` and `key.id`), so the access line names them
+        // without a second span per request to create, format and close.
+        let span = tracing::debug_span!(
             "key_rotation",
             gemini.model = %crate::secret::scrub(&model),
             attempt = field::Empty,
@@ -205,8 +208,8 @@ fn model_of<B>(req: &Request<B>) -> String {
     if let Some(p) = req.extensions().get::<GeminiPath>() {
         return strip_models_prefix(&p.model).to_owned();
     }
-    GeminiPath::parse(req.uri().path())
-        .map(|p| p.model)
+    GeminiPathRef::parse(req.uri().path())
+        .map(|p| p.model.to_owned())
         .unwrap_or_default()
 }
 

@@ -7,7 +7,7 @@ use http::{HeaderName, Request};
 
 use super::rule::{ModelScope, Scope};
 use crate::auth::Identity;
-use crate::gemini::GeminiPath;
+use crate::gemini::{GeminiPath, GeminiPathRef};
 
 /// The peer address of a request's connection, for per-IP rules.
 ///
@@ -151,16 +151,12 @@ impl Subject {
             .extensions()
             .get::<Identity>()
             .map(|i| i.id().to_owned());
-        let parsed;
         let path = match req.extensions().get::<GeminiPath>() {
-            Some(p) => Some(p),
-            None => {
-                parsed = GeminiPath::parse(req.uri().path());
-                parsed.as_ref()
-            }
+            Some(p) => Some((p.model.as_str(), p.method)),
+            None => GeminiPathRef::parse(req.uri().path()).map(|p| (p.model, p.method)),
         };
         let (model, method) = match path {
-            Some(p) if !p.model.is_empty() => (Some(p.model.clone()), p.method),
+            Some((model, method)) if !model.is_empty() => (Some(model.to_owned()), method),
             _ => (None, None),
         };
         Subject {

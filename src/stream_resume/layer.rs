@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::relay::{self, Mode};
 use crate::body::{Body, BoxError};
-use crate::gemini::{GeminiPath, Method};
+use crate::gemini::{GeminiPathRef, Method};
 
 /// The default instruction sent with a continuation request.
 pub const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where you stopped, without repeating anything you have already written and without any preamble.";
@@ -208,7 +208,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let req = req.map(Body::new);
-        let method = GeminiPath::parse(req.uri().path()).and_then(|p| p.method);
+        let method = GeminiPathRef::parse(req.uri().path()).and_then(|p| p.method);
         let replayable = req.body().as_bytes().cloned();
         let config = self.config.clone();
         let mode = match (method, &replayable) {
@@ -237,7 +237,8 @@ where
         };
         let original = replayable.unwrap_or_default();
         let (parts, body) = req.into_parts();
-        let template = relay::RequestTemplate::new(&parts, original);
+        // A stream's template lives as long as the stream: it must not pin the server's buffer.
+        let template = relay::RequestTemplate::new(&parts, original, mode != Mode::Unary);
         let first = inner.call(Request::from_parts(parts, body));
         let span = tracing::Span::current();
         ResponseFuture(Box::pin(

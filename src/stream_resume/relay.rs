@@ -57,11 +57,23 @@ pub(crate) struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    /// The template outlives the request by as long as the stream is open, so it owns its
-    /// bytes: the server parses the head and a small body as slices of its connection read
-    /// buffer, and a clone of those slices would keep that buffer (8 KiB or more) alive per
-    /// open stream while the connection allocates another.
-    pub(crate) fn new(parts: &Parts, original: Bytes) -> Self {
+    /// With `own`, the template owns its bytes, for a template that outlives the request by
+    /// as long as a stream is open: the server parses the head and a small body as slices of
+    /// its connection read buffer, and a clone of those slices would keep that buffer (8 KiB
+    /// or more) alive per open stream while the connection allocates another.
+    pub(crate) fn new(parts: &Parts, original: Bytes, own: bool) -> Self {
+        if !own {
+            let mut headers = parts.headers.clone();
+            headers.remove(header::CONTENT_LENGTH);
+            return Self {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers,
+                extensions: parts.extensions.clone(),
+                original,
+            };
+        }
         let mut headers = HeaderMap::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
             if name != header::CONTENT_LENGTH {

@@ -18,7 +18,7 @@ use super::record::{Client, Report, UsageHandle, UsageRecord, UsageSink};
 use super::scan::TokenScanner;
 use crate::auth::Identity;
 use crate::body::{Body, BoxError};
-use crate::gemini::{GeminiPath, Method, strip_models_prefix};
+use crate::gemini::{GeminiPath, GeminiPathRef, Method, strip_models_prefix};
 
 // === UsageLayer ===
 
@@ -207,16 +207,15 @@ fn route_and_model(req: &Request<Body>) -> (String, String) {
         };
         return (route.to_owned(), model);
     }
-    let parsed = req
-        .extensions()
-        .get::<GeminiPath>()
-        .cloned()
-        .or_else(|| GeminiPath::parse(path));
-    let Some(p) = parsed else {
+    let parsed = match req.extensions().get::<GeminiPath>() {
+        Some(p) => Some((p.model.as_str(), p.method)),
+        None => GeminiPathRef::parse(path).map(|p| (p.model, p.method)),
+    };
+    let Some((model, method)) = parsed else {
         return ("other".to_owned(), String::new());
     };
-    let model = strip_models_prefix(&p.model).to_owned();
-    let route = match p.method {
+    let model = strip_models_prefix(model).to_owned();
+    let route = match method {
         Some(Method::Other) => "other",
         Some(m) => m.as_str(),
         None if model.is_empty() => "models.list",
@@ -270,7 +269,7 @@ impl Recording {
             model,
             tokens,
             tapped: _,
-        } = self.handle.report();
+        } = self.handle.take_report();
         let r = &mut self.record;
         r.duration = self.start.elapsed();
         r.completed = completed;
@@ -420,15 +419,15 @@ where
                 rec.record.status = parts.status.as_u16();
                 rec.record.stream = stream;
                 rec.record.latency = rec.start.elapsed();
-                let report = rec.handle.report();
-                if let Some(k) = report.key_id {
+                let (key_id, tapped) = rec.handle.with_report(|r| (r.key_id.clone(), r.tapped));
+                if let Some(k) = key_id {
                     rec.record.key_id = Some(k); // the key whose answer is relayed
                 }
                 // A tap below reads these very bytes (a Gemini answer is relayed unchanged
                 // through the layers between) and its counts win: reading them twice is
                 // waste. A translated (OpenAI) answer is still read here, in case the Gemini
                 // one carried no counts.
-                if report.tapped && !rec.record.route.starts_with("openai.") {
+                if tapped && !rec.record.route.starts_with("openai.") {
                     scan = false;
                 }
                 Sink::Record(rec)

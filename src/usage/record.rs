@@ -243,8 +243,14 @@ impl UsageHandle {
         self.lock().tapped = true;
     }
 
-    pub(crate) fn report(&self) -> Report {
-        self.lock().clone()
+    /// Reads the report in place (no copy of its strings).
+    pub(crate) fn with_report<T>(&self, f: impl FnOnce(&Report) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Takes the report out, for the one layer that completes the record.
+    pub(crate) fn take_report(&self) -> Report {
+        std::mem::take(&mut *self.lock())
     }
 }
 
