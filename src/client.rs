@@ -26,6 +26,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -140,8 +141,8 @@ impl UpstreamClientBuilder {
             client,
             scheme,
             authority,
-            prefix,
-            base_url: self.base_url.trim().trim_end_matches('/').to_owned(),
+            prefix: prefix.into(),
+            base_url: self.base_url.trim().trim_end_matches('/').into(),
             timeout: self.timeout,
         })
     }
@@ -153,8 +154,9 @@ pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
-    prefix: String,
-    base_url: String,
+    // `Arc<str>`: the client is cloned into every request's future; a clone must not allocate.
+    prefix: Arc<str>,
+    base_url: Arc<str>,
     timeout: Option<Duration>,
 }
 

@@ -55,7 +55,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::access_log::AccessLogLayer;
@@ -89,8 +88,78 @@ pub struct GatewayBuilder {
     usage: Option<crate::usage::UsageLayer>,
 }
 
-/// The boxed, infallible service type each stage of the gateway is composed of.
-pub type GatewayService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// One stage of the gateway: a type-erased, infallible service whose clone is a reference
+/// count increment.
+///
+/// Layers that do async work before calling their inner service (the body limit, rate limit,
+/// stream resume, key rotation, request policy) move a clone of it into each request's future.
+/// With [`tower::util::BoxCloneSyncService`] between the stages, that clone copied every stage
+/// below, once per such layer per request; here it copies one pointer. The stage is always
+/// ready: the wrapped service's readiness is awaited inside the returned future, right before
+/// its `call`.
+#[derive(Clone)]
+pub struct GatewayService {
+    stage: Arc<dyn Stage>,
+}
+
+impl GatewayService {
+    /// Erases `service`'s type. Each call clones it (so keep its own state behind `Arc`s, as
+    /// the crate's layers do), waits until it is ready and calls it.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self {
+            stage: Arc::new(StageOf(service)),
+        }
+    }
+}
+
+impl fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GatewayService")
+    }
+}
+
+impl Service<Request<Body>> for GatewayService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxedFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        self.stage.call(req)
+    }
+}
+
+/// A service called through a shared reference.
+trait Stage: Send + Sync {
+    fn call(&self, req: Request<Body>) -> BoxedFuture;
+}
+
+struct StageOf<S>(S);
+
+impl<S> Stage for StageOf<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: Request<Body>) -> BoxedFuture {
+        Box::pin(self.0.clone().oneshot(req))
+    }
+}
 
 impl fmt::Debug for GatewayBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -309,10 +378,7 @@ impl GatewayBuilder {
             .layer(AccessLogLayer::new())
             .service(inner);
         Gateway {
-            inner: BoxCloneSyncService::new(
-                svc.map_request(|req: Request<Body>| req)
-                    .map_response(|res: Response<Body>| res),
-            ),
+            inner: GatewayService::new(svc),
         }
     }
 }
@@ -320,7 +386,7 @@ impl GatewayBuilder {
 /// The composed gateway stack: an infallible, cloneable service. See the [module docs](self).
 #[derive(Clone)]
 pub struct Gateway {
-    inner: BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+    inner: GatewayService,
 }
 
 impl Gateway {
