@@ -3,8 +3,10 @@
 //! `cargo run --release --example loadbench` (about 3½ minutes; `-- --smoke` or
 //! `LOADBENCH_SMOKE=1` for a few-second run that CI uses to keep it compiling and working).
 //! For A/B runs: `LOADBENCH_SCENARIOS=generate,stream` (also `chat`, `chat_stream`) runs only
-//! those, `LOADBENCH_MAX_ONLY=1` only the closed loop, and `LOADBENCH_ENV="LOG_LEVEL=warn;K="`
-//! changes the gateway's variables (an empty value removes one).
+//! those, `LOADBENCH_MAX_ONLY=1` only the closed loop, `LOADBENCH_ALLOCS_ONLY=1` only the
+//! allocation counts (no load; seconds, e.g. under `heaptrack`), and
+//! `LOADBENCH_ENV="LOG_LEVEL=warn;K="` changes the gateway's variables (an empty value removes
+//! one).
 //!
 //! It starts a fast mock Gemini (pre-serialized answers: `:generateContent`, a 20-event
 //! `:streamGenerateContent?alt=sse`, the models list, a stream that stays open, a 10 MB stream),
@@ -23,7 +25,8 @@
 //!
 //! Reported: p50/p90/p99/p99.9 latency and the gateway's overhead at each percentile, max
 //! throughput and its ratio to direct, CPU time, read/write system calls and context switches
-//! per request, time to first byte and the added
+//! per request, heap allocation calls and bytes per request (1,000 sequential requests per
+//! path with the counting allocator on), time to first byte and the added
 //! cost per chunk on streams, resident memory idle, under load, per open idle stream (1,000
 //! held open) and while a 10 MB stream relays. The markdown table is printed and written with
 //! the JSON to `${CARGO_TARGET_DIR:-target}/loadbench.{md,json}`.
@@ -95,12 +98,27 @@ struct Settings {
     rounds: u32,
     held_streams: usize,
     big_stream_bytes: usize,
+    /// Sequential requests per path whose allocations are counted.
+    alloc_requests: usize,
+    /// Count allocations only, no load runs.
+    allocs_only: bool,
 }
 
 impl Settings {
     fn from_env() -> Self {
         let smoke = std::env::args().any(|a| a == "--smoke")
             || std::env::var("LOADBENCH_SMOKE").is_ok_and(|v| !v.is_empty() && v != "0");
+        let mut s = Self::preset(smoke);
+        // `LOADBENCH_ALLOCS_ONLY=1` counts allocations per request and runs no load (a few idle
+        // streams only), e.g. under `heaptrack`.
+        if std::env::var("LOADBENCH_ALLOCS_ONLY").is_ok_and(|v| v == "1") {
+            s.allocs_only = true;
+            s.held_streams = s.held_streams.min(10);
+        }
+        s
+    }
+
+    fn preset(smoke: bool) -> Self {
         if smoke {
             Settings {
                 smoke,
@@ -111,6 +129,8 @@ impl Settings {
                 rounds: 1,
                 held_streams: 50,
                 big_stream_bytes: 1 << 20,
+                alloc_requests: 20,
+                allocs_only: false,
             }
         } else {
             Settings {
@@ -122,6 +142,8 @@ impl Settings {
                 rounds: 4,
                 held_streams: 1_000,
                 big_stream_bytes: 10 << 20,
+                alloc_requests: 1_000,
+                allocs_only: false,
             }
         }
     }
@@ -137,6 +159,10 @@ struct CountingAlloc;
 
 static HEAP_COUNTING: AtomicBool = AtomicBool::new(false);
 static HEAP_LIVE: AtomicI64 = AtomicI64::new(0);
+/// Allocation calls (`alloc`, `alloc_zeroed`, `realloc`) while `HEAP_COUNTING` is on.
+static HEAP_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Bytes asked for by those calls.
+static HEAP_ASKED: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: every call is forwarded to `System` unchanged; the counters only observe sizes.
 #[allow(unsafe_code)]
@@ -144,6 +170,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         if HEAP_COUNTING.load(Ordering::Relaxed) {
             HEAP_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            count_call(layout.size());
         }
         // SAFETY: the caller's contract is `System.alloc`'s.
         unsafe { std::alloc::System.alloc(layout) }
@@ -160,6 +187,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         if HEAP_COUNTING.load(Ordering::Relaxed) {
             HEAP_LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+            count_call(layout.size());
         }
         // SAFETY: the caller's contract is `System.alloc_zeroed`'s.
         unsafe { std::alloc::System.alloc_zeroed(layout) }
@@ -168,6 +196,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         if HEAP_COUNTING.load(Ordering::Relaxed) {
             HEAP_LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+            count_call(new_size);
         }
         // SAFETY: the caller's contract is `System.realloc`'s.
         unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
@@ -176,6 +205,41 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
+
+fn count_call(size: usize) {
+    HEAP_CALLS.fetch_add(1, Ordering::Relaxed);
+    HEAP_ASKED.fetch_add(size as u64, Ordering::Relaxed);
+}
+
+/// Heap allocation calls and bytes per request, for the whole process (client, mock, path).
+#[derive(Clone, Copy, Debug, Default)]
+struct AllocCount {
+    calls: f64,
+    bytes: f64,
+}
+
+/// Sends `n` requests one after another on one connection with allocation counting on (after
+/// a few uncounted ones to fill pools). Unlike time, the count barely moves between runs, so
+/// it shows small changes to the request path that the noisy machine hides.
+fn alloc_count(rt: &Runtime, client: &HttpClient, target: &Target, n: usize) -> AllocCount {
+    rt.block_on(async {
+        for _ in 0..20 {
+            let _ = one(client, target, Instant::now()).await;
+        }
+        HEAP_CALLS.store(0, Ordering::Relaxed);
+        HEAP_ASKED.store(0, Ordering::Relaxed);
+        HEAP_COUNTING.store(true, Ordering::Relaxed);
+        for _ in 0..n {
+            let _ = one(client, target, Instant::now()).await;
+        }
+        HEAP_COUNTING.store(false, Ordering::Relaxed);
+    });
+    let n = n.max(1) as f64;
+    AllocCount {
+        calls: HEAP_CALLS.load(Ordering::Relaxed) as f64 / n,
+        bytes: HEAP_ASKED.load(Ordering::Relaxed) as f64 / n,
+    }
+}
 
 /// Resident set size in bytes (`/proc/self/statm`, resident pages × 4 KiB pages).
 fn rss_bytes() -> u64 {
@@ -1274,13 +1338,27 @@ fn run() -> Result<(), String> {
         .filter(|_| !max_only)
         .map(|r| Load::Rate(*r))
         .chain([Load::Closed])
+        .filter(|_| !s.allocs_only)
         .collect();
+    let mut allocs = Vec::new();
     let only = std::env::var("LOADBENCH_SCENARIOS").unwrap_or_default();
     let mut measured = Vec::new();
     for kind in available
         .iter()
         .filter(|k| only.is_empty() || only.split(',').any(|o| o == k.id()))
     {
+        let bare_gemini =
+            (*kind == kind.direct_kind()).then(|| kind.target(bare, false, "gemini-2.5-flash"));
+        eprintln!("loadbench: {}: allocations per request", kind.name());
+        let n = s.alloc_requests;
+        allocs.push(Allocs {
+            kind: *kind,
+            direct: alloc_count(&clients, &client, &direct(kind.direct_kind()), n),
+            bare: bare_gemini
+                .as_ref()
+                .map(|b| alloc_count(&clients, &client, b, n)),
+            gateway: alloc_count(&clients, &client, &via(*kind, "gemini-2.5-flash"), n),
+        });
         for load in &loads {
             eprintln!("loadbench: {} @ {}", kind.name(), load.label());
             let bare_target =
@@ -1322,6 +1400,7 @@ fn run() -> Result<(), String> {
         },
         big: (big_direct, big_gw),
         measured,
+        allocs,
         unavailable,
     };
     let md = report.markdown();
@@ -1399,7 +1478,17 @@ struct Report {
     /// (bytes read, RSS growth): (direct, gateway).
     big: ((u64, u64), (u64, u64)),
     measured: Vec<Measured>,
+    /// Heap allocations per request on each path, per scenario.
+    allocs: Vec<Allocs>,
     unavailable: Vec<(Kind, String)>,
+}
+
+/// Allocations per request of one scenario on the three paths.
+struct Allocs {
+    kind: Kind,
+    direct: AllocCount,
+    bare: Option<AllocCount>,
+    gateway: AllocCount,
 }
 
 /// Idle streams measured on the three paths.
@@ -1609,6 +1698,35 @@ impl Report {
                 m.gateway.syscalls_per_request(),
                 d.switches_per_request(),
                 m.gateway.switches_per_request(),
+            );
+        }
+
+        let _ = writeln!(
+            o,
+            "\nHeap allocations per request ({} requests one after another on one connection; this whole process, so the path's own share is its difference from direct). Unlike time, these counts barely move between runs:\n",
+            self.settings.alloc_requests
+        );
+        let _ = writeln!(
+            o,
+            "| scenario | allocations direct | bare | gateway | gateway − bare | bytes allocated direct | bare | gateway |"
+        );
+        let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+        for a in &self.allocs {
+            let (bc, diff, bb) = a.bare.map_or(("–".into(), "–".into(), "–".into()), |b| {
+                (
+                    format!("{:.1}", b.calls),
+                    format!("{:+.1}", a.gateway.calls - b.calls),
+                    format!("{:.0}", b.bytes),
+                )
+            });
+            let _ = writeln!(
+                o,
+                "| {} | {:.1} | {bc} | {:.1} | {diff} | {:.0} | {bb} | {:.0} |",
+                a.kind.name(),
+                a.direct.calls,
+                a.gateway.calls,
+                a.direct.bytes,
+                a.gateway.bytes,
             );
         }
 
@@ -1839,6 +1957,16 @@ impl Report {
             },
             "scenarios": scenarios,
             "unavailable": self.unavailable.iter().map(|(k, why)| json!({"scenario": k.id(), "why": why})).collect::<Vec<_>>(),
+            "allocations_per_request": self.allocs.iter().map(|a| {
+                let one = |c: &AllocCount| json!({"calls": c.calls, "bytes": c.bytes});
+                json!({
+                    "scenario": a.kind.id(),
+                    "requests": self.settings.alloc_requests,
+                    "direct": one(&a.direct),
+                    "bare_forwarder": a.bare.as_ref().map(one),
+                    "gateway": one(&a.gateway),
+                })
+            }).collect::<Vec<_>>(),
             "memory": {
                 "rss_start_bytes": self.rss_start,
                 "rss_idle_mock_and_loadgen_bytes": self.rss_mock,
