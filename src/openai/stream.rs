@@ -64,7 +64,7 @@ struct ChunkOut<'a> {
     object: &'static str,
     created: u64,
     model: &'a str,
-    choices: Vec<ChoiceOut<'a>>,
+    choices: &'a [ChoiceOut<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Usage>,
 }
@@ -320,7 +320,7 @@ impl StreamTranslator {
             object: "chat.completion.chunk",
             created: self.cx.created,
             model: &self.cx.model,
-            choices: vec![ChoiceOut {
+            choices: &[ChoiceOut {
                 index,
                 delta,
                 finish_reason: finish,
@@ -353,7 +353,7 @@ impl StreamTranslator {
                 object: "chat.completion.chunk",
                 created: self.cx.created,
                 model: &self.cx.model,
-                choices: Vec::new(),
+                choices: &[],
                 usage: Some(usage),
             };
             write_event(&chunk, out);
@@ -487,7 +487,12 @@ where
             }
             let mut out = BytesMut::new();
             match std::task::ready!(this.events.as_mut().poll_next(cx)) {
-                Some(Ok(event)) => this.translator.push(&event.data, &mut out),
+                Some(Ok(event)) => {
+                    // About what the chunk becomes, so writing it does not grow the buffer
+                    // step by step.
+                    out.reserve(event.data.len() + 256);
+                    this.translator.push(&event.data, &mut out);
+                }
                 Some(Err(e)) => {
                     let why = match e {
                         SseError::TooLarge { limit } => {

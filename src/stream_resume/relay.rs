@@ -262,6 +262,22 @@ enum Outcome {
     Interrupted(Interruption),
 }
 
+/// An attempt's `usageMetadata`: as it came (a slice of its event), or already read.
+enum Usage {
+    Raw(Bytes),
+    Map(Map<String, Value>),
+}
+
+impl Usage {
+    /// The usage object; `None` when the raw JSON is not one.
+    fn into_map(self) -> Option<Map<String, Value>> {
+        match self {
+            Usage::Raw(raw) => serde_json::from_slice(&raw).ok(),
+            Usage::Map(map) => Some(map),
+        }
+    }
+}
+
 /// What the relay knows about the answer so far.
 #[derive(Default)]
 struct Answer {
@@ -270,7 +286,7 @@ struct Answer {
     /// Usage of finished (interrupted) attempts, summed.
     usage_total: Option<Map<String, Value>>,
     /// The last usage of the current attempt.
-    attempt_usage: Option<Map<String, Value>>,
+    attempt_usage: Option<Usage>,
     function_called: bool,
     resumed: bool,
     /// Continuation text held until the seam is de-duplicated.
@@ -711,7 +727,7 @@ fn flush_seam(out: &mut Output, answer: &mut Answer, config: &Config) {
 }
 
 fn fold_usage(answer: &mut Answer) {
-    if let Some(u) = answer.attempt_usage.take() {
+    if let Some(u) = answer.attempt_usage.take().and_then(Usage::into_map) {
         answer.usage_total = Some(match answer.usage_total.take() {
             None => u,
             Some(total) => add_usage(total, &u),
@@ -738,14 +754,17 @@ fn add_usage(mut a: Map<String, Value>, b: &Map<String, Value>) -> Map<String, V
 /// Just what the relay needs of a common event, read without building a JSON tree: anything
 /// this does not describe (an error, a finishReason, a blocked prompt, odd types) is handled
 /// by the full reading in [`handle_event`].
+///
+/// Reading one allocates nothing: only the first candidate is kept, its parts are folded into
+/// a [`PartsSummary`] as they are read, and the usage stays raw JSON until something sums it.
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(default, borrow)]
-    candidates: Vec<PeekCandidate<'a>>,
+    candidates: First<PeekCandidate<'a>>,
     #[serde(default, deserialize_with = "present")]
     error: bool,
-    #[serde(rename = "usageMetadata", default)]
-    usage: Option<Map<String, Value>>,
+    #[serde(rename = "usageMetadata", default, borrow)]
+    usage: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -759,12 +778,91 @@ struct PeekCandidate<'a> {
 #[derive(Deserialize)]
 struct PeekContent<'a> {
     #[serde(default, borrow)]
-    parts: Vec<PeekPart<'a>>,
+    parts: PartsSummary<'a>,
+}
+
+/// The first element of a JSON array, read without collecting the array; the rest is skipped.
+struct First<T>(Option<T>);
+
+impl<T> Default for First<T> {
+    fn default() -> Self {
+        First(None)
+    }
+}
+
+impl<T> First<T> {
+    fn first(&self) -> Option<&T> {
+        self.0.as_ref()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = First<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<First<T>, A::Error> {
+                let first = seq.next_element::<T>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(First(first))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
+/// What the relay needs of a `parts` array, folded while it is read.
+#[derive(Default)]
+struct PartsSummary<'a> {
+    /// How many parts there were.
+    count: usize,
+    /// The visible (non-thought) text of all parts, borrowed when one part holds it all.
+    text: std::borrow::Cow<'a, str>,
+    /// Whether a part is a function call.
+    function_call: bool,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for PartsSummary<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = PartsSummary<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of parts")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<PartsSummary<'a>, A::Error> {
+                let mut sum = PartsSummary::default();
+                while let Some(part) = seq.next_element::<PeekPart<'a>>()? {
+                    sum.count += 1;
+                    sum.function_call |= part.function_call;
+                    if part.thought == Some(true) {
+                        continue;
+                    }
+                    match part.text {
+                        Some(t) if sum.text.is_empty() => sum.text = t,
+                        Some(t) => sum.text.to_mut().push_str(&t),
+                        None => {}
+                    }
+                }
+                Ok(sum)
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
 struct PeekPart<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_str")]
     text: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     thought: Option<bool>,
@@ -776,15 +874,30 @@ struct PeekPart<'a> {
 #[derive(Deserialize)]
 struct UnaryPeek<'a> {
     #[serde(default, borrow)]
-    candidates: Vec<UnaryCandidate<'a>>,
+    candidates: First<UnaryCandidate<'a>>,
 }
 
 #[derive(Deserialize)]
 struct UnaryCandidate<'a> {
     #[serde(default, borrow)]
     content: Option<PeekContent<'a>>,
-    #[serde(rename = "finishReason", default, borrow)]
+    #[serde(
+        rename = "finishReason",
+        default,
+        borrow,
+        deserialize_with = "borrowed_str"
+    )]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// An optional string borrowed from the input when it has no escapes. (serde borrows a
+/// `Cow<str>` field but copies one inside an `Option`.)
+fn borrowed_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+    Option::<Borrowed<'a>>::deserialize(d).map(|o| o.map(|b| b.0))
 }
 
 /// A field that is there, whatever its value (`null` included).
@@ -813,23 +926,15 @@ fn pass_through(
         return false;
     }
     if let Some(u) = peek.usage {
-        answer.attempt_usage = Some(u);
+        answer.attempt_usage = Some(Usage::Raw(data.slice_ref(u.get().as_bytes())));
     }
-    let parts = candidate
-        .content
-        .as_ref()
-        .map_or(&[][..], |c| c.parts.as_slice());
-    for part in parts {
-        answer.function_called |= part.function_call;
-        if part.thought != Some(true) {
-            if let Some(text) = &part.text {
-                answer.sent.push_str(text);
-                answer.progress |= !text.is_empty();
-            }
+    if let Some(parts) = candidate.content.as_ref().map(|c| &c.parts) {
+        answer.function_called |= parts.function_call;
+        answer.sent.push_str(&parts.text);
+        answer.progress |= !parts.text.is_empty();
+        if parts.count > 0 {
+            out.send_original(data, raw.take());
         }
-    }
-    if !parts.is_empty() {
-        out.send_original(data, raw.take());
     }
     true
 }
@@ -871,7 +976,7 @@ fn handle_event(
     }
     let mut modified = answer.resumed;
     if let Some(Value::Object(u)) = event.remove("usageMetadata") {
-        answer.attempt_usage = Some(u);
+        answer.attempt_usage = Some(Usage::Map(u));
     }
     let candidate = event
         .get_mut("candidates")
@@ -1060,15 +1165,12 @@ fn unary_needs_retry(bytes: &[u8], config: &Config) -> Option<&'static str> {
     // they do not describe (odd types, duplicate keys, not JSON) gets the full reading.
     if let Ok(peek) = serde_json::from_slice::<UnaryPeek<'_>>(bytes) {
         let c = peek.candidates.first()?;
-        let parts = c.content.as_ref().map_or(&[][..], |c| &c.parts[..]);
         let finish = c.finish_reason.as_deref();
         if finish.is_some_and(|f| config.retryable_finish_reasons.contains(f)) {
             return Some("finish reason");
         }
-        let has_call = parts.iter().any(|p| p.function_call);
-        let has_text = parts
-            .iter()
-            .any(|p| p.thought != Some(true) && p.text.as_deref().is_some_and(|t| !t.is_empty()));
+        let has_call = c.content.as_ref().is_some_and(|c| c.parts.function_call);
+        let has_text = c.content.as_ref().is_some_and(|c| !c.parts.text.is_empty());
         if !has_text
             && !has_call
             && finish.is_none_or(|f| f == "STOP")
