@@ -90,9 +90,9 @@ async fn h2c_generate(proxy: &Proxy, split: bool) -> (StatusCode, Value) {
     let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     if split {
         stream.set_nodelay(true).unwrap();
-        stream.write_all(&preface[..7]).await.unwrap();
+        stream.write_all(&preface[..2]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        stream.write_all(&preface[7..]).await.unwrap();
+        stream.write_all(&preface[2..]).await.unwrap();
     }
     // hyper's client writes the preface itself; after a split one, strip it from its output.
     let io = hyper_util::rt::TokioIo::new(SkipPreface {
@@ -385,4 +385,23 @@ async fn shutdown_lets_in_flight_streams_finish_and_refuses_new_connections() {
         .await
         .expect("the server drains")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_connections_that_sent_nothing() {
+    // A header timeout and a grace period far longer than the bound below: the server must
+    // close the silent connection at once instead of waiting for either.
+    let (_fake, mut proxy) = setup(&[
+        ("CLIENT_READ_TIMEOUT_SECONDS", "600"),
+        ("SHUTDOWN_GRACE_SECONDS", "600"),
+    ])
+    .await;
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let server = proxy.shutdown();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("the server stops without waiting for the silent connection")
+        .unwrap();
+    assert_eq!(read_to_close(&mut silent).await, "");
 }

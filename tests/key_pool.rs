@@ -414,3 +414,54 @@ async fn no_key_ever_shows_in_a_log_line() {
         "a client token leaked: {text}"
     );
 }
+
+#[tokio::test]
+async fn the_access_line_names_the_attempt_and_key_that_served_once() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (_fake, proxy) = setup(&[]).await;
+    for i in 0..8 {
+        let res = send(
+            &proxy,
+            generate(&proxy, "gemini-2.5-flash", &format!("{i}")),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let good = [GOOD_1, GOOD_2].map(|k| tower_gemini::secret::ApiKey::new(k).fingerprint());
+    let text = logs.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(":generateContent") && l.contains("status=200"))
+        .collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    let mut retried = false;
+    for line in lines {
+        assert_eq!(line.matches("attempt=").count(), 1, "{line}");
+        assert_eq!(line.matches("key.id=").count(), 1, "{line}");
+        assert!(
+            good.iter()
+                .any(|fp| line.contains(&format!("key.id=\"{fp}\""))),
+            "served by a good key: {line}"
+        );
+        let attempt: String = line
+            .split("attempt=")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        retried |= attempt.parse::<u32>().unwrap() > 1;
+    }
+    assert!(
+        retried,
+        "the exhausted and invalid keys made some request retry: {text}"
+    );
+}

@@ -2,7 +2,8 @@
 //! keep slow and hostile clients from holding the gateway, and graceful shutdown.
 //!
 //! - The protocol is told by peeking at the first bytes for the HTTP/2 preface, so hyper
-//!   reads the request from the socket itself. (hyper-util's `auto` builder reads the first
+//!   reads the request from the socket itself. HTTP upgrades (WebSocket, `CONNECT`) are not
+//!   served; nothing in the gateway answers them. (hyper-util's `auto` builder reads the first
 //!   bytes into its own buffer and replays them, which makes hyper's read buffer grow to
 //!   16 KiB on the first request: about 10 KiB more per open connection, `BENCHMARKS.md`.)
 //! - A connection that does not send its request headers within `header_read_timeout` is
@@ -71,6 +72,8 @@ pub async fn serve(
     h2.timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builders = Arc::new((h1, h2));
+    // Tells connections still waiting for their first bytes that the server is stopping.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
@@ -101,12 +104,27 @@ pub async fn serve(
         let svc = TowerToHyperService::new(svc);
         let watcher = graceful.watcher();
         let builders = builders.clone();
+        let mut stopping = stopping.clone();
         let stats = stats.clone();
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let served = match sniff(&stream, limits.header_read_timeout).await {
+            let started = tokio::time::Instant::now();
+            let sniffed = tokio::select! {
+                sniffed = sniff(&stream, limits.header_read_timeout) => sniffed,
+                // Nothing sent yet: nothing to finish, so the connection just closes.
+                _ = stopping.wait_for(|stop| *stop) => Err(Sniff::Stopping),
+            };
+            let served = match sniffed {
                 Ok(Protocol::Http1) => {
-                    let conn = builders.0.serve_connection(TokioIo::new(stream), svc);
+                    // The header timeout covers the wait for the first bytes too, so a slow
+                    // client has `header_read_timeout` in all, not twice that.
+                    let left = limits
+                        .header_read_timeout
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_millis(1));
+                    let mut h1 = builders.0.clone();
+                    h1.header_read_timeout(left);
+                    let conn = h1.serve_connection(TokioIo::new(stream), svc);
                     watcher.watch(conn).await
                 }
                 Ok(Protocol::Http2) => {
@@ -122,6 +140,7 @@ pub async fn serve(
                     tracing::debug!(%peer, error = %e, "connection ended before a request");
                     Ok(())
                 }
+                Err(Sniff::Stopping) => Ok(()),
             };
             if let Err(e) = served {
                 if is_header_timeout(&e) {
@@ -137,6 +156,7 @@ pub async fn serve(
     }
 
     drop(listener);
+    let _ = stopping_tx.send(true);
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("every connection finished"),
         () = tokio::time::sleep(limits.grace) => {
@@ -157,27 +177,32 @@ enum Sniff {
     TooSlow,
     /// The socket failed.
     Io(std::io::Error),
+    /// The server is shutting down.
+    Stopping,
 }
 
-/// Tells HTTP/2 with prior knowledge (its 24-byte preface) from HTTP/1.1 by peeking, so the
-/// bytes stay in the socket for hyper. One byte that is not the preface's decides HTTP/1.1,
-/// which is the first byte of every HTTP/1.1 request; a connection that closes before sending
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 by peeking, so the bytes stay in the
+/// socket for hyper. The HTTP/2 preface begins with `PRI`, a method HTTP/1.1 reserves for just
+/// this, so three bytes decide (hyper's HTTP/2 side checks the rest of the preface), and one
+/// byte that differs from `PRI` decides HTTP/1.1. A connection that closes before sending
 /// anything goes to HTTP/1.1, which ends it quietly.
 async fn sniff(stream: &TcpStream, within: Duration) -> Result<Protocol, Sniff> {
-    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const PRI: &[u8; 3] = b"PRI";
     let decide = async {
-        let mut buf = [0u8; 24];
+        let mut buf = [0u8; 3];
+        let mut pause = Duration::from_millis(2);
         loop {
             let n = stream.peek(&mut buf).await?;
-            if n == 0 || buf[..n] != PREFACE[..n] {
+            if n == 0 || buf[..n] != PRI[..n] {
                 return Ok(Protocol::Http1);
             }
-            if n == PREFACE.len() {
+            if n == PRI.len() {
                 return Ok(Protocol::Http2);
             }
-            // Part of the preface so far: peeking again at once would return the same bytes,
-            // so give the rest a moment to arrive.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // One or two bytes of `PRI` so far: peeking again at once would return the same
+            // bytes, so wait for the rest, longer each time.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     };
     match tokio::time::timeout(within, decide).await {

@@ -178,9 +178,11 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let model = model_of(&req);
         let dialect = Dialect::of(&req);
-        // Debug level: at info the attempt and key are recorded on the enclosing request span
-        // (`RequestIdLayer` declares `attempt` and `key.id`), so the access line names them
-        // without a second span per request to create, format and close.
+        // Debug level: the attempt and key that served the request are recorded once on the
+        // enclosing request span (`RequestIdLayer` declares `attempt` and `key.id`), so the
+        // access line names them without a second span per request to create, format and
+        // close; this span, when enabled, also records every attempt and upstream status.
+        let request_span = tracing::Span::current();
         let span = tracing::debug_span!(
             "key_rotation",
             gemini.model = %crate::secret::scrub(&model),
@@ -195,6 +197,8 @@ where
             parts,
             model,
             dialect,
+            span: span.clone(),
+            request_span,
         };
         ResponseFuture {
             inner: Box::pin(attempt.run(inner, Body::new(body)).instrument(span)),
@@ -220,10 +224,39 @@ struct Attempts {
     parts: Parts,
     model: String,
     dialect: Dialect,
+    /// The `key_rotation` span (disabled unless debug is on): every attempt and status.
+    span: tracing::Span,
+    /// The span around the request: the attempt and key that served it, recorded once.
+    request_span: tracing::Span,
 }
 
+/// The attempt that served a request and its key (`None`: the client's own key).
+type Served = Option<(usize, Option<KeyId>)>;
+
 impl Attempts {
-    async fn run<S, ResB>(mut self, mut inner: S, body: Body) -> Result<Response<Body>, S::Error>
+    async fn run<S, ResB>(mut self, inner: S, body: Body) -> Result<Response<Body>, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+        ResB: http_body::Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let request_span = std::mem::replace(&mut self.request_span, tracing::Span::none());
+        let mut served: Served = None;
+        let res = self.run_attempts(inner, body, &mut served).await;
+        if let Some((attempt, key)) = served {
+            request_span.record("attempt", attempt);
+            request_span.record("key.id", key.as_ref().map_or("client", KeyId::as_str));
+        }
+        res
+    }
+
+    async fn run_attempts<S, ResB>(
+        mut self,
+        mut inner: S,
+        body: Body,
+        served: &mut Served,
+    ) -> Result<Response<Body>, S::Error>
     where
         S: Service<Request<Body>, Response = Response<ResB>>,
         S::Error: Into<BoxError>,
@@ -232,6 +265,7 @@ impl Attempts {
     {
         strip_client_credentials(&mut self.parts);
         if let Some(own) = self.parts.extensions.get::<ClientKey>().cloned() {
+            *served = Some((1, None));
             return self.run_own_key(inner, body, own.key()).await;
         }
         self.pool.maybe_sync().await;
@@ -242,7 +276,7 @@ impl Attempts {
         } else {
             1
         };
-        let span = tracing::Span::current();
+        let span = self.span.clone();
         let mut body = Some(body);
         let mut tried: Vec<KeyId> = Vec::new();
         let mut last: Option<Response<Body>> = None;
@@ -262,6 +296,7 @@ impl Attempts {
             };
             span.record("attempt", attempt);
             span.record("key.id", lease.id().as_str());
+            *served = Some((attempt, Some(lease.id().clone())));
             #[cfg(feature = "usage")]
             if let Some(h) = self.parts.extensions.get::<crate::usage::UsageHandle>() {
                 h.record_key(lease.id().as_str());
@@ -388,7 +423,7 @@ impl Attempts {
         ResB: http_body::Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let span = tracing::Span::current();
+        let span = self.span.clone();
         span.record("attempt", 1);
         span.record("key.id", "client");
         let Some(req) = self.request(body, key) else {

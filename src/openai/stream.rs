@@ -351,6 +351,9 @@ impl StreamTranslator {
             return false;
         }
         if let Some(u) = chunk.usage_metadata {
+            if !u.get().starts_with('{') {
+                return false;
+            }
             self.usage.set_raw(u.get().as_bytes());
         }
         let state = self.state(index);

@@ -262,9 +262,10 @@ enum Outcome {
     Interrupted(Interruption),
 }
 
-/// An attempt's `usageMetadata`: as it came (a slice of its event), or already read.
+/// An attempt's `usageMetadata`: as it came (its JSON, copied into a buffer reused from event
+/// to event: a slice of the event would keep the whole upstream frame), or already read.
 enum Usage {
-    Raw(Bytes),
+    Raw(Vec<u8>),
     Map(Map<String, Value>),
 }
 
@@ -925,8 +926,16 @@ fn pass_through(
     if peek.error || candidate.finish_reason {
         return false;
     }
-    if let Some(u) = peek.usage {
-        answer.attempt_usage = Some(Usage::Raw(data.slice_ref(u.get().as_bytes())));
+    // Only an object counts as usage (the full reading ignores anything else too).
+    if let Some(u) = peek.usage.filter(|u| u.get().starts_with('{')) {
+        let raw = u.get().as_bytes();
+        match &mut answer.attempt_usage {
+            Some(Usage::Raw(buf)) => {
+                buf.clear();
+                buf.extend_from_slice(raw);
+            }
+            other => *other = Some(Usage::Raw(raw.to_vec())),
+        }
     }
     if let Some(parts) = candidate.content.as_ref().map(|c| &c.parts) {
         answer.function_called |= parts.function_call;
