@@ -121,6 +121,8 @@ mod embed;
 mod error;
 mod model;
 mod path;
+#[cfg(any(feature = "stream-resume", feature = "openai"))]
+pub(crate) mod peek;
 mod request;
 mod response;
 #[cfg(test)]

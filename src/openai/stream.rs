@@ -26,12 +26,10 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Borrowed readings of the common stream chunk, for [`StreamTranslator::push_fast`].
 mod fast {
-    use std::borrow::Cow;
-    use std::fmt;
-
     use serde::Deserialize;
-    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
     use serde_json::value::RawValue;
+
+    use crate::gemini::peek::{Only, Parts, present};
 
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
@@ -63,126 +61,6 @@ mod fast {
     pub(super) struct Content<'a> {
         #[serde(default, borrow)]
         pub(super) parts: Parts<'a>,
-    }
-
-    /// A `parts` array folded as it is read: visible text and thought text, each borrowed
-    /// when one part holds it all; `other` when a part holds anything but text.
-    #[derive(Default)]
-    pub(super) struct Parts<'a> {
-        pub(super) text: Cow<'a, str>,
-        pub(super) reasoning: Cow<'a, str>,
-        pub(super) other: bool,
-    }
-
-    /// The one element of a JSON array; an empty or longer array does not read.
-    pub(super) struct Only<T>(pub(super) T);
-
-    /// A field that is there, whatever its value (`null` included).
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        IgnoredAny::deserialize(d).map(|_| true)
-    }
-
-    fn append<'a>(to: &mut Cow<'a, str>, text: Cow<'a, str>) {
-        if to.is_empty() {
-            *to = text;
-        } else {
-            to.to_mut().push_str(&text);
-        }
-    }
-
-    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Only<T> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V<T>(std::marker::PhantomData<T>);
-            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-                type Value = Only<T>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("an array of one element")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Only<T>, A::Error> {
-                    let Some(one) = seq.next_element::<T>()? else {
-                        return Err(serde::de::Error::invalid_length(0, &self));
-                    };
-                    if seq.next_element::<IgnoredAny>()?.is_some() {
-                        return Err(serde::de::Error::invalid_length(2, &self));
-                    }
-                    Ok(Only(one))
-                }
-            }
-            d.deserialize_seq(V(std::marker::PhantomData))
-        }
-    }
-
-    impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V<'a>(std::marker::PhantomData<&'a ()>);
-            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                type Value = Parts<'a>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("an array of parts")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parts<'a>, A::Error> {
-                    let mut parts = Parts::default();
-                    while let Some(part) = seq.next_element::<Part<'a>>()? {
-                        parts.other |= part.other;
-                        match part.text {
-                            Some(t) if part.thought => append(&mut parts.reasoning, t),
-                            Some(t) => append(&mut parts.text, t),
-                            None => {}
-                        }
-                    }
-                    Ok(parts)
-                }
-            }
-            d.deserialize_seq(V(std::marker::PhantomData))
-        }
-    }
-
-    /// One part: its text, whether it is a thought, and whether it holds anything else (a
-    /// call, code, media: the full reading handles those). A signature changes nothing here.
-    struct Part<'a> {
-        text: Option<Cow<'a, str>>,
-        thought: bool,
-        other: bool,
-    }
-
-    impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            #[derive(Deserialize)]
-            struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-            struct V<'a>(std::marker::PhantomData<&'a ()>);
-            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                type Value = Part<'a>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a part")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Part<'a>, A::Error> {
-                    let mut part = Part {
-                        text: None,
-                        thought: false,
-                        other: false,
-                    };
-                    while let Some(key) = map.next_key::<Borrowed<'de>>()? {
-                        match &*key.0 {
-                            "text" if part.text.is_none() => {
-                                part.text = Some(map.next_value::<Borrowed<'a>>()?.0);
-                            }
-                            "thought" => {
-                                part.thought = map.next_value::<Option<bool>>()? == Some(true);
-                            }
-                            "thoughtSignature" => {
-                                map.next_value::<IgnoredAny>()?;
-                            }
-                            _ => {
-                                part.other = true;
-                                map.next_value::<IgnoredAny>()?;
-                            }
-                        }
-                    }
-                    Ok(part)
-                }
-            }
-            d.deserialize_map(V(std::marker::PhantomData))
-        }
     }
 }
 

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::layer::Config;
 use super::seam::overlap;
 use crate::body::{Body, BoxError, collect_limited};
+use crate::gemini::peek::{self, First, borrowed_str, present};
 use crate::sse::{Decoder, JsonArrayDecoder, JsonArrayEncoder, LineEnding, RawSpan, encode_data};
 
 /// The stream format of a request.
@@ -757,7 +758,7 @@ fn add_usage(mut a: Map<String, Value>, b: &Map<String, Value>) -> Map<String, V
 /// by the full reading in [`handle_event`].
 ///
 /// Reading one allocates nothing: only the first candidate is kept, its parts are folded into
-/// a [`PartsSummary`] as they are read, and the usage stays raw JSON until something sums it.
+/// a [`peek::Parts`] as they are read, and the usage stays raw JSON until something sums it.
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(default, borrow)]
@@ -779,96 +780,7 @@ struct PeekCandidate<'a> {
 #[derive(Deserialize)]
 struct PeekContent<'a> {
     #[serde(default, borrow)]
-    parts: PartsSummary<'a>,
-}
-
-/// The first element of a JSON array, read without collecting the array; the rest is skipped.
-struct First<T>(Option<T>);
-
-impl<T> Default for First<T> {
-    fn default() -> Self {
-        First(None)
-    }
-}
-
-impl<T> First<T> {
-    fn first(&self) -> Option<&T> {
-        self.0.as_ref()
-    }
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = First<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<First<T>, A::Error> {
-                let first = seq.next_element::<T>()?;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(First(first))
-            }
-        }
-        d.deserialize_seq(Visit(std::marker::PhantomData))
-    }
-}
-
-/// What the relay needs of a `parts` array, folded while it is read.
-#[derive(Default)]
-struct PartsSummary<'a> {
-    /// How many parts there were.
-    count: usize,
-    /// The visible (non-thought) text of all parts, borrowed when one part holds it all.
-    text: std::borrow::Cow<'a, str>,
-    /// Whether a part is a function call.
-    function_call: bool,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for PartsSummary<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = PartsSummary<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array of parts")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<PartsSummary<'a>, A::Error> {
-                let mut sum = PartsSummary::default();
-                while let Some(part) = seq.next_element::<PeekPart<'a>>()? {
-                    sum.count += 1;
-                    sum.function_call |= part.function_call;
-                    if part.thought == Some(true) {
-                        continue;
-                    }
-                    match part.text {
-                        Some(t) if sum.text.is_empty() => sum.text = t,
-                        Some(t) => sum.text.to_mut().push_str(&t),
-                        None => {}
-                    }
-                }
-                Ok(sum)
-            }
-        }
-        d.deserialize_seq(Visit(std::marker::PhantomData))
-    }
-}
-
-#[derive(Deserialize)]
-struct PeekPart<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed_str")]
-    text: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    thought: Option<bool>,
-    #[serde(rename = "functionCall", default, deserialize_with = "present")]
-    function_call: bool,
+    parts: peek::Parts<'a>,
 }
 
 /// Just what [`unary_needs_retry`] needs of a `:generateContent` answer.
@@ -889,21 +801,6 @@ struct UnaryCandidate<'a> {
         deserialize_with = "borrowed_str"
     )]
     finish_reason: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// An optional string borrowed from the input when it has no escapes. (serde borrows a
-/// `Cow<str>` field but copies one inside an `Option`.)
-fn borrowed_str<'de: 'a, 'a, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::borrow::Cow<'a, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
-    Option::<Borrowed<'a>>::deserialize(d).map(|o| o.map(|b| b.0))
-}
-
-/// A field that is there, whatever its value (`null` included).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// Relays an event of a healthy, never-resumed stream that neither ends nor breaks it, as it
