@@ -38,6 +38,14 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The server counted one connection closed for slowness and holds none open.
+async fn assert_one_slow_client_closed(proxy: &Proxy) {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = &proxy.server_stats;
+    assert_eq!(stats.slow_clients_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.open_connections.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn a_slowloris_connection_is_closed_and_counted() {
     let (_fake, proxy) = setup(&[("CLIENT_READ_TIMEOUT_SECONDS", "1")]).await;
@@ -49,18 +57,7 @@ async fn a_slowloris_connection_is_closed_and_counted() {
     // ... and never the rest of the headers.
     let answer = read_to_close(&mut stream).await;
     assert!(!answer.contains("200 OK"), "{answer}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        proxy
-            .server_stats
-            .slow_clients_closed
-            .load(Ordering::Relaxed),
-        1
-    );
-    assert_eq!(
-        proxy.server_stats.open_connections.load(Ordering::Relaxed),
-        0
-    );
+    assert_one_slow_client_closed(&proxy).await;
 }
 
 #[tokio::test]
@@ -69,18 +66,7 @@ async fn a_connection_that_sends_nothing_is_closed_and_counted() {
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let answer = read_to_close(&mut stream).await;
     assert_eq!(answer, "");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        proxy
-            .server_stats
-            .slow_clients_closed
-            .load(Ordering::Relaxed),
-        1
-    );
-    assert_eq!(
-        proxy.server_stats.open_connections.load(Ordering::Relaxed),
-        0
-    );
+    assert_one_slow_client_closed(&proxy).await;
 }
 
 /// Sends one authenticated `generateContent` over cleartext HTTP/2 (prior knowledge), writing

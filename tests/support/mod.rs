@@ -223,10 +223,15 @@ impl Captured {
     /// Captures every log line of this thread (every level, no ANSI colours) until the guard
     /// is dropped.
     pub fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        Captured::start_at(tracing::Level::TRACE)
+    }
+
+    /// Like [`start`](Self::start), from `level` up (`INFO` is full_proxy's default).
+    pub fn start_at(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
         let logs = Captured::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
+            .with_max_level(level)
             .with_ansi(false)
             .with_writer(move || writer.clone())
             .finish();
