@@ -19,3 +19,7 @@ mod unary;
 pub(crate) use body::respond;
 pub(crate) use request::{Mode, RequestTemplate, call};
 pub(crate) use unary::retry_unary;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
