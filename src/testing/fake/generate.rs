@@ -1,0 +1,254 @@
+//! Generation: the planned answer as a list of steps, with the next scripted fault applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use serde_json::{Value, json};
+
+use super::config::Fault;
+use super::emit::emit;
+use super::plan::{
+    chunk_json, code_execution_parts, executes_code, grounding_metadata, plan, response_id,
+    searches, usage,
+};
+use super::response::{error, raw};
+use super::server::{State, lock};
+use crate::body::Body;
+use crate::testing::passage;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Unary,
+    Sse,
+    JsonArray,
+}
+
+/// One unit of output: a JSON chunk, a pause, or the end of the connection.
+pub(super) enum Step {
+    Chunk(Value),
+    Sleep(Duration),
+    Break,
+}
+
+pub(super) async fn generate(
+    state: &State,
+    model: &str,
+    req: &Value,
+    mode: Mode,
+    kill: Arc<tokio::sync::Notify>,
+) -> Response<Body> {
+    let fault = lock(&state.faults).pop_front();
+    match &fault {
+        Some(Fault::StallAfter { pause, .. }) if mode == Mode::Unary => {
+            // Before the headers: the caller waits for a response that does not come.
+            tokio::select! {
+                () = tokio::time::sleep(*pause.min(&Duration::from_secs(86_400))) => {}
+                () = kill.notified() => {}
+            }
+        }
+        Some(Fault::HttpError { status, message }) => return error(*status, message),
+        Some(Fault::Garbage) => {
+            return raw(
+                200,
+                "application/json",
+                Bytes::from_static(b"<html>this is not json</html>"),
+            );
+        }
+        Some(Fault::TruncatedJson) => {
+            return raw(
+                200,
+                "application/json",
+                Bytes::from_static(
+                    b"{\"candidates\": [{\"content\": {\"parts\": [{\"text\": \"Hel",
+                ),
+            );
+        }
+        _ => {}
+    }
+    let plan = plan(req, fault.as_ref());
+    // `candidateCount`: every candidate gets the same deterministic answer, with its index.
+    let candidates = req["generationConfig"]["candidateCount"]
+        .as_u64()
+        .unwrap_or(1)
+        .clamp(1, 8) as usize;
+    let id = response_id(&plan.prompt);
+
+    if let Some(Fault::BlockPrompt(reason)) = &fault {
+        let body = json!({
+            "promptFeedback": { "blockReason": reason, "safetyRatings": [] },
+            "usageMetadata": { "promptTokenCount": plan.prompt_tokens, "totalTokenCount": plan.prompt_tokens },
+            "modelVersion": model, "responseId": id,
+        });
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+    }
+    if let Some(Fault::Empty) = &fault {
+        let mut body = chunk_json(model, &id, vec![], Some("STOP"), Some(usage(&plan, "")));
+        body["candidates"][0]["content"] = json!({ "role": "model" });
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+    }
+
+    let mut steps = Vec::new();
+    let thought_parts: Vec<Value> = plan
+        .thoughts
+        .iter()
+        .map(|t| json!({ "text": t, "thought": true }))
+        .collect();
+
+    if let Some((name, args)) = &plan.function_call {
+        let call = json!({
+            "functionCall": { "name": name, "args": args },
+            "thoughtSignature": "ZmFrZS10aG91Z2h0LXNpZ25hdHVyZQ==",
+        });
+        if mode == Mode::Unary {
+            let mut parts = thought_parts;
+            parts.push(call);
+            steps.push(Step::Chunk(chunk_json(
+                model,
+                &id,
+                parts,
+                Some("STOP"),
+                Some(usage(&plan, "")),
+            )));
+        } else {
+            for t in thought_parts {
+                steps.push(Step::Chunk(chunk_json(model, &id, vec![t], None, None)));
+            }
+            steps.push(Step::Chunk(chunk_json(model, &id, vec![call], None, None)));
+            steps.push(Step::Chunk(chunk_json(
+                model,
+                &id,
+                vec![json!({"text": ""})],
+                Some("STOP"),
+                Some(usage(&plan, "")),
+            )));
+        }
+        return emit(state, &kill, candidates, mode, steps).await;
+    }
+
+    if let Some(Fault::CodeExecution { code, output }) = &fault {
+        let parts = vec![
+            json!({ "text": "Let me run some code.\n" }),
+            json!({ "executableCode": { "language": "PYTHON", "code": code } }),
+            json!({ "codeExecutionResult": { "outcome": "OUTCOME_OK", "output": output } }),
+            json!({ "text": plan.text }),
+        ];
+        let usage = usage(&plan, &plan.text);
+        if mode == Mode::Unary {
+            let body = chunk_json(model, &id, parts, Some("STOP"), Some(usage));
+            return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+        }
+        let n = parts.len();
+        for (i, part) in parts.into_iter().enumerate() {
+            let last = i + 1 == n;
+            steps.push(Step::Chunk(chunk_json(
+                model,
+                &id,
+                vec![part],
+                last.then_some("STOP"),
+                last.then(|| usage.clone()),
+            )));
+        }
+        return emit(state, &kill, candidates, mode, steps).await;
+    }
+
+    let grounding = searches(req).then(|| grounding_metadata(&plan.prompt, &plan.text));
+    // With the code-execution tool, a fresh answer (not a continuation) first runs some code.
+    let code_parts = if executes_code(req) && plan.text == passage::passage(&plan.prompt) {
+        code_execution_parts(&plan.prompt)
+    } else {
+        Vec::new()
+    };
+    let pieces = passage::chunks(&plan.text, state.chunk_words);
+    if mode == Mode::Unary {
+        // The whole answer in one response; a finish fault cuts it short.
+        let (text, finish) = match &fault {
+            Some(Fault::FinishAfter { chunks, reason }) => (
+                pieces[..(*chunks).min(pieces.len())].concat(),
+                reason.as_str(),
+            ),
+            _ => (plan.text.clone(), "STOP"),
+        };
+        let mut parts = thought_parts;
+        parts.extend(code_parts);
+        parts.push(json!({ "text": text }));
+        let mut body = chunk_json(model, &id, parts, Some(finish), Some(usage(&plan, &text)));
+        if let Some(g) = &grounding {
+            body["candidates"][0]["groundingMetadata"] = g.clone();
+        }
+        if let Some(Fault::DropAfter(_)) = &fault {
+            return emit(
+                state,
+                &kill,
+                candidates,
+                Mode::Unary,
+                vec![Step::Chunk(body), Step::Break],
+            )
+            .await;
+        }
+        return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+    }
+
+    for t in thought_parts {
+        steps.push(Step::Chunk(chunk_json(model, &id, vec![t], None, None)));
+    }
+    if !code_parts.is_empty() {
+        steps.push(Step::Chunk(chunk_json(model, &id, code_parts, None, None)));
+    }
+    let n = pieces.len();
+    let mut sent = String::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        match &fault {
+            Some(Fault::DropAfter(k)) if i == *k => {
+                steps.push(Step::Break);
+                return emit(state, &kill, candidates, mode, steps).await;
+            }
+            Some(Fault::EndWithoutFinish(k)) if i == *k => {
+                return emit(state, &kill, candidates, mode, steps).await;
+            }
+            Some(Fault::ErrorEventAfter(k)) if i == *k => {
+                steps.push(Step::Chunk(json!({"error": {"code": 500, "message": "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting", "status": "INTERNAL"}})));
+                return emit(state, &kill, candidates, mode, steps).await;
+            }
+            Some(Fault::StallAfter { chunks, pause }) if i == *chunks => {
+                steps.push(Step::Sleep(*pause))
+            }
+            _ => {}
+        }
+        sent.push_str(piece);
+        let last = i + 1 == n;
+        let finish_here = match &fault {
+            Some(Fault::FinishAfter { chunks, reason }) if i + 1 == (*chunks).max(1).min(n) => {
+                Some(reason.as_str())
+            }
+            _ if last => Some("STOP"),
+            _ => None,
+        };
+        let usage = finish_here.map(|_| usage(&plan, &sent));
+        let mut chunk = chunk_json(
+            model,
+            &id,
+            vec![json!({ "text": piece })],
+            finish_here,
+            usage,
+        );
+        if let (Some(g), Some(_)) = (&grounding, finish_here) {
+            // Like Google, the sources come with the last chunk.
+            chunk["candidates"][0]["groundingMetadata"] = g.clone();
+        }
+        steps.push(Step::Chunk(chunk));
+        if finish_here.is_some() {
+            break;
+        }
+    }
+    // A fault at or past the end of the answer.
+    match &fault {
+        Some(Fault::DropAfter(k)) if *k >= n => steps.push(Step::Break),
+        Some(Fault::StallAfter { chunks, pause }) if *chunks >= n => {
+            steps.push(Step::Sleep(*pause))
+        }
+        _ => {}
+    }
+    emit(state, &kill, candidates, mode, steps).await
+}
