@@ -1,0 +1,111 @@
+//! [`BearerAuth`]: authenticates a request, or answers 401 without calling the inner service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::future::{Kind, ResponseFuture};
+use super::{BearerAuthLayer, Identity, TokenStore, client_key_id, credential, strip_credentials};
+use crate::body::{Body, BoxError};
+use crate::error::{ApiError, Dialect};
+use crate::secret::ClientKey;
+
+/// Authenticates clients by token; see the [module docs](super).
+#[derive(Clone)]
+pub struct BearerAuth<S> {
+    pub(super) inner: S,
+    pub(super) store: Arc<dyn TokenStore>,
+    pub(super) passthrough: bool,
+}
+
+impl<S> BearerAuth<S> {
+    /// Wraps `inner`, authenticating against `store`.
+    pub fn new(inner: S, store: impl TokenStore) -> Self {
+        BearerAuthLayer::new(store).layer(inner)
+    }
+
+    /// A [`BearerAuthLayer`] for `store`.
+    pub fn layer(store: impl TokenStore) -> BearerAuthLayer {
+        BearerAuthLayer::new(store)
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S: fmt::Debug> fmt::Debug for BearerAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerAuth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for BearerAuth<S>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let dialect = Dialect::of(&req);
+        let mut own_key = None;
+        let identity = match credential(&req) {
+            None => Err(ApiError::unauthorized(
+                "missing client token: send `Authorization: Bearer <token>`, \
+                 `x-goog-api-key: <token>` or `?key=<token>`",
+            )),
+            Some((token, _)) => match self.store.authenticate(&token) {
+                Some(identity) => Ok(identity),
+                None if self.passthrough => {
+                    let id = client_key_id(&token);
+                    own_key = Some(ClientKey::new(token));
+                    Ok(Identity::new(id.as_str(), id.as_str(), false))
+                }
+                None => Err(ApiError::unauthorized("invalid client token")),
+            },
+        };
+        match identity {
+            Ok(identity) => {
+                let mut req = req.map(Body::new);
+                // The credential's header is part of how the dialect is told; keep the answer.
+                req.extensions_mut().insert(dialect);
+                strip_credentials(&mut req);
+                if let Some(key) = own_key {
+                    req.extensions_mut().insert(key);
+                }
+                tracing::Span::current().record("client", identity.id());
+                #[cfg(feature = "usage")]
+                if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
+                    h.record_client(&identity);
+                }
+                req.extensions_mut().insert(identity);
+                ResponseFuture {
+                    kind: Kind::Inner {
+                        fut: self.inner.call(req),
+                    },
+                }
+            }
+            Err(err) => {
+                tracing::debug!(reason = err.message(), "client refused");
+                ResponseFuture {
+                    kind: Kind::Reject {
+                        res: Some(err.into_response(dialect)),
+                    },
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Who a client is ([`Identity`]), the [`TokenStore`] plug point, and the in-memory store
+//! that keeps token digests.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use subtle::ConstantTimeEq;
+
+use super::credentials::hex;
+use crate::secret::mask;
+
+/// Who a request comes from, stored in request extensions by [`BearerAuth`](super::BearerAuth).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    name: Arc<str>,
+    id: Arc<str>,
+    admin: bool,
+}
+
+impl Identity {
+    /// A client identity.
+    pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
+        Self {
+            name: name.into(),
+            id: id.into(),
+            admin,
+        }
+    }
+
+    /// The client's name (a label, never the token).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A stable id for the client: the masked token. Safe for logs and stats.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this client may use admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+/// Looks up client tokens: the plug point for token databases.
+pub trait TokenStore: Send + Sync + 'static {
+    /// The identity a token belongs to, or `None`. Implementations compare in constant time.
+    fn authenticate(&self, token: &str) -> Option<Identity>;
+}
+
+impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    fn authenticate(&self, token: &str) -> Option<Identity> {
+        (**self).authenticate(token)
+    }
+}
+
+/// The SHA-256 digest of a client token: what a [`MemoryTokenStore`] (and a database behind
+/// it) keeps instead of the token. Client tokens are random (see [`mint_token`]), so a fast hash
+/// is enough; there is no password to stretch.
+///
+/// ```
+/// use tower_gemini::auth::TokenDigest;
+/// let d = TokenDigest::of("sk-client-token-1");
+/// assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
+/// assert!(!d.to_hex().contains("client"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The digest as 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex_digest.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = hex(pair[0])? << 4 | hex(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn ct_eq(&self, other: &TokenDigest) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", &self.to_hex()[..12])
+    }
+}
+
+/// One entry of a [`MemoryTokenStore`] listing (the token masked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The masked token, also the token's id.
+    pub id: String,
+    /// The client's name.
+    pub name: String,
+    /// Whether the token is an admin token.
+    pub admin: bool,
+    /// The token's SHA-256 digest (what is stored instead of the token).
+    pub digest: TokenDigest,
+}
+
+struct Entry {
+    digest: TokenDigest,
+    identity: Identity,
+}
+
+impl Entry {
+    fn info(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.identity.id.to_string(),
+            name: self.identity.name.to_string(),
+            admin: self.identity.admin,
+            digest: self.digest,
+        }
+    }
+}
+
+/// An in-memory token set that can change at run time (tokens added and revoked take effect
+/// on the next request). It keeps [`TokenDigest`]s, never the tokens themselves.
+#[derive(Default)]
+pub struct MemoryTokenStore {
+    entries: RwLock<Vec<Entry>>,
+}
+
+impl MemoryTokenStore {
+    /// An empty store: every request is refused until a token is added.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a client token (builder form).
+    pub fn with_token(self, token: impl AsRef<str>, name: impl Into<Arc<str>>) -> Self {
+        self.insert(token.as_ref(), name, false);
+        self
+    }
+
+    /// Adds an admin token (builder form).
+    pub fn with_admin_token(self, token: impl AsRef<str>) -> Self {
+        self.insert(token.as_ref(), "admin", true);
+        self
+    }
+
+    /// Adds (or replaces) a token. Returns its id: the masked token, made unique with a `#2`,
+    /// `#3`, ... suffix when another token masks the same way (`team-a-2024` and `team-b-2024`
+    /// both mask to `team…2024`), so rate limits and stats never mix two clients up.
+    pub fn insert(&self, token: &str, name: impl Into<Arc<str>>, admin: bool) -> String {
+        let digest = TokenDigest::of(token);
+        let masked = mask(token);
+        let id = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            let taken = |id: &str| {
+                entries
+                    .iter()
+                    .any(|e| &*e.identity.id == id && !e.digest.ct_eq(&digest))
+            };
+            let mut id = masked.clone();
+            let mut n = 1;
+            while taken(&id) {
+                n += 1;
+                id = format!("{masked}#{n}");
+            }
+            id
+        };
+        self.insert_digest(digest, id.as_str(), name, admin);
+        id
+    }
+
+    /// Adds (or replaces) a token known only by its digest and id (the masked token), as a
+    /// database restores it.
+    pub fn insert_digest(
+        &self,
+        digest: TokenDigest,
+        id: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        admin: bool,
+    ) {
+        let entry = Entry {
+            digest,
+            identity: Identity::new(name, id, admin),
+        };
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| !e.digest.ct_eq(&digest));
+        entries.push(entry);
+    }
+
+    /// Revokes a token given as the token itself or its id. Returns whether one was removed.
+    pub fn revoke(&self, token_or_id: &str) -> bool {
+        !self.remove(token_or_id).is_empty()
+    }
+
+    /// Revokes a token given as the token itself or its id, and returns what was removed.
+    pub fn remove(&self, token_or_id: &str) -> Vec<TokenInfo> {
+        let digest = TokenDigest::of(token_or_id);
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let (removed, kept) = std::mem::take(&mut *entries)
+            .into_iter()
+            .partition(|e| e.digest.ct_eq(&digest) || &*e.identity.id == token_or_id);
+        *entries = kept;
+        removed.iter().map(Entry::info).collect()
+    }
+
+    /// The tokens, masked.
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.iter().map(Entry::info).collect()
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether there is no token.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Debug for MemoryTokenStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryTokenStore")
+            .field("tokens", &self.list())
+            .finish()
+    }
+}
+
+impl TokenStore for MemoryTokenStore {
+    fn authenticate(&self, token: &str) -> Option<Identity> {
+        let digest = TokenDigest::of(token);
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        // Compare against every entry, so timing says nothing about which one matched.
+        let mut found = None;
+        for e in entries.iter() {
+            if e.digest.ct_eq(&digest) {
+                found = Some(e.identity.clone());
+            }
+        }
+        found
+    }
+}
+
+/// Mints a new random token: `prefix` followed by 64 hex characters (244 random bits).
+///
+/// ```
+/// let t = tower_gemini::auth::mint_token("sk-");
+/// assert!(t.starts_with("sk-") && t.len() == 67);
+/// assert_ne!(t, tower_gemini::auth::mint_token("sk-"));
+/// ```
+pub fn mint_token(prefix: &str) -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{a}{b}")
+}
