@@ -46,65 +46,18 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use http::header::AUTHORIZATION;
-use http::uri::PathAndQuery;
-use http::{HeaderName, Request, Response, Uri};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
-use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use crate::body::{Body, BoxError};
 use crate::error::{ApiError, Dialect};
 use crate::secret::{ClientKey, mask};
 
-/// The `x-goog-api-key` header name.
-pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 // === Identity and token stores ===
 
-/// Who a request comes from, stored in request extensions by [`BearerAuth`].
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Identity {
-    name: Arc<str>,
-    id: Arc<str>,
-    admin: bool,
-}
-
-impl Identity {
-    /// A client identity.
-    pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
-        Self {
-            name: name.into(),
-            id: id.into(),
-            admin,
-        }
-    }
-
-    /// The client's name (a label, never the token).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A stable id for the client: the masked token. Safe for logs and stats.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Whether this client may use admin routes.
-    pub fn is_admin(&self) -> bool {
-        self.admin
-    }
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("name", &self.name)
-            .field("id", &self.id)
-            .field("admin", &self.admin)
-            .finish()
-    }
-}
+pub use crate::facts::Identity;
 
 /// Looks up client tokens: the plug point for token databases.
 pub trait TokenStore: Send + Sync + 'static {
@@ -118,59 +71,8 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
 }
 
-/// The SHA-256 digest of a client token: what a [`MemoryTokenStore`] (and a database behind
-/// it) keeps instead of the token. Client tokens are random (see [`mint_token`]), so a fast hash
-/// is enough; there is no password to stretch.
-///
-/// ```
-/// use tower_gemini::auth::TokenDigest;
-/// let d = TokenDigest::of("sk-client-token-1");
-/// assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
-/// assert!(!d.to_hex().contains("client"));
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenDigest([u8; 32]);
+pub use crate::secret::TokenDigest;
 
-impl TokenDigest {
-    /// The digest of `token`.
-    pub fn of(token: &str) -> Self {
-        use sha2::Digest;
-        Self(sha2::Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// The digest as 64 lowercase hex characters.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Parses 64 hex characters.
-    pub fn from_hex(hex_digest: &str) -> Option<Self> {
-        let bytes = hex_digest.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = hex(pair[0])? << 4 | hex(pair[1])?;
-        }
-        Some(Self(out))
-    }
-
-    /// The raw digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn ct_eq(&self, other: &TokenDigest) -> bool {
-        bool::from(self.0.ct_eq(&other.0))
-    }
-}
-
-impl fmt::Debug for TokenDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenDigest({}…)", &self.to_hex()[..12])
-    }
-}
 
 /// One entry of a [`MemoryTokenStore`] listing (the token masked).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -193,9 +95,9 @@ struct Entry {
 impl Entry {
     fn info(&self) -> TokenInfo {
         TokenInfo {
-            id: self.identity.id.to_string(),
-            name: self.identity.name.to_string(),
-            admin: self.identity.admin,
+            id: self.identity.id().to_owned(),
+            name: self.identity.name().to_owned(),
+            admin: self.identity.is_admin(),
             digest: self.digest,
         }
     }
@@ -237,7 +139,7 @@ impl MemoryTokenStore {
             let taken = |id: &str| {
                 entries
                     .iter()
-                    .any(|e| &*e.identity.id == id && !e.digest.ct_eq(&digest))
+                    .any(|e| e.identity.id() == id && !e.digest.ct_eq(&digest))
             };
             let mut id = masked.clone();
             let mut n = 1;
@@ -280,7 +182,7 @@ impl MemoryTokenStore {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let (removed, kept) = std::mem::take(&mut *entries)
             .into_iter()
-            .partition(|e| e.digest.ct_eq(&digest) || &*e.identity.id == token_or_id);
+            .partition(|e| e.digest.ct_eq(&digest) || e.identity.id() == token_or_id);
         *entries = kept;
         removed.iter().map(Entry::info).collect()
     }
@@ -340,126 +242,10 @@ pub fn mint_token(prefix: &str) -> String {
 
 // === Credentials ===
 
-/// Where a credential was found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CredentialSource {
-    /// `Authorization: Bearer <token>`
-    Bearer,
-    /// `x-goog-api-key: <token>`
-    GoogApiKey,
-    /// `?key=<token>`
-    Query,
-}
-
-/// The credential a request carries: `Authorization: Bearer`, then `x-goog-api-key`, then `?key=`.
-pub fn credential<B>(req: &Request<B>) -> Option<(String, CredentialSource)> {
-    if let Some(v) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            let t = v[7..].trim();
-            if !t.is_empty() {
-                return Some((t.to_owned(), CredentialSource::Bearer));
-            }
-        }
-    }
-    if let Some(v) = req
-        .headers()
-        .get(&X_GOOG_API_KEY)
-        .and_then(|v| v.to_str().ok())
-    {
-        let t = v.trim();
-        if !t.is_empty() {
-            return Some((t.to_owned(), CredentialSource::GoogApiKey));
-        }
-    }
-    query_param(req.uri().query()?, "key").map(|t| (t, CredentialSource::Query))
-}
-
-/// Removes every client credential from a request: `authorization`, `x-goog-api-key` and the
-/// `key` query parameter.
-pub fn strip_credentials<B>(req: &mut Request<B>) {
-    req.headers_mut().remove(AUTHORIZATION);
-    req.headers_mut().remove(&X_GOOG_API_KEY);
-    remove_query_param(req, "key");
-}
-
-/// Removes a query parameter (all occurrences) from a request's URI.
-pub fn remove_query_param<B>(req: &mut Request<B>, name: &str) {
-    let Some(query) = req.uri().query() else {
-        return;
-    };
-    if !query
-        .split('&')
-        .any(|p| percent_decode(p.split('=').next().unwrap_or("")) == name)
-    {
-        return;
-    }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && percent_decode(p.split('=').next().unwrap_or("")) != name)
-        .collect();
-    let path = req.uri().path();
-    let pq = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let mut parts = req.uri().clone().into_parts();
-    if let Ok(pq) = PathAndQuery::try_from(pq) {
-        parts.path_and_query = Some(pq);
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-    }
-}
-
-/// The decoded value of the first query parameter named `name`.
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    if !s.contains(['%', '+']) {
-        return s.to_owned();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
+pub use crate::credential::{
+    CredentialSource, X_GOOG_API_KEY, credential, query_param, remove_query_param,
+    strip as strip_credentials,
+};
 
 /// The client id of a request made with the client's own key (own-key mode): `ownkey-`
 /// followed by 16 hex characters of the key's SHA-256. Stable across processes and restarts
@@ -616,9 +402,8 @@ where
                     req.extensions_mut().insert(key);
                 }
                 tracing::Span::current().record("client", identity.id());
-                #[cfg(feature = "usage")]
-                if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
-                    h.record_client(&identity);
+                if let Some(report) = crate::facts::Report::of(&req) {
+                    report.record_client(&identity);
                 }
                 req.extensions_mut().insert(identity);
                 ResponseFuture {
@@ -819,13 +604,6 @@ mod tests {
             svc.oneshot(again).await.unwrap().status(),
             StatusCode::UNAUTHORIZED
         );
-    }
-
-    #[test]
-    fn query_params_are_decoded() {
-        assert_eq!(query_param("a=1&key=x%2By", "key").as_deref(), Some("x+y"));
-        assert_eq!(query_param("a=1", "key"), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[tokio::test]

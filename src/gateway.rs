@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -54,11 +54,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::access_log::AccessLogLayer;
-use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials};
+use crate::auth::{BearerAuthLayer, TokenStore};
 use crate::body::{Body, BodyLimitLayer, BoxError};
 use crate::error::{Dialect, Error};
 use crate::request_id::RequestIdLayer;
@@ -374,6 +374,7 @@ impl GatewayBuilder {
         #[cfg(not(feature = "usage"))]
         let inner = svc;
         let svc = ServiceBuilder::new()
+            .layer(crate::facts::FactsLayer::new())
             .option_layer(self.request_id.then(RequestIdLayer::new))
             .layer(AccessLogLayer::new())
             .service(inner);
@@ -449,13 +450,9 @@ impl<S> Layer<S> for SetUpstreamKeyLayer {
     type Service = SetUpstreamKey<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let value = HeaderValue::from_str(self.0.expose()).map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
         SetUpstreamKey {
             inner,
-            value: value.ok(),
+            key: self.0.clone(),
             fingerprint: self.0.fingerprint(),
         }
     }
@@ -464,7 +461,7 @@ impl<S> Layer<S> for SetUpstreamKeyLayer {
 #[derive(Clone, Debug)]
 struct SetUpstreamKey<S> {
     inner: S,
-    value: Option<HeaderValue>,
+    key: ApiKey,
     fingerprint: String,
 }
 
@@ -481,21 +478,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        strip_credentials(&mut req);
         // Own-key mode: the client's key, for this request only.
-        let own = req.extensions().get::<ClientKey>().and_then(|k| {
-            let mut v = HeaderValue::from_str(k.key().expose()).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
-        if let Some(v) = own {
-            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v);
-        } else if let Some(v) = &self.value {
-            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v.clone());
+        if let Some(own) = req.extensions().get::<ClientKey>().cloned() {
+            crate::credential::set_upstream_key(&mut req, own.key());
+        } else {
+            crate::credential::set_upstream_key(&mut req, &self.key);
             tracing::Span::current().record("key.id", self.fingerprint.as_str());
-            #[cfg(feature = "usage")]
-            if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
-                h.record_key(&self.fingerprint);
+            if let Some(report) = crate::facts::Report::of(&req) {
+                report.record_key(&self.fingerprint);
             }
         }
         self.inner.call(req)

@@ -7,7 +7,9 @@ mod macros;
 
 pub mod access_log;
 pub mod body;
+pub mod credential;
 pub mod error;
+pub mod facts;
 pub mod gemini;
 #[cfg(feature = "key-rotation")]
 #[cfg_attr(docsrs, doc(cfg(feature = "key-rotation")))]

@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tower::{Layer, Service, ServiceExt};
 use tracing::{Instrument, field};
@@ -20,13 +20,12 @@ use super::classify::{ErrorDetails, Outcome};
 use super::pool::{KeyId, KeyPool, Lease, Pick};
 use crate::body::{Body, BoxError, collect_limited};
 use crate::error::{ApiError, Dialect};
-use crate::gemini::{GeminiPath, GeminiPathRef, strip_models_prefix};
 use crate::secret::{ApiKey, ClientKey, scrub_known};
 
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_DEFAULT_ATTEMPTS: usize = 5;
-static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+use crate::credential::X_GOOG_API_KEY;
 
 #[derive(Clone, Copy, Debug)]
 struct Config {
@@ -172,11 +171,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The ready inner service goes into the future; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let model = model_of(&req);
+        crate::facts::resolve_call(&mut req);
+        // The model as the layers above resolved it (an alias renamed): cool-downs are per
+        // real model.
+        let model = crate::facts::model(&req).unwrap_or_default().to_owned();
         let dialect = Dialect::of(&req);
         // Debug level: the attempt and key that served the request are recorded once on the
         // enclosing request span (`RequestIdLayer` declares `attempt` and `key.id`), so the
@@ -204,17 +206,6 @@ where
             inner: Box::pin(attempt.run(inner, Body::new(body)).instrument(span)),
         }
     }
-}
-
-/// The model a request is for: from a parsed [`GeminiPath`] extension, else the path; empty
-/// for routes without a model.
-fn model_of<B>(req: &Request<B>) -> String {
-    if let Some(p) = req.extensions().get::<GeminiPath>() {
-        return strip_models_prefix(&p.model).to_owned();
-    }
-    GeminiPathRef::parse(req.uri().path())
-        .map(|p| p.model.to_owned())
-        .unwrap_or_default()
 }
 
 /// One request's way through the keys.
@@ -263,7 +254,7 @@ impl Attempts {
         ResB: http_body::Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        strip_client_credentials(&mut self.parts);
+        crate::credential::strip_parts(&mut self.parts);
         if let Some(own) = self.parts.extensions.get::<ClientKey>().cloned() {
             *served = Some((1, None));
             return self.run_own_key(inner, body, own.key()).await;
@@ -297,9 +288,8 @@ impl Attempts {
             span.record("attempt", attempt);
             span.record("key.id", lease.id().as_str());
             *served = Some((attempt, Some(lease.id().clone())));
-            #[cfg(feature = "usage")]
-            if let Some(h) = self.parts.extensions.get::<crate::usage::UsageHandle>() {
-                h.record_key(lease.id().as_str());
+            if let Some(report) = self.parts.extensions.get::<crate::facts::Report>() {
+                report.record_key(lease.id().as_str());
             }
 
             let req_body = if attempt == budget {
@@ -472,8 +462,7 @@ impl Attempts {
     }
 
     fn request(&self, body: Body, key: &ApiKey) -> Option<Request<Body>> {
-        let mut value = HeaderValue::from_str(key.expose()).ok()?;
-        value.set_sensitive(true);
+        let value = crate::credential::upstream_key_value(key)?;
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
@@ -554,46 +543,6 @@ fn short_error(status: StatusCode, details: &ErrorDetails) -> String {
         .take(64)
         .collect();
     format!("{} {name}", status.as_u16())
-}
-
-/// Removes every client credential: `authorization`, `x-goog-api-key` and `?key=`.
-fn strip_client_credentials(parts: &mut Parts) {
-    parts.headers.remove(AUTHORIZATION);
-    parts.headers.remove(&X_GOOG_API_KEY);
-    if let Some(uri) = without_key_param(&parts.uri) {
-        parts.uri = uri;
-    }
-}
-
-fn is_key_param(pair: &str) -> bool {
-    pair.split('=').next() == Some("key")
-}
-
-/// The URI without its `key` query parameters, or `None` when it has none.
-fn without_key_param(uri: &Uri) -> Option<Uri> {
-    let query = uri.query()?;
-    if !query.split('&').any(is_key_param) {
-        return None;
-    }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !is_key_param(p))
-        .collect();
-    let path = uri.path();
-    let path_and_query = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let mut parts = uri.clone().into_parts();
-    // The kept pieces come from a valid URI, so this parses; fall back to the bare path.
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .or_else(|_| path.parse())
-            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).ok().or_else(|| path.parse().ok())
 }
 
 /// Keeps the key counted in flight until a streamed body is done.
@@ -677,24 +626,5 @@ mod tests {
         );
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(transport_answer(&refused).status(), StatusCode::BAD_GATEWAY);
-    }
-
-    #[test]
-    fn removes_only_the_key_param() {
-        let uri: Uri = "/v1beta/models/m:streamGenerateContent?alt=sse&key=client-secret&x=1"
-            .parse()
-            .unwrap();
-        let clean = without_key_param(&uri).unwrap();
-        assert_eq!(
-            clean.to_string(),
-            "/v1beta/models/m:streamGenerateContent?alt=sse&x=1"
-        );
-        let only: Uri = "/v1beta/models?key=abc".parse().unwrap();
-        assert_eq!(
-            without_key_param(&only).unwrap().to_string(),
-            "/v1beta/models"
-        );
-        let none: Uri = "/v1beta/models?pageSize=5&keyword=1".parse().unwrap();
-        assert!(without_key_param(&none).is_none());
     }
 }

@@ -295,7 +295,8 @@ where
         }
         *req.extensions_mut() = self.extensions.clone();
         if let Some(p) = GeminiPath::parse(req.uri().path()) {
-            req.extensions_mut().insert(p);
+            // The model comes from the body here: the one fact layers below read.
+            crate::facts::set_call(&mut req, p);
         }
         req.extensions_mut().insert(Dialect::Gemini);
         req

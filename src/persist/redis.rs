@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord};
 use crate::Error;
-use crate::auth::TokenDigest;
+use crate::secret::TokenDigest;
 use crate::secret::ApiKey;
 
 const DEFAULT_PREFIX: &str = "tower-gemini:admin";

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord, unix_seconds};
 use crate::Error;
-use crate::auth::TokenDigest;
+use crate::secret::TokenDigest;
 use crate::secret::ApiKey;
 
 /// How long a statement waits for another connection's write lock before failing.

@@ -191,14 +191,16 @@ impl<S: fmt::Debug> fmt::Debug for RequestPolicy<S> {
 }
 
 /// The kind of a policy route, or `None` for anything the layer passes through.
-fn classify(req: &Request<Body>) -> Option<(CallKind, GeminiPath)> {
-    let (method, uri) = (req.method(), req.uri());
+fn classify(req: &mut Request<Body>) -> Option<(CallKind, GeminiPath)> {
     // `/v1/models[/{id}]` without a method is OpenAI's models route (unless a Gemini client
     // asks), not ours.
-    if Dialect::from_path(uri.path()) == Dialect::OpenAi && Dialect::of(req) == Dialect::OpenAi {
+    if Dialect::from_path(req.uri().path()) == Dialect::OpenAi
+        && Dialect::of(req) == Dialect::OpenAi
+    {
         return None;
     }
-    let path = GeminiPath::parse(uri.path())?;
+    let path = crate::facts::resolve_call(req)?.clone();
+    let (method, uri) = (req.method(), req.uri());
     // GeminiPath also parses tunedModels; only `models` routes are policed.
     if !uri
         .path()
@@ -245,7 +247,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
         let rules = match &self.live {
             Some(handle) => handle.current(),
             None => self.rules.clone(),
@@ -254,7 +256,7 @@ where
         let classified = if rules.is_empty() {
             None
         } else {
-            classify(&req)
+            classify(&mut req)
         };
         let Some((kind, path)) = classified else {
             let fut = inner.call(req);
@@ -300,6 +302,7 @@ where
             }
 
             let renamed = call.model() != call.requested_model();
+            let resolved = renamed.then(|| call.model().to_owned());
             if renamed {
                 let new_path = GeminiPath {
                     model: call.model().to_owned(),
@@ -337,7 +340,12 @@ where
                 body
             };
 
-            let res = inner.call(Request::from_parts(parts, body)).await?;
+            let mut req = Request::from_parts(parts, body);
+            if let Some(model) = &resolved {
+                // Every layer below limits, cools down and counts the model the alias names.
+                crate::facts::set_model(&mut req, model);
+            }
+            let res = inner.call(req).await?;
             let res = res.map(Body::new);
             if res.status() != StatusCode::OK {
                 return Ok(res);

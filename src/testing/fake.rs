@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::passage;
-use crate::auth::query_param;
+use crate::credential::query_param;
 use crate::body::{Body, BoxError, collect_limited};
 use crate::error::gemini_status_name;
 use crate::gemini::{GeminiPath, Method as GMethod};
