@@ -64,8 +64,7 @@ use crate::error::{Dialect, Error};
 use crate::request_id::RequestIdLayer;
 use crate::secret::{ApiKey, ClientKey, SecretSet};
 
-/// Default cap on request bodies: 20 MiB (inline images make Gemini requests large).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+use crate::body::DEFAULT_MAX_BODY_BYTES;
 
 /// Builds a [`Gateway`].
 #[derive(Clone)]
@@ -210,7 +209,7 @@ impl GatewayBuilder {
     }
 
     /// Request bodies larger than this are refused with 413 (default
-    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    /// [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
         self

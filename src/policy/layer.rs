@@ -17,8 +17,7 @@ use crate::body::{Body, BoxError, LimitError, collect_limited};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{GeminiPath, Method};
 
-/// The default cap on a request body the layer reads: 32 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+use crate::body::DEFAULT_MAX_BODY_BYTES;
 
 /// The cap on a unary answer or models list the layer rewrites: 64 MiB. A larger answer with
 /// a `Content-Length` passes through unchanged.
@@ -127,7 +126,7 @@ impl RequestPolicyLayer {
         self
     }
 
-    /// The largest request body read (default [`DEFAULT_MAX_BODY_BYTES`]); a larger one is
+    /// The largest request body read (default [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)); a larger one is
     /// answered with 413 before anything goes upstream.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
