@@ -2,6 +2,9 @@
 //!
 //! [`AccessLogLayer`] emits an `INFO` event on target `tower_gemini::access` when the response
 //! head is ready (`latency_ms` is the time to response headers; a stream may run on after it).
+//! Why not tower-http's `TraceLayer`: its default span and events log the whole URI, query
+//! (`?key=`) included; this line shows the path only, and one line per request is cheaper.
+//!
 //! Put it inside `RequestIdLayer` so the line carries the request span's fields (`request_id`,
 //! and `client`, `key.id` as inner layers record them, and `model`, the resolved model it
 //! reads from the request's [`Report`](crate::facts::Report)).
