@@ -54,7 +54,6 @@ use crate::body::{Body, BoxError};
 use crate::error::{ApiError, Dialect};
 use crate::secret::{ClientKey, mask};
 
-
 // === Identity and token stores ===
 
 pub use crate::facts::Identity;
@@ -72,7 +71,6 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
 }
 
 pub use crate::secret::TokenDigest;
-
 
 /// One entry of a [`MemoryTokenStore`] listing (the token masked).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -206,7 +206,10 @@ mod tests {
         assert_eq!(stripped("/m?key=a"), "/m");
         assert_eq!(stripped("/m?k%65y=a&alt=sse"), "/m?alt=sse");
         assert_eq!(stripped("/m?%6B%65%79=a&key=b&x=1"), "/m?x=1");
-        assert_eq!(stripped("/m?alt=sse&keys=1&monkey=2"), "/m?alt=sse&keys=1&monkey=2");
+        assert_eq!(
+            stripped("/m?alt=sse&keys=1&monkey=2"),
+            "/m?alt=sse&keys=1&monkey=2"
+        );
         assert_eq!(stripped("/m?alt=sse"), "/m?alt=sse");
     }
 
@@ -217,7 +220,10 @@ mod tests {
             .header("x-goog-api-key", "client")
             .body(())
             .unwrap();
-        set_upstream_key(&mut req, &ApiKey::new("AIzaSyUpstream-0000000000000000000001"));
+        set_upstream_key(
+            &mut req,
+            &ApiKey::new("AIzaSyUpstream-0000000000000000000001"),
+        );
         assert!(req.headers().get(AUTHORIZATION).is_none());
         let v = &req.headers()[&X_GOOG_API_KEY];
         assert_eq!(v, "AIzaSyUpstream-0000000000000000000001");

@@ -111,7 +111,14 @@ async fn an_alias_is_limited_and_counted_under_the_model_it_resolves_to() {
     // Four requests as the alias on the OpenAI route, two native ones for the real model:
     // one quota of two for all six.
     let mut statuses = Vec::new();
-    for req in [chat(ALIAS), native(MODEL), chat(ALIAS), native(MODEL), chat(ALIAS), chat(ALIAS)] {
+    for req in [
+        chat(ALIAS),
+        native(MODEL),
+        chat(ALIAS),
+        native(MODEL),
+        chat(ALIAS),
+        chat(ALIAS),
+    ] {
         let openai = req.uri().path().starts_with("/v1/chat");
         let (status, body) = status_and_text(send(&proxy, req).await).await;
         if status == StatusCode::TOO_MANY_REQUESTS {
@@ -125,7 +132,11 @@ async fn an_alias_is_limited_and_counted_under_the_model_it_resolves_to() {
         statuses.push(status.as_u16());
     }
     assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
-    assert_eq!(fake.total_requests(), 2, "refused requests never reach upstream");
+    assert_eq!(
+        fake.total_requests(),
+        2,
+        "refused requests never reach upstream"
+    );
     for r in fake.received() {
         assert_eq!(r.path, format!("/v1beta/models/{MODEL}:generateContent"));
     }
@@ -162,7 +173,11 @@ async fn an_alias_is_limited_and_counted_under_the_model_it_resolves_to() {
 #[tokio::test]
 async fn a_429_for_an_alias_cools_the_key_down_for_the_real_model() {
     let fake = FakeGemini::start([KEY_A, KEY_B]).await.unwrap();
-    fake.set_key_for_model(KEY_A, MODEL, KeyBehavior::exhausted(Duration::from_secs(60)));
+    fake.set_key_for_model(
+        KEY_A,
+        MODEL,
+        KeyBehavior::exhausted(Duration::from_secs(60)),
+    );
     let url = fake.url();
     let keys = format!("{KEY_A},{KEY_B}");
     let proxy = Proxy::start(&[
@@ -184,7 +199,11 @@ async fn a_429_for_an_alias_cools_the_key_down_for_the_real_model() {
         .find(|k| !k.cooling.is_empty())
         .expect("one key cools down");
     let models: Vec<&str> = tired.cooling.iter().map(|c| c.model.as_str()).collect();
-    assert_eq!(models, [MODEL], "the cool-down is for the model the alias names");
+    assert_eq!(
+        models,
+        [MODEL],
+        "the cool-down is for the model the alias names"
+    );
     // Cooling for the real model, the key is skipped for it: the native route goes to the
     // other key at once.
     fake.clear_received();
@@ -232,7 +251,10 @@ fn assert_carries_no_client_secret(r: &ReceivedRequest, secret: &str, key: &str)
     assert!(r.headers.get("authorization").is_none(), "{:?}", r.headers);
     for (name, value) in &r.headers {
         assert!(
-            !value.as_bytes().windows(secret.len()).any(|w| w == secret.as_bytes()),
+            !value
+                .as_bytes()
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
             "header {name} carries the client's secret"
         );
     }

@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use super::passage;
-use crate::credential::query_param;
 use crate::body::{Body, BoxError, collect_limited};
+use crate::credential::query_param;
 use crate::error::gemini_status_name;
 use crate::gemini::{GeminiPath, Method as GMethod};
 

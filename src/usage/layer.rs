@@ -16,8 +16,8 @@ use tower::{Layer, Service};
 
 use super::record::{UsageRecord, UsageSink};
 use super::scan::TokenScanner;
-use crate::facts::{Client, Identity, Report, Reported};
 use crate::body::{Body, BoxError};
+use crate::facts::{Client, Identity, Report, Reported};
 use crate::gemini::{Method, strip_models_prefix};
 
 // === UsageLayer ===

@@ -9,7 +9,7 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::Body;
-use crate::auth::Identity;
+use crate::facts::Identity;
 
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const STREAM: &str = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse";
