@@ -46,7 +46,6 @@
 //! # });
 //! ```
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -60,7 +59,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use crate::access_log::AccessLogLayer;
 use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials};
 use crate::body::{Body, BodyLimitLayer, BoxError};
-use crate::error::{Dialect, Error};
+use crate::error::{ApiError, Dialect, UpstreamError};
 use crate::request_id::RequestIdLayer;
 use crate::secret::{ApiKey, ClientKey, SecretSet};
 
@@ -560,12 +559,14 @@ where
             let res = fut.await.map_err(Into::<BoxError>::into);
             match res {
                 Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
-                    let own = own.as_ref().map(|k| k.key().expose());
-                    Ok(scrub_error_body(res.map(Body::new), &secrets, own, dialect).await)
+                    let upstream = UpstreamError::read(res, MAX_ERROR_BODY).await;
+                    let mut known = secrets.snapshot();
+                    known.extend(own.map(|k| Arc::from(k.key().expose())));
+                    Ok(upstream.into_response(&known, dialect))
                 }
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
-                    let api = Error::api_error_of(&*e);
+                    let api = ApiError::from_transport(&*e);
                     tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
                         status = api.status().as_u16(),
@@ -578,39 +579,10 @@ where
     }
 }
 
-/// Reads an error body (bounded) and masks every secret in it.
-pub(crate) async fn scrub_error_body(
-    res: Response<Body>,
-    secrets: &SecretSet,
-    also: Option<&str>,
-    dialect: Dialect,
-) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
-    let status = parts.status;
-    let bytes = match crate::body::collect_limited(body, MAX_ERROR_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            let api =
-                crate::ApiError::new(status, "the upstream answered with an unreadable error");
-            return api.into_response(dialect);
-        }
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let clean = secrets.scrub(&text);
-    let clean = match also {
-        Some(secret) => Cow::Owned(crate::secret::scrub_known(&clean, &[secret]).into_owned()),
-        None => clean,
-    };
-    if clean == text {
-        return Response::from_parts(parts, Body::from(bytes));
-    }
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(clean.into_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::auth::MemoryTokenStore;
     use crate::body::collect_limited;
     use http::StatusCode;
