@@ -610,6 +610,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_timeout_inside_a_transport_error_is_a_504_without_key_rotation_too() {
+        // Key rotation answered this 504 and the gateway 502 before the one mapping.
+        let upstream = service_fn(|_req: Request<Body>| async {
+            let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+            Err::<Response<Body>, _>(Error::upstream(slow))
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
+    }
+
+    #[tokio::test]
+    async fn upstream_error_bodies_are_scrubbed_of_the_upstream_key() {
+        let upstream = service_fn(|req: Request<Body>| async move {
+            let key = req.headers()["x-goog-api-key"].to_str().unwrap().to_owned();
+            let body = format!(
+                r#"{{"error":{{"code":403,"message":"key {key} denied","status":"PERMISSION_DENIED"}}}}"#
+            );
+            let mut res = Response::new(Body::from(body));
+            *res.status_mut() = StatusCode::FORBIDDEN;
+            Ok::<_, Error>(res)
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("plain-upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = collect_limited(res.into_body(), 4096).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("plain-upstream-key-0123456789"), "{text}");
+        assert!(text.contains("PERMISSION_DENIED"), "{text}");
+    }
+
+    #[tokio::test]
     async fn unauthenticated_requests_never_reach_upstream() {
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = calls.clone();
