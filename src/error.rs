@@ -313,12 +313,26 @@ pub fn gemini_status_name(status: StatusCode) -> &'static str {
 /// Read it with [`read`](Self::read), look at it (key rotation classifies the key by it), then
 /// relay it with [`into_response`](Self::into_response), which scrubs the body.
 #[derive(Debug)]
+#[cfg_attr(
+    not(any(
+        feature = "key-rotation",
+        all(feature = "request-id", feature = "bearer-auth")
+    )),
+    allow(dead_code)
+)]
 pub(crate) struct UpstreamError {
     parts: http::response::Parts,
     /// `None`: larger than the bound, or the body failed.
     body: Option<Bytes>,
 }
 
+#[cfg_attr(
+    not(any(
+        feature = "key-rotation",
+        all(feature = "request-id", feature = "bearer-auth")
+    )),
+    allow(dead_code)
+)]
 impl UpstreamError {
     /// Reads an error answer's body, at most `max` bytes.
     pub(crate) async fn read<B>(res: Response<B>, max: usize) -> Self

@@ -205,6 +205,10 @@ impl SecretSet {
     }
 
     /// The secrets held now.
+    #[cfg_attr(
+        not(all(feature = "request-id", feature = "bearer-auth")),
+        allow(dead_code)
+    )]
     pub(crate) fn snapshot(&self) -> Vec<Arc<str>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
