@@ -46,7 +46,6 @@
 //! # });
 //! ```
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -60,7 +59,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use crate::access_log::AccessLogLayer;
 use crate::auth::{BearerAuthLayer, TokenStore};
 use crate::body::{Body, BodyLimitLayer, BoxError};
-use crate::error::{Dialect, Error};
+use crate::error::{ApiError, Dialect, UpstreamError};
 use crate::request_id::RequestIdLayer;
 use crate::secret::{ApiKey, ClientKey, SecretSet};
 
@@ -549,12 +548,14 @@ where
             let res = fut.await.map_err(Into::<BoxError>::into);
             match res {
                 Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
-                    let own = own.as_ref().map(|k| k.key().expose());
-                    Ok(scrub_error_body(res.map(Body::new), &secrets, own, dialect).await)
+                    let upstream = UpstreamError::read(res, MAX_ERROR_BODY).await;
+                    let mut known = secrets.snapshot();
+                    known.extend(own.map(|k| Arc::from(k.key().expose())));
+                    Ok(upstream.into_response(&known, dialect))
                 }
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
-                    let api = Error::api_error_of(&*e);
+                    let api = ApiError::from_transport(&*e);
                     tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
                         status = api.status().as_u16(),
@@ -567,39 +568,10 @@ where
     }
 }
 
-/// Reads an error body (bounded) and masks every secret in it.
-pub(crate) async fn scrub_error_body(
-    res: Response<Body>,
-    secrets: &SecretSet,
-    also: Option<&str>,
-    dialect: Dialect,
-) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
-    let status = parts.status;
-    let bytes = match crate::body::collect_limited(body, MAX_ERROR_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            let api =
-                crate::ApiError::new(status, "the upstream answered with an unreadable error");
-            return api.into_response(dialect);
-        }
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let clean = secrets.scrub(&text);
-    let clean = match also {
-        Some(secret) => Cow::Owned(crate::secret::scrub_known(&clean, &[secret]).into_owned()),
-        None => clean,
-    };
-    if clean == text {
-        return Response::from_parts(parts, Body::from(bytes));
-    }
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(clean.into_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::auth::MemoryTokenStore;
     use crate::body::collect_limited;
     use http::StatusCode;
@@ -624,6 +596,51 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
         assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_inside_a_transport_error_is_a_504_without_key_rotation_too() {
+        // Key rotation answered this 504 and the gateway 502 before the one mapping.
+        let upstream = service_fn(|_req: Request<Body>| async {
+            let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+            Err::<Response<Body>, _>(Error::upstream(slow))
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
+    }
+
+    #[tokio::test]
+    async fn upstream_error_bodies_are_scrubbed_of_the_upstream_key() {
+        let upstream = service_fn(|req: Request<Body>| async move {
+            let key = req.headers()["x-goog-api-key"].to_str().unwrap().to_owned();
+            let body = format!(
+                r#"{{"error":{{"code":403,"message":"key {key} denied","status":"PERMISSION_DENIED"}}}}"#
+            );
+            let mut res = Response::new(Body::from(body));
+            *res.status_mut() = StatusCode::FORBIDDEN;
+            Ok::<_, Error>(res)
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("plain-upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = collect_limited(res.into_body(), 4096).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("plain-upstream-key-0123456789"), "{text}");
+        assert!(text.contains("PERMISSION_DENIED"), "{text}");
     }
 
     #[tokio::test]

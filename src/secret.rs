@@ -204,6 +204,15 @@ impl SecretSet {
         v.retain(|s| &**s != secret);
     }
 
+    /// The secrets held now.
+    #[cfg_attr(
+        not(all(feature = "request-id", feature = "bearer-auth")),
+        allow(dead_code)
+    )]
+    pub(crate) fn snapshot(&self) -> Vec<Arc<str>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Masks every known secret, and anything [`scrub`] recognises, in `text`.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let v = self.inner.read().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,5 @@
 //! The `KeyRotationLayer`, its service and response future.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,17 +8,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tower::{Layer, Service, ServiceExt};
 use tracing::{Instrument, field};
 
-use super::classify::{ErrorDetails, Outcome};
+use super::classify::Outcome;
 use super::pool::{KeyId, KeyPool, Lease, Pick};
-use crate::body::{Body, BoxError, collect_limited};
-use crate::error::{ApiError, Dialect};
+use crate::body::{Body, BoxError};
+use crate::error::{ApiError, Dialect, UpstreamError};
+use crate::gemini::GeminiError;
 use crate::secret::{ApiKey, ClientKey, scrub_known};
 
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -316,8 +315,7 @@ impl Attempts {
 
             match inner.call(req).await {
                 Ok(res) => {
-                    let (parts, res_body) = res.into_parts();
-                    let status = parts.status;
+                    let status = res.status();
                     span.record("status", status.as_u16());
                     if status.as_u16() < 400 {
                         let outcome = if status.is_success() {
@@ -328,25 +326,22 @@ impl Attempts {
                         self.pool
                             .report(&mut lease, &self.model, &outcome, None)
                             .await;
+                        let (parts, res_body) = res.into_parts();
                         let body = hold_lease(Body::new(res_body), lease);
                         return Ok(Response::from_parts(parts, body));
                     }
-                    let bytes = collect_limited(res_body, self.config.max_error_body)
-                        .await
-                        .ok();
-                    let details = bytes
-                        .as_deref()
-                        .map(ErrorDetails::parse)
-                        .unwrap_or_default();
-                    let outcome = Outcome::classify(status, &details);
-                    let error = (outcome != Outcome::Final).then(|| short_error(status, &details));
+                    let upstream = UpstreamError::read(res, self.config.max_error_body).await;
+                    let error = upstream.body().and_then(GeminiError::parse);
+                    let outcome = Outcome::classify(status, error.as_ref());
+                    let short =
+                        (outcome != Outcome::Final).then(|| short_error(status, error.as_ref()));
                     self.pool
-                        .report(&mut lease, &self.model, &outcome, error)
+                        .report(&mut lease, &self.model, &outcome, short)
                         .await;
                     let key = lease.key().clone();
                     tried.push(lease.id().clone());
                     drop(lease);
-                    let res = self.relay_error(parts, bytes, &key);
+                    let res = self.relay_error(upstream, &key);
                     match outcome {
                         Outcome::Exhausted { .. } | Outcome::KeyFailure { .. } => {
                             last_transient = false;
@@ -383,7 +378,7 @@ impl Attempts {
                         .await;
                     tried.push(lease.id().clone());
                     drop(lease);
-                    let answer = transport_answer(&*e);
+                    let answer = ApiError::from_transport(&*e);
                     last = Some(answer.into_response(self.dialect));
                     last_transient = true;
                     if attempt < budget {
@@ -424,15 +419,12 @@ impl Attempts {
         };
         match inner.call(req).await {
             Ok(res) => {
-                let (parts, res_body) = res.into_parts();
-                span.record("status", parts.status.as_u16());
-                if parts.status.as_u16() < 400 {
-                    return Ok(Response::from_parts(parts, Body::new(res_body)));
+                span.record("status", res.status().as_u16());
+                if res.status().as_u16() < 400 {
+                    return Ok(res.map(Body::new));
                 }
-                let bytes = collect_limited(res_body, self.config.max_error_body)
-                    .await
-                    .ok();
-                Ok(self.relay_error(parts, bytes, key))
+                let upstream = UpstreamError::read(res, self.config.max_error_body).await;
+                Ok(self.relay_error(upstream, key))
             }
             Err(e) => {
                 let e: BoxError = e.into();
@@ -440,7 +432,7 @@ impl Attempts {
                     error = %scrub_known(&e.to_string(), &[key.expose()]),
                     "upstream transport error on the client's own key"
                 );
-                Ok(transport_answer(&*e).into_response(self.dialect))
+                Ok(ApiError::from_transport(&*e).into_response(self.dialect))
             }
         }
     }
@@ -478,64 +470,20 @@ impl Attempts {
         self.config.retry_backoff.saturating_mul(1 << exp)
     }
 
-    /// The upstream error as relayed to the client: the body scrubbed of every key.
-    fn relay_error(
-        &self,
-        mut parts: http::response::Parts,
-        body: Option<Bytes>,
-        used: &ApiKey,
-    ) -> Response<Body> {
-        let Some(bytes) = body else {
-            return ApiError::new(
-                parts.status,
-                "the upstream answered with an error that could not be relayed",
-            )
-            .into_response(self.dialect);
-        };
+    /// The upstream error as relayed to the client: the body scrubbed of every key of the
+    /// pool and the one used.
+    fn relay_error(&self, upstream: UpstreamError, used: &ApiKey) -> Response<Body> {
         let list = self.pool.secrets();
         let mut secrets: Vec<&str> = list.entries.iter().map(|e| e.key.expose()).collect();
         secrets.push(used.expose());
-        let scrubbed = {
-            let text = String::from_utf8_lossy(&bytes);
-            match scrub_known(&text, &secrets) {
-                Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => None,
-                clean => Some(clean.into_owned()),
-            }
-        };
-        let bytes = scrubbed.map_or(bytes, Bytes::from);
-        parts.headers.remove(CONTENT_LENGTH);
-        parts.headers.remove(TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Response::from_parts(parts, Body::from(bytes))
+        upstream.into_response(&secrets, self.dialect)
     }
-}
-
-/// The answer for a transport error: 504 for a timeout anywhere in its source chain, else 502.
-fn transport_answer(err: &(dyn std::error::Error + 'static)) -> ApiError {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let timed_out = e
-            .downcast_ref::<crate::Error>()
-            .is_some_and(crate::Error::is_timeout)
-            || e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || e.to_string().contains("timed out");
-        if timed_out {
-            return ApiError::gateway_timeout("the upstream did not answer in time");
-        }
-        next = e.source();
-    }
-    crate::Error::api_error_of(err)
 }
 
 /// A short, secret-free description of an upstream error for the key's state.
-fn short_error(status: StatusCode, details: &ErrorDetails) -> String {
-    let name = details
-        .reason
-        .as_deref()
-        .or(details.status.as_deref())
+fn short_error(status: StatusCode, error: Option<&GeminiError>) -> String {
+    let name = error
+        .and_then(|e| e.reason().or(Some(e.status()).filter(|s| !s.is_empty())))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or(""));
     let name: String = name
         .chars()
@@ -603,28 +551,5 @@ impl<E> Future for ResponseFuture<E> {
 impl<E> fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts_answer_504_other_transport_errors_502() {
-        let timeout = crate::Error::timeout();
-        assert_eq!(
-            transport_answer(&timeout).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
-        let wrapped = crate::Error::upstream(io);
-        assert_eq!(
-            transport_answer(&wrapped).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(transport_answer(&refused).status(), StatusCode::BAD_GATEWAY);
     }
 }
