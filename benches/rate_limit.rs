@@ -14,7 +14,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::Body;
-use tower_gemini::auth::Identity;
+use tower_gemini::facts::Identity;
 use tower_gemini::rate_limit::{Check, MemoryStore, RateLimitLayer, RateLimitStore, Rule};
 
 /// A bucket that always has room, so every check also writes.

@@ -2,8 +2,12 @@
 //!
 //! [`AccessLogLayer`] emits an `INFO` event on target `tower_gemini::access` when the response
 //! head is ready (`latency_ms` is the time to response headers; a stream may run on after it).
+//! Why not tower-http's `TraceLayer`: its default span and events log the whole URI, query
+//! (`?key=`) included; this line shows the path only, and one line per request is cheaper.
+//!
 //! Put it inside `RequestIdLayer` so the line carries the request span's fields (`request_id`,
-//! and `client`, `model`, `key.id` as inner layers record them).
+//! and `client`, `key.id` as inner layers record them, and `model`, the resolved model it
+//! reads from the request's [`Report`](crate::facts::Report)).
 //!
 //! # Example
 //! ```
@@ -32,7 +36,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::gemini::GeminiPathRef;
+use crate::facts::Report;
 
 /// The path to show in log lines and spans instead of the request's own, set in request
 /// extensions by a router that knows the route's template (`/admin/tokens/{id}`) when the real
@@ -104,26 +108,19 @@ where
         // With the line and the request span both off, there is nothing to prepare.
         let span = tracing::Span::current();
         let line = tracing::enabled!(target: "tower_gemini::access", tracing::Level::WARN);
-        let path = if line || !span.is_disabled() {
-            // A key pasted into the path (as a model name) is masked like any other.
-            let path = log_path(&req);
-            if !span.is_disabled() {
-                if let Some(p) = GeminiPathRef::parse(&path) {
-                    if !p.model.is_empty() {
-                        let model = crate::secret::scrub(p.model);
-                        span.record("model", &*model);
-                    }
-                }
-            }
-            if line { path } else { String::new() }
-        } else {
-            String::new()
-        };
+        // A key pasted into the path is masked like any other.
+        let path = if line { log_path(&req) } else { String::new() };
+        // The model is named once the answer's head is ready: by then the layers below have
+        // resolved it (an alias renamed, an OpenAI body read) into the request's report.
+        let model = (!span.is_disabled())
+            .then(|| Report::of(&req).cloned().map(|report| (report, span)))
+            .flatten();
         ResponseFuture {
             inner: self.inner.call(req),
             start: Instant::now(),
             method,
             path,
+            model,
         }
     }
 }
@@ -136,6 +133,7 @@ pin_project! {
         start: Instant,
         method: Method,
         path: String,
+        model: Option<(Report, tracing::Span)>,
     }
 }
 
@@ -157,6 +155,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
+        if let Some((report, span)) = this.model.take() {
+            if let Some(model) = report.model() {
+                span.record("model", &*crate::secret::scrub(&model));
+            }
+        }
         let latency_ms = this.start.elapsed().as_secs_f64() * 1000.0;
         match &out {
             Ok(res) => tracing::info!(

@@ -257,7 +257,16 @@ where
 
 // === BodyLimit ===
 
+/// The default cap on a request body, for every layer that reads or buffers one (the
+/// gateway's body limit, the OpenAI front, the request policy): 20 MiB, room for a few inline
+/// images. `full_proxy`'s `MAX_BODY_BYTES` sets it for all of them at once.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+
 /// Applies [`BodyLimit`]: buffers request bodies up to a limit, answering 413 past it.
+///
+/// Why not tower-http's `RequestBodyLimitLayer`: it streams and answers 413 in plain text; this
+/// one buffers (so key retries and stream resumes can replay the body), bounds the read time
+/// (408) and answers in the route's JSON dialect.
 ///
 /// Requests reach the inner service with a buffered [`Body`], which retries can replay. A
 /// `Content-Length` over the limit is refused before a byte is read; a chunked body is refused

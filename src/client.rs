@@ -5,6 +5,9 @@
 //! it, HTTP/1.1 otherwise, keep-alive), asks for an uncompressed body (the layers above read
 //! streams event by event), and bounds two waits with one timeout: the wait for response
 //! headers and the silence between body chunks. A healthy stream may last as long as it likes.
+//! (Why not tower-http's `TimeoutLayer`: it bounds the whole response, a long healthy stream
+//! included, and answers an empty 408; here a timeout is an error the gateway answers as 504 in
+//! the route's dialect.)
 //!
 //! Errors are [`tower_gemini::Error`](crate::Error)s: `is_timeout()` or `is_upstream()`, with
 //! no URL or query string in their `Display`.

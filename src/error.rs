@@ -8,6 +8,25 @@
 //! [`Error`] is the one opaque error type for failures that are not answers (transport errors,
 //! timeouts); its `Display` never carries a secret or a query string.
 //!
+//! # Upstream failures
+//!
+//! One mapping, [`ApiError::from_transport`], turns a failed upstream call into the client's
+//! answer, wherever the call failed (the gateway's error layer, key rotation):
+//!
+//! | Failure | Answer |
+//! |---|---|
+//! | A timeout waiting for upstream headers, found anywhere in the error's source chain ([`Error::is_timeout`], an `io::Error` of kind `TimedOut`, tokio's `Elapsed`, a hyper, hyper-util or reqwest timeout) | 504 Gateway Timeout, `DEADLINE_EXCEEDED` |
+//! | A connect failure (refused, unreachable, TLS) or any other transport error | 502 Bad Gateway, `UNAVAILABLE` |
+//! | An [`ApiError`] or another crate [`Error`] | what it says ([`Error::to_api_error`]) |
+//!
+//! Either is a JSON error in the route's dialect whose message is fixed text: no secret, no
+//! URL, no query string. The error itself is logged once, scrubbed, where it is caught.
+//!
+//! An error *answer* from the upstream (a 4xx or 5xx with a body) is relayed with its status,
+//! its body read up to a bound and every known secret, and anything shaped like a key, masked
+//! (see [`crate::secret`]); a body past the bound or unreadable becomes a short error of the
+//! same status.
+//!
 //! # Example
 //! ```
 //! use http::StatusCode;
@@ -21,6 +40,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::body::{Body, BoxError};
@@ -285,6 +305,91 @@ pub fn gemini_status_name(status: StatusCode) -> &'static str {
     }
 }
 
+// === Upstream error answers ===
+
+/// An upstream error answer (a 4xx or 5xx), its body read up to a bound: the one way an
+/// upstream error reaches a client.
+///
+/// Read it with [`read`](Self::read), look at it (key rotation classifies the key by it), then
+/// relay it with [`into_response`](Self::into_response), which scrubs the body.
+#[derive(Debug)]
+#[cfg_attr(
+    not(any(
+        feature = "key-rotation",
+        all(feature = "request-id", feature = "bearer-auth")
+    )),
+    allow(dead_code)
+)]
+pub(crate) struct UpstreamError {
+    parts: http::response::Parts,
+    /// `None`: larger than the bound, or the body failed.
+    body: Option<Bytes>,
+}
+
+#[cfg_attr(
+    not(any(
+        feature = "key-rotation",
+        all(feature = "request-id", feature = "bearer-auth")
+    )),
+    allow(dead_code)
+)]
+impl UpstreamError {
+    /// Reads an error answer's body, at most `max` bytes.
+    pub(crate) async fn read<B>(res: Response<B>, max: usize) -> Self
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = res.into_parts();
+        let body = crate::body::collect_limited(body, max).await.ok();
+        Self { parts, body }
+    }
+
+    /// The body, when it was read whole.
+    pub(crate) fn body(&self) -> Option<&[u8]> {
+        self.body.as_deref()
+    }
+
+    /// The answer relayed to the client: the upstream status and headers, and the body with
+    /// each of `known` (the keys and tokens the gateway holds) and anything [`scrub`] takes
+    /// for a key masked. A body that was not read whole becomes a short error of the same
+    /// status in `dialect` (keeping `Retry-After`).
+    ///
+    /// [`scrub`]: crate::secret::scrub
+    pub(crate) fn into_response<S: AsRef<str>>(
+        self,
+        known: &[S],
+        dialect: Dialect,
+    ) -> Response<Body> {
+        let Self { mut parts, body } = self;
+        let Some(bytes) = body else {
+            let mut res = ApiError::new(
+                parts.status,
+                "the upstream answered with an error that could not be relayed",
+            )
+            .into_response(dialect);
+            if let Some(after) = parts.headers.remove(header::RETRY_AFTER) {
+                res.headers_mut().insert(header::RETRY_AFTER, after);
+            }
+            return res;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let clean = crate::secret::scrub_known(&text, known);
+        // Unchanged text: the original bytes (even when not UTF-8; a key is ASCII and would
+        // have shown in the lossy text).
+        let bytes = if clean == text {
+            bytes
+        } else {
+            Bytes::from(clean.into_owned())
+        };
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        Response::from_parts(parts, Body::from(bytes))
+    }
+}
+
 // === Error ===
 
 /// The crate's opaque error: transport failures, timeouts and other failures that are not
@@ -375,11 +480,22 @@ impl Error {
         self.inner.kind == Kind::Store
     }
 
-    /// The answer a client gets for this error, in a dialect.
+    /// The answer a client gets for this error: a timeout, or an upstream or body failure
+    /// caused by one, is a 504; any other upstream or body failure a 502 (see the
+    /// [module docs](self#upstream-failures)).
     pub fn to_api_error(&self) -> ApiError {
         match self.inner.kind {
-            Kind::Timeout => ApiError::gateway_timeout("the upstream did not answer in time"),
-            Kind::Upstream => ApiError::bad_gateway("the upstream could not be reached"),
+            Kind::Timeout => ApiError::gateway_timeout(TIMEOUT_MESSAGE),
+            Kind::Upstream | Kind::Body
+                if self
+                    .inner
+                    .source
+                    .as_deref()
+                    .is_some_and(|e| has_timeout(e as &(dyn std::error::Error + 'static))) =>
+            {
+                ApiError::gateway_timeout(TIMEOUT_MESSAGE)
+            }
+            Kind::Upstream => ApiError::bad_gateway(UNREACHABLE_MESSAGE),
             Kind::Body => ApiError::bad_gateway("the upstream body failed"),
             Kind::Config => ApiError::internal("the gateway is misconfigured"),
             Kind::Redis => {
@@ -389,17 +505,89 @@ impl Error {
         }
     }
 
-    /// Maps any boxed error to an answer: a crate [`Error`] answers for itself, anything
-    /// else is a 502.
+    /// Maps any boxed error to an answer.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ApiError::from_transport`, the one mapping"
+    )]
     pub fn api_error_of(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        ApiError::from_transport(err)
+    }
+}
+
+// === Transport failures ===
+
+const TIMEOUT_MESSAGE: &str = "the upstream did not answer in time";
+const UNREACHABLE_MESSAGE: &str = "the upstream could not be reached";
+
+impl ApiError {
+    /// The answer for a failed upstream call (the service's `Err`, not an error status): the
+    /// crate's one mapping of transport errors to statuses.
+    ///
+    /// An [`ApiError`] answers for itself and a crate [`Error`] through
+    /// [`Error::to_api_error`]; anything else is a 504 when a timeout is anywhere in its source
+    /// chain and a 502 otherwise (see the [module docs](self#upstream-failures)). The message
+    /// is fixed text, never the error's own, which may hold a URL with `?key=`.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_gemini::{ApiError, Error};
+    ///
+    /// let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+    /// assert_eq!(ApiError::from_transport(&Error::upstream(slow)).status(), StatusCode::GATEWAY_TIMEOUT);
+    /// let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// assert_eq!(ApiError::from_transport(&refused).status(), StatusCode::BAD_GATEWAY);
+    /// ```
+    pub fn from_transport(err: &(dyn std::error::Error + 'static)) -> ApiError {
+        if let Some(api) = err.downcast_ref::<ApiError>() {
+            return api.clone();
+        }
         if let Some(e) = err.downcast_ref::<Error>() {
             return e.to_api_error();
         }
-        if let Some(e) = err.downcast_ref::<ApiError>() {
-            return e.clone();
+        if has_timeout(err) {
+            ApiError::gateway_timeout(TIMEOUT_MESSAGE)
+        } else {
+            ApiError::bad_gateway(UNREACHABLE_MESSAGE)
         }
-        ApiError::bad_gateway("the upstream could not be reached")
     }
+}
+
+/// Whether `err` or any error in its source chain is a timeout.
+fn has_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if is_timeout_leaf(e) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether this one error (not its sources) says it is a timeout.
+fn is_timeout_leaf(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<Error>() {
+        return e.is_timeout();
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        // An io::Error's `source()` skips the error it wraps: look at that one here.
+        return io.kind() == std::io::ErrorKind::TimedOut
+            || io
+                .get_ref()
+                .is_some_and(|inner| is_timeout_leaf(inner as &(dyn std::error::Error + 'static)));
+    }
+    if e.is::<tokio::time::error::Elapsed>() {
+        return true;
+    }
+    #[cfg(any(feature = "client", feature = "testing"))]
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        return h.is_timeout();
+    }
+    // Errors whose type is private to their crate (reqwest's `TimedOut`, tower's `Elapsed`
+    // without its feature) are known by their text.
+    let text = e.to_string();
+    text.contains("timed out") || text.contains("deadline has elapsed")
 }
 
 impl fmt::Debug for Error {
@@ -501,6 +689,173 @@ mod tests {
         let e = ApiError::too_many_requests("slow down", Duration::from_millis(1500));
         let res = e.into_response(Dialect::Gemini);
         assert_eq!(res.headers()["retry-after"], "2");
+    }
+
+    #[derive(Debug)]
+    struct Wrapper(BoxError);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("client error (SendRequest)")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    fn answer(err: impl std::error::Error + 'static) -> ApiError {
+        ApiError::from_transport(&err)
+    }
+
+    #[test]
+    fn a_timeout_anywhere_in_the_chain_is_a_504() {
+        let io_timeout = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+        assert_eq!(
+            answer(Error::timeout()).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(answer(io_timeout()).status(), StatusCode::GATEWAY_TIMEOUT);
+        // The gateway's own error around a timeout, and a foreign wrapper around either.
+        assert_eq!(
+            answer(Error::upstream(io_timeout())).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            answer(Wrapper(Box::new(Error::timeout()))).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            answer(Wrapper(Box::new(Wrapper(io_timeout().into())))).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        // An error type only known by its text (reqwest's private `TimedOut`).
+        assert_eq!(
+            answer(Wrapper("operation timed out".into())).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+
+    #[tokio::test]
+    async fn tokio_elapsed_is_a_504() {
+        let elapsed = tokio::time::timeout(Duration::ZERO, std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        assert_eq!(answer(elapsed).status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn other_transport_errors_are_a_502() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(answer(refused()).status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            answer(Error::upstream(refused())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            answer(Wrapper(refused().into())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            answer(Wrapper("tls handshake eof".into())).status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    #[test]
+    fn answers_carry_no_url_or_secret() {
+        const LEAKY: &str = "error sending request for url \
+            (http://127.0.0.1:9/v1beta/models?key=AIzaSySECRETSECRETSECRETSECRET0000000)";
+        for err in [
+            answer(Wrapper(LEAKY.into())),
+            answer(Error::upstream(LEAKY)),
+            answer(Wrapper(format!("{LEAKY}: operation timed out").into())),
+        ] {
+            for dialect in [Dialect::Gemini, Dialect::OpenAi] {
+                let v = err.to_json(dialect).to_string();
+                assert!(
+                    !v.contains("SECRET") && !v.contains("127.0.0.1") && !v.contains("key="),
+                    "{v}"
+                );
+            }
+        }
+        let v = answer(Error::timeout()).to_json(Dialect::Gemini);
+        assert_eq!(v["error"]["code"], 504);
+        assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
+        let v = answer(Error::timeout()).to_json(Dialect::OpenAi);
+        assert_eq!(v["error"]["type"], "server_error");
+        let v = answer(Wrapper(LEAKY.into())).to_json(Dialect::Gemini);
+        assert_eq!(v["error"]["code"], 502);
+        assert_eq!(v["error"]["status"], "UNAVAILABLE");
+    }
+
+    #[test]
+    fn gateway_errors_and_answers_keep_their_own_status() {
+        // A Redis timeout is the shared store's failure, not the upstream's.
+        let redis = Error::redis(Error::timeout());
+        assert_eq!(answer(redis).status(), StatusCode::SERVICE_UNAVAILABLE);
+        let config = Error::config("upstream url timed out?");
+        assert_eq!(answer(config).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let api = ApiError::too_many_requests("slow down", Duration::from_secs(2));
+        assert_eq!(answer(api.clone()), api);
+    }
+
+    fn upstream(status: u16, body: impl Into<Body>) -> Response<Body> {
+        let mut res = Response::new(body.into());
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(1_000_000));
+        res
+    }
+
+    async fn text_of(res: Response<Body>) -> String {
+        let body = crate::body::collect_limited(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn relayed_error_bodies_are_scrubbed_of_known_and_shaped_keys() {
+        let body = r#"{"error":{"code":403,"message":"api_key:AIzaSyA1234567890abcdefghijklmnopqrstuv and plain-secret-upstream-key-1 denied","status":"PERMISSION_DENIED"}}"#;
+        let err = UpstreamError::read(upstream(403, body), 1024).await;
+        assert_eq!(err.body(), Some(body.as_bytes()));
+        let res = err.into_response(&["plain-secret-upstream-key-1"], Dialect::Gemini);
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let length = res.headers()[header::CONTENT_LENGTH].clone();
+        let text = text_of(res).await;
+        assert_eq!(length, text.len().to_string().as_str());
+        assert!(!text.contains("1234567890abcdefghijkl"), "{text}");
+        assert!(!text.contains("plain-secret-upstream-key-1"), "{text}");
+        assert!(text.contains("PERMISSION_DENIED"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_error_body_is_relayed_byte_for_byte() {
+        let body = &b"{\"error\":{\"code\":404,\"message\":\"no \xff model\"}}"[..];
+        let err = UpstreamError::read(upstream(404, Bytes::from_static(body)), 1024).await;
+        let res = err.into_response(&["some-known-secret-12345"], Dialect::Gemini);
+        let got = crate::body::collect_limited(res.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], body);
+    }
+
+    #[tokio::test]
+    async fn an_error_body_past_the_bound_becomes_a_short_error_of_the_same_status() {
+        let long = format!("AIzaSyA1234567890abcdefghijklmnopqrstuv{}", "x".repeat(100));
+        let mut res = upstream(429, long);
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        let err = UpstreamError::read(res, 16).await;
+        assert_eq!(err.body(), None);
+        let res = err.into_response(&[] as &[&str], Dialect::OpenAi);
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "7");
+        let v: serde_json::Value = serde_json::from_str(&text_of(res).await).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -46,7 +46,6 @@
 //! # });
 //! ```
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -54,18 +53,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::access_log::AccessLogLayer;
-use crate::auth::{BearerAuthLayer, TokenStore, X_GOOG_API_KEY, strip_credentials};
+use crate::auth::{BearerAuthLayer, TokenStore};
 use crate::body::{Body, BodyLimitLayer, BoxError};
-use crate::error::{Dialect, Error};
+use crate::error::{ApiError, Dialect, UpstreamError};
 use crate::request_id::RequestIdLayer;
 use crate::secret::{ApiKey, ClientKey, SecretSet};
 
-/// Default cap on request bodies: 20 MiB (inline images make Gemini requests large).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+use crate::body::DEFAULT_MAX_BODY_BYTES;
 
 /// Builds a [`Gateway`].
 #[derive(Clone)]
@@ -210,7 +208,7 @@ impl GatewayBuilder {
     }
 
     /// Request bodies larger than this are refused with 413 (default
-    /// [`DEFAULT_MAX_BODY_BYTES`]).
+    /// [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
         self
@@ -374,6 +372,7 @@ impl GatewayBuilder {
         #[cfg(not(feature = "usage"))]
         let inner = svc;
         let svc = ServiceBuilder::new()
+            .layer(crate::facts::FactsLayer::new())
             .option_layer(self.request_id.then(RequestIdLayer::new))
             .layer(AccessLogLayer::new())
             .service(inner);
@@ -449,13 +448,9 @@ impl<S> Layer<S> for SetUpstreamKeyLayer {
     type Service = SetUpstreamKey<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let value = HeaderValue::from_str(self.0.expose()).map(|mut v| {
-            v.set_sensitive(true);
-            v
-        });
         SetUpstreamKey {
             inner,
-            value: value.ok(),
+            key: self.0.clone(),
             fingerprint: self.0.fingerprint(),
         }
     }
@@ -464,7 +459,7 @@ impl<S> Layer<S> for SetUpstreamKeyLayer {
 #[derive(Clone, Debug)]
 struct SetUpstreamKey<S> {
     inner: S,
-    value: Option<HeaderValue>,
+    key: ApiKey,
     fingerprint: String,
 }
 
@@ -481,21 +476,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
-        strip_credentials(&mut req);
         // Own-key mode: the client's key, for this request only.
-        let own = req.extensions().get::<ClientKey>().and_then(|k| {
-            let mut v = HeaderValue::from_str(k.key().expose()).ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
-        if let Some(v) = own {
-            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v);
-        } else if let Some(v) = &self.value {
-            req.headers_mut().insert(X_GOOG_API_KEY.clone(), v.clone());
+        if let Some(own) = req.extensions().get::<ClientKey>().cloned() {
+            crate::credential::set_upstream_key(&mut req, own.key());
+        } else {
+            crate::credential::set_upstream_key(&mut req, &self.key);
             tracing::Span::current().record("key.id", self.fingerprint.as_str());
-            #[cfg(feature = "usage")]
-            if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
-                h.record_key(&self.fingerprint);
+            if let Some(report) = crate::facts::Report::of(&req) {
+                report.record_key(&self.fingerprint);
             }
         }
         self.inner.call(req)
@@ -560,12 +548,14 @@ where
             let res = fut.await.map_err(Into::<BoxError>::into);
             match res {
                 Ok(res) if res.status().is_client_error() || res.status().is_server_error() => {
-                    let own = own.as_ref().map(|k| k.key().expose());
-                    Ok(scrub_error_body(res.map(Body::new), &secrets, own, dialect).await)
+                    let upstream = UpstreamError::read(res, MAX_ERROR_BODY).await;
+                    let mut known = secrets.snapshot();
+                    known.extend(own.map(|k| Arc::from(k.key().expose())));
+                    Ok(upstream.into_response(&known, dialect))
                 }
                 Ok(res) => Ok(res.map(Body::new)),
                 Err(e) => {
-                    let api = Error::api_error_of(&*e);
+                    let api = ApiError::from_transport(&*e);
                     tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
                         status = api.status().as_u16(),
@@ -578,39 +568,10 @@ where
     }
 }
 
-/// Reads an error body (bounded) and masks every secret in it.
-pub(crate) async fn scrub_error_body(
-    res: Response<Body>,
-    secrets: &SecretSet,
-    also: Option<&str>,
-    dialect: Dialect,
-) -> Response<Body> {
-    let (mut parts, body) = res.into_parts();
-    let status = parts.status;
-    let bytes = match crate::body::collect_limited(body, MAX_ERROR_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            let api =
-                crate::ApiError::new(status, "the upstream answered with an unreadable error");
-            return api.into_response(dialect);
-        }
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let clean = secrets.scrub(&text);
-    let clean = match also {
-        Some(secret) => Cow::Owned(crate::secret::scrub_known(&clean, &[secret]).into_owned()),
-        None => clean,
-    };
-    if clean == text {
-        return Response::from_parts(parts, Body::from(bytes));
-    }
-    parts.headers.remove(http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(clean.into_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use crate::auth::MemoryTokenStore;
     use crate::body::collect_limited;
     use http::StatusCode;
@@ -635,6 +596,51 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
         assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_inside_a_transport_error_is_a_504_without_key_rotation_too() {
+        // Key rotation answered this 504 and the gateway 502 before the one mapping.
+        let upstream = service_fn(|_req: Request<Body>| async {
+            let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+            Err::<Response<Body>, _>(Error::upstream(slow))
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+        let v: serde_json::Value =
+            serde_json::from_slice(&collect_limited(res.into_body(), 4096).await.unwrap()).unwrap();
+        assert_eq!(v["error"]["status"], "DEADLINE_EXCEEDED");
+    }
+
+    #[tokio::test]
+    async fn upstream_error_bodies_are_scrubbed_of_the_upstream_key() {
+        let upstream = service_fn(|req: Request<Body>| async move {
+            let key = req.headers()["x-goog-api-key"].to_str().unwrap().to_owned();
+            let body = format!(
+                r#"{{"error":{{"code":403,"message":"key {key} denied","status":"PERMISSION_DENIED"}}}}"#
+            );
+            let mut res = Response::new(Body::from(body));
+            *res.status_mut() = StatusCode::FORBIDDEN;
+            Ok::<_, Error>(res)
+        });
+        let gw = Gateway::builder()
+            .upstream_key(ApiKey::new("plain-upstream-key-0123456789"))
+            .build(upstream);
+        let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = gw.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = collect_limited(res.into_body(), 4096).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("plain-upstream-key-0123456789"), "{text}");
+        assert!(text.contains("PERMISSION_DENIED"), "{text}");
     }
 
     #[tokio::test]

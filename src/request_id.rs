@@ -7,6 +7,9 @@
 //! inner service (so the upstream sees it), recorded in a `request` tracing span entered around
 //! every poll of the inner future, and set on the response.
 //!
+//! Why not tower-http's `SetRequestIdLayer`/`PropagateRequestIdLayer`: they pass any client
+//! value on to logs and upstream; this layer checks it first and opens the request's span.
+//!
 //! # Example
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {

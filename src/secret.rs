@@ -204,6 +204,15 @@ impl SecretSet {
         v.retain(|s| &**s != secret);
     }
 
+    /// The secrets held now.
+    #[cfg_attr(
+        not(all(feature = "request-id", feature = "bearer-auth")),
+        allow(dead_code)
+    )]
+    pub(crate) fn snapshot(&self) -> Vec<Arc<str>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Masks every known secret, and anything [`scrub`] recognises, in `text`.
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let v = self.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -215,6 +224,78 @@ impl fmt::Debug for SecretSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.inner.read().map_or(0, |v| v.len());
         f.debug_struct("SecretSet").field("len", &n).finish()
+    }
+}
+
+// === TokenDigest ===
+
+/// The SHA-256 digest of a client token: what a [`MemoryTokenStore`](crate::auth::MemoryTokenStore) (and a database behind
+/// it) keeps instead of the token. Client tokens are random (see `auth::mint_token`), so a fast hash
+/// is enough; there is no password to stretch.
+///
+/// ```
+/// use tower_gemini::auth::TokenDigest;
+/// let d = TokenDigest::of("sk-client-token-1");
+/// assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
+/// assert!(!d.to_hex().contains("client"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg(any(feature = "bearer-auth", feature = "persist"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "bearer-auth", feature = "persist"))))]
+pub struct TokenDigest([u8; 32]);
+
+#[cfg(any(feature = "bearer-auth", feature = "persist"))]
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The digest as 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 64 hex characters.
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let bytes = hex_digest.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+        }
+        Some(Self(out))
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Constant-time equality.
+    pub(crate) fn ct_eq(&self, other: &TokenDigest) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+#[cfg(any(feature = "bearer-auth", feature = "persist"))]
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", &self.to_hex()[..12])
+    }
+}
+
+#[cfg(any(feature = "bearer-auth", feature = "persist"))]
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
     }
 }
 

@@ -718,3 +718,72 @@ async fn a_stream_ending_with_an_empty_stop_is_resumed_in_both_formats() {
         assert_eq!(fake.received().len(), 2, "{uri}: one resume");
     }
 }
+
+#[tokio::test]
+async fn browser_origins_get_cors_only_when_configured() {
+    const APP: &str = "https://app.example.com";
+    let fake = fake().await;
+    let preflight = || {
+        Request::options("/v1/chat/completions")
+            .header("origin", APP)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    // Off by default: no CORS header on any answer, and no token-free preflight.
+    let plain = proxy_for(&fake).await;
+    let res = send(&plain, preflight()).await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(fake.total_requests(), 0);
+
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", &fake.url()),
+        ("CORS_ALLOWED_ORIGINS", APP),
+    ])
+    .await;
+    // A preflight carries no token and is answered by the gateway itself.
+    let res = send(&proxy, preflight()).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(res.headers()["access-control-allow-origin"], APP);
+    let allowed = res.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("x-goog-api-key"));
+    assert_eq!(
+        fake.total_requests(),
+        0,
+        "a preflight never reaches upstream"
+    );
+
+    // The call itself still needs a token, and its answer names the origin and exposes the id.
+    let call = |token: Option<&str>, origin: &str| {
+        let mut b = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .header("origin", origin)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            b = b.header("x-goog-api-key", t);
+        }
+        b.body(Body::from(prompt("hi"))).unwrap()
+    };
+    let res = send(&proxy, call(None, APP)).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = send(&proxy, call(Some(&proxy.token), APP)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["access-control-allow-origin"], APP);
+    assert!(
+        res.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-request-id")
+    );
+    // Another origin is not named.
+    let res = send(&proxy, call(Some(&proxy.token), "https://evil.example")).await;
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}

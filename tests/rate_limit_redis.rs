@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use support::redis_url;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::Body;
-use tower_gemini::auth::Identity;
+use tower_gemini::facts::Identity;
 use tower_gemini::rate_limit::{
     Check, RateLimitLayer, RateLimitStore, RedisStore, Rule, Settlement,
 };

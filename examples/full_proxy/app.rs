@@ -218,6 +218,10 @@ impl App {
             .route_layer(axum::middleware::map_request(log_route_template))
             .fallback_service(gateway)
             .layer(axum::middleware::map_request(client_addr));
+        let router = match cors(&config.cors_allowed_origins) {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         Ok(App {
             router,
             config,
@@ -228,6 +232,53 @@ impl App {
             minted_admin_token,
         })
     }
+}
+
+/// CORS for browser clients (tower-http's layer, outside everything: a preflight carries no
+/// token and is answered here), or `None` without `CORS_ALLOWED_ORIGINS`.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        // Checked when the configuration was read.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-goog-api-key",
+        "x-goog-api-client",
+        "x-request-id",
+        "x-api-key",
+        "anthropic-version",
+        "openai-beta",
+    ];
+    let exposed = [
+        "x-request-id",
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+    ];
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(headers.map(HeaderName::from_static))
+            .expose_headers(exposed.map(HeaderName::from_static))
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Answers 404 for paths that are not Gemini API paths (after the OpenAI front has taken its

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tower_gemini::key_rotation::Strategy;
-use tower_gemini::policy::PolicyConfig;
+use tower_gemini::policy::{InjectPosition, PolicyConfig, ThinkingBudget};
 use tower_gemini::rate_limit::ModelLimits;
 
 /// Log output format.
@@ -49,6 +49,8 @@ pub struct Config {
     pub max_requests_per_day_per_ip: Option<u64>,
     pub model_limits: Option<ModelLimits>,
     pub trusted_proxies: Vec<String>,
+    /// `CORS_ALLOWED_ORIGINS`: origins a browser may call from (`*` for any); empty: no CORS.
+    pub cors_allowed_origins: Vec<String>,
     pub redis_url: Option<String>,
     pub redis_prefix: String,
     /// When the rate limit store (Redis) fails: let requests through (`true`) or answer 503.
@@ -115,6 +117,7 @@ impl fmt::Debug for Config {
             )
             .field("model_limits", &self.model_limits)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
             // A Redis URL may hold a password.
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
@@ -170,6 +173,7 @@ impl Config {
             "max_requests_per_day_per_ip": self.max_requests_per_day_per_ip,
             "model_limits": self.model_limits.as_ref().map(|m| format!("{m:?}")),
             "trusted_proxies": self.trusted_proxies,
+            "cors_allowed_origins": self.cors_allowed_origins,
             "redis_url": self.redis_url.as_deref().map(without_userinfo),
             "redis_key_prefix": self.redis_prefix,
             "rate_limit_fail_open": self.rate_limit_fail_open,
@@ -323,12 +327,9 @@ impl Config {
             max_requests_per_day_per_ip: positive(env, "MAX_REQUESTS_PER_DAY_PER_IP")?,
             model_limits,
             trusted_proxies: list(env, "TRUSTED_PROXIES")?,
+            cors_allowed_origins: origins(env)?,
             redis_url: get("REDIS_URL").map(str::to_owned),
-            policy: PolicyConfig::from_env(env).map_err(|e| {
-                let msg = e.to_string();
-                let msg = msg.strip_prefix("invalid configuration: ").unwrap_or(&msg);
-                ConfigError(msg.to_owned())
-            })?,
+            policy: policy_from_env(env)?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
             rate_limit_fail_open: boolean(env, "RATE_LIMIT_FAIL_OPEN", true)?,
         })
@@ -535,6 +536,150 @@ pub fn list(env: &HashMap<String, String>, name: &str) -> Result<Vec<String>, Co
     Ok(items)
 }
 
+/// `CORS_ALLOWED_ORIGINS`: `*` alone, or origins such as `https://app.example.com`.
+fn origins(env: &HashMap<String, String>) -> Result<Vec<String>, ConfigError> {
+    let origins = list(env, "CORS_ALLOWED_ORIGINS")?;
+    if origins.len() > 1 && origins.iter().any(|o| o == "*") {
+        return Err(ConfigError(
+            "CORS_ALLOWED_ORIGINS: `*` stands alone (any origin) or not at all".into(),
+        ));
+    }
+    for o in origins.iter().filter(|o| *o != "*") {
+        let valid = (o.starts_with("http://") || o.starts_with("https://"))
+            && !o.ends_with('/')
+            && http::HeaderValue::from_str(o).is_ok();
+        if !valid {
+            return Err(ConfigError(format!(
+                "CORS_ALLOWED_ORIGINS: `{o}` is not an origin such as https://app.example.com"
+            )));
+        }
+    }
+    Ok(origins)
+}
+
+// === The request policy's variables ===
+
+/// The request policy's variables (`INJECT_PROMPT`, `MODEL_ALIASES`, ...; README's "Request
+/// policy" rows), read into the library's [`PolicyConfig`].
+pub fn policy_from_env(env: &HashMap<String, String>) -> Result<PolicyConfig, ConfigError> {
+    let inject_prompt = env_value(env, "INJECT_PROMPT").map(str::to_owned);
+    let inject_prompt_position = match env_value(env, "INJECT_PROMPT_POSITION") {
+        None => InjectPosition::default(),
+        Some(v) => InjectPosition::parse(v).ok_or_else(|| {
+            ConfigError(format!(
+                "INJECT_PROMPT_POSITION: `{v}` is not one of system, user_prefix, user_suffix"
+            ))
+        })?,
+    };
+    let thinking_models = models(list(env, "THINKING_MODELS")?);
+    let thinking_budget = match env_value(env, "THINKING_BUDGET") {
+        None => ThinkingBudget::None,
+        Some(v) if v.contains('=') || v.starts_with('{') => ThinkingBudget::PerModel(
+            pairs(env, "THINKING_BUDGET")?
+                .into_iter()
+                .map(|(m, b)| Ok((m, budget("THINKING_BUDGET", &b)?)))
+                .collect::<Result<_, ConfigError>>()?,
+        ),
+        Some(v) => ThinkingBudget::All(budget("THINKING_BUDGET", v)?),
+    };
+    let model_aliases = pairs(env, "MODEL_ALIASES")?;
+    for (alias, target) in &model_aliases {
+        if alias == target {
+            return Err(ConfigError(format!(
+                "MODEL_ALIASES: `{alias}` is an alias of itself"
+            )));
+        }
+    }
+    Ok(PolicyConfig {
+        inject_prompt,
+        inject_prompt_position,
+        disable_safety_filtering: boolean(env, "DISABLE_SAFETY_FILTERING", false)?,
+        thinking_budget,
+        thinking_models,
+        show_thinking_process: optional_boolean(env, "SHOW_THINKING_PROCESS")?,
+        model_search: models(list(env, "MODEL_SEARCH")?),
+        show_search_link: boolean(env, "SHOW_SEARCH_LINK", false)?,
+        tools_code_execution_enabled: boolean(env, "TOOLS_CODE_EXECUTION_ENABLED", false)?,
+        model_aliases,
+        allowed_models: models(list(env, "ALLOWED_MODELS")?),
+    })
+}
+
+fn budget(name: &str, v: &str) -> Result<i32, ConfigError> {
+    match v.trim().parse::<i32>() {
+        Ok(b) if b >= -1 => Ok(b),
+        _ => Err(ConfigError(format!(
+            "{name}: `{v}` is not a thinking budget (-1 for dynamic, 0 for off, or a token count)"
+        ))),
+    }
+}
+
+fn models(list: Vec<String>) -> Vec<String> {
+    list.iter()
+        .map(|m| tower_gemini::gemini::strip_models_prefix(m).to_owned())
+        .collect()
+}
+
+/// `a=b,c=d` or a JSON object of strings (or numbers, for budgets).
+fn pairs(env: &HashMap<String, String>, name: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(raw) = env_value(env, name) else {
+        return Ok(Vec::new());
+    };
+    let raw_pairs: Vec<(String, String)> = if raw.starts_with('{') {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(raw)
+            .map_err(|_| ConfigError(format!("{name}: not a valid JSON object")))?;
+        map.into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                serde_json::Value::Number(n) => Ok((k, n.to_string())),
+                _ => Err(ConfigError(format!(
+                    "{name}: the value of `{k}` must be a string"
+                ))),
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        raw.split(',')
+            .map(|item| {
+                item.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "{name}: `{}` is not of the form name=value",
+                            item.trim()
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut out: Vec<(String, String)> = Vec::with_capacity(raw_pairs.len());
+    for (k, v) in raw_pairs {
+        let clean = |s: &str| {
+            tower_gemini::gemini::strip_models_prefix(s.trim().trim_matches(['"', '\'']).trim())
+                .to_owned()
+        };
+        let (k, v) = (clean(&k), clean(&v));
+        if k.is_empty() || v.is_empty() {
+            return Err(ConfigError(format!("{name}: `{k}={v}` has an empty side")));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(ConfigError(format!("{name}: `{k}` is given twice")));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// `boolean` for a variable whose absence means something of its own.
+fn optional_boolean(
+    env: &HashMap<String, String>,
+    name: &str,
+) -> Result<Option<bool>, ConfigError> {
+    match env_value(env, name) {
+        None => Ok(None),
+        Some(_) => boolean(env, name, false).map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,6 +747,9 @@ mod tests {
             ("MODEL_LIMITS", "gemini-2.5-pro=5rpx"),
             ("MAX_REQUESTS_PER_MINUTE", "-1"),
             ("RATE_LIMIT_FAIL_OPEN", "sometimes"),
+            ("CORS_ALLOWED_ORIGINS", "*,https://a.example"),
+            ("CORS_ALLOWED_ORIGINS", "app.example.com"),
+            ("CORS_ALLOWED_ORIGINS", "https://a.example/"),
             ("SHOW_THINKING_PROCESS", "perhaps"),
             ("INJECT_PROMPT_POSITION", "middle"),
             ("LOG_REQUEST_BODIES", "sometimes"),
@@ -610,5 +758,111 @@ mod tests {
             let err = Config::from_map(&env(&[(k, v)])).err().unwrap();
             assert!(err.0.starts_with(k), "{err}");
         }
+    }
+
+    // === The request policy's variables ===
+    #[test]
+    fn policy_empty_env_has_no_rules() {
+        let cfg = policy_from_env(&HashMap::new()).unwrap();
+        assert_eq!(cfg, PolicyConfig::default());
+        assert!(!cfg.is_active());
+        assert!(cfg.layer().rules().is_empty());
+    }
+
+    #[test]
+    fn policy_reads_every_variable() {
+        let cfg = policy_from_env(&env(&[
+            ("INJECT_PROMPT", "Be brief."),
+            ("INJECT_PROMPT_POSITION", "USER_SUFFIX"),
+            ("DISABLE_SAFETY_FILTERING", "1"),
+            ("THINKING_BUDGET", "-1"),
+            (
+                "THINKING_MODELS",
+                r#"["gemini-2.5-flash", "models/gemini-2.5-pro"]"#,
+            ),
+            ("SHOW_THINKING_PROCESS", "false"),
+            ("MODEL_SEARCH", "gemini-2.5-flash, gemini-2.5-pro"),
+            ("SHOW_SEARCH_LINK", "yes"),
+            ("TOOLS_CODE_EXECUTION_ENABLED", "on"),
+            (
+                "MODEL_ALIASES",
+                "gpt-4o=gemini-2.5-pro, gpt-4o-mini = models/gemini-2.5-flash",
+            ),
+            ("ALLOWED_MODELS", "gpt-4o,gemini-2.5-flash"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.inject_prompt.as_deref(), Some("Be brief."));
+        assert_eq!(cfg.inject_prompt_position, InjectPosition::UserSuffix);
+        assert!(cfg.disable_safety_filtering);
+        assert_eq!(cfg.thinking_budget, ThinkingBudget::All(-1));
+        assert_eq!(cfg.thinking_models, ["gemini-2.5-flash", "gemini-2.5-pro"]);
+        assert_eq!(cfg.show_thinking_process, Some(false));
+        assert_eq!(cfg.model_search, ["gemini-2.5-flash", "gemini-2.5-pro"]);
+        assert!(cfg.show_search_link && cfg.tools_code_execution_enabled);
+        assert_eq!(
+            cfg.model_aliases,
+            [
+                ("gpt-4o".to_owned(), "gemini-2.5-pro".to_owned()),
+                ("gpt-4o-mini".to_owned(), "gemini-2.5-flash".to_owned())
+            ]
+        );
+        assert_eq!(cfg.allowed_models, ["gpt-4o", "gemini-2.5-flash"]);
+        assert_eq!(cfg.layer().rules().len(), 8);
+    }
+
+    #[test]
+    fn policy_thinking_budget_per_model_and_json_aliases() {
+        let cfg = policy_from_env(&env(&[
+            ("THINKING_BUDGET", "gemini-2.5-pro=2048,gemini-2.5-flash=0"),
+            ("MODEL_ALIASES", r#"{"gpt-4o": "gemini-2.5-pro"}"#),
+        ]))
+        .unwrap();
+        assert_eq!(
+            cfg.thinking_budget,
+            ThinkingBudget::PerModel(vec![
+                ("gemini-2.5-pro".into(), 2048),
+                ("gemini-2.5-flash".into(), 0)
+            ])
+        );
+        assert_eq!(
+            cfg.model_aliases,
+            [("gpt-4o".into(), "gemini-2.5-pro".into())]
+        );
+    }
+
+    #[test]
+    fn policy_bad_values_name_the_variable() {
+        for (name, value) in [
+            ("DISABLE_SAFETY_FILTERING", "maybe"),
+            ("SHOW_THINKING_PROCESS", "2"),
+            ("SHOW_SEARCH_LINK", "y e s"),
+            ("TOOLS_CODE_EXECUTION_ENABLED", "enabled"),
+            ("INJECT_PROMPT_POSITION", "middle"),
+            ("THINKING_BUDGET", "lots"),
+            ("THINKING_BUDGET", "-2"),
+            ("THINKING_BUDGET", "gemini-2.5-pro=x"),
+            ("THINKING_MODELS", "a,,b"),
+            ("MODEL_SEARCH", "[1, 2]"),
+            ("MODEL_ALIASES", "gpt-4o"),
+            ("MODEL_ALIASES", "gpt-4o=,x=y"),
+            ("MODEL_ALIASES", "a=b,a=c"),
+            ("MODEL_ALIASES", "a=a"),
+            ("MODEL_ALIASES", "{not json"),
+            ("ALLOWED_MODELS", "[\"a\""),
+        ] {
+            let err = policy_from_env(&env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn policy_empty_values_are_unset() {
+        let cfg = policy_from_env(&env(&[
+            ("INJECT_PROMPT", "  "),
+            ("DISABLE_SAFETY_FILTERING", ""),
+            ("MODEL_ALIASES", ""),
+        ]))
+        .unwrap();
+        assert!(!cfg.is_active());
     }
 }

@@ -46,14 +46,17 @@ mod layer;
 mod service;
 mod store;
 
-pub use credentials::{
-    CredentialSource, X_GOOG_API_KEY, client_key_id, credential, query_param, remove_query_param,
-    strip_credentials,
+pub use crate::credential::{
+    CredentialSource, X_GOOG_API_KEY, credential, query_param, remove_query_param,
+    strip as strip_credentials,
 };
+pub use crate::facts::Identity;
+pub use crate::secret::TokenDigest;
+pub use credentials::client_key_id;
 pub use future::ResponseFuture;
 pub use layer::BearerAuthLayer;
 pub use service::BearerAuth;
-pub use store::{Identity, MemoryTokenStore, TokenDigest, TokenInfo, TokenStore, mint_token};
+pub use store::{MemoryTokenStore, TokenInfo, TokenStore, mint_token};
 
 #[cfg(test)]
 mod tests;

@@ -87,9 +87,8 @@ where
                     req.extensions_mut().insert(key);
                 }
                 tracing::Span::current().record("client", identity.id());
-                #[cfg(feature = "usage")]
-                if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
-                    h.record_client(&identity);
+                if let Some(report) = crate::facts::Report::of(&req) {
+                    report.record_client(&identity);
                 }
                 req.extensions_mut().insert(identity);
                 ResponseFuture {

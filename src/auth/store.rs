@@ -4,54 +4,8 @@
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use subtle::ConstantTimeEq;
-
-use super::credentials::hex;
-use crate::secret::mask;
-
-/// Who a request comes from, stored in request extensions by [`BearerAuth`](super::BearerAuth).
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Identity {
-    name: Arc<str>,
-    id: Arc<str>,
-    admin: bool,
-}
-
-impl Identity {
-    /// A client identity.
-    pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
-        Self {
-            name: name.into(),
-            id: id.into(),
-            admin,
-        }
-    }
-
-    /// The client's name (a label, never the token).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A stable id for the client: the masked token. Safe for logs and stats.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
-    /// Whether this client may use admin routes.
-    pub fn is_admin(&self) -> bool {
-        self.admin
-    }
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("name", &self.name)
-            .field("id", &self.id)
-            .field("admin", &self.admin)
-            .finish()
-    }
-}
+use crate::facts::Identity;
+use crate::secret::{TokenDigest, mask};
 
 /// Looks up client tokens: the plug point for token databases.
 pub trait TokenStore: Send + Sync + 'static {
@@ -62,60 +16,6 @@ pub trait TokenStore: Send + Sync + 'static {
 impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     fn authenticate(&self, token: &str) -> Option<Identity> {
         (**self).authenticate(token)
-    }
-}
-
-/// The SHA-256 digest of a client token: what a [`MemoryTokenStore`] (and a database behind
-/// it) keeps instead of the token. Client tokens are random (see [`mint_token`]), so a fast hash
-/// is enough; there is no password to stretch.
-///
-/// ```
-/// use tower_gemini::auth::TokenDigest;
-/// let d = TokenDigest::of("sk-client-token-1");
-/// assert_eq!(TokenDigest::from_hex(&d.to_hex()), Some(d));
-/// assert!(!d.to_hex().contains("client"));
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenDigest([u8; 32]);
-
-impl TokenDigest {
-    /// The digest of `token`.
-    pub fn of(token: &str) -> Self {
-        use sha2::Digest;
-        Self(sha2::Sha256::digest(token.as_bytes()).into())
-    }
-
-    /// The digest as 64 lowercase hex characters.
-    pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// Parses 64 hex characters.
-    pub fn from_hex(hex_digest: &str) -> Option<Self> {
-        let bytes = hex_digest.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = hex(pair[0])? << 4 | hex(pair[1])?;
-        }
-        Some(Self(out))
-    }
-
-    /// The raw digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    fn ct_eq(&self, other: &TokenDigest) -> bool {
-        bool::from(self.0.ct_eq(&other.0))
-    }
-}
-
-impl fmt::Debug for TokenDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TokenDigest({}…)", &self.to_hex()[..12])
     }
 }
 
@@ -140,9 +40,9 @@ struct Entry {
 impl Entry {
     fn info(&self) -> TokenInfo {
         TokenInfo {
-            id: self.identity.id.to_string(),
-            name: self.identity.name.to_string(),
-            admin: self.identity.admin,
+            id: self.identity.id().to_owned(),
+            name: self.identity.name().to_owned(),
+            admin: self.identity.is_admin(),
             digest: self.digest,
         }
     }
@@ -184,7 +84,7 @@ impl MemoryTokenStore {
             let taken = |id: &str| {
                 entries
                     .iter()
-                    .any(|e| &*e.identity.id == id && !e.digest.ct_eq(&digest))
+                    .any(|e| e.identity.id() == id && !e.digest.ct_eq(&digest))
             };
             let mut id = masked.clone();
             let mut n = 1;
@@ -227,7 +127,7 @@ impl MemoryTokenStore {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let (removed, kept) = std::mem::take(&mut *entries)
             .into_iter()
-            .partition(|e| e.digest.ct_eq(&digest) || &*e.identity.id == token_or_id);
+            .partition(|e| e.digest.ct_eq(&digest) || e.identity.id() == token_or_id);
         *entries = kept;
         removed.iter().map(Entry::info).collect()
     }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use http::{Request, Response, StatusCode};
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
-use super::credentials::percent_decode;
 use super::*;
 use crate::body::{Body, collect_limited};
 use crate::secret::{ClientKey, mask};
@@ -141,13 +140,6 @@ async fn revoked_token_is_refused_on_the_next_request() {
         svc.oneshot(again).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
-}
-
-#[test]
-fn query_params_are_decoded() {
-    assert_eq!(query_param("a=1&key=x%2By", "key").as_deref(), Some("x+y"));
-    assert_eq!(query_param("a=1", "key"), None);
-    assert_eq!(percent_decode("%zz%4"), "%zz%4");
 }
 
 #[tokio::test]

@@ -156,6 +156,14 @@ impl GeminiError {
         self.error_info()?.reason.as_deref()
     }
 
+    /// The first [`RetryInfo`] detail.
+    pub fn retry_info(&self) -> Option<&RetryInfo> {
+        self.details().iter().find_map(|d| match d {
+            ErrorDetail::RetryInfo(r) => Some(r),
+            _ => None,
+        })
+    }
+
     /// How long to wait before retrying: `RetryInfo.retryDelay`, else the
     /// "Please retry in 12.5s." hint of the message. `None` when neither parses.
     pub fn retry_delay(&self) -> Option<Duration> {
@@ -580,6 +588,61 @@ mod tests {
             "details":[{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"soon"}]}}"#;
         let e = GeminiError::parse(body).unwrap();
         assert_eq!(e.retry_delay(), None);
+    }
+
+    /// A real 429 of the free tier, as Google sends it.
+    const QUOTA_429: &str = r#"{"error":{"code":429,"message":"You exceeded your current quota. Please retry in 41.5s.","status":"RESOURCE_EXHAUSTED","details":[{"@type":"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":"generativelanguage.googleapis.com/generate_content_free_tier_requests","quotaId":"GenerateRequestsPerDayPerProjectPerModel-FreeTier","quotaDimensions":{"location":"global","model":"gemini-2.0-flash"},"quotaValue":"250"}]},{"@type":"type.googleapis.com/google.rpc.Help","links":[{"description":"Learn more","url":"https://ai.google.dev/gemini-api/docs/rate-limits"}]},{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"41s"}]}}"#;
+
+    #[test]
+    fn reads_a_real_429() {
+        let e = GeminiError::parse(QUOTA_429.as_bytes()).unwrap();
+        assert!(e.is_resource_exhausted());
+        assert_eq!(
+            e.retry_info().and_then(RetryInfo::delay),
+            Some(Duration::from_secs(41))
+        );
+        // RetryInfo wins over the message's "retry in 41.5s".
+        assert_eq!(e.retry_delay(), Some(Duration::from_secs(41)));
+        assert_eq!(
+            e.quota_ids(),
+            ["GenerateRequestsPerDayPerProjectPerModel-FreeTier"]
+        );
+        let v = e.quota_violations().next().unwrap();
+        assert!(v.is_per_day() && !v.is_per_minute());
+        assert_eq!(v.model(), Some("gemini-2.0-flash"));
+        assert_eq!(v.limit(), Some(250));
+        assert_eq!(e.reason(), None);
+        assert_eq!(
+            e.details()[1].type_url(),
+            Some("type.googleapis.com/google.rpc.Help")
+        );
+        // Read and written again, it is the same JSON.
+        let again: Value = serde_json::from_str(QUOTA_429).unwrap();
+        assert_eq!(e.to_json(), again);
+    }
+
+    #[test]
+    fn reads_the_reason_of_an_invalid_key() {
+        let body = br#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}}"#;
+        let e = GeminiError::parse(body).unwrap();
+        assert_eq!(e.reason(), Some("API_KEY_INVALID"));
+        assert_eq!(e.status(), "INVALID_ARGUMENT");
+        assert_eq!(e.code(), 400);
+        assert!(e.is_api_key_invalid());
+        assert_eq!(
+            e.error_info().unwrap().metadata["service"],
+            "generativelanguage.googleapis.com"
+        );
+        assert_eq!(e.retry_info(), None);
+        assert!(e.quota_ids().is_empty());
+    }
+
+    #[test]
+    fn reads_details_inside_the_array_wrapper() {
+        let wrapped = format!("[{QUOTA_429}]");
+        let e = GeminiError::parse(wrapped.as_bytes()).unwrap();
+        assert_eq!(e.retry_delay(), Some(Duration::from_secs(41)));
+        assert_eq!(e.quota_ids().len(), 1);
     }
 
     #[test]

@@ -1,88 +1,11 @@
-//! What an upstream answer means for the key that sent it.
-//!
-//! A small private parser of Gemini error bodies over `serde_json::Value`: the `status`, the
-//! `ErrorInfo` reason, the `RetryInfo` delay and the `QuotaFailure` quota ids. It may later be
-//! replaced by the crate's typed Gemini error structs.
+//! What an upstream answer means for the key that sent it, read from the status and the
+//! crate's one reading of Gemini error bodies, [`GeminiError`].
 
 use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::Value;
 
-/// The parts of a Gemini error body that matter for key rotation.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct ErrorDetails {
-    /// `error.status`, e.g. `RESOURCE_EXHAUSTED`.
-    pub(crate) status: Option<String>,
-    /// `ErrorInfo.reason`, e.g. `API_KEY_INVALID`.
-    pub(crate) reason: Option<String>,
-    /// `RetryInfo.retryDelay`.
-    pub(crate) retry_delay: Option<Duration>,
-    /// `QuotaFailure.violations[].quotaId`.
-    pub(crate) quota_ids: Vec<String>,
-}
-
-impl ErrorDetails {
-    /// Parses a Gemini error body; anything unexpected gives empty details.
-    pub(crate) fn parse(body: &[u8]) -> ErrorDetails {
-        let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return ErrorDetails::default();
-        };
-        // Some front ends wrap the error in a one-element array.
-        let error = match &v {
-            Value::Array(items) => items.first().and_then(|i| i.get("error")),
-            other => other.get("error"),
-        };
-        let Some(error) = error else {
-            return ErrorDetails::default();
-        };
-        let mut out = ErrorDetails {
-            status: error
-                .get("status")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            ..ErrorDetails::default()
-        };
-        let details = error.get("details").and_then(Value::as_array);
-        for detail in details.into_iter().flatten() {
-            let ty = detail.get("@type").and_then(Value::as_str).unwrap_or("");
-            if ty.ends_with("google.rpc.ErrorInfo") {
-                if let Some(reason) = detail.get("reason").and_then(Value::as_str) {
-                    out.reason = Some(reason.to_owned());
-                }
-            } else if ty.ends_with("google.rpc.RetryInfo") {
-                out.retry_delay = detail
-                    .get("retryDelay")
-                    .and_then(Value::as_str)
-                    .and_then(parse_proto_duration);
-            } else if ty.ends_with("google.rpc.QuotaFailure") {
-                let violations = detail.get("violations").and_then(Value::as_array);
-                out.quota_ids.extend(
-                    violations
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|v| v.get("quotaId").and_then(Value::as_str))
-                        .map(str::to_owned),
-                );
-            }
-        }
-        out
-    }
-
-    /// Whether a quota violation is a daily one (reset at midnight Pacific time).
-    pub(crate) fn is_per_day(&self) -> bool {
-        self.quota_ids.iter().any(|id| id.contains("PerDay"))
-    }
-}
-
-/// Parses a protobuf JSON Duration such as `"12s"` or `"1.5s"`.
-pub(crate) fn parse_proto_duration(s: &str) -> Option<Duration> {
-    let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return None;
-    }
-    Some(Duration::from_secs_f64(secs))
-}
+use crate::gemini::{GeminiError, QuotaViolation, RetryInfo};
 
 /// What one upstream answer means for the key and for the request.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,33 +32,37 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// Classifies an upstream answer from its status and (bounded, maybe absent) error body.
-    pub(crate) fn classify(status: StatusCode, details: &ErrorDetails) -> Outcome {
+    /// Classifies an upstream answer from its status and its error body, when that parsed.
+    pub(crate) fn classify(status: StatusCode, error: Option<&GeminiError>) -> Outcome {
+        let reason = error.and_then(GeminiError::reason);
         match status.as_u16() {
             200..=299 => Outcome::Success,
             429 => Outcome::Exhausted {
-                retry_delay: details.retry_delay,
-                per_day: details.is_per_day(),
+                // RetryInfo only: without it the pool's own cool-down applies, not a hint
+                // read from the message.
+                retry_delay: error
+                    .and_then(|e| e.retry_info())
+                    .and_then(RetryInfo::delay),
+                per_day: error
+                    .is_some_and(|e| e.quota_violations().any(QuotaViolation::is_per_day)),
             },
-            400 => {
-                if details.reason.as_deref() == Some("API_KEY_INVALID") {
-                    Outcome::KeyFailure {
-                        reason: "API_KEY_INVALID".to_owned(),
-                    }
-                } else if details.status.as_deref() == Some("FAILED_PRECONDITION") {
-                    let reason = details.reason.as_deref().unwrap_or("FAILED_PRECONDITION");
-                    Outcome::KeyFailure {
-                        reason: format!("FAILED_PRECONDITION ({})", short(reason)),
-                    }
-                } else {
-                    Outcome::Final
-                }
-            }
+            400 => match error {
+                Some(e) if e.is_api_key_invalid() => Outcome::KeyFailure {
+                    reason: "API_KEY_INVALID".to_owned(),
+                },
+                Some(e) if e.status() == "FAILED_PRECONDITION" => Outcome::KeyFailure {
+                    reason: format!(
+                        "FAILED_PRECONDITION ({})",
+                        short(reason.unwrap_or("FAILED_PRECONDITION"))
+                    ),
+                },
+                _ => Outcome::Final,
+            },
             401 => Outcome::KeyFailure {
-                reason: reason_or(details, "UNAUTHENTICATED"),
+                reason: reason_or(reason, "UNAUTHENTICATED"),
             },
             403 => Outcome::KeyFailure {
-                reason: reason_or(details, "PERMISSION_DENIED"),
+                reason: reason_or(reason, "PERMISSION_DENIED"),
             },
             500 | 502 | 503 | 504 => Outcome::Transient,
             _ => Outcome::Final,
@@ -143,8 +70,8 @@ impl Outcome {
     }
 }
 
-fn reason_or(details: &ErrorDetails, status: &str) -> String {
-    match &details.reason {
+fn reason_or(reason: Option<&str>, status: &str) -> String {
+    match reason {
         Some(r) => format!("{status} ({})", short(r)),
         None => status.to_owned(),
     }
@@ -169,14 +96,20 @@ mod tests {
 
     const INVALID_KEY: &str = r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com","metadata":{"service":"generativelanguage.googleapis.com"}}]}}"#;
 
+    fn parse(body: &str) -> Option<GeminiError> {
+        GeminiError::parse(body.as_bytes())
+    }
+
     #[test]
-    fn parses_a_real_429() {
-        let d = ErrorDetails::parse(QUOTA_429.as_bytes());
-        assert_eq!(d.status.as_deref(), Some("RESOURCE_EXHAUSTED"));
-        assert_eq!(d.retry_delay, Some(Duration::from_secs(12)));
-        assert!(!d.is_per_day());
+    fn a_real_429_cools_the_key_for_its_retry_delay() {
+        let e = parse(QUOTA_429).unwrap();
+        assert_eq!(e.status(), "RESOURCE_EXHAUSTED");
         assert_eq!(
-            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, &d),
+            e.quota_ids(),
+            ["GenerateRequestsPerMinutePerProjectPerModel-FreeTier"]
+        );
+        assert_eq!(
+            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, Some(&e)),
             Outcome::Exhausted {
                 retry_delay: Some(Duration::from_secs(12)),
                 per_day: false
@@ -185,48 +118,73 @@ mod tests {
     }
 
     #[test]
-    fn fractional_and_bad_durations() {
+    fn fractional_retry_delays_are_kept() {
+        let body = QUOTA_429.replace("\"12s\"", "\"1.5s\"");
         assert_eq!(
-            parse_proto_duration("1.5s"),
-            Some(Duration::from_millis(1500))
+            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, parse(&body).as_ref()),
+            Outcome::Exhausted {
+                retry_delay: Some(Duration::from_millis(1500)),
+                per_day: false
+            }
         );
-        assert_eq!(parse_proto_duration("0s"), Some(Duration::ZERO));
-        assert_eq!(parse_proto_duration("12"), None);
-        assert_eq!(parse_proto_duration("-1s"), None);
-        assert_eq!(parse_proto_duration("NaNs"), None);
+    }
+
+    #[test]
+    fn the_message_hint_alone_is_not_a_retry_delay() {
+        // The pool's cool-down applies unless RetryInfo says otherwise.
+        let body = r#"{"error":{"code":429,"message":"Please retry in 12.5s.","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(
+            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, parse(body).as_ref()),
+            Outcome::Exhausted {
+                retry_delay: None,
+                per_day: false
+            }
+        );
     }
 
     #[test]
     fn per_day_quota_is_recognised() {
         let body = QUOTA_429.replace("PerMinute", "PerDay");
-        assert!(ErrorDetails::parse(body.as_bytes()).is_per_day());
+        assert!(matches!(
+            Outcome::classify(StatusCode::TOO_MANY_REQUESTS, parse(&body).as_ref()),
+            Outcome::Exhausted { per_day: true, .. }
+        ));
     }
 
     #[test]
     fn invalid_key_is_a_key_failure_other_400_is_final() {
-        let d = ErrorDetails::parse(INVALID_KEY.as_bytes());
+        let c = |body: &str| Outcome::classify(StatusCode::BAD_REQUEST, parse(body).as_ref());
+        assert_eq!(
+            c(INVALID_KEY),
+            Outcome::KeyFailure {
+                reason: "API_KEY_INVALID".to_owned()
+            }
+        );
+        // The same error in the one-element array a non-SSE stream wraps it in.
         assert!(matches!(
-            Outcome::classify(StatusCode::BAD_REQUEST, &d),
+            c(&format!("[{INVALID_KEY}]")),
             Outcome::KeyFailure { .. }
         ));
         let other = r#"{"error":{"code":400,"message":"Invalid JSON payload","status":"INVALID_ARGUMENT"}}"#;
-        let d = ErrorDetails::parse(other.as_bytes());
-        assert_eq!(
-            Outcome::classify(StatusCode::BAD_REQUEST, &d),
-            Outcome::Final
-        );
+        assert_eq!(c(other), Outcome::Final);
         let precondition = r#"{"error":{"code":400,"message":"User location is not supported","status":"FAILED_PRECONDITION"}}"#;
-        let d = ErrorDetails::parse(precondition.as_bytes());
-        assert!(matches!(
-            Outcome::classify(StatusCode::BAD_REQUEST, &d),
-            Outcome::KeyFailure { .. }
-        ));
+        assert!(matches!(c(precondition), Outcome::KeyFailure { .. }));
+    }
+
+    #[test]
+    fn reasons_name_the_key_failure() {
+        let body = r#"{"error":{"code":403,"message":"m","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_SERVICE_BLOCKED <b>"}]}}"#;
+        assert_eq!(
+            Outcome::classify(StatusCode::FORBIDDEN, parse(body).as_ref()),
+            Outcome::KeyFailure {
+                reason: "PERMISSION_DENIED (API_KEY_SERVICE_BLOCKEDb)".to_owned()
+            }
+        );
     }
 
     #[test]
     fn statuses_without_bodies() {
-        let none = ErrorDetails::default();
-        let c = |s: u16| Outcome::classify(StatusCode::from_u16(s).unwrap(), &none);
+        let c = |s: u16| Outcome::classify(StatusCode::from_u16(s).unwrap(), None);
         assert_eq!(c(200), Outcome::Success);
         assert!(matches!(c(401), Outcome::KeyFailure { .. }));
         assert!(matches!(c(403), Outcome::KeyFailure { .. }));
@@ -244,14 +202,20 @@ mod tests {
     }
 
     #[test]
-    fn garbage_bodies_give_no_details() {
-        assert_eq!(ErrorDetails::parse(b"not json"), ErrorDetails::default());
-        assert_eq!(ErrorDetails::parse(b"{}"), ErrorDetails::default());
-        assert_eq!(
-            ErrorDetails::parse(br#"[{"error":{"status":"UNAVAILABLE"}}]"#)
-                .status
-                .as_deref(),
-            Some("UNAVAILABLE")
-        );
+    fn garbage_bodies_classify_by_status_alone() {
+        for garbage in ["not json", "{}", "<html>403</html>", "[1,2]"] {
+            let e = parse(garbage);
+            assert!(e.is_none(), "{garbage}");
+            assert_eq!(
+                Outcome::classify(StatusCode::BAD_REQUEST, e.as_ref()),
+                Outcome::Final
+            );
+            assert_eq!(
+                Outcome::classify(StatusCode::FORBIDDEN, e.as_ref()),
+                Outcome::KeyFailure {
+                    reason: "PERMISSION_DENIED".to_owned()
+                }
+            );
+        }
     }
 }

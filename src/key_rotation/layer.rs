@@ -1,6 +1,5 @@
 //! The `KeyRotationLayer`, its service and response future.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,24 +8,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use tower::{Layer, Service, ServiceExt};
 use tracing::{Instrument, field};
 
-use super::classify::{ErrorDetails, Outcome};
+use super::classify::Outcome;
 use super::pool::{KeyId, KeyPool, Lease, Pick};
-use crate::body::{Body, BoxError, collect_limited};
-use crate::error::{ApiError, Dialect};
-use crate::gemini::{GeminiPath, GeminiPathRef, strip_models_prefix};
+use crate::body::{Body, BoxError};
+use crate::error::{ApiError, Dialect, UpstreamError};
+use crate::gemini::GeminiError;
 use crate::secret::{ApiKey, ClientKey, scrub_known};
 
 const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_DEFAULT_ATTEMPTS: usize = 5;
-static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+use crate::credential::X_GOOG_API_KEY;
 
 #[derive(Clone, Copy, Debug)]
 struct Config {
@@ -172,11 +170,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // The ready inner service goes into the future; this one keeps a fresh clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let model = model_of(&req);
+        crate::facts::resolve_call(&mut req);
+        // The model as the layers above resolved it (an alias renamed): cool-downs are per
+        // real model.
+        let model = crate::facts::model(&req).unwrap_or_default().to_owned();
         let dialect = Dialect::of(&req);
         // Debug level: the attempt and key that served the request are recorded once on the
         // enclosing request span (`RequestIdLayer` declares `attempt` and `key.id`), so the
@@ -204,17 +205,6 @@ where
             inner: Box::pin(attempt.run(inner, Body::new(body)).instrument(span)),
         }
     }
-}
-
-/// The model a request is for: from a parsed [`GeminiPath`] extension, else the path; empty
-/// for routes without a model.
-fn model_of<B>(req: &Request<B>) -> String {
-    if let Some(p) = req.extensions().get::<GeminiPath>() {
-        return strip_models_prefix(&p.model).to_owned();
-    }
-    GeminiPathRef::parse(req.uri().path())
-        .map(|p| p.model.to_owned())
-        .unwrap_or_default()
 }
 
 /// One request's way through the keys.
@@ -263,7 +253,7 @@ impl Attempts {
         ResB: http_body::Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        strip_client_credentials(&mut self.parts);
+        crate::credential::strip_parts(&mut self.parts);
         if let Some(own) = self.parts.extensions.get::<ClientKey>().cloned() {
             *served = Some((1, None));
             return self.run_own_key(inner, body, own.key()).await;
@@ -297,9 +287,8 @@ impl Attempts {
             span.record("attempt", attempt);
             span.record("key.id", lease.id().as_str());
             *served = Some((attempt, Some(lease.id().clone())));
-            #[cfg(feature = "usage")]
-            if let Some(h) = self.parts.extensions.get::<crate::usage::UsageHandle>() {
-                h.record_key(lease.id().as_str());
+            if let Some(report) = self.parts.extensions.get::<crate::facts::Report>() {
+                report.record_key(lease.id().as_str());
             }
 
             let req_body = if attempt == budget {
@@ -326,8 +315,7 @@ impl Attempts {
 
             match inner.call(req).await {
                 Ok(res) => {
-                    let (parts, res_body) = res.into_parts();
-                    let status = parts.status;
+                    let status = res.status();
                     span.record("status", status.as_u16());
                     if status.as_u16() < 400 {
                         let outcome = if status.is_success() {
@@ -338,25 +326,22 @@ impl Attempts {
                         self.pool
                             .report(&mut lease, &self.model, &outcome, None)
                             .await;
+                        let (parts, res_body) = res.into_parts();
                         let body = hold_lease(Body::new(res_body), lease);
                         return Ok(Response::from_parts(parts, body));
                     }
-                    let bytes = collect_limited(res_body, self.config.max_error_body)
-                        .await
-                        .ok();
-                    let details = bytes
-                        .as_deref()
-                        .map(ErrorDetails::parse)
-                        .unwrap_or_default();
-                    let outcome = Outcome::classify(status, &details);
-                    let error = (outcome != Outcome::Final).then(|| short_error(status, &details));
+                    let upstream = UpstreamError::read(res, self.config.max_error_body).await;
+                    let error = upstream.body().and_then(GeminiError::parse);
+                    let outcome = Outcome::classify(status, error.as_ref());
+                    let short =
+                        (outcome != Outcome::Final).then(|| short_error(status, error.as_ref()));
                     self.pool
-                        .report(&mut lease, &self.model, &outcome, error)
+                        .report(&mut lease, &self.model, &outcome, short)
                         .await;
                     let key = lease.key().clone();
                     tried.push(lease.id().clone());
                     drop(lease);
-                    let res = self.relay_error(parts, bytes, &key);
+                    let res = self.relay_error(upstream, &key);
                     match outcome {
                         Outcome::Exhausted { .. } | Outcome::KeyFailure { .. } => {
                             last_transient = false;
@@ -393,7 +378,7 @@ impl Attempts {
                         .await;
                     tried.push(lease.id().clone());
                     drop(lease);
-                    let answer = transport_answer(&*e);
+                    let answer = ApiError::from_transport(&*e);
                     last = Some(answer.into_response(self.dialect));
                     last_transient = true;
                     if attempt < budget {
@@ -434,15 +419,12 @@ impl Attempts {
         };
         match inner.call(req).await {
             Ok(res) => {
-                let (parts, res_body) = res.into_parts();
-                span.record("status", parts.status.as_u16());
-                if parts.status.as_u16() < 400 {
-                    return Ok(Response::from_parts(parts, Body::new(res_body)));
+                span.record("status", res.status().as_u16());
+                if res.status().as_u16() < 400 {
+                    return Ok(res.map(Body::new));
                 }
-                let bytes = collect_limited(res_body, self.config.max_error_body)
-                    .await
-                    .ok();
-                Ok(self.relay_error(parts, bytes, key))
+                let upstream = UpstreamError::read(res, self.config.max_error_body).await;
+                Ok(self.relay_error(upstream, key))
             }
             Err(e) => {
                 let e: BoxError = e.into();
@@ -450,7 +432,7 @@ impl Attempts {
                     error = %scrub_known(&e.to_string(), &[key.expose()]),
                     "upstream transport error on the client's own key"
                 );
-                Ok(transport_answer(&*e).into_response(self.dialect))
+                Ok(ApiError::from_transport(&*e).into_response(self.dialect))
             }
         }
     }
@@ -472,8 +454,7 @@ impl Attempts {
     }
 
     fn request(&self, body: Body, key: &ApiKey) -> Option<Request<Body>> {
-        let mut value = HeaderValue::from_str(key.expose()).ok()?;
-        value.set_sensitive(true);
+        let value = crate::credential::upstream_key_value(key)?;
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
@@ -489,64 +470,20 @@ impl Attempts {
         self.config.retry_backoff.saturating_mul(1 << exp)
     }
 
-    /// The upstream error as relayed to the client: the body scrubbed of every key.
-    fn relay_error(
-        &self,
-        mut parts: http::response::Parts,
-        body: Option<Bytes>,
-        used: &ApiKey,
-    ) -> Response<Body> {
-        let Some(bytes) = body else {
-            return ApiError::new(
-                parts.status,
-                "the upstream answered with an error that could not be relayed",
-            )
-            .into_response(self.dialect);
-        };
+    /// The upstream error as relayed to the client: the body scrubbed of every key of the
+    /// pool and the one used.
+    fn relay_error(&self, upstream: UpstreamError, used: &ApiKey) -> Response<Body> {
         let list = self.pool.secrets();
         let mut secrets: Vec<&str> = list.entries.iter().map(|e| e.key.expose()).collect();
         secrets.push(used.expose());
-        let scrubbed = {
-            let text = String::from_utf8_lossy(&bytes);
-            match scrub_known(&text, &secrets) {
-                Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => None,
-                clean => Some(clean.into_owned()),
-            }
-        };
-        let bytes = scrubbed.map_or(bytes, Bytes::from);
-        parts.headers.remove(CONTENT_LENGTH);
-        parts.headers.remove(TRANSFER_ENCODING);
-        parts
-            .headers
-            .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        Response::from_parts(parts, Body::from(bytes))
+        upstream.into_response(&secrets, self.dialect)
     }
-}
-
-/// The answer for a transport error: 504 for a timeout anywhere in its source chain, else 502.
-fn transport_answer(err: &(dyn std::error::Error + 'static)) -> ApiError {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        let timed_out = e
-            .downcast_ref::<crate::Error>()
-            .is_some_and(crate::Error::is_timeout)
-            || e.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            || e.to_string().contains("timed out");
-        if timed_out {
-            return ApiError::gateway_timeout("the upstream did not answer in time");
-        }
-        next = e.source();
-    }
-    crate::Error::api_error_of(err)
 }
 
 /// A short, secret-free description of an upstream error for the key's state.
-fn short_error(status: StatusCode, details: &ErrorDetails) -> String {
-    let name = details
-        .reason
-        .as_deref()
-        .or(details.status.as_deref())
+fn short_error(status: StatusCode, error: Option<&GeminiError>) -> String {
+    let name = error
+        .and_then(|e| e.reason().or(Some(e.status()).filter(|s| !s.is_empty())))
         .unwrap_or_else(|| status.canonical_reason().unwrap_or(""));
     let name: String = name
         .chars()
@@ -554,46 +491,6 @@ fn short_error(status: StatusCode, details: &ErrorDetails) -> String {
         .take(64)
         .collect();
     format!("{} {name}", status.as_u16())
-}
-
-/// Removes every client credential: `authorization`, `x-goog-api-key` and `?key=`.
-fn strip_client_credentials(parts: &mut Parts) {
-    parts.headers.remove(AUTHORIZATION);
-    parts.headers.remove(&X_GOOG_API_KEY);
-    if let Some(uri) = without_key_param(&parts.uri) {
-        parts.uri = uri;
-    }
-}
-
-fn is_key_param(pair: &str) -> bool {
-    pair.split('=').next() == Some("key")
-}
-
-/// The URI without its `key` query parameters, or `None` when it has none.
-fn without_key_param(uri: &Uri) -> Option<Uri> {
-    let query = uri.query()?;
-    if !query.split('&').any(is_key_param) {
-        return None;
-    }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !is_key_param(p))
-        .collect();
-    let path = uri.path();
-    let path_and_query = if kept.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    };
-    let mut parts = uri.clone().into_parts();
-    // The kept pieces come from a valid URI, so this parses; fall back to the bare path.
-    parts.path_and_query = Some(
-        path_and_query
-            .parse()
-            .or_else(|_| path.parse())
-            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/")),
-    );
-    Uri::from_parts(parts).ok().or_else(|| path.parse().ok())
 }
 
 /// Keeps the key counted in flight until a streamed body is done.
@@ -654,47 +551,5 @@ impl<E> Future for ResponseFuture<E> {
 impl<E> fmt::Debug for ResponseFuture<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts_answer_504_other_transport_errors_502() {
-        let timeout = crate::Error::timeout();
-        assert_eq!(
-            transport_answer(&timeout).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
-        let wrapped = crate::Error::upstream(io);
-        assert_eq!(
-            transport_answer(&wrapped).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
-        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(transport_answer(&refused).status(), StatusCode::BAD_GATEWAY);
-    }
-
-    #[test]
-    fn removes_only_the_key_param() {
-        let uri: Uri = "/v1beta/models/m:streamGenerateContent?alt=sse&key=client-secret&x=1"
-            .parse()
-            .unwrap();
-        let clean = without_key_param(&uri).unwrap();
-        assert_eq!(
-            clean.to_string(),
-            "/v1beta/models/m:streamGenerateContent?alt=sse&x=1"
-        );
-        let only: Uri = "/v1beta/models?key=abc".parse().unwrap();
-        assert_eq!(
-            without_key_param(&only).unwrap().to_string(),
-            "/v1beta/models"
-        );
-        let none: Uri = "/v1beta/models?pageSize=5&keyword=1".parse().unwrap();
-        assert!(without_key_param(&none).is_none());
     }
 }

@@ -42,7 +42,7 @@
 //! |---|---|---|
 //! | 2xx | failures reset, cool-down for the model cleared | relayed (a stream is never retried) |
 //! | 429 | cools for *that model*: `RetryInfo.retryDelay`, else exponential backoff with jitter from [`cooldown`](KeyPoolBuilder::cooldown); a per-day quota parks it until midnight Pacific (UTC-8) | retried on another key at once |
-//! | 400 `API_KEY_INVALID`, 400 `FAILED_PRECONDITION`, 401, 403 | one failure; [`max_failures`](KeyPoolBuilder::max_failures) in a row disable it until a re-probe | retried on another key at once |
+//! | 400 `API_KEY_INVALID` (the `ErrorInfo` reason, or "API key not valid" when there is none), 400 `FAILED_PRECONDITION`, 401, 403 | one failure; [`max_failures`](KeyPoolBuilder::max_failures) in a row disable it until a re-probe | retried on another key at once |
 //! | 500, 502, 503, 504, transport error, timeout | one transient failure; [`max_transient_failures`](KeyPoolBuilder::max_transient_failures) in a row (default 3) rest it for every model for the base [`cooldown`](KeyPoolBuilder::cooldown), then it comes back; any other answer resets the count | retried with a small backoff |
 //! | any other 4xx (bad request, 404) | untouched | relayed, no retry |
 //!
@@ -58,8 +58,10 @@
 //! A retry replays the request body, so it needs a buffered body ([`Body::as_bytes`]
 //! is `Some`): put a body-limit or buffering layer before this one. A streaming request body
 //! gets one attempt. The number of attempts defaults to the number of usable keys, at most 5
-//! ([`KeyRotationLayer::max_attempts`]). Upstream error bodies are read (up to 64 KiB) to be
-//! classified and are relayed with every pool key scrubbed.
+//! ([`KeyRotationLayer::max_attempts`]). Upstream error bodies are read (up to 64 KiB) and
+//! classified through [`GeminiError`](crate::gemini::GeminiError), and are relayed with every
+//! pool key scrubbed. When the last attempt fails on the transport, the client gets 504 for a
+//! timeout and 502 otherwise ([`ApiError::from_transport`](crate::ApiError::from_transport)).
 //!
 //! # Credentials
 //! The layer removes every client credential (`authorization`, `x-goog-api-key`, `?key=`) and

@@ -28,8 +28,7 @@ use crate::gemini::{
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
 };
 
-/// The default cap on an OpenAI request body: 32 MiB (room for a few inline images).
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// At most this many pages of `GET /v1beta/models` are read for one `GET /v1/models`.
@@ -75,7 +74,7 @@ impl OpenAiToGeminiLayer {
         }
     }
 
-    /// The largest OpenAI request body read (default [`DEFAULT_MAX_BODY_BYTES`]); larger ones
+    /// The largest OpenAI request body read (default [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)); larger ones
     /// get a 413 and never reach the inner service.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         Arc::make_mut(&mut self.config).max_body_bytes = max;
@@ -295,7 +294,8 @@ where
         }
         *req.extensions_mut() = self.extensions.clone();
         if let Some(p) = GeminiPath::parse(req.uri().path()) {
-            req.extensions_mut().insert(p);
+            // The model comes from the body here: the one fact layers below read.
+            crate::facts::set_call(&mut req, p);
         }
         req.extensions_mut().insert(Dialect::Gemini);
         req

@@ -86,10 +86,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use layer::{
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, OpenAiToGemini, OpenAiToGeminiLayer,
-    ResponseFuture,
-};
+pub use layer::{DEFAULT_MAX_RESPONSE_BYTES, OpenAiToGemini, OpenAiToGeminiLayer, ResponseFuture};
 pub use request::{
     ReasoningBudgets, SKIP_THOUGHT_SIGNATURE, THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions,
     clean_schema, model_id, to_gemini_request,

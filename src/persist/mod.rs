@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::Error;
-use crate::auth::TokenDigest;
+use crate::secret::TokenDigest;
 use crate::secret::{ApiKey, mask};
 
 #[cfg(feature = "redis")]
@@ -123,6 +123,7 @@ impl TokenRecord {
     }
 }
 
+#[cfg(feature = "bearer-auth")]
 impl From<crate::auth::TokenInfo> for TokenRecord {
     fn from(t: crate::auth::TokenInfo) -> Self {
         Self {

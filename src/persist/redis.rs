@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord};
 use crate::Error;
-use crate::auth::TokenDigest;
 use crate::secret::ApiKey;
+use crate::secret::TokenDigest;
 
 const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord, unix_seconds};
 use crate::Error;
-use crate::auth::TokenDigest;
 use crate::secret::ApiKey;
+use crate::secret::TokenDigest;
 
 /// How long a statement waits for another connection's write lock before failing.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -17,8 +17,7 @@ use crate::body::{Body, BoxError, LimitError, collect_limited};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{GeminiPath, Method};
 
-/// The default cap on a request body the layer reads: 32 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+use crate::body::DEFAULT_MAX_BODY_BYTES;
 
 /// The cap on a unary answer or models list the layer rewrites: 64 MiB. A larger answer with
 /// a `Content-Length` passes through unchanged.
@@ -127,7 +126,7 @@ impl RequestPolicyLayer {
         self
     }
 
-    /// The largest request body read (default [`DEFAULT_MAX_BODY_BYTES`]); a larger one is
+    /// The largest request body read (default [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)); a larger one is
     /// answered with 413 before anything goes upstream.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
@@ -191,14 +190,16 @@ impl<S: fmt::Debug> fmt::Debug for RequestPolicy<S> {
 }
 
 /// The kind of a policy route, or `None` for anything the layer passes through.
-fn classify(req: &Request<Body>) -> Option<(CallKind, GeminiPath)> {
-    let (method, uri) = (req.method(), req.uri());
+fn classify(req: &mut Request<Body>) -> Option<(CallKind, GeminiPath)> {
     // `/v1/models[/{id}]` without a method is OpenAI's models route (unless a Gemini client
     // asks), not ours.
-    if Dialect::from_path(uri.path()) == Dialect::OpenAi && Dialect::of(req) == Dialect::OpenAi {
+    if Dialect::from_path(req.uri().path()) == Dialect::OpenAi
+        && Dialect::of(req) == Dialect::OpenAi
+    {
         return None;
     }
-    let path = GeminiPath::parse(uri.path())?;
+    let path = crate::facts::resolve_call(req)?.clone();
+    let (method, uri) = (req.method(), req.uri());
     // GeminiPath also parses tunedModels; only `models` routes are policed.
     if !uri
         .path()
@@ -245,7 +246,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
         let rules = match &self.live {
             Some(handle) => handle.current(),
             None => self.rules.clone(),
@@ -254,7 +255,7 @@ where
         let classified = if rules.is_empty() {
             None
         } else {
-            classify(&req)
+            classify(&mut req)
         };
         let Some((kind, path)) = classified else {
             let fut = inner.call(req);
@@ -300,6 +301,7 @@ where
             }
 
             let renamed = call.model() != call.requested_model();
+            let resolved = renamed.then(|| call.model().to_owned());
             if renamed {
                 let new_path = GeminiPath {
                     model: call.model().to_owned(),
@@ -337,7 +339,12 @@ where
                 body
             };
 
-            let res = inner.call(Request::from_parts(parts, body)).await?;
+            let mut req = Request::from_parts(parts, body);
+            if let Some(model) = &resolved {
+                // Every layer below limits, cools down and counts the model the alias names.
+                crate::facts::set_model(&mut req, model);
+            }
+            let res = inner.call(req).await?;
             let res = res.map(Body::new);
             if res.status() != StatusCode::OK {
                 return Ok(res);

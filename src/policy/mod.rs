@@ -96,9 +96,7 @@ mod rules;
 mod tests;
 
 pub use config::{PolicyConfig, ThinkingBudget};
-pub use layer::{
-    DEFAULT_MAX_BODY_BYTES, PolicyHandle, RequestPolicy, RequestPolicyLayer, ResponseFuture,
-};
+pub use layer::{PolicyHandle, RequestPolicy, RequestPolicyLayer, ResponseFuture};
 pub use rule::{Call, CallKind, ListedModel, Rewrite, Rule};
 pub use rules::{
     AllowedModels, CodeExecution, HARM_CATEGORIES, HideThoughts, InjectPosition, ModelAliases,

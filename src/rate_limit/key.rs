@@ -6,16 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderName, Request};
 
 use super::rule::{ModelScope, Scope};
-use crate::auth::Identity;
-use crate::gemini::{GeminiPath, GeminiPathRef};
+use crate::facts::Identity;
 
-/// The peer address of a request's connection, for per-IP rules.
-///
-/// Servers insert it into request extensions (a plain [`SocketAddr`] extension is read too).
-/// With axum, copy `ConnectInfo<SocketAddr>` into it, e.g. in a `map_request` middleware:
-/// `req.extensions_mut().insert(ClientAddr(connect_info.0))`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::facts::ClientAddr;
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,12 +144,12 @@ impl Subject {
             .extensions()
             .get::<Identity>()
             .map(|i| i.id().to_owned());
-        let path = match req.extensions().get::<GeminiPath>() {
-            Some(p) => Some((p.model.as_str(), p.method)),
-            None => GeminiPathRef::parse(req.uri().path()).map(|p| (p.model, p.method)),
-        };
-        let (model, method) = match path {
-            Some((model, method)) if !model.is_empty() => (Some(model.to_owned()), method),
+        // The Gemini call as the layers above resolved it (an alias already renamed).
+        let (model, method) = match crate::facts::gemini_call(req) {
+            Some(p) if !p.model.is_empty() => (
+                Some(crate::gemini::strip_models_prefix(&p.model).to_owned()),
+                p.method,
+            ),
             _ => (None, None),
         };
         Subject {

@@ -424,7 +424,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
+        crate::facts::resolve_call(&mut req);
         ResponseFuture {
             inner: Box::pin(async move {
                 let subject = Subject::of(&req, &shared.ip);
@@ -477,9 +478,8 @@ where
                         p.quota.quota, p.rule.scope
                     );
                     tracing::debug!(limit = %message, "request refused");
-                    #[cfg(feature = "usage")]
-                    if let Some(h) = req.extensions().get::<crate::usage::UsageHandle>() {
-                        h.record_rate_limited();
+                    if let Some(report) = crate::facts::Report::of(&req) {
+                        report.record_rate_limited();
                     }
                     let mut res =
                         ApiError::too_many_requests(message, o.retry_after).into_response(dialect);

@@ -6,7 +6,7 @@
 //! | constructor | one bucket per |
 //! |---|---|
 //! | [`Rule::global`] | gateway |
-//! | [`Rule::per_client`] | authenticated client ([`Identity::id`](crate::auth::Identity::id), from `BearerAuth`) |
+//! | [`Rule::per_client`] | authenticated client ([`Identity::id`](crate::facts::Identity::id), from `BearerAuth`) |
 //! | [`Rule::per_ip`] | client IP ([`ClientAddr`] / `SocketAddr` extension, or a trusted forwarding header) |
 //! | [`Rule::per_model`]`("m")` | model `m` (requests for other models are not counted) |
 //! | [`Rule::per_each_model`] | model named in the Gemini path |
@@ -29,7 +29,7 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use http::{Request, Response, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_gemini::{Body, auth::Identity, rate_limit::{RateLimitLayer, Rule}};
+//! use tower_gemini::{Body, facts::Identity, rate_limit::{RateLimitLayer, Rule}};
 //!
 //! let svc = ServiceBuilder::new()
 //!     .layer(
@@ -69,7 +69,7 @@
 //! or answers 503 ([`fail_open`](RateLimitLayerBuilder::fail_open)), and logs a warning.
 //!
 //! # Ordering
-//! After `BearerAuthLayer` (per-client rules need its [`Identity`](crate::auth::Identity))
+//! After `BearerAuthLayer` (per-client rules need its [`Identity`](crate::facts::Identity))
 //! and after the OpenAI translation (model rules read the Gemini path), before key rotation,
 //! so a refused request never reaches an upstream key. [`ModelLimits`] parses the
 //! `MODEL_LIMITS` syntax (`gemini-2.5-pro=5rpm,250000tpm,100rpd;gemini-2.5-flash=10rpm`) into

@@ -207,7 +207,7 @@ impl fmt::Display for Scope {
 /// ```
 ///
 /// A rule applies to a request only when the request has every part of its key: a per-client
-/// rule skips requests without an [`Identity`](crate::auth::Identity), a per-IP rule requests
+/// rule skips requests without an [`Identity`](crate::facts::Identity), a per-IP rule requests
 /// whose address is unknown, a per-model rule requests that name no model (or another model).
 /// Token quotas apply only to model calls that spend tokens (any `:method` but `countTokens`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,7 +231,7 @@ impl Rule {
         Rule::new(false, false, ModelScope::Any)
     }
 
-    /// One bucket per authenticated client ([`Identity::id`](crate::auth::Identity::id)).
+    /// One bucket per authenticated client ([`Identity::id`](crate::facts::Identity::id)).
     pub fn per_client() -> Rule {
         Rule::new(true, false, ModelScope::Any)
     }

@@ -14,8 +14,8 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::Error;
-use crate::auth::Identity;
 use crate::body::{Body, collect_limited};
+use crate::facts::Identity;
 
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const FLASH_STREAM: &str = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::relay::{self, Mode};
 use crate::body::{Body, BoxError};
-use crate::gemini::{GeminiPathRef, Method};
+use crate::gemini::Method;
 
 /// The default instruction sent with a continuation request.
 pub const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where you stopped, without repeating anything you have already written and without any preamble.";
@@ -207,8 +207,8 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let req = req.map(Body::new);
-        let method = GeminiPathRef::parse(req.uri().path()).and_then(|p| p.method);
+        let mut req = req.map(Body::new);
+        let method = crate::facts::resolve_call(&mut req).and_then(|p| p.method);
         let replayable = req.body().as_bytes().cloned();
         let config = self.config.clone();
         let mode = match (method, &replayable) {
@@ -218,7 +218,7 @@ where
                 let sse = req
                     .uri()
                     .query()
-                    .and_then(|q| crate::auth::query_param(q, "alt"))
+                    .and_then(|q| crate::credential::query_param(q, "alt"))
                     .is_some_and(|alt| alt == "sse");
                 Some(if sse { Mode::Sse } else { Mode::JsonArray })
             }

@@ -14,11 +14,11 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::record::{Client, Report, UsageHandle, UsageRecord, UsageSink};
+use super::record::{UsageRecord, UsageSink};
 use super::scan::TokenScanner;
-use crate::auth::Identity;
 use crate::body::{Body, BoxError};
-use crate::gemini::{GeminiPath, GeminiPathRef, Method, strip_models_prefix};
+use crate::facts::{Client, Identity, Report, Reported};
+use crate::gemini::{Method, strip_models_prefix};
 
 // === UsageLayer ===
 
@@ -136,20 +136,25 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let mut req = req.map(Body::new);
-        let (route, model) = route_and_model(&req);
-        if let Some(handle) = req.extensions().get::<UsageHandle>().cloned() {
-            // Under an outer UsageLayer: report the inner view (the real model, Gemini usage).
-            if !model.is_empty() {
-                handle.record_model(&model);
+        let report = match Report::of(&req) {
+            Some(report) => report.clone(),
+            None => {
+                let report = Report::new();
+                req.extensions_mut().insert(report.clone());
+                report
             }
-            handle.record_tapped();
+        };
+        crate::facts::resolve_call(&mut req);
+        if !report.claim() {
+            // Under an outer UsageLayer: report the inner view (the Gemini token counts).
+            report.record_tapped();
             return ResponseFuture {
                 inner: self.inner.call(req),
-                pending: Some(Pending::Tap(handle)),
+                pending: Some(Pending::Tap(report)),
             };
         }
-        let handle = UsageHandle::new();
-        req.extensions_mut().insert(handle.clone());
+        let handle = report;
+        let (route, model) = route_and_model(&req);
         let client = req.extensions().get::<Identity>().map(|id| Client {
             name: id.name().to_owned(),
             id: id.id().to_owned(),
@@ -207,14 +212,11 @@ fn route_and_model(req: &Request<Body>) -> (String, String) {
         };
         return (route.to_owned(), model);
     }
-    let parsed = match req.extensions().get::<GeminiPath>() {
-        Some(p) => Some((p.model.as_str(), p.method)),
-        None => GeminiPathRef::parse(path).map(|p| (p.model, p.method)),
-    };
-    let Some((model, method)) = parsed else {
+    // The Gemini call as the layers above resolved it.
+    let Some(call) = crate::facts::gemini_call(req) else {
         return ("other".to_owned(), String::new());
     };
-    let model = strip_models_prefix(model).to_owned();
+    let (model, method) = (strip_models_prefix(&call.model).to_owned(), call.method);
     let route = match method {
         Some(Method::Other) => "other",
         Some(m) => m.as_str(),
@@ -250,7 +252,7 @@ struct Recording {
     record: UsageRecord,
     /// The copy of the request body's start, when asked for.
     body: Option<BodyCopy>,
-    handle: UsageHandle,
+    handle: Report,
     start: Instant,
     sinks: Arc<[Arc<dyn UsageSink>]>,
     #[allow(dead_code, reason = "held for its Drop")]
@@ -260,7 +262,7 @@ struct Recording {
 impl Recording {
     /// Completes the record with what deeper layers reported and what the body showed.
     fn finish(mut self, scanned: Option<super::Tokens>, completed: bool) {
-        let Report {
+        let Reported {
             client,
             key_id,
             attempts,
@@ -269,7 +271,8 @@ impl Recording {
             model,
             tokens,
             tapped: _,
-        } = self.handle.take_report();
+            claimed: _,
+        } = self.handle.take();
         let r = &mut self.record;
         r.duration = self.start.elapsed();
         r.completed = completed;
@@ -364,7 +367,7 @@ impl http_body::Body for TeeBody {
 
 enum Pending {
     Record(Box<Recording>),
-    Tap(UsageHandle),
+    Tap(Report),
 }
 
 // === ResponseFuture ===
@@ -419,7 +422,7 @@ where
                 rec.record.status = parts.status.as_u16();
                 rec.record.stream = stream;
                 rec.record.latency = rec.start.elapsed();
-                let (key_id, tapped) = rec.handle.with_report(|r| (r.key_id.clone(), r.tapped));
+                let (key_id, tapped) = rec.handle.with(|r| (r.key_id.clone(), r.tapped));
                 if let Some(k) = key_id {
                     rec.record.key_id = Some(k); // the key whose answer is relayed
                 }
@@ -464,7 +467,7 @@ fn is_stream<B>(res: &Response<B>) -> bool {
 /// Where the end of a body is reported.
 enum Sink {
     Record(Box<Recording>),
-    Tap(UsageHandle),
+    Tap(Report),
 }
 
 impl Sink {

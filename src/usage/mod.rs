@@ -40,16 +40,18 @@
 //! # Where it goes
 //! Put it before authentication and everything else that can answer on its own (body limit,
 //! OpenAI translation, rate limits, key rotation), so every answer, a 401 included, is counted
-//! exactly once; `BearerAuth` reports the client's [`Identity`](crate::auth::Identity) to it
+//! exactly once; `BearerAuth` reports the client's [`Identity`](crate::facts::Identity) to it
 //! (an `Identity` already in the request's extensions is used too).
 //! `Gateway::builder().usage(layer)` puts it there.
 //!
-//! The layer puts a [`UsageHandle`] in the request's extensions. Deeper layers report through
-//! it when the `usage` feature is on: `KeyRotation` the key of each upstream call,
-//! `StreamResume` each resume, `RateLimit` a refusal, `BearerAuth` the client. A second `UsageLayer` deeper in the
-//! stack (for instance [`UsageLayer::tap`] under the OpenAI translation) sees the handle and
-//! only reports the real model and the Gemini token counts to it, which win over what the
-//! outer layer reads from the translated answer.
+//! The layer reads the request's [`Report`](crate::facts::Report) (and puts one in when no
+//! [`FactsLayer`](crate::facts::FactsLayer) above did). Deeper layers write to it whatever
+//! features are on: `KeyRotation` the key of each upstream call, `StreamResume` each resume,
+//! `RateLimit` a refusal, `BearerAuth` the client, the OpenAI front and the request policy the
+//! model the request really goes to. A second `UsageLayer` deeper in the stack (for instance
+//! [`UsageLayer::tap`] under the OpenAI translation) finds the report taken and only reports
+//! the Gemini token counts to it, which win over what the outer layer reads from the
+//! translated answer.
 //!
 //! # Tokens
 //! Token counts are read as the answer passes, with a [`TokenScanner`]: nothing is buffered,
@@ -72,7 +74,7 @@ pub use layer::{ResponseFuture, Usage, UsageLayer};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsSink;
-pub use record::{Client, Tokens, UsageHandle, UsageRecord, UsageSink};
+pub use record::{Client, Tokens, UsageRecord, UsageSink};
 pub use scan::TokenScanner;
 pub use stats::{Dimension, OTHER, Totals, UsageStats, Window};
 

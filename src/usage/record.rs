@@ -1,47 +1,9 @@
 //! What is recorded about one request, where it goes, and the handle inner layers report to.
 
-use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-// === Tokens ===
-
-/// Token counts of one answer, from its `usageMetadata` (or an OpenAI `usage`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Tokens {
-    /// `promptTokenCount`.
-    pub prompt: u64,
-    /// `candidatesTokenCount`: the visible answer.
-    pub output: u64,
-    /// `thoughtsTokenCount`: thinking tokens.
-    pub thoughts: u64,
-    /// `cachedContentTokenCount`: prompt tokens served from a cache.
-    pub cached: u64,
-    /// `totalTokenCount` (the sum of the others when the answer has none).
-    pub total: u64,
-}
-
-impl Tokens {
-    /// Adds `other` into `self`, saturating.
-    pub fn add(&mut self, other: &Tokens) {
-        self.prompt = self.prompt.saturating_add(other.prompt);
-        self.output = self.output.saturating_add(other.output);
-        self.thoughts = self.thoughts.saturating_add(other.thoughts);
-        self.cached = self.cached.saturating_add(other.cached);
-        self.total = self.total.saturating_add(other.total);
-    }
-}
-
-// === Client ===
-
-/// Who made a request: the name and masked id of its [`Identity`](crate::auth::Identity).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Client {
-    /// The client's name (a label such as `client-1`, never the token).
-    pub name: String,
-    /// The masked token, e.g. `sk-a…9xQk`.
-    pub id: String,
-}
+pub use crate::facts::{Client, Tokens};
 
 // === UsageRecord ===
 
@@ -58,8 +20,7 @@ pub struct UsageRecord {
     pub request_body: Option<bytes::Bytes>,
     /// The authenticated client, if any.
     pub client: Option<Client>,
-    /// The id of the upstream key that answered (see
-    /// [`KeyId`](crate::key_rotation::KeyId)), if a key was used.
+    /// The id of the upstream key that answered (a fingerprint), if a key was used.
     pub key_id: Option<String>,
     /// Upstream calls made for the request, retries and stream resumes included.
     pub upstream_attempts: u32,
@@ -160,102 +121,5 @@ where
 impl<T: UsageSink + ?Sized> UsageSink for Arc<T> {
     fn record(&self, record: &UsageRecord) {
         (**self).record(record)
-    }
-}
-
-// === UsageHandle ===
-
-/// The report of one request in flight, put in the request's extensions by
-/// [`UsageLayer`](super::UsageLayer) so that deeper layers can say what they did: the key
-/// rotation layer the key it used, stream resume each resume, the rate limiter a refusal.
-///
-/// Cloning shares the report. Layers built without the `usage` feature never look for it.
-#[derive(Clone, Default)]
-pub struct UsageHandle(Arc<Mutex<Report>>);
-
-/// What deeper layers reported.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Report {
-    pub(crate) client: Option<Client>,
-    pub(crate) key_id: Option<String>,
-    pub(crate) attempts: u32,
-    pub(crate) resumes: u32,
-    pub(crate) rate_limited: bool,
-    pub(crate) model: Option<String>,
-    pub(crate) tokens: Option<Tokens>,
-    /// A tap below reads the answer's token counts (see [`UsageLayer::tap`](super::UsageLayer::tap)).
-    pub(crate) tapped: bool,
-}
-
-impl UsageHandle {
-    /// An empty report.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Report> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The request was authenticated as `identity` (by [`BearerAuth`](crate::auth::BearerAuth)).
-    pub fn record_client(&self, identity: &crate::auth::Identity) {
-        self.lock().client = Some(Client {
-            name: identity.name().to_owned(),
-            id: identity.id().to_owned(),
-        });
-    }
-
-    /// An upstream call is made with the key of id `key_id` (a fingerprint, never the key).
-    pub fn record_key(&self, key_id: &str) {
-        let mut r = self.lock();
-        r.attempts = r.attempts.saturating_add(1);
-        if r.key_id.as_deref() != Some(key_id) {
-            r.key_id = Some(key_id.to_owned());
-        }
-    }
-
-    /// An interrupted answer is being resumed.
-    pub fn record_resume(&self) {
-        let mut r = self.lock();
-        r.resumes = r.resumes.saturating_add(1);
-    }
-
-    /// A rate limit of the gateway refused the request.
-    pub fn record_rate_limited(&self) {
-        self.lock().rate_limited = true;
-    }
-
-    /// The model the request really went to (after translation or aliasing).
-    pub fn record_model(&self, model: &str) {
-        self.lock().model = Some(model.to_owned());
-    }
-
-    /// The token counts of the answer, as seen by an inner layer (they win over what the
-    /// outer layer reads from the translated answer).
-    pub fn record_tokens(&self, tokens: Tokens) {
-        self.lock().tokens = Some(tokens);
-    }
-
-    /// A tap below reads the answer it relays and reports its token counts.
-    pub(crate) fn record_tapped(&self) {
-        self.lock().tapped = true;
-    }
-
-    /// Reads the report in place (no copy of its strings).
-    pub(crate) fn with_report<T>(&self, f: impl FnOnce(&Report) -> T) -> T {
-        f(&self.lock())
-    }
-
-    /// Takes the report out, for the one layer that completes the record.
-    pub(crate) fn take_report(&self) -> Report {
-        std::mem::take(&mut *self.lock())
-    }
-}
-
-impl fmt::Debug for UsageHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("UsageHandle").field(&*self.lock()).finish()
     }
 }

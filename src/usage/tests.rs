@@ -9,7 +9,7 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::Body;
-use crate::auth::Identity;
+use crate::facts::Identity;
 
 const FLASH: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const STREAM: &str = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse";
@@ -198,7 +198,7 @@ async fn a_dropped_stream_is_recorded_once_as_incomplete() {
 async fn deeper_layers_report_key_resumes_and_refusals_through_the_handle() {
     let sink = Collect::default();
     let upstream = service_fn(|req: Request<Body>| async move {
-        let h = req.extensions().get::<UsageHandle>().unwrap();
+        let h = req.extensions().get::<crate::facts::Report>().unwrap();
         h.record_key("0badc0de");
         h.record_key("feedf00d");
         h.record_resume();

@@ -92,9 +92,8 @@ impl RequestTemplate {
 
     /// Tells an outer `UsageLayer` that the answer is being resumed.
     pub(super) fn note_resume(&self) {
-        #[cfg(feature = "usage")]
-        if let Some(h) = self.extensions.get::<crate::usage::UsageHandle>() {
-            h.record_resume();
+        if let Some(report) = self.extensions.get::<crate::facts::Report>() {
+            report.record_resume();
         }
     }
 

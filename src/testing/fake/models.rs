@@ -4,8 +4,8 @@ use http::Response;
 use serde_json::{Value, json};
 
 use super::response::json_response;
-use crate::auth::query_param;
 use crate::body::Body;
+use crate::credential::query_param;
 
 const MODELS: &[(&str, &str, u64, u64, bool, bool)] = &[
     // (id, display name, input limit, output limit, thinking, embedding)

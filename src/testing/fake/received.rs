@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::Value;
 
-use crate::auth::query_param;
+use crate::credential::query_param;
 
 /// A request the fake received.
 #[derive(Clone, Debug)]

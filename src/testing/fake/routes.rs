@@ -15,8 +15,8 @@ use super::plan::all_text;
 use super::received::{ReceivedRequest, key_of};
 use super::response::{error, json_response};
 use super::server::{State, lock};
-use crate::auth::query_param;
 use crate::body::{Body, collect_limited};
+use crate::credential::query_param;
 use crate::gemini::{GeminiPath, Method as GMethod};
 use crate::testing::passage;
 

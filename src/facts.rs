@@ -1,0 +1,462 @@
+//! What the layers of a gateway know about one request: worked out once, by the first layer
+//! that can, and carried in the request's extensions.
+//!
+//! Several layers need the same facts: rate limits count per client and per model, key
+//! rotation cools a key down for a model, usage and the access log name the client, the model
+//! and the serving key. Each fact has one home here, and one layer that puts it there; the
+//! others read it. A layer that changes a fact (the request policy resolving an alias, the
+//! OpenAI front translating a chat request) updates it here, so every layer below sees the new
+//! value and every layer above reads it from the [`Report`] when the answer comes back.
+//!
+//! | Fact | Where | Put in by | Read by |
+//! |---|---|---|---|
+//! | who the client is | [`Identity`] | `BearerAuth` | rate limits, usage, request log |
+//! | the client's address | [`ClientAddr`] | the server (`full_proxy`, axum's `ConnectInfo`) | per-IP limits |
+//! | the route's dialect | [`Dialect`](crate::Dialect) | `BearerAuth`, the OpenAI front | error answers |
+//! | the Gemini call: model and method | [`GeminiPath`] (see [`gemini_call`]) | [`FactsLayer`] from the path; the OpenAI front from the body; the request policy when it resolves an alias ([`set_model`]) | rate limits, key rotation, stream resume, usage |
+//! | the path logs may show | [`LogPath`](crate::access_log::LogPath) | the router | access log, request span |
+//! | what happened | [`Report`] | [`FactsLayer`] or `UsageLayer` | written by `BearerAuth` (client), `KeyRotation` (serving key, attempts), `StreamResume` (resumes), `RateLimit` (refusal), the fronts and the policy (model); read by usage and the access log |
+//!
+//! A layer used alone (key rotation around a reqwest client) finds no facts and works them
+//! out itself, once, with [`resolve_call`].
+//!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::{Body, facts::{self, FactsLayer, Report}};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(FactsLayer::new())
+//!     .service(service_fn(|mut req: Request<Body>| async move {
+//!         // A policy resolving an alias: every later layer reads the new model.
+//!         facts::set_model(&mut req, "gemini-2.5-flash");
+//!         assert_eq!(facts::model(&req), Some("gemini-2.5-flash"));
+//!         let report = req.extensions().get::<Report>().unwrap().clone();
+//!         Ok::<_, std::convert::Infallible>(Response::new(Body::from(report.model().unwrap())))
+//!     }));
+//! let req = Request::post("/v1beta/models/my-alias:generateContent").body(Body::empty()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.into_body().as_bytes().unwrap(), "gemini-2.5-flash");
+//! # });
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::gemini::{GeminiPath, strip_models_prefix};
+
+// === Identity ===
+
+/// Who a request comes from, stored in request extensions by
+/// [`BearerAuth`](crate::auth::BearerAuth) (or any layer of yours that authenticates).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    name: Arc<str>,
+    id: Arc<str>,
+    admin: bool,
+}
+
+impl Identity {
+    /// A client identity.
+    pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
+        Self {
+            name: name.into(),
+            id: id.into(),
+            admin,
+        }
+    }
+
+    /// The client's name (a label, never the token).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A stable id for the client: the masked token. Safe for logs and stats.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this client may use admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("admin", &self.admin)
+            .finish()
+    }
+}
+
+// === ClientAddr ===
+
+/// The peer address of a request's connection, for per-IP rules.
+///
+/// Servers insert it into request extensions (a plain [`SocketAddr`] extension is read too).
+/// With axum, copy `ConnectInfo<SocketAddr>` into it, e.g. in a `map_request` middleware:
+/// `req.extensions_mut().insert(ClientAddr(connect_info.0))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+// === The Gemini call ===
+
+/// The Gemini call a request makes (model and method), as the layers above this point
+/// resolved it: the [`GeminiPath`] extension. `None` when no layer has set it (see
+/// [`resolve_call`]) or the request is not a Gemini call.
+pub fn gemini_call<B>(req: &Request<B>) -> Option<&GeminiPath> {
+    req.extensions().get::<GeminiPath>()
+}
+
+/// The model the request is for (without `models/`), as resolved so far; `None` without a
+/// Gemini call or for routes without a model (`GET /v1beta/models`).
+pub fn model<B>(req: &Request<B>) -> Option<&str> {
+    gemini_call(req)
+        .map(|p| strip_models_prefix(&p.model))
+        .filter(|m| !m.is_empty())
+}
+
+/// The Gemini call of `req`: the extension when an earlier layer set it, else parsed from the
+/// path once and stored, so no later layer parses it again.
+pub fn resolve_call<B>(req: &mut Request<B>) -> Option<&GeminiPath> {
+    if req.extensions().get::<GeminiPath>().is_none() {
+        let parsed = GeminiPath::parse(req.uri().path())?;
+        if let Some(report) = req.extensions().get::<Report>() {
+            report.set_model_if_unset(strip_models_prefix(&parsed.model));
+        }
+        req.extensions_mut().insert(parsed);
+    }
+    req.extensions().get::<GeminiPath>()
+}
+
+/// Sets the Gemini call a request makes (a front that translated the request knows it from
+/// the body), and tells the [`Report`].
+pub fn set_call<B>(req: &mut Request<B>, call: GeminiPath) {
+    if let Some(report) = req.extensions().get::<Report>() {
+        report.set_model(strip_models_prefix(&call.model));
+    }
+    req.extensions_mut().insert(call);
+}
+
+/// The request now goes to `model` (an alias resolved, a search variant mapped to its model):
+/// updates the Gemini call, so every later layer limits, cools down and counts the real model,
+/// and the [`Report`], so the layers above learn it when the answer comes back.
+pub fn set_model<B>(req: &mut Request<B>, model: &str) {
+    if req.extensions().get::<GeminiPath>().is_none() {
+        resolve_call(req);
+    }
+    if let Some(call) = req.extensions_mut().get_mut::<GeminiPath>() {
+        model.clone_into(&mut call.model);
+    }
+    if let Some(report) = req.extensions().get::<Report>() {
+        report.set_model(model);
+    }
+}
+
+// === Report ===
+
+/// Token counts of one answer, from its `usageMetadata` (or an OpenAI `usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tokens {
+    /// `promptTokenCount`.
+    pub prompt: u64,
+    /// `candidatesTokenCount`: the visible answer.
+    pub output: u64,
+    /// `thoughtsTokenCount`: thinking tokens.
+    pub thoughts: u64,
+    /// `cachedContentTokenCount`: prompt tokens served from a cache.
+    pub cached: u64,
+    /// `totalTokenCount` (the sum of the others when the answer has none).
+    pub total: u64,
+}
+
+impl Tokens {
+    /// Adds `other` into `self`, saturating.
+    pub fn add(&mut self, other: &Tokens) {
+        self.prompt = self.prompt.saturating_add(other.prompt);
+        self.output = self.output.saturating_add(other.output);
+        self.thoughts = self.thoughts.saturating_add(other.thoughts);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.total = self.total.saturating_add(other.total);
+    }
+}
+
+/// Who made a request: the name and masked id of its [`Identity`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Client {
+    /// The client's name (a label such as `client-1`, never the token).
+    pub name: String,
+    /// The masked token, e.g. `sk-a…9xQk`.
+    pub id: String,
+}
+
+/// What the layers did with one request in flight, shared by every copy of the request (its
+/// retries and resumes too): the client, the serving key, the resolved model, resumes, a
+/// refusal, token counts. Put in the request's extensions by [`FactsLayer`] (or a `UsageLayer`
+/// when there is none); layers write what they did, usage and logs read it.
+///
+/// Cloning shares the report. It holds no secret: keys are ids (fingerprints), clients their
+/// names and masked tokens.
+#[derive(Clone, Default)]
+pub struct Report(Arc<Mutex<Reported>>);
+
+/// The report's content.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reported {
+    pub(crate) client: Option<Client>,
+    pub(crate) key_id: Option<String>,
+    pub(crate) attempts: u32,
+    pub(crate) resumes: u32,
+    pub(crate) rate_limited: bool,
+    pub(crate) model: Option<String>,
+    pub(crate) tokens: Option<Tokens>,
+    /// A usage tap below reads the answer's token counts.
+    pub(crate) tapped: bool,
+    /// A recording `UsageLayer` has taken the report (a second one below is a tap).
+    pub(crate) claimed: bool,
+}
+
+impl Report {
+    /// An empty report.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The report of `req`, when a layer above put one in.
+    pub fn of<B>(req: &Request<B>) -> Option<&Report> {
+        req.extensions().get::<Report>()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Reported> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The request was authenticated as `identity`.
+    pub fn record_client(&self, identity: &Identity) {
+        self.lock().client = Some(Client {
+            name: identity.name().to_owned(),
+            id: identity.id().to_owned(),
+        });
+    }
+
+    /// An upstream call is made with the key of id `key_id` (a fingerprint, never the key).
+    pub fn record_key(&self, key_id: &str) {
+        let mut r = self.lock();
+        r.attempts = r.attempts.saturating_add(1);
+        if r.key_id.as_deref() != Some(key_id) {
+            r.key_id = Some(key_id.to_owned());
+        }
+    }
+
+    /// An interrupted answer is being resumed.
+    pub fn record_resume(&self) {
+        let mut r = self.lock();
+        r.resumes = r.resumes.saturating_add(1);
+    }
+
+    /// A rate limit of the gateway refused the request.
+    pub fn record_rate_limited(&self) {
+        self.lock().rate_limited = true;
+    }
+
+    /// The model the request really goes to (after translation or aliasing). Layers that
+    /// change the model call [`set_model`], which updates the request too.
+    pub fn set_model(&self, model: &str) {
+        let mut r = self.lock();
+        match &mut r.model {
+            Some(m) => model.clone_into(m),
+            None => r.model = Some(model.to_owned()),
+        }
+    }
+
+    fn set_model_if_unset(&self, model: &str) {
+        let mut r = self.lock();
+        if r.model.is_none() && !model.is_empty() {
+            r.model = Some(model.to_owned());
+        }
+    }
+
+    /// The token counts of the answer, as seen by an inner layer (they win over what an outer
+    /// layer reads from a translated answer).
+    pub fn record_tokens(&self, tokens: Tokens) {
+        self.lock().tokens = Some(tokens);
+    }
+
+    /// The model the request goes to, as resolved so far.
+    pub fn model(&self) -> Option<String> {
+        self.lock().model.clone()
+    }
+
+    /// The id of the key that made the last upstream call, if any.
+    pub fn key_id(&self) -> Option<String> {
+        self.lock().key_id.clone()
+    }
+
+    /// Upstream calls made so far (retries and resumes included).
+    pub fn attempts(&self) -> u32 {
+        self.lock().attempts
+    }
+
+    /// Resumes of an interrupted answer so far.
+    pub fn resumes(&self) -> u32 {
+        self.lock().resumes
+    }
+
+    /// Whether a rate limit of the gateway refused the request.
+    pub fn rate_limited(&self) -> bool {
+        self.lock().rate_limited
+    }
+
+    /// The client the request was authenticated as.
+    pub fn client(&self) -> Option<Client> {
+        self.lock().client.clone()
+    }
+
+    /// A tap below reads the answer it relays and reports its token counts.
+    #[cfg_attr(not(feature = "usage"), allow(dead_code))]
+    pub(crate) fn record_tapped(&self) {
+        self.lock().tapped = true;
+    }
+
+    /// Takes the report for a recording layer: false when another one already did.
+    #[cfg_attr(not(feature = "usage"), allow(dead_code))]
+    pub(crate) fn claim(&self) -> bool {
+        !std::mem::replace(&mut self.lock().claimed, true)
+    }
+
+    /// Reads the report in place (no copy of its strings).
+    #[cfg_attr(not(feature = "usage"), allow(dead_code))]
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Reported) -> T) -> T {
+        f(&self.lock())
+    }
+
+    /// Takes the content out, for the one layer that completes the record.
+    #[cfg_attr(not(feature = "usage"), allow(dead_code))]
+    pub(crate) fn take(&self) -> Reported {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+impl fmt::Debug for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Report").field(&*self.lock()).finish()
+    }
+}
+
+// === FactsLayer ===
+
+/// Puts the facts of each request in at the top of a stack: a fresh [`Report`] and the
+/// Gemini call parsed from the path (when the request is one), unless a layer above already
+/// did. [`Gateway`](crate::gateway::Gateway) puts it first; stack it first in your own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FactsLayer {
+    _priv: (),
+}
+
+impl FactsLayer {
+    /// A new facts layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> Layer<S> for FactsLayer {
+    type Service = Facts<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Facts { inner }
+    }
+}
+
+/// The service made by [`FactsLayer`].
+#[derive(Clone, Debug)]
+pub struct Facts<S> {
+    inner: S,
+}
+
+impl<S> Facts<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S, B> Service<Request<B>> for Facts<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        if req.extensions().get::<Report>().is_none() {
+            req.extensions_mut().insert(Report::new());
+        }
+        resolve_call(&mut req);
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn resolve_parses_once_and_set_model_updates_both_homes() {
+        let mut req = Request::post("/v1beta/models/gpt-4o:streamGenerateContent")
+            .body(())
+            .unwrap();
+        let report = Report::new();
+        req.extensions_mut().insert(report.clone());
+        assert_eq!(resolve_call(&mut req).unwrap().model, "gpt-4o");
+        assert_eq!(report.model().as_deref(), Some("gpt-4o"));
+        // A later path change is not parsed again: the fact is what layers read.
+        *req.uri_mut() = "/v1beta/models/other:generateContent".parse().unwrap();
+        assert_eq!(model(&req), Some("gpt-4o"));
+        set_model(&mut req, "gemini-2.5-flash");
+        assert_eq!(model(&req), Some("gemini-2.5-flash"));
+        assert_eq!(
+            gemini_call(&req).unwrap().method,
+            Some(crate::gemini::Method::StreamGenerateContent)
+        );
+        assert_eq!(report.model().as_deref(), Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn routes_without_a_gemini_call_have_no_model() {
+        let mut req = Request::get("/v1/chat/completions").body(()).unwrap();
+        assert!(resolve_call(&mut req).is_none());
+        assert_eq!(model(&req), None);
+        let mut list = Request::get("/v1beta/models").body(()).unwrap();
+        assert!(resolve_call(&mut list).is_some());
+        assert_eq!(model(&list), None);
+    }
+
+    #[test]
+    fn claim_is_taken_once() {
+        let r = Report::new();
+        assert!(r.claim());
+        assert!(!r.clone().claim());
+    }
+}
