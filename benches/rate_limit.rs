@@ -15,7 +15,7 @@ use http::{Request, Response};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::Body;
 use tower_gemini::facts::Identity;
-use tower_gemini::rate_limit::{Check, MemoryStore, RateLimitLayer, RateLimitStore, Rule};
+use tower_gemini::rate_limit::{Check, RateLimitLayer, RateLimitMemoryStore, RateLimitStore, Rule};
 
 /// A bucket that always has room, so every check also writes.
 fn roomy(key: String) -> Check {
@@ -42,13 +42,13 @@ fn now<F: Future>(fut: F) -> F::Output {
 fn memory(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_store");
 
-    let store = MemoryStore::new();
+    let store = RateLimitMemoryStore::new();
     let one = [roomy("0:r60/60000ms+60|c=sk-a…0001".to_owned())];
     g.bench_function("check_uncontended", |b| {
         b.iter(|| black_box(now(store.check(black_box(&one))).expect("memory store never fails")))
     });
 
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(RateLimitMemoryStore::new());
     g.bench_function("check_2_threads", |b| {
         // Two clients checking at once on two threads; the time is per pair of checks.
         b.iter_custom(|iters| {
@@ -71,7 +71,7 @@ fn memory(c: &mut Criterion) {
         })
     });
 
-    let store = MemoryStore::new();
+    let store = RateLimitMemoryStore::new();
     let keys: Vec<[Check; 1]> = (0..100_000)
         .map(|i| [roomy(format!("0:r60/60000ms+60|c=client-{i}"))])
         .collect();
@@ -143,7 +143,7 @@ fn redis(c: &mut Criterion) {
         println!("skipping redis benches: no redis at {url}");
         return;
     };
-    let store = tower_gemini::rate_limit::RedisStore::new(&url)
+    let store = tower_gemini::rate_limit::RateLimitRedisStore::new(&url)
         .expect("url")
         .key_prefix(format!("bench-{}:", std::process::id()));
     // Three buckets, as a request under per-client, per-model and token rules has.

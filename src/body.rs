@@ -422,7 +422,9 @@ where
     }
 }
 
-/// A boxed `Send` future in a named type, for layers whose work is naturally `async`.
+/// A boxed `Send` future in a named type, for layers whose work is naturally `async`: the
+/// `ResponseFuture` of `RateLimit`, `StreamResume`, `KeyRotation`, `RequestPolicy` and the
+/// upstream client (one implementation, five names).
 pub struct BoxFuture<T>(pub(crate) Pin<Box<dyn std::future::Future<Output = T> + Send>>);
 
 impl<T> std::future::Future for BoxFuture<T> {

@@ -42,7 +42,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::Service;
 
-use crate::body::{Body, IdleTimeout};
+use crate::body::{Body, BoxFuture, IdleTimeout};
 use crate::error::Error;
 
 /// Builds an [`UpstreamClient`].
@@ -235,7 +235,7 @@ impl Service<Request<Body>> for UpstreamClient {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let uri = match self.upstream_uri(req.uri()) {
             Ok(uri) => uri,
-            Err(e) => return ResponseFuture(Box::pin(async move { Err(e) })),
+            Err(e) => return BoxFuture(Box::pin(async move { Err(e) })),
         };
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_11;
@@ -252,7 +252,7 @@ impl Service<Request<Body>> for UpstreamClient {
 
         let fut = self.client.request(req);
         let timeout = self.timeout;
-        ResponseFuture(Box::pin(async move {
+        BoxFuture(Box::pin(async move {
             let res = match timeout {
                 Some(t) => tokio::time::timeout(t, fut).await.map_err(|_| Error::timeout())?,
                 None => fut.await,
@@ -272,22 +272,8 @@ impl Service<Request<Body>> for UpstreamClient {
     }
 }
 
-/// Response future of [`UpstreamClient`].
-pub struct ResponseFuture(Pin<Box<dyn Future<Output = Result<Response<Body>, Error>> + Send>>);
-
-impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
+/// Response future of [`UpstreamClient`] (the crate's one boxed future type).
+pub type ResponseFuture = crate::body::BoxFuture<Result<Response<Body>, Error>>;
 
 #[cfg(test)]
 mod tests {

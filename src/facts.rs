@@ -165,31 +165,7 @@ pub fn set_model<B>(req: &mut Request<B>, model: &str) {
 
 // === Report ===
 
-/// Token counts of one answer, from its `usageMetadata` (or an OpenAI `usage`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Tokens {
-    /// `promptTokenCount`.
-    pub prompt: u64,
-    /// `candidatesTokenCount`: the visible answer.
-    pub output: u64,
-    /// `thoughtsTokenCount`: thinking tokens.
-    pub thoughts: u64,
-    /// `cachedContentTokenCount`: prompt tokens served from a cache.
-    pub cached: u64,
-    /// `totalTokenCount` (the sum of the others when the answer has none).
-    pub total: u64,
-}
-
-impl Tokens {
-    /// Adds `other` into `self`, saturating.
-    pub fn add(&mut self, other: &Tokens) {
-        self.prompt = self.prompt.saturating_add(other.prompt);
-        self.output = self.output.saturating_add(other.output);
-        self.thoughts = self.thoughts.saturating_add(other.thoughts);
-        self.cached = self.cached.saturating_add(other.cached);
-        self.total = self.total.saturating_add(other.total);
-    }
-}
+pub use crate::tokens::Tokens;
 
 /// Who made a request: the name and masked id of its [`Identity`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

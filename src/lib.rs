@@ -28,7 +28,8 @@
 //!
 //! Always there: [`facts`] (what layers know about a request), [`credential`] (where a
 //! credential hides and how it is stripped), [`error`] (one error type, JSON errors in both
-//! dialects), [`body`], [`sse`], [`gemini`] (wire types) and [`secret`] (masked keys).
+//! dialects), [`body`], [`sse`], [`gemini`] (wire types), [`tokens`] (token counts and the one
+//! scanner that reads them from answers) and [`secret`] (masked keys).
 //!
 //! # The order, and why
 //!
@@ -150,6 +151,7 @@ pub mod gemini;
 pub mod key_rotation;
 pub mod secret;
 pub mod sse;
+pub mod tokens;
 
 #[cfg(feature = "bearer-auth")]
 #[cfg_attr(docsrs, doc(cfg(feature = "bearer-auth")))]

@@ -16,7 +16,7 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tower_gemini::Body;
 use tower_gemini::facts::Identity;
 use tower_gemini::rate_limit::{
-    Check, RateLimitLayer, RateLimitStore, RedisStore, Rule, Settlement,
+    Check, RateLimitLayer, RateLimitRedisStore, RateLimitStore, Rule, Settlement,
 };
 
 type Svc = tower::util::BoxCloneService<Request<Body>, Response<Body>, Infallible>;
@@ -30,7 +30,7 @@ fn unique_prefix(test: &str) -> String {
     format!("tower-gemini-test:{test}:{}:{nanos}:", std::process::id())
 }
 
-fn instance(store: RedisStore, rule: Rule, fail_open: bool) -> Svc {
+fn instance(store: RateLimitRedisStore, rule: Rule, fail_open: bool) -> Svc {
     let layer = RateLimitLayer::builder()
         .rule(rule)
         .store(store)
@@ -73,12 +73,12 @@ async fn two_instances_share_one_quota() {
     let prefix = unique_prefix("shared");
     let rule = || Rule::per_client().requests_per_minute(5);
     let a = instance(
-        RedisStore::new(&url).unwrap().key_prefix(&prefix),
+        RateLimitRedisStore::new(&url).unwrap().key_prefix(&prefix),
         rule(),
         false,
     );
     let b = instance(
-        RedisStore::new(&url).unwrap().key_prefix(&prefix),
+        RateLimitRedisStore::new(&url).unwrap().key_prefix(&prefix),
         rule(),
         false,
     );
@@ -116,8 +116,8 @@ async fn settlements_are_seen_by_every_instance() {
         return;
     };
     let prefix = unique_prefix("settle");
-    let a = RedisStore::new(&url).unwrap().key_prefix(&prefix);
-    let b = RedisStore::new(&url).unwrap().key_prefix(&prefix);
+    let a = RateLimitRedisStore::new(&url).unwrap().key_prefix(&prefix);
+    let b = RateLimitRedisStore::new(&url).unwrap().key_prefix(&prefix);
     // 1000 tokens per minute.
     let check = |cost| Check {
         key: "t|c=alice".to_owned(),
@@ -155,7 +155,7 @@ async fn settlements_are_seen_by_every_instance() {
 
 #[tokio::test]
 async fn redis_down_fails_open_without_hanging() {
-    let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
+    let store = RateLimitRedisStore::new("redis://127.0.0.1:1").unwrap();
     let svc = instance(store, Rule::per_client().requests_per_minute(1), true);
     for _ in 0..3 {
         let res = answer(&svc, req("alice")).await;
@@ -165,7 +165,7 @@ async fn redis_down_fails_open_without_hanging() {
 
 #[tokio::test]
 async fn redis_down_fails_closed_when_configured() {
-    let store = RedisStore::new("redis://127.0.0.1:1").unwrap();
+    let store = RateLimitRedisStore::new("redis://127.0.0.1:1").unwrap();
     let svc = instance(store, Rule::per_client().requests_per_minute(1), false);
     let res = answer(&svc, req("alice")).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -183,7 +183,7 @@ async fn a_silent_redis_times_out_instead_of_hanging() {
             open.push(socket);
         }
     });
-    let store = RedisStore::new(&format!("redis://{addr}"))
+    let store = RateLimitRedisStore::new(&format!("redis://{addr}"))
         .unwrap()
         .timeout(Duration::from_millis(200));
     let closed = instance(store, Rule::per_client().requests_per_minute(1), false);
@@ -191,7 +191,7 @@ async fn a_silent_redis_times_out_instead_of_hanging() {
         answer(&closed, req("alice")).await.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
-    let store = RedisStore::new(&format!("redis://{addr}"))
+    let store = RateLimitRedisStore::new(&format!("redis://{addr}"))
         .unwrap()
         .timeout(Duration::from_millis(200));
     let open = instance(store, Rule::per_client().requests_per_minute(1), true);
@@ -201,7 +201,7 @@ async fn a_silent_redis_times_out_instead_of_hanging() {
 
 #[test]
 fn a_bad_url_is_a_config_error_that_hides_the_url() {
-    let err = RedisStore::new("nope://user:hunter2@host").unwrap_err();
+    let err = RateLimitRedisStore::new("nope://user:hunter2@host").unwrap_err();
     assert!(err.is_config());
     assert!(!err.to_string().contains("hunter2"));
     assert!(!format!("{err:?}").contains("hunter2"));

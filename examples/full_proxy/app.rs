@@ -345,7 +345,7 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .cooldown(config.key_cooldown)
         .reprobe_after(config.key_reprobe);
     if let Some(url) = &config.redis_url {
-        match tower_gemini::key_rotation::RedisStore::connect(url).await {
+        match tower_gemini::key_rotation::KeyStateRedisStore::connect(url).await {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:keys", config.redis_prefix));
                 builder = builder.store(Arc::new(store));
@@ -382,7 +382,7 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
         builder = builder.forwarded_header("x-forwarded-for");
     }
     if let Some(url) = &config.redis_url {
-        let store = tower_gemini::rate_limit::RedisStore::new(url)
+        let store = tower_gemini::rate_limit::RateLimitRedisStore::new(url)
             .map_err(|e| e.to_string())?
             .key_prefix(format!("{}:rl:", config.redis_prefix));
         builder = builder.store(store);

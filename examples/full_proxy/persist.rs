@@ -15,7 +15,7 @@ use axum::routing::post;
 use serde_json::json;
 use tower_gemini::error::{ApiError, Dialect};
 use tower_gemini::persist::{
-    AdminState, AdminStore, MemoryStore, RedisStore, RequestLog, SqliteStore,
+    AdminMemoryStore, AdminRedisStore, AdminSqliteStore, AdminState, AdminStore, RequestLog,
 };
 
 use super::admin::admin_only;
@@ -78,7 +78,7 @@ pub struct Persist {
     /// Where admin changes go.
     pub store: Arc<dyn AdminStore>,
     /// The SQLite store, for backups (`DATABASE_PATH` only).
-    pub sqlite: Option<SqliteStore>,
+    pub sqlite: Option<AdminSqliteStore>,
     /// The request log (`DATABASE_PATH` only).
     pub request_log: Option<RequestLog>,
 }
@@ -93,7 +93,7 @@ impl Persist {
         log_retention_days: u64,
     ) -> Result<Persist, String> {
         if let Some(path) = &config.database_path {
-            let sqlite = SqliteStore::open(path)
+            let sqlite = AdminSqliteStore::open(path)
                 .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
             let retention = (log_retention_days > 0)
                 .then(|| Duration::from_secs(log_retention_days.saturating_mul(86_400)));
@@ -115,7 +115,7 @@ impl Persist {
             });
         }
         if let Some(url) = redis_url {
-            match RedisStore::connect(url).await {
+            match AdminRedisStore::connect(url).await {
                 Ok(store) => {
                     tracing::info!("admin changes are kept in Redis");
                     return Ok(Persist {
@@ -137,7 +137,7 @@ impl Persist {
             );
         }
         Ok(Persist {
-            store: Arc::new(MemoryStore::new()),
+            store: Arc::new(AdminMemoryStore::new()),
             sqlite: None,
             request_log: None,
         })

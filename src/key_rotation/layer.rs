@@ -16,7 +16,7 @@ use tracing::{Instrument, field};
 
 use super::classify::Outcome;
 use super::pool::{KeyId, KeyPool, Lease, Pick};
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, BoxFuture};
 use crate::error::{ApiError, Dialect, UpstreamError};
 use crate::gemini::GeminiError;
 use crate::secret::{ApiKey, ClientKey, scrub_known};
@@ -201,11 +201,14 @@ where
             span: span.clone(),
             request_span,
         };
-        ResponseFuture {
-            inner: Box::pin(attempt.run(inner, Body::new(body)).instrument(span)),
-        }
+        BoxFuture(Box::pin(
+            attempt.run(inner, Body::new(body)).instrument(span),
+        ))
     }
 }
+
+/// Response future of [`KeyRotation`]: one boxed future type for every layer whose work is `async`.
+pub type ResponseFuture<E> = crate::body::BoxFuture<Result<Response<Body>, E>>;
 
 /// One request's way through the keys.
 struct Attempts {
@@ -534,22 +537,3 @@ impl http_body::Body for LeaseBody {
 }
 
 // === impl ResponseFuture ===
-
-/// The response future of [`KeyRotation`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}

@@ -74,8 +74,8 @@
 //! errors are relayed, scrubbed, for the client to act on.
 //!
 //! # Several instances
-//! Cool-downs and disabled flags can be shared through a [`KeyStateStore`]: [`MemoryStore`]
-//! in one process, `RedisStore` (feature `redis`) across processes. Without a store each
+//! Cool-downs and disabled flags can be shared through a [`KeyStateStore`]: [`KeyStateMemoryStore`]
+//! in one process, `KeyStateRedisStore` (feature `redis`) across processes. Without a store each
 //! pool keeps its state to itself.
 //!
 //! [`Body::as_bytes`]: crate::Body::as_bytes
@@ -92,8 +92,8 @@ pub use layer::{KeyRotation, KeyRotationLayer, ResponseFuture};
 pub use pool::{CoolingSnapshot, KeyId, KeyPool, KeyPoolBuilder, KeySnapshot, KeyState};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::RedisStore;
-pub use store::{KeyStateStore, MemoryStore, SharedKeyState, StoreFuture};
+pub use redis::KeyStateRedisStore;
+pub use store::{KeyStateMemoryStore, KeyStateStore, SharedKeyState, StoreFuture};
 pub use strategy::{Candidates, LeastUsed, Random, RoundRobin, SelectKey, Strategy, Weighted};
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! [`RedisStore`]: key-pool state shared across proxy instances through Redis.
+//! [`KeyStateRedisStore`]: key-pool state shared across proxy instances through Redis.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,12 +21,12 @@ const SEP: char = '\t';
 /// `{prefix}:disabled` from key id to `"{re-probe Unix ms} {reason}"`. No secret is stored:
 /// keys are known by their fingerprint ids. Instances should have roughly synchronised clocks.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct KeyStateRedisStore {
     conn: ConnectionManager,
     prefix: Arc<str>,
 }
 
-impl RedisStore {
+impl KeyStateRedisStore {
     /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
     /// unreachable. The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
@@ -69,10 +69,10 @@ impl RedisStore {
     }
 }
 
-impl fmt::Debug for RedisStore {
+impl fmt::Debug for KeyStateRedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may carry a password: never print it.
-        f.debug_struct("RedisStore")
+        f.debug_struct("KeyStateRedisStore")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -86,7 +86,7 @@ fn from_unix_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-impl KeyStateStore for RedisStore {
+impl KeyStateStore for KeyStateRedisStore {
     fn cool_down<'a>(
         &'a self,
         key: &'a KeyId,

@@ -1,4 +1,4 @@
-//! Shared key state: the [`KeyStateStore`] plug point and the in-process [`MemoryStore`].
+//! Shared key state: the [`KeyStateStore`] plug point and the in-process [`KeyStateMemoryStore`].
 //!
 //! Every [`KeyPool`](super::KeyPool) keeps its keys' state in memory, per key, so picking a
 //! key never waits on a store. A store shares the state that matters across pools: cool-downs
@@ -30,7 +30,7 @@ pub struct SharedKeyState {
 }
 
 /// Where a key pool shares cool-downs and disabled flags with other pools (other instances of
-/// the proxy, with `RedisStore`).
+/// the proxy, with `KeyStateRedisStore`).
 ///
 /// Calls are made off the key-picking path: on state changes and on periodic syncs. A store
 /// error is logged and ignored (the pool keeps working on its local state); once the store
@@ -60,14 +60,14 @@ pub trait KeyStateStore: Send + Sync + fmt::Debug + 'static {
     fn load(&self) -> StoreFuture<'_, HashMap<KeyId, SharedKeyState>>;
 }
 
-/// An in-process store: pools built with the same `Arc<MemoryStore>` share cool-downs and
+/// An in-process store: pools built with the same `Arc<KeyStateMemoryStore>` share cool-downs and
 /// disabled flags. A pool built without a store keeps its state to itself.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub struct KeyStateMemoryStore {
     keys: Mutex<HashMap<KeyId, SharedKeyState>>,
 }
 
-impl MemoryStore {
+impl KeyStateMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -79,7 +79,7 @@ impl MemoryStore {
     }
 }
 
-impl KeyStateStore for MemoryStore {
+impl KeyStateStore for KeyStateMemoryStore {
     fn cool_down<'a>(
         &'a self,
         key: &'a KeyId,

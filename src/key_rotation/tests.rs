@@ -606,7 +606,7 @@ async fn snapshot_masks_keys_and_counts_requests() {
 
 #[tokio::test(start_paused = true)]
 async fn pools_sharing_a_store_share_cooldowns_and_disabled_flags() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(KeyStateMemoryStore::new());
     let build = || {
         KeyPool::builder()
             .keys(keys(2))
@@ -644,7 +644,7 @@ async fn pools_sharing_a_store_share_cooldowns_and_disabled_flags() {
 /// A shared store that can go down and come back empty (a Redis restarted without persistence).
 #[derive(Debug, Default)]
 struct FlakyStore {
-    inner: Mutex<Arc<MemoryStore>>,
+    inner: Mutex<Arc<KeyStateMemoryStore>>,
     down: std::sync::atomic::AtomicBool,
 }
 
@@ -654,12 +654,12 @@ impl FlakyStore {
     }
 
     fn restart_empty(&self) {
-        *self.inner.lock().unwrap() = Arc::new(MemoryStore::new());
+        *self.inner.lock().unwrap() = Arc::new(KeyStateMemoryStore::new());
         self.set_down(false);
     }
 
     /// The store now, or the error of a store that is down.
-    fn inner(&self) -> Result<Arc<MemoryStore>, crate::Error> {
+    fn inner(&self) -> Result<Arc<KeyStateMemoryStore>, crate::Error> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(crate::Error::store("connection refused"));
         }
@@ -1261,12 +1261,12 @@ impl futures_core::Stream for PendingStream {
 mod redis_store {
     use super::*;
 
-    async fn store(test: &str) -> Option<Arc<RedisStore>> {
+    async fn store(test: &str) -> Option<Arc<KeyStateRedisStore>> {
         let Ok(url) = std::env::var("REDIS_URL") else {
             println!("skipping: no redis at REDIS_URL (unset)");
             return None;
         };
-        match RedisStore::connect(&url).await {
+        match KeyStateRedisStore::connect(&url).await {
             Ok(s) => {
                 let nonce = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

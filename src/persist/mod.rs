@@ -8,8 +8,8 @@
 //!   name and admin flag, never the token itself, and tombstones of tokens revoked;
 //! - **settings**: named JSON values, for run-time policy changes.
 //!
-//! Implementations: [`MemoryStore`] (lost on restart), `SqliteStore` (feature `sqlite`, a file
-//! created with mode 0600) and `RedisStore` (feature `redis`, hashes under a prefix). A store
+//! Implementations: [`AdminMemoryStore`] (lost on restart), `AdminSqliteStore` (feature `sqlite`, a file
+//! created with mode 0600) and `AdminRedisStore` (feature `redis`, hashes under a prefix). A store
 //! that holds upstream keys must be protected like the keys themselves.
 //!
 //! With the `sqlite` feature, `RequestLog` writes one row per request into the same database,
@@ -19,9 +19,9 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use tower_gemini::auth::{MemoryTokenStore, TokenStore};
-//! use tower_gemini::persist::{AdminStore, MemoryStore, TokenRecord};
+//! use tower_gemini::persist::{AdminStore, AdminMemoryStore, TokenRecord};
 //!
-//! let store = MemoryStore::new();
+//! let store = AdminMemoryStore::new();
 //! store.put_token(&TokenRecord::new("sk-secret-client-token", "my-app", false)).await.unwrap();
 //!
 //! // On the next start: restore the tokens into the gateway's token store.
@@ -59,13 +59,13 @@ mod sqlite;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::RedisStore;
+pub use redis::AdminRedisStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use request_log::{RequestLog, RequestLogBuilder, RequestLogStats};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use sqlite::SqliteStore;
+pub use sqlite::AdminSqliteStore;
 
 /// The future of an [`AdminStore`] operation.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send + 'a>>;
@@ -223,11 +223,11 @@ impl<T: AdminStore + ?Sized> AdminStore for Arc<T> {
     }
 }
 
-// === MemoryStore ===
+// === AdminMemoryStore ===
 
 /// An [`AdminStore`] in memory: changes hold while the process runs and are lost on restart.
 #[derive(Default)]
-pub struct MemoryStore {
+pub struct AdminMemoryStore {
     state: Mutex<Tables>,
 }
 
@@ -240,7 +240,7 @@ struct Tables {
     settings: BTreeMap<String, Value>,
 }
 
-impl MemoryStore {
+impl AdminMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -251,10 +251,10 @@ impl MemoryStore {
     }
 }
 
-impl fmt::Debug for MemoryStore {
+impl fmt::Debug for AdminMemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = self.lock();
-        f.debug_struct("MemoryStore")
+        f.debug_struct("AdminMemoryStore")
             .field("keys", &t.keys.len())
             .field("tokens", &t.tokens.len())
             .field("settings", &t.settings.len())
@@ -262,7 +262,7 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
-impl AdminStore for MemoryStore {
+impl AdminStore for AdminMemoryStore {
     fn load(&self) -> StoreFuture<'_, AdminState> {
         let t = self.lock();
         let mut state = AdminState {

@@ -1,4 +1,4 @@
-//! [`RedisStore`]: the admin store in Redis hashes (feature `redis`).
+//! [`AdminRedisStore`]: the admin store in Redis hashes (feature `redis`).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,7 +23,7 @@ const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 /// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
 /// stored as SHA-256 digests only.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct AdminRedisStore {
     conn: ConnectionManager,
     prefix: Arc<str>,
 }
@@ -42,7 +42,7 @@ struct StoredToken {
     revoked: bool,
 }
 
-impl RedisStore {
+impl AdminRedisStore {
     /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
     /// unreachable. The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
@@ -81,9 +81,9 @@ impl RedisStore {
     }
 }
 
-impl fmt::Debug for RedisStore {
+impl fmt::Debug for AdminRedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore")
+        f.debug_struct("AdminRedisStore")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -93,7 +93,7 @@ fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-impl AdminStore for RedisStore {
+impl AdminStore for AdminRedisStore {
     fn load(&self) -> StoreFuture<'_, AdminState> {
         Box::pin(async move {
             let mut conn = self.conn.clone();

@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the admin store in a SQLite file (feature `sqlite`).
+//! [`AdminSqliteStore`]: the admin store in a SQLite file (feature `sqlite`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -141,7 +141,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-// === SqliteStore ===
+// === AdminSqliteStore ===
 
 /// An [`AdminStore`] in a SQLite file (feature `sqlite`).
 ///
@@ -150,12 +150,12 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// SHA-256 digests only. Tables: `admin_keys`, `admin_tokens`, `settings` (and `requests`, for
 /// a [`RequestLog`](super::RequestLog) on the same file). Calls run on tokio's blocking pool.
 #[derive(Clone)]
-pub struct SqliteStore {
+pub struct AdminSqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
 }
 
-impl SqliteStore {
+impl AdminSqliteStore {
     /// Opens the database at `path`, creating the file (mode 0600) and its tables as needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
@@ -210,9 +210,9 @@ impl SqliteStore {
     }
 }
 
-impl fmt::Debug for SqliteStore {
+impl fmt::Debug for AdminSqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
+        f.debug_struct("AdminSqliteStore")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
@@ -295,7 +295,7 @@ fn now() -> i64 {
     unix_seconds(SystemTime::now())
 }
 
-impl AdminStore for SqliteStore {
+impl AdminStore for AdminSqliteStore {
     fn load(&self) -> StoreFuture<'_, AdminState> {
         Box::pin(self.blocking(load))
     }

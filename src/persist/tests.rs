@@ -79,7 +79,7 @@ async fn contract(store: &dyn AdminStore) {
 
 #[tokio::test]
 async fn memory_store_keeps_the_contract() {
-    let store = MemoryStore::new();
+    let store = AdminMemoryStore::new();
     contract(&store).await;
     assert!(!store.is_durable());
 }
@@ -100,10 +100,10 @@ mod sqlite {
     async fn sqlite_store_keeps_the_contract_across_reopen() {
         let dir = temp_dir("sqlite-contract");
         let path = dir.join("gateway.db");
-        let store = SqliteStore::open(&path).unwrap();
+        let store = AdminSqliteStore::open(&path).unwrap();
         contract(&store).await;
         drop(store);
-        let again = SqliteStore::open(&path).unwrap();
+        let again = AdminSqliteStore::open(&path).unwrap();
         let state = again.load().await.unwrap();
         assert_eq!(state.keys.len(), 2);
         assert_eq!(state.tokens.len(), 1);
@@ -121,7 +121,7 @@ mod sqlite {
             .build()
             .unwrap();
         rt.block_on(async {
-            let store = SqliteStore::open(&path).unwrap();
+            let store = AdminSqliteStore::open(&path).unwrap();
             let token = TokenRecord::new("sk-never-in-clear-000000000001", "x", false);
             store.put_token(&token).await.unwrap();
         });
@@ -138,7 +138,7 @@ mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn backup_is_a_readable_copy() {
         let dir = temp_dir("sqlite-backup");
-        let store = SqliteStore::open(dir.join("gateway.db")).unwrap();
+        let store = AdminSqliteStore::open(dir.join("gateway.db")).unwrap();
         store
             .put_key(&KeyRecord::new("AIzaSyBackup-key-00000000000000001"))
             .await
@@ -146,7 +146,7 @@ mod sqlite {
         let (path, size) = store.backup().await.unwrap();
         assert!(size > 0);
         assert_eq!(path.parent(), Some(dir.as_path()));
-        let copy = SqliteStore::open(&path).unwrap();
+        let copy = AdminSqliteStore::open(&path).unwrap();
         assert_eq!(copy.load().await.unwrap().keys.len(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -314,7 +314,7 @@ mod redis {
             println!("skipping: no redis at REDIS_URL (unset)");
             return None;
         };
-        match tokio::time::timeout(Duration::from_secs(3), RedisStore::connect(&url)).await {
+        match tokio::time::timeout(Duration::from_secs(3), AdminRedisStore::connect(&url)).await {
             Ok(Ok(_)) => Some(url),
             _ => {
                 println!("skipping: no redis at {url}");
@@ -331,12 +331,12 @@ mod redis {
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         let prefix = format!("tower-gemini-test:admin:{}:{nanos}", std::process::id());
-        let store = RedisStore::connect(&url)
+        let store = AdminRedisStore::connect(&url)
             .await
             .unwrap()
             .with_prefix(&prefix);
         contract(&store).await;
-        let again = RedisStore::connect(&url)
+        let again = AdminRedisStore::connect(&url)
             .await
             .unwrap()
             .with_prefix(&prefix);

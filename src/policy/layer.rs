@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::body::{RewriteStream, StreamMode, rewrite_chunk};
 use super::rule::{Call, CallKind, ListedModel, Rewrite, Rule};
-use crate::body::{Body, BoxError, LimitError, collect_limited};
+use crate::body::{Body, BoxError, BoxFuture, LimitError, collect_limited};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{GeminiPath, Method};
 
@@ -259,12 +259,12 @@ where
         };
         let Some((kind, path)) = classified else {
             let fut = inner.call(req);
-            return ResponseFuture(Box::pin(
+            return BoxFuture(Box::pin(
                 async move { fut.await.map(|res| res.map(Body::new)) },
             ));
         };
         let max = self.max_body_bytes;
-        ResponseFuture(Box::pin(async move {
+        BoxFuture(Box::pin(async move {
             let dialect = Dialect::of(&req);
             let query = req.uri().query().map(str::to_owned);
             let (mut parts, body) = req.into_parts();
@@ -580,19 +580,5 @@ async fn rewrite_models(
     }
 }
 
-/// Response future of [`RequestPolicy`].
-pub struct ResponseFuture<E>(Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>);
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
+/// Response future of [`RequestPolicy`]: one boxed future type for every layer whose work is `async`.
+pub type ResponseFuture<E> = crate::body::BoxFuture<Result<Response<Body>, E>>;

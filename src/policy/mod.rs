@@ -20,28 +20,24 @@
 //!
 //! The built-in rules, one type each: [`ModelAliases`], [`SearchModels`], [`AllowedModels`],
 //! [`PromptInjection`], [`SafetyOverride`], [`ThinkingDefaults`], [`HideThoughts`],
-//! [`CodeExecution`]. [`PolicyConfig::from_env`] reads them from the usual environment
-//! variables, and [`PolicyConfig::layer`] builds the layer. To change the rules while serving
+//! [`CodeExecution`]. [`PolicyConfig`] holds them as plain data (`full_proxy` reads it from
+//! the usual environment variables), and [`PolicyConfig::layer`] builds the layer. To change the rules while serving
 //! (an admin API), build the layer with [`RequestPolicyLayer::from_handle`] and swap rules
 //! through its [`PolicyHandle`]; they apply from the next request.
 //!
 //! # Example
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! use std::collections::HashMap;
 //! use http::{Request, Response, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_gemini::{Body, body::collect_limited, policy::PolicyConfig};
 //!
-//! let env: HashMap<String, String> = [
-//!     ("MODEL_ALIASES", "gpt-4o=gemini-2.5-pro"),
-//!     ("DISABLE_SAFETY_FILTERING", "true"),
-//!     ("ALLOWED_MODELS", "gpt-4o,gemini-2.5-flash"),
-//! ]
-//! .into_iter()
-//! .map(|(k, v)| (k.to_owned(), v.to_owned()))
-//! .collect();
-//! let policy = PolicyConfig::from_env(&env).unwrap();
+//! let policy = PolicyConfig {
+//!     model_aliases: vec![("gpt-4o".into(), "gemini-2.5-pro".into())],
+//!     disable_safety_filtering: true,
+//!     allowed_models: vec!["gpt-4o".into(), "gemini-2.5-flash".into()],
+//!     ..PolicyConfig::default()
+//! };
 //!
 //! // The upstream echoes the path and body it received.
 //! let svc = ServiceBuilder::new()

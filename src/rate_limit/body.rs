@@ -1,4 +1,4 @@
-//! Token settlement: reading `usageMetadata.totalTokenCount` from responses.
+//! Token settlement: the answer's real total, read with the crate's one [`TokenScanner`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,97 +11,7 @@ use http_body_util::BodyExt;
 
 use super::store::{RateLimitStore, Settlement};
 use crate::body::{Body, BoxError};
-
-const PATTERN: &[u8] = b"\"totalTokenCount\":";
-
-/// Finds the last `"totalTokenCount": N` in a byte stream fed piece by piece (SSE frames, a
-/// streamed JSON array or a whole JSON body), without buffering it.
-///
-/// The pattern cannot match inside a JSON string (quotes there are escaped), so it only finds
-/// real keys; Gemini sends `usageMetadata` last, and the last one wins.
-///
-/// ```
-/// use tower_gemini::rate_limit::UsageScanner;
-///
-/// let mut s = UsageScanner::new();
-/// s.feed(b"data: {\"usageMetadata\":{\"totalTok");
-/// s.feed(b"enCount\": 12}}\r\n\r\ndata: {\"usageMetadata\":{\"totalTokenCount\":30}}\r\n\r\n");
-/// assert_eq!(s.total_tokens(), Some(30));
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct UsageScanner {
-    matched: usize,
-    state: ScanState,
-    value: u64,
-    last: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum ScanState {
-    #[default]
-    Seeking,
-    BeforeNumber,
-    Number,
-}
-
-impl UsageScanner {
-    /// A scanner that has seen nothing.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feeds the next bytes.
-    pub fn feed(&mut self, data: &[u8]) {
-        for &b in data {
-            match self.state {
-                ScanState::Seeking => self.seek(b),
-                ScanState::BeforeNumber => {
-                    if b.is_ascii_digit() {
-                        self.value = u64::from(b - b'0');
-                        self.state = ScanState::Number;
-                    } else if !b.is_ascii_whitespace() {
-                        self.state = ScanState::Seeking;
-                        self.seek(b);
-                    }
-                }
-                ScanState::Number => {
-                    if b.is_ascii_digit() {
-                        self.value = self
-                            .value
-                            .saturating_mul(10)
-                            .saturating_add(u64::from(b - b'0'));
-                    } else {
-                        self.last = Some(self.value);
-                        self.state = ScanState::Seeking;
-                        self.seek(b);
-                    }
-                }
-            }
-        }
-    }
-
-    fn seek(&mut self, b: u8) {
-        if b == PATTERN[self.matched] {
-            self.matched += 1;
-            if self.matched == PATTERN.len() {
-                self.matched = 0;
-                self.state = ScanState::BeforeNumber;
-            }
-        } else {
-            // The pattern has no border: on a mismatch only its opening quote can restart it.
-            self.matched = usize::from(b == b'"');
-        }
-    }
-
-    /// The last total token count seen (a number still being read counts, for a body that
-    /// ends right after it).
-    pub fn total_tokens(&self) -> Option<u64> {
-        match self.state {
-            ScanState::Number => Some(self.value),
-            _ => self.last,
-        }
-    }
-}
+use crate::tokens::TokenScanner;
 
 /// The token charges of one request, settled once the real count is known.
 pub(crate) struct Settler {
@@ -161,7 +71,7 @@ pub(crate) struct ResponseBody {
     /// An error met while reading `pending`, yielded after it.
     failed: Option<BoxError>,
     inner: Body,
-    scanner: UsageScanner,
+    scanner: TokenScanner,
     settler: Option<Settler>,
 }
 
@@ -171,14 +81,14 @@ impl ResponseBody {
             pending: None,
             failed: None,
             inner,
-            scanner: UsageScanner::new(),
+            scanner: TokenScanner::new(),
             settler: Some(settler),
         }
     }
 
     fn finish(&mut self) {
         if let Some(s) = self.settler.take() {
-            s.finish(self.scanner.total_tokens());
+            s.finish(self.scanner.tokens().map(|t| t.total));
         }
     }
 }
@@ -277,56 +187,16 @@ pub(crate) async fn buffer_and_settle(mut body: Body, settler: Settler, max: usi
     }
 }
 
-#[derive(serde::Deserialize)]
-struct UsageOnly {
-    #[serde(rename = "usageMetadata")]
-    usage: Option<UsageMetadata>,
-}
-
-#[derive(serde::Deserialize)]
-struct UsageMetadata {
-    #[serde(rename = "totalTokenCount")]
-    total: Option<u64>,
-}
-
+/// The total token count of a whole answer (one JSON object, or a JSON array of chunks).
 fn usage_of_json(bytes: &[u8]) -> Option<u64> {
-    let object = bytes.trim_ascii_start().starts_with(b"{");
-    match serde_json::from_slice::<UsageOnly>(bytes) {
-        Ok(u) if object => u.usage.and_then(|u| u.total),
-        _ => {
-            // Not one JSON object (an array, or something odd): the scanner still finds usage.
-            let mut s = UsageScanner::new();
-            s.feed(bytes);
-            s.total_tokens()
-        }
-    }
+    let mut s = TokenScanner::new();
+    s.feed(bytes);
+    s.tokens().map(|t| t.total)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scanner_finds_the_last_count_across_splits() {
-        let text = b"data: {\"candidates\":[],\"usageMetadata\":{\"promptTokenCount\":3,\"totalTokenCount\": 17}}\r\n\r\ndata: {\"usageMetadata\":{\"totalTokenCount\":1234}}\r\n\r\n";
-        for split in 0..text.len() {
-            let mut s = UsageScanner::new();
-            s.feed(&text[..split]);
-            s.feed(&text[split..]);
-            assert_eq!(s.total_tokens(), Some(1234), "split at {split}");
-        }
-    }
-
-    #[test]
-    fn scanner_ignores_escaped_text_and_near_misses() {
-        let mut s = UsageScanner::new();
-        s.feed(
-            br#"{"text":"say \"totalTokenCount\": 99","totalTokenCounts":5,""totalTokenCount":x}"#,
-        );
-        assert_eq!(s.total_tokens(), None);
-        s.feed(br#"{""totalTokenCount":7"#);
-        assert_eq!(s.total_tokens(), Some(7));
-    }
 
     #[test]
     fn json_usage_is_parsed() {

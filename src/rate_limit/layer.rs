@@ -13,9 +13,9 @@ use tower::{Layer, Service};
 use super::body::{ResponseBody, Settler, buffer_and_settle};
 use super::key::{IpNet, IpSource, Subject};
 use super::rule::{Quota, QuotaKind, Rule, Scope};
-use super::store::{Check, MemoryStore, Outcome, RateLimitStore};
+use super::store::{Check, Outcome, RateLimitMemoryStore, RateLimitStore};
 use crate::Error;
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, BoxFuture};
 use crate::error::{ApiError, Dialect};
 
 /// `x-ratelimit-limit`: the amount of the tightest quota.
@@ -147,7 +147,7 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// The store (default: a new [`MemoryStore`]). Pass an `Arc` to share one store between
+    /// The store (default: a new [`RateLimitMemoryStore`]). Pass an `Arc` to share one store between
     /// several layers.
     pub fn store(mut self, store: impl RateLimitStore) -> Self {
         self.store = Some(Arc::new(store));
@@ -258,7 +258,9 @@ impl RateLimitLayerBuilder {
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 rules,
-                store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+                store: self
+                    .store
+                    .unwrap_or_else(|| Arc::new(RateLimitMemoryStore::new())),
                 fail_open: self.fail_open,
                 ip: IpSource { header, trusted },
                 max_buffer: self.max_buffer,
@@ -426,101 +428,102 @@ where
         let shared = self.shared.clone();
         let mut req = req.map(Body::new);
         crate::facts::resolve_call(&mut req);
-        ResponseFuture {
-            inner: Box::pin(async move {
-                let subject = Subject::of(&req, &shared.ip);
-                let body_bytes = http_body::Body::size_hint(req.body())
-                    .exact()
-                    .or_else(|| content_length(&req));
-                let plan = shared.plan(&subject, body_bytes);
-                if plan.checks.is_empty() {
+        BoxFuture(Box::pin(async move {
+            let subject = Subject::of(&req, &shared.ip);
+            let body_bytes = http_body::Body::size_hint(req.body())
+                .exact()
+                .or_else(|| content_length(&req));
+            let plan = shared.plan(&subject, body_bytes);
+            if plan.checks.is_empty() {
+                return inner.call(req).await.map(|res| res.map(Body::new));
+            }
+            let dialect = Dialect::of(&req);
+            let outcomes = match shared.store.check(&plan.checks).await {
+                Ok(o) if o.len() == plan.checks.len() => Some(o),
+                Ok(o) => {
+                    tracing::warn!(
+                        expected = plan.checks.len(),
+                        got = o.len(),
+                        "rate limit store answered the wrong number of outcomes"
+                    );
+                    None
+                }
+                Err(e) => {
+                    let detail = std::error::Error::source(&e)
+                        .map(|s| crate::secret::scrub(&s.to_string()).into_owned());
+                    tracing::warn!(
+                        error = %e,
+                        detail = detail.as_deref().unwrap_or(""),
+                        fail_open = shared.fail_open,
+                        "rate limit store failed"
+                    );
+                    None
+                }
+            };
+            let Some(outcomes) = outcomes else {
+                if shared.fail_open {
                     return inner.call(req).await.map(|res| res.map(Body::new));
                 }
-                let dialect = Dialect::of(&req);
-                let outcomes = match shared.store.check(&plan.checks).await {
-                    Ok(o) if o.len() == plan.checks.len() => Some(o),
-                    Ok(o) => {
-                        tracing::warn!(
-                            expected = plan.checks.len(),
-                            got = o.len(),
-                            "rate limit store answered the wrong number of outcomes"
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        let detail = std::error::Error::source(&e)
-                            .map(|s| crate::secret::scrub(&s.to_string()).into_owned());
-                        tracing::warn!(
-                            error = %e,
-                            detail = detail.as_deref().unwrap_or(""),
-                            fail_open = shared.fail_open,
-                            "rate limit store failed"
-                        );
-                        None
-                    }
-                };
-                let Some(outcomes) = outcomes else {
-                    if shared.fail_open {
-                        return inner.call(req).await.map(|res| res.map(Body::new));
-                    }
-                    return Ok(ApiError::service_unavailable(
-                        "the rate limiter is unavailable; try again shortly",
-                    )
-                    .with_retry_after(Duration::from_secs(1))
-                    .into_response(dialect));
-                };
-                if let Some(i) = plan.refused(&outcomes) {
-                    let o = &outcomes[i];
-                    let p = &plan.planned[i];
-                    let wait = ceil_secs(o.retry_after).max(1);
-                    let message = format!(
-                        "rate limit of {} {} exceeded; retry in {wait} s",
-                        p.quota.quota, p.rule.scope
-                    );
-                    tracing::debug!(limit = %message, "request refused");
-                    if let Some(report) = crate::facts::Report::of(&req) {
-                        report.record_rate_limited();
-                    }
-                    let mut res =
-                        ApiError::too_many_requests(message, o.retry_after).into_response(dialect);
-                    plan.headers(i, o, res.headers_mut());
-                    return Ok(res);
+                return Ok(ApiError::service_unavailable(
+                    "the rate limiter is unavailable; try again shortly",
+                )
+                .with_retry_after(Duration::from_secs(1))
+                .into_response(dialect));
+            };
+            if let Some(i) = plan.refused(&outcomes) {
+                let o = &outcomes[i];
+                let p = &plan.planned[i];
+                let wait = ceil_secs(o.retry_after).max(1);
+                let message = format!(
+                    "rate limit of {} {} exceeded; retry in {wait} s",
+                    p.quota.quota, p.rule.scope
+                );
+                tracing::debug!(limit = %message, "request refused");
+                if let Some(report) = crate::facts::Report::of(&req) {
+                    report.record_rate_limited();
                 }
-                let settler = plan.settler(&shared.store);
-                let res = match inner.call(req).await {
-                    Ok(res) => res,
-                    Err(e) => {
-                        // Nothing was generated: give the estimate back.
-                        if let Some(s) = settler {
-                            s.finish(Some(0));
-                        }
-                        return Err(e);
+                let mut res =
+                    ApiError::too_many_requests(message, o.retry_after).into_response(dialect);
+                plan.headers(i, o, res.headers_mut());
+                return Ok(res);
+            }
+            let settler = plan.settler(&shared.store);
+            let res = match inner.call(req).await {
+                Ok(res) => res,
+                Err(e) => {
+                    // Nothing was generated: give the estimate back.
+                    if let Some(s) = settler {
+                        s.finish(Some(0));
                     }
-                };
-                let mut res = res.map(Body::new);
-                if let Some(i) = plan.tightest(&outcomes) {
-                    plan.headers(i, &outcomes[i], res.headers_mut());
+                    return Err(e);
                 }
-                let Some(settler) = settler else {
-                    return Ok(res);
-                };
-                if !res.status().is_success() {
-                    // Failed calls spend no tokens upstream.
-                    settler.finish(Some(0));
-                    return Ok(res);
-                }
-                let streams = subject.streams || is_event_stream(&res);
-                let (parts, body) = res.into_parts();
-                let body = if streams {
-                    Body::new(ResponseBody::new(body, settler))
-                } else {
-                    buffer_and_settle(body, settler, shared.max_buffer).await
-                };
-                Ok(Response::from_parts(parts, body))
-            }),
-        }
+            };
+            let mut res = res.map(Body::new);
+            if let Some(i) = plan.tightest(&outcomes) {
+                plan.headers(i, &outcomes[i], res.headers_mut());
+            }
+            let Some(settler) = settler else {
+                return Ok(res);
+            };
+            if !res.status().is_success() {
+                // Failed calls spend no tokens upstream.
+                settler.finish(Some(0));
+                return Ok(res);
+            }
+            let streams = subject.streams || is_event_stream(&res);
+            let (parts, body) = res.into_parts();
+            let body = if streams {
+                Body::new(ResponseBody::new(body, settler))
+            } else {
+                buffer_and_settle(body, settler, shared.max_buffer).await
+            };
+            Ok(Response::from_parts(parts, body))
+        }))
     }
 }
+
+/// Response future of [`RateLimit`]: one boxed future type for every layer whose work is `async`.
+pub type ResponseFuture<E> = crate::body::BoxFuture<Result<Response<Body>, E>>;
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
@@ -536,23 +539,4 @@ fn is_event_stream<B>(res: &Response<B>) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"))
-}
-
-/// Response future of [`RateLimit`].
-pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
 }

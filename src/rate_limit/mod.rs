@@ -62,9 +62,9 @@
 //!
 //! # Stores
 //! State lives in a [`RateLimitStore`], shared by every clone of the layer (axum clones
-//! services per connection; a limiter per clone would multiply the quotas). [`MemoryStore`] is
+//! services per connection; a limiter per clone would multiply the quotas). [`RateLimitMemoryStore`] is
 //! the default: sharded, bounded, idle buckets evicted, driven by Tokio's clock. With the
-//! `redis` feature, [`RedisStore`] shares one limit between gateway instances in one atomic
+//! `redis` feature, [`RateLimitRedisStore`] shares one limit between gateway instances in one atomic
 //! script per request. When the store fails, the layer lets requests through (the default)
 //! or answers 503 ([`fail_open`](RateLimitLayerBuilder::fail_open)), and logs a warning.
 //!
@@ -86,7 +86,6 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use body::UsageScanner;
 pub use key::ClientAddr;
 pub use layer::{
     RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture, X_RATELIMIT_LIMIT,
@@ -94,6 +93,6 @@ pub use layer::{
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use redis::RedisStore;
+pub use redis::RateLimitRedisStore;
 pub use rule::{ModelLimits, Quota, QuotaKind, Rule};
-pub use store::{Check, MemoryStore, Outcome, RateLimitStore, Settlement, StoreFuture};
+pub use store::{Check, Outcome, RateLimitMemoryStore, RateLimitStore, Settlement, StoreFuture};

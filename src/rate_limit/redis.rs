@@ -92,9 +92,9 @@ return 1
 /// ```no_run
 /// # fn main() -> Result<(), tower_gemini::Error> {
 /// use std::time::Duration;
-/// use tower_gemini::rate_limit::{RateLimitLayer, RedisStore, Rule};
+/// use tower_gemini::rate_limit::{RateLimitLayer, RateLimitRedisStore, Rule};
 ///
-/// let store = RedisStore::new("redis://127.0.0.1:6379")?
+/// let store = RateLimitRedisStore::new("redis://127.0.0.1:6379")?
 ///     .key_prefix("gateway:rl:")
 ///     .timeout(Duration::from_millis(250));
 /// let layer = RateLimitLayer::builder()
@@ -104,7 +104,7 @@ return 1
 ///     .build()?;
 /// # let _ = layer; Ok(()) }
 /// ```
-pub struct RedisStore {
+pub struct RateLimitRedisStore {
     client: redis::Client,
     conn: OnceLock<ConnectionManager>,
     prefix: String,
@@ -113,7 +113,7 @@ pub struct RedisStore {
     settle: redis::Script,
 }
 
-impl RedisStore {
+impl RateLimitRedisStore {
     /// A store for a `redis://` (or `rediss://`, `unix://`) URL. Only parses the URL; the
     /// connection is made on first use.
     pub fn new(url: &str) -> Result<Self, Error> {
@@ -163,17 +163,17 @@ fn micros(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e6)
 }
 
-impl fmt::Debug for RedisStore {
+impl fmt::Debug for RateLimitRedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No URL: it may hold a password.
-        f.debug_struct("RedisStore")
+        f.debug_struct("RateLimitRedisStore")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl RateLimitStore for RedisStore {
+impl RateLimitStore for RateLimitRedisStore {
     fn check<'a>(&'a self, checks: &'a [Check]) -> StoreFuture<'a, Result<Vec<Outcome>, Error>> {
         Box::pin(async move {
             let mut conn = self.connection()?;

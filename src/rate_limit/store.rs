@@ -53,7 +53,7 @@ pub struct Settlement {
 
 /// Where limiter state lives: the plug point for shared stores.
 ///
-/// Implementations run GCRA (see [`MemoryStore`] for the reference). Stores are shared by every
+/// Implementations run GCRA (see [`RateLimitMemoryStore`] for the reference). Stores are shared by every
 /// clone of the layer (and, for a networked store, by every gateway instance).
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Checks every bucket of a request and charges them **all or none**: when any bucket
@@ -123,7 +123,7 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-// === MemoryStore ===
+// === RateLimitMemoryStore ===
 
 const SHARDS: usize = 64;
 const MIN_SWEEP: usize = 64;
@@ -138,7 +138,7 @@ const MIN_SWEEP: usize = 64;
 ///
 /// Time is [`tokio::time::Instant`], so tests can drive it with `tokio::time::pause()` and
 /// `advance()`.
-pub struct MemoryStore {
+pub struct RateLimitMemoryStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     base: Instant,
@@ -149,7 +149,7 @@ struct Shard {
     sweep_at: usize,
 }
 
-impl MemoryStore {
+impl RateLimitMemoryStore {
     /// A store for up to 1,000,000 buckets.
     pub fn new() -> Self {
         Self::with_max_keys(1_000_000)
@@ -302,22 +302,22 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Default for MemoryStore {
+impl Default for RateLimitMemoryStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl fmt::Debug for MemoryStore {
+impl fmt::Debug for RateLimitMemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore")
+        f.debug_struct("RateLimitMemoryStore")
             .field("shards", &self.shards.len())
             .field("max_keys", &(self.per_shard * self.shards.len()))
             .finish()
     }
 }
 
-impl RateLimitStore for MemoryStore {
+impl RateLimitStore for RateLimitMemoryStore {
     fn check<'a>(&'a self, checks: &'a [Check]) -> StoreFuture<'a, Result<Vec<Outcome>, Error>> {
         Box::pin(std::future::ready(Ok(self.check_now(checks))))
     }
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn several_buckets_are_all_or_nothing() {
-        let store = MemoryStore::new();
+        let store = RateLimitMemoryStore::new();
         let a = check("a", 60, 5, 1);
         let b = check("b", 60, 1, 1);
         let out = store.check_now(&[a.clone(), b.clone()]);
@@ -390,7 +390,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_buckets_are_swept() {
-        let store = MemoryStore::with_max_keys(SHARDS * 1000);
+        let store = RateLimitMemoryStore::with_max_keys(SHARDS * 1000);
         for i in 0..5000 {
             store.check_now(&[check(&format!("k{i}"), 60, 1, 1)]);
         }
@@ -405,7 +405,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn memory_is_bounded_under_many_active_keys() {
-        let store = MemoryStore::with_max_keys(SHARDS * 100);
+        let store = RateLimitMemoryStore::with_max_keys(SHARDS * 100);
         for i in 0..50_000 {
             store.check_now(&[check(&format!("k{i}"), 1, 1, 1)]);
         }

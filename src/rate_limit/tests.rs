@@ -593,7 +593,7 @@ async fn a_failing_store_fails_closed_when_asked() {
 
 #[tokio::test(start_paused = true)]
 async fn one_store_can_back_several_layers() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(RateLimitMemoryStore::new());
     let build = || {
         RateLimitLayer::builder()
             .rule(Rule::per_client().requests_per_minute(3))

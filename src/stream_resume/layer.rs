@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use super::relay::{self, Mode};
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BoxError, BoxFuture};
 use crate::gemini::Method;
 
 /// The default instruction sent with a continuation request.
@@ -231,7 +231,7 @@ where
         };
         let Some(mode) = mode else {
             let fut = inner.call(req);
-            return ResponseFuture(Box::pin(
+            return BoxFuture(Box::pin(
                 async move { fut.await.map(|res| res.map(Body::new)) },
             ));
         };
@@ -241,7 +241,7 @@ where
         let template = relay::RequestTemplate::new(&parts, original, mode != Mode::Unary);
         let first = inner.call(Request::from_parts(parts, body));
         let span = tracing::Span::current();
-        ResponseFuture(Box::pin(
+        BoxFuture(Box::pin(
             async move {
                 // A failure before any byte is a plain retry of the original request.
                 let mut res = first.await;
@@ -272,19 +272,5 @@ where
     }
 }
 
-/// Response future of [`StreamResume`].
-pub struct ResponseFuture<E>(Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>);
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
+/// Response future of [`StreamResume`]: one boxed future type for every layer whose work is `async`.
+pub type ResponseFuture<E> = crate::body::BoxFuture<Result<Response<Body>, E>>;

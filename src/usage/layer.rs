@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::record::{UsageRecord, UsageSink};
-use super::scan::TokenScanner;
 use crate::body::{Body, BoxError};
 use crate::facts::{Client, Identity, Report, Reported};
 use crate::gemini::{Method, strip_models_prefix};
+use crate::tokens::TokenScanner;
 
 // === UsageLayer ===
 

@@ -67,15 +67,14 @@ mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod record;
-mod scan;
 mod stats;
 
+pub use crate::tokens::TokenScanner;
 pub use layer::{ResponseFuture, Usage, UsageLayer};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsSink;
 pub use record::{Client, Tokens, UsageRecord, UsageSink};
-pub use scan::TokenScanner;
 pub use stats::{Dimension, OTHER, Totals, UsageStats, Window};
 
 #[cfg(test)]

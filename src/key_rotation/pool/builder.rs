@@ -120,7 +120,7 @@ impl KeyPoolBuilder {
     }
 
     /// Shares cool-downs and disabled flags through a store
-    /// ([`MemoryStore`](crate::key_rotation::MemoryStore) for pools in one process, `RedisStore`
+    /// ([`KeyStateMemoryStore`](crate::key_rotation::KeyStateMemoryStore) for pools in one process, `KeyStateRedisStore`
     /// across processes).
     /// Default: none, the state stays in this pool's memory.
     pub fn store(mut self, store: Arc<dyn KeyStateStore>) -> Self {

@@ -1,6 +1,31 @@
-//! A cheap incremental scanner for token counts in Gemini and OpenAI answers.
+//! Token counts of an answer ([`Tokens`]) and the one incremental scanner that finds them in
+//! Gemini and OpenAI answers ([`TokenScanner`]): usage records and token quotas both read it.
 
-use super::record::Tokens;
+/// Token counts of one answer, from its `usageMetadata` (or an OpenAI `usage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tokens {
+    /// `promptTokenCount`.
+    pub prompt: u64,
+    /// `candidatesTokenCount`: the visible answer.
+    pub output: u64,
+    /// `thoughtsTokenCount`: thinking tokens.
+    pub thoughts: u64,
+    /// `cachedContentTokenCount`: prompt tokens served from a cache.
+    pub cached: u64,
+    /// `totalTokenCount` (the sum of the others when the answer has none).
+    pub total: u64,
+}
+
+impl Tokens {
+    /// Adds `other` into `self`, saturating.
+    pub fn add(&mut self, other: &Tokens) {
+        self.prompt = self.prompt.saturating_add(other.prompt);
+        self.output = self.output.saturating_add(other.output);
+        self.thoughts = self.thoughts.saturating_add(other.thoughts);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.total = self.total.saturating_add(other.total);
+    }
+}
 
 /// Longest key name kept while scanning; longer keys are not token counts.
 const MAX_KEY: usize = 32;
@@ -55,7 +80,7 @@ enum State {
 /// inside a model's answer is never counted.
 ///
 /// ```
-/// use tower_gemini::usage::TokenScanner;
+/// use tower_gemini::tokens::TokenScanner;
 ///
 /// let mut s = TokenScanner::new();
 /// s.feed(b"data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTok");
