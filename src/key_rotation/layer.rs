@@ -1,7 +1,5 @@
 //! The `KeyRotationLayer`, its service and response future.
 
-use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

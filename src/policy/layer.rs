@@ -1,8 +1,6 @@
 //! `RequestPolicyLayer`, the service and its response future.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 

@@ -1,8 +1,6 @@
 //! `RateLimitLayer`, its builder, the `RateLimit` service and its response future.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
