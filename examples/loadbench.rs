@@ -37,20 +37,8 @@
 
 #![allow(unreachable_pub, missing_docs, dead_code)]
 
-// full_proxy's modules, as tests/support/mod.rs includes them. If full_proxy grows a module
-// that app.rs uses, add it here too.
-#[path = "full_proxy/admin.rs"]
-mod admin;
-#[path = "full_proxy/app.rs"]
-mod app;
-#[path = "full_proxy/config.rs"]
-mod config;
-#[path = "full_proxy/ops.rs"]
-mod ops;
-#[path = "full_proxy/persist.rs"]
-mod persist;
-#[path = "full_proxy/server.rs"]
-mod server;
+// full_proxy itself, the one build its example and the tests use.
+use full_proxy::{app, config, ops, server};
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -5,22 +5,13 @@
 //! With no `GEMINI_API_KEYS` it starts in demo mode against the built-in fake Gemini; with no
 //! `ALLOWED_TOKENS` it mints a client token and prints a ready curl line.
 
-#![allow(unreachable_pub)]
-
-mod admin;
-mod app;
-mod config;
-mod ops;
-mod persist;
-mod server;
-
 use std::process::ExitCode;
 
+use full_proxy::app::App;
+use full_proxy::config::{Config, LogFormat};
+use full_proxy::{ops, server};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
-
-use crate::app::App;
-use crate::config::{Config, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -13,18 +13,8 @@ use tower_gemini::Body;
 use tower_gemini::body::collect_limited;
 use tower_gemini::client::UpstreamClient;
 
-#[path = "../../examples/full_proxy/admin.rs"]
-pub mod admin;
-#[path = "../../examples/full_proxy/app.rs"]
-pub mod app;
-#[path = "../../examples/full_proxy/config.rs"]
-pub mod config;
-#[path = "../../examples/full_proxy/ops.rs"]
-pub mod ops;
-#[path = "../../examples/full_proxy/persist.rs"]
-pub mod persist;
-#[path = "../../examples/full_proxy/server.rs"]
-pub mod server;
+// full_proxy's modules, compiled once in the `full-proxy` crate.
+pub use full_proxy::{admin, app, config, ops, persist, server};
 
 pub use app::App;
 pub use config::Config;

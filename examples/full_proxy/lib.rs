@@ -1,0 +1,13 @@
+//! full_proxy's modules as a library: the example's `main.rs`, the integration tests and the
+//! load bench all use this one build of the gateway instead of compiling its source again each.
+//!
+//! It is the product, not the library: environment parsing (`config`), the admin API and page
+//! (`admin`), operations (`ops`), persistence wiring (`persist`) and the HTTP server (`server`)
+//! live here, on top of `tower_gemini`'s layers. Run it with `cargo run --example full_proxy`.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod ops;
+pub mod persist;
+pub mod server;
