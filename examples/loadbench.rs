@@ -38,7 +38,7 @@
 #![allow(unreachable_pub, missing_docs, dead_code)]
 
 // full_proxy itself, the one build its example and the tests use.
-use full_proxy::{app, config, ops, server};
+use full_proxy::{app, config, server};
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -346,6 +346,7 @@ impl UpstreamError {
     }
 
     /// The body, when it was read whole.
+    #[cfg(feature = "key-rotation")]
     pub(crate) fn body(&self) -> Option<&[u8]> {
         self.body.as_deref()
     }

@@ -276,6 +276,7 @@ impl TokenDigest {
     }
 
     /// Constant-time equality.
+    #[cfg(feature = "bearer-auth")]
     pub(crate) fn ct_eq(&self, other: &TokenDigest) -> bool {
         use subtle::ConstantTimeEq;
         bool::from(self.0.ct_eq(&other.0))

@@ -38,6 +38,7 @@ pub(crate) const RATE_LIMITED_TOTAL: &str = "gemini_gateway_rate_limited_total";
 /// Responses whose body did not end normally (client gone, stream failed), by `route`.
 pub(crate) const INCOMPLETE_TOTAL: &str = "gemini_gateway_incomplete_responses_total";
 /// Upstream keys, by `state` (`enabled`, `cooling`, `disabled`, `probing`).
+#[cfg(feature = "key-rotation")]
 pub(crate) const KEYS: &str = "gemini_gateway_keys";
 /// Requests in flight.
 pub(crate) const IN_FLIGHT: &str = "gemini_gateway_requests_in_flight";

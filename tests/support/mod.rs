@@ -14,6 +14,7 @@ use tower_gemini::body::collect_limited;
 use tower_gemini::client::UpstreamClient;
 
 // full_proxy's modules, compiled once in the `full-proxy` crate.
+#[allow(unused_imports, reason = "each test file uses its own few of them")]
 pub use full_proxy::{admin, app, config, ops, persist, server};
 
 pub use app::App;
