@@ -265,7 +265,7 @@ impl TokenDigest {
         }
         let mut out = [0u8; 32];
         for (i, pair) in bytes.chunks(2).enumerate() {
-            out[i] = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
+            out[i] = crate::credential::hex(pair[0])? << 4 | crate::credential::hex(pair[1])?;
         }
         Some(Self(out))
     }
@@ -290,15 +290,6 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
-#[cfg(any(feature = "bearer-auth", feature = "persist"))]
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
 
 #[cfg(test)]
 mod tests {
