@@ -290,7 +290,6 @@ impl fmt::Debug for TokenDigest {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
