@@ -123,22 +123,23 @@ pub fn mask(secret: &str) -> String {
     format!("{head}…{tail}")
 }
 
-/// Masks anything in `text` that looks like a Google API key (`AIza` + 35 characters) and the
-/// value of any `key=` query parameter. Returns the text unchanged (borrowed) when clean.
+/// Masks anything in `text` that looks like a Google API key and the value of any `key=` query
+/// parameter. Google issues two shapes: standard keys (`AIza` + 35 characters) and, since 2026,
+/// auth keys (`AQ.` + a long base64url string). Returns the text unchanged (borrowed) when clean.
 pub fn scrub(text: &str) -> Cow<'_, str> {
-    if !text.contains("AIza") && !text.contains("key=") {
+    if !text.contains("AIza") && !text.contains("AQ.") && !text.contains("key=") {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {
-        let google = rest.find("AIza");
-        let query = rest.find("key=");
-        let (at, skip) = match (google, query) {
-            (Some(g), Some(q)) if q < g => (q, 4),
-            (Some(g), _) => (g, 0),
-            (None, Some(q)) => (q, 4),
-            (None, None) => break,
+        // The earliest of the three patterns; `skip` is the part kept in clear (`key=`).
+        let found = [("AIza", 0), ("AQ.", 0), ("key=", 4)]
+            .into_iter()
+            .filter_map(|(pattern, skip)| rest.find(pattern).map(|at| (at, pattern, skip)))
+            .min_by_key(|(at, _, _)| *at);
+        let Some((at, pattern, skip)) = found else {
+            break;
         };
         out.push_str(&rest[..at + skip]);
         let tail = &rest[at + skip..];
@@ -147,9 +148,9 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
             .unwrap_or(tail.len());
         let token = &tail[..len];
         if skip == 0 && len < 20 {
-            // "AIza" inside ordinary text, not a key.
-            out.push_str("AIza");
-            rest = &tail[4.min(tail.len())..];
+            // "AIza" or "AQ." inside ordinary text, not a key.
+            out.push_str(pattern);
+            rest = &tail[pattern.len().min(tail.len())..];
             continue;
         }
         out.push_str(&mask(token));
@@ -347,5 +348,19 @@ mod tests {
         let k = ApiKey::new(KEY);
         assert_eq!(k.fingerprint(), ApiKey::new(KEY).fingerprint());
         assert!(!KEY.contains(&k.fingerprint()));
+    }
+
+    #[test]
+    fn auth_keys_are_scrubbed_by_shape_too() {
+        const AUTH: &str = "AQ.Ab8RN6LgKq0xZ-abcdefghijklmnopqrstuvwxyz_0123456789";
+        let text = format!("API key not valid: {AUTH} (x). Also AQ. and AQ.short stay; AIza too.");
+        let clean = scrub(&text);
+        assert!(!clean.contains("Ab8RN6LgKq0x"), "{clean}");
+        assert!(clean.contains(&mask(AUTH)), "{clean}");
+        assert!(
+            clean.contains("Also AQ. and AQ.short stay; AIza too."),
+            "{clean}"
+        );
+        assert_eq!(format!("{}", ApiKey::new(AUTH)), "AQ.A…6789");
     }
 }

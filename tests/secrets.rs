@@ -33,8 +33,8 @@ use tracing_subscriber::layer::SubscriberExt;
 const KEY_1: &str = "AIzaSyQ7vK2mX9pL4wR8tZ1nB6cJ3hF5dG0sYeUa";
 const KEY_2: &str = "AIzaSyW3nM8qT1zV6xK4bP9rL2cH7jD5fS0gYuEb";
 /// Listed in GEMINI_API_KEYS but unknown to the upstream: every use is an `API_KEY_INVALID`
-/// answer that echoes it.
-const KEY_BAD: &str = "AIzaSyE5rT9yU2iO7pA4sD1fG8hJ3kL6zX0cVbNm";
+/// answer that echoes it. An auth key (`AQ.`), the shape Google issues since 2026.
+const KEY_BAD: &str = "AQ.Ab8RNE5rT9yU2iO7pA4sD1fG8hJ3kL6zX0cVbNm_w";
 /// Added at run time through `POST /admin/keys`.
 const KEY_ADDED: &str = "AIzaSyR4tY7uI0oP3aS6dF9gH2jK5lZ8xC1vBnMq";
 const CLIENT: &str = "sk-client-Hq4Zr8Lw2Nc6Vy0Tb3Xm";
@@ -807,8 +807,9 @@ fn the_sweep_finds_a_piece_of_a_secret() {
 /// A client's own Gemini key (own-key mode), known to the upstream.
 const OWN: &str = "AIzaSyK8dF3hJ6lP1qW9eR4tY7uI2oA5sZ0xCvBg";
 /// A client's own key the upstream does not know: every use is an `API_KEY_INVALID` answer
-/// that echoes it.
-const OWN_UNKNOWN: &str = "AIzaSyM1nB4vC7xZ0lK3jH6gF9dS2aP5oI8uYtRe";
+/// that echoes it. An auth key (`AQ.`): the gateway holds it nowhere, so only its shape can
+/// tell logs and relayed errors to mask it.
+const OWN_UNKNOWN: &str = "AQ.Ab8RNM1nB4vC7xZ0lK3jH6gF9dS2aP5oI8uYtRe-q";
 /// Words of the prompts sent with own keys: the request log keeps no prompt unless asked.
 const PROMPT_WORDS: &str = "hummingbirds of Vx93Qe-Tarn";
 
