@@ -7,7 +7,7 @@
 //!
 //! Put it inside `RequestIdLayer` so the line carries the request span's fields (`request_id`,
 //! and `client`, `key.id` as inner layers record them, and `model`, the resolved model it
-//! reads from the request's [`Report`](crate::facts::Report)).
+//! reads from the request's [`Report`]).
 //!
 //! # Example
 //! ```

@@ -260,7 +260,12 @@ where
 /// The default cap on a request body, for every layer that reads or buffers one (the
 /// gateway's body limit, the OpenAI front, the request policy): 20 MiB, room for a few inline
 /// images. `full_proxy`'s `MAX_BODY_BYTES` sets it for all of them at once.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+#[cfg(any(
+    feature = "openai",
+    feature = "policy",
+    all(feature = "request-id", feature = "bearer-auth")
+))]
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 
 /// Applies [`BodyLimit`]: buffers request bodies up to a limit, answering 413 past it.
 ///
@@ -447,7 +452,7 @@ pin_project_lite::pin_project! {
     /// A body that fails with [`Error::timeout`](crate::Error::timeout) when no frame arrives
     /// for a while: it bounds the silence between stream chunks, not the length of a healthy
     /// stream.
-    pub struct IdleTimeout<B> {
+    pub(crate) struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
@@ -459,9 +464,11 @@ pin_project_lite::pin_project! {
     }
 }
 
+// Only the `client` leaf wraps bodies with it.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
 impl<B> IdleTimeout<B> {
     /// Wraps `inner`, failing after `idle` without a frame.
-    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+    pub(crate) fn new(inner: B, idle: std::time::Duration) -> Self {
         Self {
             inner,
             sleep: tokio::time::sleep(idle),

@@ -80,7 +80,8 @@ pub fn strip<B>(req: &mut Request<B>) {
 }
 
 /// [`strip`] on a request's parts (for a layer that keeps them to replay the request).
-pub fn strip_parts(parts: &mut http::request::Parts) {
+#[cfg(feature = "key-rotation")]
+pub(crate) fn strip_parts(parts: &mut http::request::Parts) {
     strip_headers(&mut parts.headers);
     if let Some(uri) = without_query_param(&parts.uri, KEY_PARAM) {
         parts.uri = uri;
@@ -103,7 +104,7 @@ pub fn set_upstream_key<B>(req: &mut Request<B>, key: &ApiKey) {
 }
 
 /// The header value of an upstream key, marked sensitive.
-pub fn upstream_key_value(key: &ApiKey) -> Option<HeaderValue> {
+pub(crate) fn upstream_key_value(key: &ApiKey) -> Option<HeaderValue> {
     let mut value = HeaderValue::from_str(key.expose()).ok()?;
     value.set_sensitive(true);
     Some(value)
@@ -111,7 +112,7 @@ pub fn upstream_key_value(key: &ApiKey) -> Option<HeaderValue> {
 
 /// Removes a query parameter (all occurrences, its name compared after percent-decoding)
 /// from a request's URI.
-pub fn remove_query_param<B>(req: &mut Request<B>, name: &str) {
+pub(crate) fn remove_query_param<B>(req: &mut Request<B>, name: &str) {
     if let Some(uri) = without_query_param(req.uri(), name) {
         *req.uri_mut() = uri;
     }
@@ -146,7 +147,7 @@ fn without_query_param(uri: &Uri, name: &str) -> Option<Uri> {
 
 /// The decoded value of the first query parameter named `name` (the name compared after
 /// percent-decoding).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))

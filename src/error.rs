@@ -287,7 +287,7 @@ impl fmt::Display for ApiError {
 impl std::error::Error for ApiError {}
 
 /// Gemini's (google.rpc) status name for an HTTP status.
-pub fn gemini_status_name(status: StatusCode) -> &'static str {
+pub(crate) fn gemini_status_name(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 413 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",

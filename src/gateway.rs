@@ -207,8 +207,7 @@ impl GatewayBuilder {
         self
     }
 
-    /// Request bodies larger than this are refused with 413 (default
-    /// [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)).
+    /// Request bodies larger than this are refused with 413 (default 20 MiB).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
         self

@@ -43,7 +43,7 @@ use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span};
 
 /// The `x-request-id` header name.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// A request's id, stored in request extensions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -89,7 +89,7 @@ pub trait MakeRequestId: Send + Sync + 'static {
 
 /// Mints UUIDv4 ids (the default).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct UuidRequestId;
+pub(crate) struct UuidRequestId;
 
 impl MakeRequestId for UuidRequestId {
     fn make_request_id(&self) -> HeaderValue {

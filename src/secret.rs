@@ -163,7 +163,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
 /// Replaces every occurrence of each of `secrets` in `text` by its masked form.
 ///
 /// Use it on upstream bodies that may echo a key in a form [`scrub`] does not recognise.
-pub fn scrub_known<'a, S: AsRef<str>>(text: &'a str, secrets: &[S]) -> Cow<'a, str> {
+pub(crate) fn scrub_known<'a, S: AsRef<str>>(text: &'a str, secrets: &[S]) -> Cow<'a, str> {
     let mut out = scrub(text);
     for s in secrets {
         let s = s.as_ref();

@@ -46,10 +46,7 @@ mod layer;
 mod service;
 mod store;
 
-pub use crate::credential::{
-    CredentialSource, X_GOOG_API_KEY, credential, query_param, remove_query_param,
-    strip as strip_credentials,
-};
+pub use crate::credential::{CredentialSource, credential};
 pub use crate::facts::Identity;
 pub use crate::secret::TokenDigest;
 pub use credentials::client_key_id;

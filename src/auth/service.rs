@@ -8,8 +8,9 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::future::{Kind, ResponseFuture};
-use super::{BearerAuthLayer, Identity, TokenStore, client_key_id, credential, strip_credentials};
+use super::{BearerAuthLayer, Identity, TokenStore, client_key_id, credential};
 use crate::body::{Body, BoxError};
+use crate::credential::strip as strip_credentials;
 use crate::error::{ApiError, Dialect};
 use crate::secret::ClientKey;
 

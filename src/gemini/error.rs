@@ -16,11 +16,11 @@ use serde_json::{Map, Value};
 use crate::body::Body;
 
 /// `@type` of [`ErrorInfo`].
-pub const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+pub(crate) const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
 /// `@type` of [`RetryInfo`].
-pub const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
+pub(crate) const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
 /// `@type` of [`QuotaFailure`].
-pub const QUOTA_FAILURE_TYPE: &str = "type.googleapis.com/google.rpc.QuotaFailure";
+pub(crate) const QUOTA_FAILURE_TYPE: &str = "type.googleapis.com/google.rpc.QuotaFailure";
 
 // === GeminiError ===
 
@@ -452,7 +452,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 /// Formats a duration as a protobuf Duration string (`"12s"`, `"1.500s"`), with 0, 3, 6 or 9
 /// fractional digits as protobuf's JSON mapping does.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let (secs, nanos) = (d.as_secs(), d.subsec_nanos());
     if nanos == 0 {
         format!("{secs}s")

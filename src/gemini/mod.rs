@@ -137,8 +137,8 @@ pub use embed::{
     CountTokensResponse, EmbedContentRequest, EmbedContentResponse,
 };
 pub use error::{
-    ERROR_INFO_TYPE, ErrorDetail, ErrorInfo, ErrorStatus, GeminiError, QUOTA_FAILURE_TYPE,
-    QuotaFailure, QuotaViolation, RETRY_INFO_TYPE, RetryInfo, format_duration, parse_duration,
+    ErrorDetail, ErrorInfo, ErrorStatus, GeminiError, QuotaFailure, QuotaViolation, RetryInfo,
+    parse_duration,
 };
 pub use model::{ListModelsResponse, Model};
 pub use path::{GeminiPath, GeminiPathRef, Method, strip_models_prefix};

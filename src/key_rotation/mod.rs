@@ -94,7 +94,7 @@ pub use pool::{CoolingSnapshot, KeyId, KeyPool, KeyPoolBuilder, KeySnapshot, Key
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::KeyStateRedisStore;
 pub use store::{KeyStateMemoryStore, KeyStateStore, SharedKeyState, StoreFuture};
-pub use strategy::{Candidates, LeastUsed, Random, RoundRobin, SelectKey, Strategy, Weighted};
+pub use strategy::{Candidates, SelectKey, Strategy};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -156,7 +156,7 @@ impl fmt::Debug for Candidates<'_> {
 
 /// Each key in turn.
 #[derive(Debug, Default)]
-pub struct RoundRobin {
+pub(crate) struct RoundRobin {
     next: AtomicUsize,
 }
 
@@ -179,7 +179,7 @@ impl SelectKey for RoundRobin {
 
 /// A uniformly random usable key.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Random;
+pub(crate) struct Random;
 
 impl SelectKey for Random {
     fn select(&self, keys: &Candidates<'_>) -> Option<usize> {
@@ -205,7 +205,7 @@ impl SelectKey for Random {
 /// The key with the fewest requests in flight, then the fewest requests in the last minute;
 /// ties go to the lowest index.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LeastUsed;
+pub(crate) struct LeastUsed;
 
 impl SelectKey for LeastUsed {
     fn select(&self, keys: &Candidates<'_>) -> Option<usize> {
@@ -228,7 +228,7 @@ impl SelectKey for LeastUsed {
 
 /// Each key in turn, as many times per cycle as its weight.
 #[derive(Debug, Default)]
-pub struct Weighted {
+pub(crate) struct Weighted {
     next: AtomicU64,
 }
 

@@ -30,7 +30,7 @@ use crate::gemini::{
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// At most this many pages of `GET /v1beta/models` are read for one `GET /v1/models`.
 const MAX_MODEL_PAGES: usize = 100;
 
@@ -74,15 +74,14 @@ impl OpenAiToGeminiLayer {
         }
     }
 
-    /// The largest OpenAI request body read (default [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)); larger ones
-    /// get a 413 and never reach the inner service.
+    /// The largest OpenAI request body read (default 20 MiB); larger ones get a 413 and never
+    /// reach the inner service.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         Arc::make_mut(&mut self.config).max_body_bytes = max;
         self
     }
 
-    /// The largest non-streamed upstream answer read (default
-    /// [`DEFAULT_MAX_RESPONSE_BYTES`]); a larger one is a 502.
+    /// The largest non-streamed upstream answer read (default 64 MiB); a larger one is a 502.
     pub fn max_response_bytes(mut self, max: usize) -> Self {
         Arc::make_mut(&mut self.config).max_response_bytes = max;
         self

@@ -55,7 +55,7 @@
 //! `input_audio`, `file`. Sampling fields map one to one (`n` → `candidateCount`,
 //! `max_completion_tokens`/`max_tokens` → `maxOutputTokens`, `stop` → `stopSequences`,
 //! `logprobs`/`top_logprobs`, `seed`, penalties); `response_format` `json_object` → JSON MIME
-//! type, `json_schema` → `responseJsonSchema` cleaned by [`clean_schema`]; `tools` →
+//! type, `json_schema` → `responseJsonSchema` cleaned of the keywords Gemini rejects; `tools` →
 //! `parametersJsonSchema`; `tool_choice` → `functionCallingConfig`; `reasoning_effort` →
 //! `thinkingConfig` ([`ReasoningBudgets`]), overridden by an explicit `thinking_config`
 //! (top level, `extra_body.google` or `google`). Unknown fields are ignored; what cannot be
@@ -86,13 +86,8 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use layer::{DEFAULT_MAX_RESPONSE_BYTES, OpenAiToGemini, OpenAiToGeminiLayer, ResponseFuture};
-pub use request::{
-    ReasoningBudgets, SKIP_THOUGHT_SIGNATURE, THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions,
-    clean_schema, model_id, to_gemini_request,
-};
-pub use response::{
-    ChatContext, embedding_response, model_list, model_of, to_chat_completion, usage_of,
-};
+pub use layer::{OpenAiToGemini, OpenAiToGeminiLayer, ResponseFuture};
+pub use request::{ReasoningBudgets, TranslateOptions, to_gemini_request};
+pub use response::{ChatContext, to_chat_completion};
 pub use stream::StreamTranslator;
-pub use types::{ChatCompletion, ChatCompletionChunk, ChatCompletionRequest};
+pub use types::{ChatCompletion, ChatCompletionRequest};

@@ -16,10 +16,10 @@ use crate::gemini::{
 
 /// What separates the call id from the thought signature in a tool call id that carries one:
 /// `call_<id>__thought__<signature>`.
-pub const THOUGHT_SIGNATURE_SEPARATOR: &str = "__thought__";
+pub(crate) const THOUGHT_SIGNATURE_SEPARATOR: &str = "__thought__";
 
 /// The placeholder Google documents for function calls in history that Gemini did not produce.
-pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+pub(crate) const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
 
 // === Options ===
 
@@ -98,7 +98,7 @@ impl TranslateOptions {
 
 /// Validates and returns the model id of a request: without a `models/` prefix, and safe to
 /// put in a path.
-pub fn model_id(model: &str) -> Result<&str, ApiError> {
+pub(crate) fn model_id(model: &str) -> Result<&str, ApiError> {
     let id = strip_models_prefix(model.trim());
     if id.is_empty() {
         return Err(ApiError::bad_request(
@@ -642,7 +642,7 @@ const DROPPED_KEYWORDS: &[&str] = &[
 /// Gemini rejects (`$schema`, `strict`, `if`/`then`/`else`, `not`, `patternProperties`, ...),
 /// rewrites `const: x` to `enum: [x]` and `definitions` to `$defs` (with their `$ref`s).
 /// Property names are never touched.
-pub fn clean_schema(schema: &Value) -> Value {
+pub(crate) fn clean_schema(schema: &Value) -> Value {
     let mut out = schema.clone();
     clean_in_place(&mut out);
     out

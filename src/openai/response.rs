@@ -138,7 +138,7 @@ pub(crate) fn finish_reason(
 
 /// `usage` for Gemini's `usageMetadata`: completion = candidates + thoughts, reasoning and
 /// cached tokens in the details, tool-use prompt tokens counted as prompt.
-pub fn usage_of(u: &UsageMetadata) -> Usage {
+pub(crate) fn usage_of(u: &UsageMetadata) -> Usage {
     let prompt = u64::from(u.prompt_token_count.unwrap_or(0))
         + u64::from(u.tool_use_prompt_token_count.unwrap_or(0));
     let completion = u64::from(u.completion_tokens());
@@ -360,7 +360,7 @@ pub(crate) fn arguments_of(call: &crate::gemini::FunctionCall) -> String {
 // === Models ===
 
 /// An OpenAI model for a Gemini model.
-pub fn model_of(m: &GeminiModel, owned_by: &str) -> Model {
+pub(crate) fn model_of(m: &GeminiModel, owned_by: &str) -> Model {
     Model {
         id: m.id().to_owned(),
         object: "model".to_owned(),
@@ -370,7 +370,7 @@ pub fn model_of(m: &GeminiModel, owned_by: &str) -> Model {
 }
 
 /// An OpenAI model list for Gemini models.
-pub fn model_list<'a>(
+pub(crate) fn model_list<'a>(
     models: impl IntoIterator<Item = &'a GeminiModel>,
     owned_by: &str,
 ) -> ModelList {
@@ -385,7 +385,7 @@ pub fn model_list<'a>(
 /// An OpenAI embeddings answer for a `batchEmbedContents` answer. With `base64`, each vector
 /// is the base64 of its little-endian `f32`s, as OpenAI sends it. Gemini reports no token
 /// usage for embeddings, so usage is 0.
-pub fn embedding_response(
+pub(crate) fn embedding_response(
     resp: &BatchEmbedContentsResponse,
     model: &str,
     base64: bool,

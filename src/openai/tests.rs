@@ -9,6 +9,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 
+use super::request::{SKIP_THOUGHT_SIGNATURE, model_id};
+use super::response::{embedding_response, model_list};
 use super::*;
 use crate::body::{Body, collect_limited};
 use crate::gemini::{GeminiPath, GenerateContentResponse};

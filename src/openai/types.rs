@@ -1,6 +1,7 @@
-//! OpenAI wire types for the routes the gateway serves: chat completions (and chunks), models
-//! and embeddings. Requests are parsed leniently (unknown fields ignored, strings or parts for
-//! content); responses are serialized exactly as OpenAI's SDKs expect.
+//! OpenAI wire types of chat completions: the request ([`ChatCompletionRequest`]) and the
+//! answer ([`ChatCompletion`]) the translation functions take and return. Requests are parsed
+//! leniently (unknown fields ignored, strings or parts for content); answers are serialized
+//! exactly as OpenAI's SDKs expect.
 //!
 //! # Example
 //! ```
@@ -362,61 +363,9 @@ pub struct CompletionTokensDetails {
 
 // === Chunks ===
 
-/// `chat.completion.chunk`
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct ChatCompletionChunk {
-    /// Completion id (the same on every chunk).
-    pub id: String,
-    /// Always `chat.completion.chunk`.
-    pub object: String,
-    /// Unix seconds (the same on every chunk).
-    pub created: u64,
-    /// Model id.
-    pub model: String,
-    /// Choice deltas (empty on the usage chunk).
-    pub choices: Vec<ChunkChoice>,
-    /// Usage, on the last chunk with `include_usage`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<Usage>,
-}
-
-/// One choice's delta.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct ChunkChoice {
-    /// Index.
-    pub index: u32,
-    /// The delta.
-    pub delta: Delta,
-    /// Set on exactly one chunk per choice.
-    pub finish_reason: Option<String>,
-    /// Log probabilities (passed through when present).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<Value>,
-}
-
-/// A message delta.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct Delta {
-    /// `assistant`, on the first chunk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    /// Visible text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
-    /// Thought text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reasoning_content: Option<String>,
-    /// Why the model refused (a blocked prompt).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refusal: Option<String>,
-    /// Tool call deltas.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<ToolCallDelta>>,
-}
-
 /// A tool call delta.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct ToolCallDelta {
+pub(crate) struct ToolCallDelta {
     /// Position of the call in the message.
     pub index: u32,
     /// Call id (first delta of a call).
@@ -434,7 +383,7 @@ pub struct ToolCallDelta {
 
 /// Function name and arguments fragment.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct FunctionCallDelta {
+pub(crate) struct FunctionCallDelta {
     /// Name (first delta of a call).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -447,7 +396,7 @@ pub struct FunctionCallDelta {
 
 /// `GET /v1/models`
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct ModelList {
+pub(crate) struct ModelList {
     /// Always `list`.
     pub object: String,
     /// The models.
@@ -456,7 +405,7 @@ pub struct ModelList {
 
 /// A model.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct Model {
+pub(crate) struct Model {
     /// Model id (without `models/`).
     pub id: String,
     /// Always `model`.
@@ -471,7 +420,7 @@ pub struct Model {
 
 /// `POST /v1/embeddings`
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct EmbeddingRequest {
+pub(crate) struct EmbeddingRequest {
     /// Model id.
     pub model: String,
     /// A string, a list of strings (token arrays are refused: Gemini takes text).
@@ -490,7 +439,7 @@ pub struct EmbeddingRequest {
 /// Embedding input.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
-pub enum EmbeddingInput {
+pub(crate) enum EmbeddingInput {
     /// One text.
     One(String),
     /// Several texts.
@@ -501,7 +450,7 @@ pub enum EmbeddingInput {
 
 /// `POST /v1/embeddings` response.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct EmbeddingResponse {
+pub(crate) struct EmbeddingResponse {
     /// Always `list`.
     pub object: String,
     /// One embedding per input.
@@ -514,7 +463,7 @@ pub struct EmbeddingResponse {
 
 /// One embedding.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct Embedding {
+pub(crate) struct Embedding {
     /// Always `embedding`.
     pub object: String,
     /// Index of the input.
@@ -525,7 +474,7 @@ pub struct Embedding {
 
 /// Embedding usage.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-pub struct EmbeddingUsage {
+pub(crate) struct EmbeddingUsage {
     /// Prompt tokens.
     pub prompt_tokens: u64,
     /// Total tokens.

@@ -124,8 +124,8 @@ impl RequestPolicyLayer {
         self
     }
 
-    /// The largest request body read (default [`DEFAULT_MAX_BODY_BYTES`](crate::body::DEFAULT_MAX_BODY_BYTES)); a larger one is
-    /// answered with 413 before anything goes upstream.
+    /// The largest request body read (default 20 MiB); a larger one is answered with 413
+    /// before anything goes upstream.
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
         self

@@ -95,6 +95,6 @@ pub use config::{PolicyConfig, ThinkingBudget};
 pub use layer::{PolicyHandle, RequestPolicy, RequestPolicyLayer, ResponseFuture};
 pub use rule::{Call, CallKind, ListedModel, Rewrite, Rule};
 pub use rules::{
-    AllowedModels, CodeExecution, HARM_CATEGORIES, HideThoughts, InjectPosition, ModelAliases,
-    PromptInjection, SEARCH_SUFFIX, SafetyOverride, SearchModels, ThinkingDefaults,
+    AllowedModels, CodeExecution, HideThoughts, InjectPosition, ModelAliases, PromptInjection,
+    SafetyOverride, SearchModels, ThinkingDefaults,
 };

@@ -162,7 +162,7 @@ pub struct SearchModels {
 }
 
 /// The suffix of a search alias.
-pub const SEARCH_SUFFIX: &str = "-search";
+pub(crate) const SEARCH_SUFFIX: &str = "-search";
 
 impl SearchModels {
     /// Search aliases for these models (a trailing `-search` or `models/` is ignored).
@@ -539,7 +539,7 @@ impl Rule for PromptInjection {
 // === SafetyOverride ===
 
 /// The harm categories Gemini's text models accept.
-pub const HARM_CATEGORIES: &[&str] = &[
+pub(crate) const HARM_CATEGORIES: &[&str] = &[
     "HARM_CATEGORY_HARASSMENT",
     "HARM_CATEGORY_HATE_SPEECH",
     "HARM_CATEGORY_SEXUALLY_EXPLICIT",
@@ -573,7 +573,9 @@ impl SafetyOverride {
         }
     }
 
-    /// The categories to set (default [`HARM_CATEGORIES`]).
+    /// The categories to set (default: every category Gemini's text models accept,
+    /// `HARM_CATEGORY_HARASSMENT`, `_HATE_SPEECH`, `_SEXUALLY_EXPLICIT`, `_DANGEROUS_CONTENT`
+    /// and `_CIVIC_INTEGRITY`).
     pub fn categories<I, S>(mut self, categories: I) -> Self
     where
         I: IntoIterator<Item = S>,

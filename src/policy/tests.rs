@@ -10,6 +10,7 @@ use http_body_util::StreamBody;
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
+use super::rules::HARM_CATEGORIES;
 use super::*;
 use crate::body::{Body, BoxError, collect_limited};
 use crate::error::Dialect;

@@ -17,11 +17,12 @@ use crate::body::{Body, BoxError, BoxFuture};
 use crate::error::{ApiError, Dialect};
 
 /// `x-ratelimit-limit`: the amount of the tightest quota.
-pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub(crate) static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 /// `x-ratelimit-remaining`: what is left of the tightest quota.
-pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub(crate) static X_RATELIMIT_REMAINING: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining");
 /// `x-ratelimit-reset`: whole seconds until the tightest quota is whole again.
-pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+pub(crate) static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 // === RateLimitLayer ===
 

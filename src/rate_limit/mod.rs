@@ -87,10 +87,7 @@ mod store;
 mod tests;
 
 pub use key::ClientAddr;
-pub use layer::{
-    RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture, X_RATELIMIT_LIMIT,
-    X_RATELIMIT_REMAINING, X_RATELIMIT_RESET,
-};
+pub use layer::{RateLimit, RateLimitLayer, RateLimitLayerBuilder, ResponseFuture};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RateLimitRedisStore;

@@ -16,11 +16,11 @@ use crate::body::{Body, BoxError, BoxFuture};
 use crate::gemini::Method;
 
 /// The default instruction sent with a continuation request.
-pub const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where you stopped, without repeating anything you have already written and without any preamble.";
+pub(crate) const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where you stopped, without repeating anything you have already written and without any preamble.";
 
 /// The default cap on the answer text kept to resume a stream: 1 MiB, four times the longest
 /// answer Gemini writes (65,536 output tokens).
-pub const DEFAULT_MAX_RESUME_TEXT_BYTES: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RESUME_TEXT_BYTES: usize = 1024 * 1024;
 
 /// How [`StreamResume`] behaves. Built through [`StreamResumeLayer`]'s setters.
 #[derive(Clone, Debug)]
@@ -127,8 +127,8 @@ impl StreamResumeLayer {
         self.with(|c| c.retry_unary = on)
     }
 
-    /// The answer text kept to build a continuation (default
-    /// [`DEFAULT_MAX_RESUME_TEXT_BYTES`]). A stream whose visible text outgrows it is still
+    /// The answer text kept to build a continuation (default 1 MiB, four times the longest
+    /// answer Gemini writes). A stream whose visible text outgrows it is still
     /// relayed, in bounded memory, but if it then breaks the client gets an error event
     /// instead of a resume.
     pub fn max_resume_text_bytes(self, bytes: usize) -> Self {

@@ -57,7 +57,4 @@ mod layer;
 mod relay;
 mod seam;
 
-pub use layer::{
-    DEFAULT_CONTINUE_INSTRUCTION, DEFAULT_MAX_RESUME_TEXT_BYTES, ResponseFuture, StreamResume,
-    StreamResumeLayer,
-};
+pub use layer::{ResponseFuture, StreamResume, StreamResumeLayer};

@@ -54,10 +54,11 @@
 //! translated answer.
 //!
 //! # Tokens
-//! Token counts are read as the answer passes, with a [`TokenScanner`]: nothing is buffered,
-//! a stream's last `usageMetadata` wins. Gemini's `usageMetadata` and OpenAI's `usage` are
-//! both understood; an OpenAI stream without `stream_options.include_usage` carries no usage,
-//! so only a tap under the translation can count it.
+//! Token counts are read as the answer passes, with a
+//! [`TokenScanner`](crate::tokens::TokenScanner): nothing is buffered, a stream's last
+//! `usageMetadata` wins. Gemini's `usageMetadata` and OpenAI's `usage` are both understood;
+//! an OpenAI stream without `stream_options.include_usage` carries no usage, so only a tap
+//! under the translation can count it.
 //!
 //! # Secrets
 //! A record holds no secret: the key is its id (a fingerprint), the client its name and
@@ -69,7 +70,6 @@ mod metrics;
 mod record;
 mod stats;
 
-pub use crate::tokens::TokenScanner;
 pub use layer::{ResponseFuture, Usage, UsageLayer};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
