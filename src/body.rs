@@ -260,12 +260,7 @@ where
 /// The default cap on a request body, for every layer that reads or buffers one (the
 /// gateway's body limit, the OpenAI front, the request policy): 20 MiB, room for a few inline
 /// images. `full_proxy`'s `MAX_BODY_BYTES` sets it for all of them at once.
-#[cfg(any(
-    feature = "openai",
-    feature = "policy",
-    all(feature = "request-id", feature = "bearer-auth")
-))]
-pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 
 /// Applies [`BodyLimit`]: buffers request bodies up to a limit, answering 413 past it.
 ///
