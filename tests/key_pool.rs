@@ -257,6 +257,51 @@ async fn every_key_cooling_is_a_429_with_retry_after_and_no_upstream_call() {
 }
 
 #[tokio::test]
+async fn the_first_429_from_every_key_already_says_when_in_both_dialects() {
+    for openai in [false, true] {
+        let fake = FakeGemini::start([GOOD_1, GOOD_2, EXHAUSTED])
+            .await
+            .unwrap();
+        fake.set_key(GOOD_1, KeyBehavior::exhausted(Duration::from_secs(30)));
+        fake.set_key(GOOD_2, KeyBehavior::exhausted(Duration::from_secs(12)));
+        fake.set_key(EXHAUSTED, KeyBehavior::exhausted(Duration::from_secs(45)));
+        let keys = format!("{GOOD_1},{GOOD_2},{EXHAUSTED}");
+        let proxy =
+            Proxy::start(&[("GEMINI_API_KEYS", &keys), ("UPSTREAM_URL", &fake.url())]).await;
+        // The very first request: every key answers Google's 429, none was known to cool yet.
+        let req = if openai {
+            Request::post("/v1/chat/completions")
+                .header("authorization", format!("Bearer {}", proxy.token))
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "x"}]})
+                        .to_string(),
+                ))
+                .unwrap()
+        } else {
+            generate(&proxy, "gemini-2.5-flash", "x")
+        };
+        let res = send(&proxy, req).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(fake.total_requests(), 3, "each key tried once");
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .unwrap_or_else(|| panic!("no Retry-After (openai: {openai})"));
+        // The shortest RetryInfo seen: 12 s.
+        assert_eq!(retry_after, "12", "openai: {openai}");
+        let (_, _, body) = read(res).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if openai {
+            assert_eq!(v["error"]["type"], "rate_limit_error", "{body}");
+        } else {
+            assert_eq!(v["error"]["status"], "RESOURCE_EXHAUSTED", "{body}");
+        }
+        assert_no_key(&body);
+    }
+}
+
+#[tokio::test]
 async fn every_key_invalid_is_a_503_naming_no_key() {
     let fake = FakeGemini::start([GOOD_1]).await.unwrap();
     let keys = format!("{EXHAUSTED},{INVALID}");

@@ -271,6 +271,8 @@ impl Attempts {
         let mut body = Some(body);
         let mut tried: Vec<KeyId> = Vec::new();
         let mut last: Option<Response<Body>> = None;
+        // The shortest `RetryInfo` delay of the 429s seen, for the client's `Retry-After`.
+        let mut retry_hint: Option<Duration> = None;
         let mut last_transient = false;
         let mut inner_ready = true;
 
@@ -279,7 +281,7 @@ impl Attempts {
                 Ok(lease) => lease,
                 Err(why) => {
                     if let Some(res) = last {
-                        return Ok(res);
+                        return Ok(self.with_retry_after(res, retry_hint));
                     }
                     tracing::debug!(reason = ?why, "no key can serve this request");
                     return Ok(why.to_api_error(&self.model).into_response(self.dialect));
@@ -344,7 +346,13 @@ impl Attempts {
                     drop(lease);
                     let res = self.relay_error(upstream, &key);
                     match outcome {
-                        Outcome::Exhausted { .. } | Outcome::KeyFailure { .. } => {
+                        Outcome::Exhausted { retry_delay, .. } => {
+                            if let Some(d) = retry_delay {
+                                retry_hint = Some(retry_hint.map_or(d, |h| h.min(d)));
+                            }
+                            last_transient = false;
+                        }
+                        Outcome::KeyFailure { .. } => {
                             last_transient = false;
                         }
                         Outcome::Transient => {
@@ -388,10 +396,29 @@ impl Attempts {
                 }
             }
         }
-        Ok(last.unwrap_or_else(|| {
-            ApiError::service_unavailable("no upstream API key could serve the request")
-                .into_response(self.dialect)
-        }))
+        Ok(match last {
+            Some(res) => self.with_retry_after(res, retry_hint),
+            None => ApiError::service_unavailable("no upstream API key could serve the request")
+                .into_response(self.dialect),
+        })
+    }
+
+    /// An upstream 429 relayed as the final answer always says when to come back: its own
+    /// `Retry-After`, else the shortest `RetryInfo` delay seen on this request, else the time
+    /// until the pool's first key can serve the model again, else one second.
+    fn with_retry_after(&self, mut res: Response<Body>, hint: Option<Duration>) -> Response<Body> {
+        if res.status() != StatusCode::TOO_MANY_REQUESTS
+            || res.headers().contains_key(http::header::RETRY_AFTER)
+        {
+            return res;
+        }
+        let wait = hint.or_else(|| self.pool.free_after(&self.model));
+        let secs = wait.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        res.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from(secs.max(1)),
+        );
+        res
     }
 
     /// Own-key mode: one attempt with the client's own key, which is never drawn from, reported

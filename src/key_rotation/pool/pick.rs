@@ -99,6 +99,16 @@ impl KeyPool {
         }
     }
 
+    /// How long until some key can serve `model` again when none can now (every enabled key
+    /// cooling for it or resting); `None` when one can serve now or none ever will.
+    pub(crate) fn free_after(&self, model: &str) -> Option<Duration> {
+        let list = self.list();
+        match self.why_unavailable(&list, model, Instant::now(), &[]) {
+            Unavailable::AllCooling(d) | Unavailable::AllResting(d) => Some(d),
+            _ => None,
+        }
+    }
+
     /// Picks a key for `model` and releases it at once: the selection cost alone, for the
     /// crate's benches. Not part of the stable API.
     #[doc(hidden)]
