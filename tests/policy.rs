@@ -290,6 +290,30 @@ async fn thinking_budget_goes_to_listed_models_only() {
 }
 
 #[tokio::test]
+async fn thinking_budget_becomes_what_each_model_accepts() {
+    let s = stack(&[("THINKING_BUDGET", "0")]).await;
+    // 2.5 Pro cannot turn thinking off: its minimum budget.
+    s.post(&path("gemini-2.5-pro", How::Unary), &client_body())
+        .await;
+    assert_eq!(
+        s.upstream().json()["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 128})
+    );
+    // Gemini 3 takes a level, the lowest it offers, and never a budget beside it.
+    for (model, level) in [
+        ("gemini-3-pro-preview", "low"),
+        ("gemini-3-flash-preview", "minimal"),
+    ] {
+        s.post(&path(model, How::Unary), &client_body()).await;
+        assert_eq!(
+            s.upstream().json()["generationConfig"]["thinkingConfig"],
+            json!({"thinkingLevel": level}),
+            "{model}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_clients_thinking_config_wins() {
     let s = stack(&[
         ("THINKING_BUDGET", "2048"),

@@ -127,6 +127,7 @@ mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+mod thinking;
 
 pub use content::{
     Blob, CodeExecutionResult, Content, ExecutableCode, FileData, FunctionCall, FunctionResponse,
@@ -150,3 +151,4 @@ pub use response::{
     BlockReason, Candidate, FinishReason, GenerateContentResponse, GroundingChunk,
     GroundingMetadata, ModalityTokenCount, PromptFeedback, SafetyRating, UsageMetadata, WebSource,
 };
+pub use thinking::{ThinkingKind, ThinkingLevel};

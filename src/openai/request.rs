@@ -11,7 +11,8 @@ use super::types::{
 use crate::error::ApiError;
 use crate::gemini::{
     Content, FileData, FunctionCallingConfig, FunctionDeclaration, GenerateContentRequest,
-    GenerationConfig, Part, ThinkingConfig, Tool as GeminiTool, ToolConfig, strip_models_prefix,
+    GenerationConfig, Part, ThinkingConfig, ThinkingKind, ThinkingLevel, Tool as GeminiTool,
+    ToolConfig, strip_models_prefix,
 };
 
 /// What separates the call id from the thought signature in a tool call id that carries one:
@@ -26,9 +27,11 @@ pub(crate) const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validato
 /// Thinking budgets (tokens) for `reasoning_effort` on Gemini 2.5 models.
 ///
 /// The defaults follow Google's own OpenAI-compatible endpoint: `none` → 0 (off where the
-/// model allows it), `minimal` and `low` → 1,024, `medium` → 8,192, `high` → 24,576. Gemini 3
-/// models take a `thinkingLevel` instead: `none`, `minimal` and `low` → `low`, `medium` and
-/// `high` → `high` (the two levels every Gemini 3 model accepts).
+/// model allows it), `minimal` and `low` → 1,024, `medium` → 8,192, `high` → 24,576, each moved
+/// into the model's range ([`ThinkingKind`](crate::gemini::ThinkingKind): 2.5 Pro never off, at
+/// least 128). Gemini 3 models take a `thinkingLevel` instead: the level of the same name when
+/// the model offers it, else the nearest offered one above (else its highest); `none` is the
+/// model's lowest level without thoughts shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReasoningBudgets {
     /// Budget for `none`.
@@ -602,17 +605,24 @@ fn thinking(
         }
     };
     let mut t = ThinkingConfig::default();
-    if model.starts_with("gemini-3") {
-        let level = if matches!(effort, "medium" | "high") {
-            "high"
-        } else {
-            "low"
-        };
-        t.thinking_level = Some(level.to_owned());
-        t.include_thoughts = Some(effort != "none");
-    } else {
-        t.thinking_budget = Some(budget);
-        t.include_thoughts = Some(budget != 0);
+    // Only what the model accepts: a level it offers, a budget in its range.
+    match ThinkingKind::for_model(model) {
+        kind @ ThinkingKind::Levels { .. } => {
+            let wanted = match effort {
+                "none" | "minimal" => ThinkingLevel::Minimal,
+                "low" => ThinkingLevel::Low,
+                "medium" => ThinkingLevel::Medium,
+                _ => ThinkingLevel::High,
+            };
+            let level = kind.nearest_level(wanted).unwrap_or(ThinkingLevel::High);
+            t.thinking_level = Some(level.as_str().to_owned());
+            t.include_thoughts = Some(effort != "none");
+        }
+        kind @ ThinkingKind::Budget { .. } => {
+            let budget = kind.clamp_budget(budget).unwrap_or(budget);
+            t.thinking_budget = Some(budget);
+            t.include_thoughts = Some(effort != "none" && budget != 0);
+        }
     }
     Ok(Some(t))
 }

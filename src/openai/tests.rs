@@ -423,6 +423,32 @@ fn reasoning_effort_maps_to_a_budget_or_a_level() {
         effort("gemini-3-pro-preview", "none"),
         json!({"thinkingLevel": "low", "includeThoughts": false})
     );
+    // Each model gets a level it offers: 3 Pro has no `medium` or `minimal`, 3 Flash has all
+    // four, 3.8 Flash no `minimal`.
+    assert_eq!(
+        effort("gemini-3-pro-preview", "medium")["thinkingLevel"],
+        "high"
+    );
+    assert_eq!(
+        effort("gemini-3-pro-preview", "minimal")["thinkingLevel"],
+        "low"
+    );
+    for e in ["minimal", "low", "medium", "high"] {
+        assert_eq!(effort("gemini-3-flash-preview", e)["thinkingLevel"], e);
+    }
+    assert_eq!(
+        effort("gemini-3.8-flash", "minimal")["thinkingLevel"],
+        "low"
+    );
+    assert_eq!(
+        effort("gemini-3.8-flash", "medium")["thinkingLevel"],
+        "medium"
+    );
+    // 2.5 Pro cannot turn thinking off: `none` is its minimum budget, thoughts hidden.
+    assert_eq!(
+        effort("gemini-2.5-pro", "none"),
+        json!({"thinkingBudget": 128, "includeThoughts": false})
+    );
     assert!(
         gemini_err(json!({"model": "m", "messages": [user("x")], "reasoning_effort": "max"}))
             .contains("\"max\"")

@@ -706,8 +706,19 @@ impl ThinkingDefaults {
             .or(self.budget.filter(|_| listed));
         let include = self.include_thoughts.filter(|_| budget.is_some() || listed);
         let mut config = Map::new();
-        if let Some(b) = budget {
-            config.insert("thinkingBudget".into(), b.into());
+        // What the model accepts: a level it offers (Gemini 3), a budget in its range (2.5).
+        let kind = crate::gemini::ThinkingKind::for_model(model);
+        match budget {
+            Some(b) if matches!(kind, crate::gemini::ThinkingKind::Levels { .. }) => {
+                if let Some(level) = kind.level_for_budget(b) {
+                    config.insert("thinkingLevel".into(), level.as_str().into());
+                }
+            }
+            Some(b) => {
+                let b = kind.clamp_budget(b).unwrap_or(b);
+                config.insert("thinkingBudget".into(), b.into());
+            }
+            None => {}
         }
         if let Some(i) = include {
             config.insert("includeThoughts".into(), i.into());
