@@ -302,6 +302,75 @@ async fn the_first_429_from_every_key_already_says_when_in_both_dialects() {
 }
 
 #[tokio::test]
+async fn a_model_refused_to_one_key_is_served_by_the_others_and_the_key_keeps_its_other_models() {
+    const MODEL: &str = "gemini-2.5-flash";
+    let fake = FakeGemini::start([GOOD_1, GOOD_2]).await.unwrap();
+    // The newer key is refused the model ("no longer available to new users").
+    fake.set_key_for_model(GOOD_1, MODEL, KeyBehavior::ModelNotForNewUsers);
+    let keys = format!("{GOOD_1},{GOOD_2}");
+    let proxy = Proxy::start(&[("GEMINI_API_KEYS", &keys), ("UPSTREAM_URL", &fake.url())]).await;
+
+    for i in 0..6 {
+        let res = send(&proxy, generate(&proxy, MODEL, "x")).await;
+        assert_eq!(res.status(), StatusCode::OK, "request {i}");
+    }
+    // One 404 on the refused key, then the pair is set aside: no call to it for the model again.
+    let refused: Vec<_> = fake
+        .received()
+        .into_iter()
+        .filter(|r| r.api_key().as_deref() == Some(GOOD_1))
+        .collect();
+    assert_eq!(refused.len(), 1, "the refused key was asked once");
+    // The key stays enabled and serves another model.
+    let res = send(&proxy, generate(&proxy, "gemini-2.5-pro", "x")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = send(&proxy, generate(&proxy, "gemini-2.5-pro", "x")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        fake.requests_for(GOOD_1) >= 2,
+        "the key still serves other models"
+    );
+    // /admin/keys shows the pair as a model not available to the key, not a quota.
+    let (_, _, body) = read(send(&proxy, get("/admin/keys", Some(&proxy.admin_token))).await).await;
+    let keys: Value = serde_json::from_str(&body).unwrap();
+    let first = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["cooling"].as_array().is_some_and(|c| !c.is_empty()))
+        .unwrap_or_else(|| panic!("no key sets the model aside: {body}"));
+    assert_eq!(first["state"], "enabled");
+    assert_eq!(first["cooling"][0]["model"], MODEL);
+    assert_eq!(first["cooling"][0]["reason"], "model_not_available_to_key");
+    assert_no_key(&body);
+}
+
+#[tokio::test]
+async fn a_model_refused_to_every_key_stays_a_404() {
+    const MODEL: &str = "gemini-2.5-flash";
+    let fake = FakeGemini::start([GOOD_1, GOOD_2]).await.unwrap();
+    fake.set_key_for_model(GOOD_1, MODEL, KeyBehavior::ModelNotForNewUsers);
+    fake.set_key_for_model(GOOD_2, MODEL, KeyBehavior::ModelNotForNewUsers);
+    let keys = format!("{GOOD_1},{GOOD_2}");
+    let proxy = Proxy::start(&[("GEMINI_API_KEYS", &keys), ("UPSTREAM_URL", &fake.url())]).await;
+    // Google's own 404 on the first request (each key asked once)...
+    let (status, _, body) = read(send(&proxy, generate(&proxy, MODEL, "x")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no longer available"), "{body}");
+    assert_eq!(fake.total_requests(), 2);
+    // ...then the gateway's own 404 naming the model, with no upstream call, and no key
+    // disabled.
+    let (status, _, body) = read(send(&proxy, generate(&proxy, MODEL, "x")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains(MODEL), "{body}");
+    assert_eq!(fake.total_requests(), 2);
+    assert_eq!(proxy.pool.usable_count(), 2);
+    // An unknown model on the other hand is one upstream call per key, then Google's 404 too.
+    let (status, _, _) = read(send(&proxy, generate(&proxy, "no-such-model", "x")).await).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn every_key_invalid_is_a_503_naming_no_key() {
     let fake = FakeGemini::start([GOOD_1]).await.unwrap();
     let keys = format!("{EXHAUSTED},{INVALID}");

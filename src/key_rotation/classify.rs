@@ -27,11 +27,36 @@ pub(crate) enum Outcome {
     /// Google's side or the transport: retry with a small backoff; counts against the key only
     /// when it repeats (see `KeyPoolBuilder::max_transient_failures`).
     Transient,
+    /// 404 for the model on this key while the model exists ("no longer available to new
+    /// users"): the (key, model) pair is set aside like a long cool-down; other keys are tried
+    /// and the key keeps serving other models.
+    ModelUnavailable,
     /// The client's fault (or nothing to do with the key): return it, no retry.
     Final,
 }
 
 impl Outcome {
+    /// [`classify`](Self::classify) for a call to `model`'s methods: a 404 `NOT_FOUND` whose
+    /// error names the model (Google's "models/{model} is no longer available to new users",
+    /// or "not found" for a model this key's project cannot see) is [`ModelUnavailable`]
+    /// (Self::ModelUnavailable), so other keys are tried; if every key answers so, the last 404
+    /// reaches the client as Google sent it.
+    pub(crate) fn classify_model_call(
+        status: StatusCode,
+        error: Option<&GeminiError>,
+        model: &str,
+    ) -> Outcome {
+        if status == StatusCode::NOT_FOUND
+            && !model.is_empty()
+            && let Some(e) = error
+            && e.status() == "NOT_FOUND"
+            && e.message().contains(&format!("models/{model}"))
+        {
+            return Outcome::ModelUnavailable;
+        }
+        Outcome::classify(status, error)
+    }
+
     /// Classifies an upstream answer from its status and its error body, when that parsed.
     pub(crate) fn classify(status: StatusCode, error: Option<&GeminiError>) -> Outcome {
         let reason = error.and_then(GeminiError::reason);
@@ -217,5 +242,33 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn a_404_naming_the_model_sets_the_pair_aside_any_other_404_is_final() {
+        let refused = parse(
+            r#"{"error":{"code":404,"message":"This model models/gemini-2.5-flash is no longer available to new users.","status":"NOT_FOUND"}}"#,
+        );
+        let not_found = StatusCode::NOT_FOUND;
+        assert_eq!(
+            Outcome::classify_model_call(not_found, refused.as_ref(), "gemini-2.5-flash"),
+            Outcome::ModelUnavailable
+        );
+        // Another model's name, a file, or no body: the request's business.
+        assert_eq!(
+            Outcome::classify_model_call(not_found, refused.as_ref(), "gemini-2.5-pro"),
+            Outcome::Final
+        );
+        let file = parse(
+            r#"{"error":{"code":404,"message":"File files/abc was not found.","status":"NOT_FOUND"}}"#,
+        );
+        assert_eq!(
+            Outcome::classify_model_call(not_found, file.as_ref(), "gemini-2.5-flash"),
+            Outcome::Final
+        );
+        assert_eq!(
+            Outcome::classify_model_call(not_found, None, "gemini-2.5-flash"),
+            Outcome::Final
+        );
     }
 }

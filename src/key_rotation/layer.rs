@@ -176,6 +176,9 @@ where
         // The model as the layers above resolved it (an alias renamed): cool-downs are per
         // real model.
         let model = crate::facts::model(&req).unwrap_or_default().to_owned();
+        // A model method (not `models.get`): a 404 naming the model is the key's, not the
+        // request's.
+        let model_call = crate::facts::gemini_call(&req).is_some_and(|c| c.method.is_some());
         let dialect = Dialect::of(&req);
         // Debug level: the attempt and key that served the request are recorded once on the
         // enclosing request span (`RequestIdLayer` declares `attempt` and `key.id`), so the
@@ -195,6 +198,7 @@ where
             config: self.config,
             parts,
             model,
+            model_call,
             dialect,
             span: span.clone(),
             request_span,
@@ -214,6 +218,8 @@ struct Attempts {
     config: Config,
     parts: Parts,
     model: String,
+    /// Whether the request calls a model method (`:generateContent`, ...).
+    model_call: bool,
     dialect: Dialect,
     /// The `key_rotation` span (disabled unless debug is on): every attempt and status.
     span: tracing::Span,
@@ -335,7 +341,11 @@ impl Attempts {
                     }
                     let upstream = UpstreamError::read(res, self.config.max_error_body).await;
                     let error = upstream.body().and_then(GeminiError::parse);
-                    let outcome = Outcome::classify(status, error.as_ref());
+                    let outcome = if self.model_call {
+                        Outcome::classify_model_call(status, error.as_ref(), &self.model)
+                    } else {
+                        Outcome::classify(status, error.as_ref())
+                    };
                     let short =
                         (outcome != Outcome::Final).then(|| short_error(status, error.as_ref()));
                     self.pool
@@ -352,7 +362,7 @@ impl Attempts {
                             }
                             last_transient = false;
                         }
-                        Outcome::KeyFailure { .. } => {
+                        Outcome::KeyFailure { .. } | Outcome::ModelUnavailable => {
                             last_transient = false;
                         }
                         Outcome::Transient => {

@@ -48,6 +48,8 @@ pub(super) struct Cooling {
     pub(super) until: Instant,
     /// 429s without a success in between, for the backoff.
     pub(super) strikes: u32,
+    /// Set aside because the model is refused to this key (a 404 naming it), not for quota.
+    pub(super) model_unavailable: bool,
 }
 
 impl Health {

@@ -33,6 +33,9 @@ pub(crate) enum Unavailable {
     AllResting(Duration),
     /// Every usable key was already tried by this request.
     AllTried,
+    /// Every enabled key answered 404 for the model (refused to it, e.g. "no longer available
+    /// to new users"); they are tried again after this long.
+    ModelRefused(Duration),
 }
 
 impl Unavailable {
@@ -56,6 +59,14 @@ impl Unavailable {
                     after.as_secs() + u64::from(after.subsec_nanos() > 0)
                 ),
                 *after,
+            ),
+            Unavailable::ModelRefused(after) => ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                format!(
+                    "no upstream API key of the gateway can use the model{for_model} (Google \
+                     answered 404 for it on each); they are tried again in {} s",
+                    after.as_secs() + u64::from(after.subsec_nanos() > 0)
+                ),
             ),
             Unavailable::AllResting(after) => ApiError::too_many_requests(
                 format!(
@@ -104,7 +115,9 @@ impl KeyPool {
     pub(crate) fn free_after(&self, model: &str) -> Option<Duration> {
         let list = self.list();
         match self.why_unavailable(&list, model, Instant::now(), &[]) {
-            Unavailable::AllCooling(d) | Unavailable::AllResting(d) => Some(d),
+            Unavailable::AllCooling(d)
+            | Unavailable::AllResting(d)
+            | Unavailable::ModelRefused(d) => Some(d),
             _ => None,
         }
     }
@@ -169,6 +182,8 @@ impl KeyPool {
     ) -> Unavailable {
         let mut earliest: Option<Instant> = None;
         let mut any_quota = false;
+        // Every key that is neither disabled nor tried has the model set aside as refused.
+        let mut only_refused = true;
         let mut any_tried = false;
         for e in &list.entries {
             if tried.contains(&e.id) {
@@ -180,8 +195,10 @@ impl KeyPool {
                 continue;
             }
             let resting = h.resting_until.filter(|t| *t > now);
-            let cooling = h.cooling.get(model).map(|c| c.until).filter(|t| *t > now);
-            any_quota |= cooling.is_some();
+            let entry = h.cooling.get(model).filter(|c| c.until > now);
+            let cooling = entry.map(|c| c.until);
+            any_quota |= entry.is_some_and(|c| !c.model_unavailable);
+            only_refused &= entry.is_some_and(|c| c.model_unavailable) && resting.is_none();
             match resting.max(cooling) {
                 Some(free_at) => {
                     earliest = Some(earliest.map_or(free_at, |x| x.min(free_at)));
@@ -191,6 +208,9 @@ impl KeyPool {
             }
         }
         match earliest {
+            Some(at) if only_refused => {
+                Unavailable::ModelRefused((at - now).max(Duration::from_millis(1)))
+            }
             Some(at) if any_quota => {
                 Unavailable::AllCooling((at - now).max(Duration::from_millis(1)))
             }

@@ -67,13 +67,43 @@ impl KeyPool {
                     if let Some(c) = h.cooling.get(model) {
                         until = until.max(c.until);
                     }
-                    h.cooling.insert(model.into(), Cooling { until, strikes });
+                    h.cooling.insert(
+                        model.into(),
+                        Cooling {
+                            until,
+                            strikes,
+                            model_unavailable: false,
+                        },
+                    );
                     tracing::debug!(
                         key.id = %entry.id,
                         gemini.model = model,
                         cooldown_ms = wait.as_millis() as u64,
                         per_day,
                         "quota exhausted: key cools down for this model, rotating"
+                    );
+                    publish = match publish {
+                        Publish::Enable => Publish::EnableAndCool(until),
+                        _ => Publish::Cool(until),
+                    };
+                }
+                Outcome::ModelUnavailable => {
+                    // The key is fine; this model is not for it. Set the pair aside until the
+                    // key would be re-probed, then try it again with a real request.
+                    let until = later(now, self.reprobe_after);
+                    h.cooling.insert(
+                        model.into(),
+                        Cooling {
+                            until,
+                            strikes: 0,
+                            model_unavailable: true,
+                        },
+                    );
+                    tracing::info!(
+                        key.id = %entry.id,
+                        gemini.model = model,
+                        retry_in_s = self.reprobe_after.as_secs(),
+                        "model not available to this key: the key keeps serving other models"
                     );
                     publish = match publish {
                         Publish::Enable => Publish::EnableAndCool(until),

@@ -37,6 +37,7 @@ impl KeyPool {
                             model: m.to_string(),
                             remaining,
                             until: wall + remaining,
+                            model_unavailable: c.model_unavailable,
                         }
                     })
                     .collect();
@@ -108,6 +109,7 @@ impl KeySnapshot {
                     "model": c.model,
                     "remaining_seconds": c.remaining.as_secs_f64().ceil() as u64,
                     "until_unix": c.until.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+                    "reason": if c.model_unavailable { "model_not_available_to_key" } else { "quota" },
                 })
             })
             .collect();
@@ -159,4 +161,7 @@ pub struct CoolingSnapshot {
     pub remaining: Duration,
     /// When it ends (wall clock).
     pub until: SystemTime,
+    /// The model is refused to this key (Google's 404 "no longer available to new users"),
+    /// not a quota: the key is tried for it again when this ends.
+    pub model_unavailable: bool,
 }

@@ -142,10 +142,11 @@ impl KeyPool {
                 if until <= now {
                     continue;
                 }
-                let c = h
-                    .cooling
-                    .entry(model.as_str().into())
-                    .or_insert(Cooling { until, strikes: 1 });
+                let c = h.cooling.entry(model.as_str().into()).or_insert(Cooling {
+                    until,
+                    strikes: 1,
+                    model_unavailable: false,
+                });
                 c.until = c.until.max(until);
             }
             e.update_clean(&h);

@@ -22,6 +22,9 @@ pub enum KeyBehavior {
     PermissionDenied,
     /// 503 `UNAVAILABLE` ("The model is overloaded"), Google's side failing for this key.
     Unavailable,
+    /// 404 `NOT_FOUND` "... is no longer available to new users": the model is refused to
+    /// this (newer) key while older keys still serve it. Set it per model.
+    ModelNotForNewUsers,
 }
 
 impl KeyBehavior {

@@ -150,6 +150,14 @@ fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
                 "status": "UNAVAILABLE"
             }}),
         )),
+        KeyBehavior::ModelNotForNewUsers => Some(json_response(
+            404,
+            &json!({"error": {
+                "code": 404,
+                "message": format!("This model models/{model} is no longer available to new users. Please update your code to use a newer model for the latest features and improvements."),
+                "status": "NOT_FOUND"
+            }}),
+        )),
         KeyBehavior::PermissionDenied => Some(json_response(
             403,
             &json!({"error": {
