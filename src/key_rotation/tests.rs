@@ -882,7 +882,22 @@ async fn clients_400_passes_through_untouched_without_retry() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn not_found_is_relayed_without_retry() {
+async fn a_404_that_names_no_model_is_relayed_without_retry() {
+    let calls = Calls::default();
+    let up = upstream(&calls, |_, _| {
+        Ok(json(
+            404,
+            r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#,
+        ))
+    });
+    let svc = stack(KeyRotationLayer::round_robin(keys(3)).unwrap(), up);
+    let res = send(&svc, post("/v1beta/models/nope:generateContent", "{}")).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(calls.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_404_naming_the_model_tries_each_key_once_then_relays_googles_404() {
     let calls = Calls::default();
     let up = upstream(&calls, |_, _| {
         Ok(json(
@@ -890,10 +905,26 @@ async fn not_found_is_relayed_without_retry() {
             r#"{"error":{"code":404,"message":"models/nope is not found","status":"NOT_FOUND"}}"#,
         ))
     });
-    let svc = stack(KeyRotationLayer::round_robin(keys(3)).unwrap(), up);
+    let pool = pool_of(3);
+    let svc = stack(KeyRotationLayer::new(pool.clone()), up);
     let res = send(&svc, post("/v1beta/models/nope:generateContent", "{}")).await;
     assert_eq!(res.status(), 404);
-    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        text(res).await,
+        r#"{"error":{"code":404,"message":"models/nope is not found","status":"NOT_FOUND"}}"#
+    );
+    assert_eq!(
+        calls.len(),
+        3,
+        "a model one key cannot use may serve on another"
+    );
+    // Set aside per (key, model), never disabled: the next request is answered here.
+    let res = send(&svc, post("/v1beta/models/nope:generateContent", "{}")).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(calls.len(), 3);
+    for s in pool.snapshot() {
+        assert_eq!(s.state, KeyState::Enabled);
+    }
 }
 
 #[tokio::test(start_paused = true)]
