@@ -56,7 +56,10 @@ where
                 .into_response(crate::Dialect::Gemini);
         };
         let again = unary_needs_retry(&bytes, &config);
-        if again.is_none() || attempts >= config.max_consecutive_retries {
+        if again.is_none()
+            || attempts >= config.max_consecutive_retries
+            || attempts >= config.max_resume_attempts
+        {
             if again == Some(NOT_JSON) {
                 return not_json();
             }
