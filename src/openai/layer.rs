@@ -367,7 +367,8 @@ where
         }
         let (parts, body) = res.into_parts();
         let translator = StreamTranslator::new(cx, req.include_usage());
-        let mut out = Response::new(Body::new(ChunkBody::new(body, translator)));
+        let max_event_bytes = crate::sse::MaxEventBytes::of(&self.extensions);
+        let mut out = Response::new(Body::new(ChunkBody::new(body, translator, max_event_bytes)));
         copy_response_headers(&parts.headers, out.headers_mut());
         let h = out.headers_mut();
         h.insert(

@@ -183,6 +183,13 @@ fn convert_messages(
             "user" => ("user", parts_of(m.content.as_ref(), i, false)?),
             "assistant" => {
                 let mut parts = parts_of(m.content.as_ref(), i, true)?;
+                // Images the model made earlier go back as its own inline data.
+                for (j, image) in m.images.iter().flatten().enumerate() {
+                    let part = url_part(&image.image_url.url, "image/png").map_err(|why| {
+                        ApiError::bad_request(format!("messages[{i}].images[{j}].image_url: {why}"))
+                    })?;
+                    parts.push(part);
+                }
                 let calls = m.tool_calls.as_deref().unwrap_or_default();
                 for (j, call) in calls.iter().enumerate() {
                     call_names.insert(call.id.as_str(), call.function.name.as_str());

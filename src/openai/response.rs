@@ -13,7 +13,8 @@ use super::media::base64_encode;
 use super::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions};
 use super::types::{
     ChatCompletion, Choice, CompletionTokensDetails, Embedding, EmbeddingResponse, EmbeddingUsage,
-    FunctionCall, Model, ModelList, PromptTokensDetails, ResponseMessage, ToolCall, Usage,
+    FunctionCall, ImageOutput, Model, ModelList, PromptTokensDetails, ResponseMessage, ToolCall,
+    Usage,
 };
 use crate::body::Body;
 use crate::error::ApiError;
@@ -187,12 +188,24 @@ fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
     format!("{lead}```{lang}\n{body}{nl}```\n")
 }
 
-/// Markdown for an inline image or other inline data the model produced.
+/// A generated image (inline data with an image MIME type), as OpenAI clients read it.
+pub(crate) fn image_of(part: &Part) -> Option<ImageOutput> {
+    let blob = part.inline_data.as_ref()?;
+    blob.mime_type
+        .starts_with("image/")
+        .then(|| ImageOutput::from_base64(&blob.mime_type, &blob.data))
+}
+
+/// Markdown for other inline data the model produced (audio, say): a link, which chat
+/// clients show as one, not as an image.
 pub(crate) fn inline_markdown(part: &Part) -> Option<String> {
     let blob = part.inline_data.as_ref()?;
+    if blob.mime_type.starts_with("image/") {
+        return None;
+    }
     Some(format!(
-        "![image](data:{};base64,{})",
-        blob.mime_type, blob.data
+        "[{}](data:{};base64,{})",
+        blob.mime_type, blob.mime_type, blob.data
     ))
 }
 
@@ -285,9 +298,14 @@ fn choice_of(cand: &Candidate, index: u32, cx: &ChatContext) -> Result<Choice, A
     let mut content = String::new();
     let mut reasoning = String::new();
     let mut calls: Vec<(crate::gemini::FunctionCall, Option<String>)> = Vec::new();
+    let mut images = Vec::new();
     for part in cand.parts() {
         if let Some(call) = &part.function_call {
             calls.push((call.clone(), part.thought_signature.clone()));
+            continue;
+        }
+        if let Some(image) = image_of(part) {
+            images.push(image);
             continue;
         }
         if let Some(sig) = &part.thought_signature
@@ -327,6 +345,7 @@ fn choice_of(cand: &Candidate, index: u32, cx: &ChatContext) -> Result<Choice, A
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
             tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
             refusal: None,
+            images: (!images.is_empty()).then_some(images),
         },
         finish_reason: Some(finish.to_owned()),
         logprobs: logprobs_of(cand.logprobs_result.as_ref()),

@@ -647,6 +647,50 @@ fn code_execution_reaches_content_as_fenced_blocks() {
 }
 
 #[test]
+fn generated_images_go_to_images_never_into_content() {
+    let a = answer(
+        json!({"candidates": [{"content": {"parts": [
+            {"text": "Here is your cat."},
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+            {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AA="}}]}, "finishReason": "STOP"}]}),
+        &ChatContext::new("gemini-2.5-flash-image"),
+    );
+    let message = &a["choices"][0]["message"];
+    assert_eq!(message["content"], "Here is your cat.");
+    assert_eq!(
+        message["images"],
+        json!([
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AA="}}
+        ])
+    );
+    let only = answer(
+        json!({"candidates": [{"content": {"parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}, "finishReason": "STOP"}]}),
+        &ChatContext::new("m"),
+    );
+    assert!(!only.to_string().contains("![image]"));
+    assert_eq!(only["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        only["choices"][0]["message"]["images"][0]["image_url"]["url"],
+        "data:image/png;base64,AAAA"
+    );
+}
+
+#[test]
+fn an_image_sent_back_in_history_becomes_the_model_turns_inline_data() {
+    let g = gemini(json!({"model": "m", "messages": [
+        user("draw a cat"),
+        {"role": "assistant", "content": "Here.", "images": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        user("make it blue")]}));
+    assert_eq!(
+        g["contents"][1]["parts"],
+        json!([{"text": "Here."}, {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}])
+    );
+}
+
+#[test]
 fn several_candidates_become_several_choices() {
     let a = answer(
         json!({"candidates": [
@@ -950,6 +994,34 @@ fn streamed_code_execution_is_fenced() {
         content_of(&ev, "content"),
         "Computing:\n```python\nprint(1)\n```\n```output\n1\n```\nDone."
     );
+}
+
+#[test]
+fn a_streamed_image_arrives_whole_in_delta_images() {
+    let image = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]}}]});
+    let ev = translate(
+        &[
+            text_chunk("A cat:", None),
+            image,
+            text_chunk("", Some("STOP")),
+        ],
+        ChatContext::new("m"),
+        false,
+        true,
+    );
+    let images: Vec<&Value> = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"].get("images"))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            &json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}])
+        ]
+    );
+    assert_eq!(content_of(&ev, "content"), "A cat:");
+    assert_eq!(finishes(&ev, 0), vec![json!("stop")]);
 }
 
 #[test]
@@ -1316,6 +1388,40 @@ async fn a_broken_upstream_stream_ends_with_an_error_event() {
             .contains("broke off")
     );
     assert_eq!(ev.len(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_event_over_the_requests_cap_ends_the_stream_with_one_error_event() {
+    let svc = OpenAiToGeminiLayer::new().layer(inner(Seen::default(), |_| {
+        let big = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "A".repeat(8192)}}]}}]});
+        let frames = [
+            text_chunk("A cat:", None),
+            big,
+            text_chunk("", Some("STOP")),
+        ]
+        .iter()
+        .map(|c| {
+            Ok::<_, crate::BoxError>(http_body::Frame::data(Bytes::from(format!(
+                "data: {c}\r\n\r\n"
+            ))))
+        })
+        .collect::<Vec<_>>();
+        Response::new(Body::new(http_body_util::StreamBody::new(IterStream(
+            frames.into_iter(),
+        ))))
+    }));
+    let mut body = chat_body();
+    body["stream"] = json!(true);
+    let mut req = post("/v1/chat/completions", body);
+    req.extensions_mut().insert(crate::sse::MaxEventBytes(4096));
+    let (status, _, bytes) = call(svc, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let ev = events_of(&bytes);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["choices"][0]["delta"]["content"], "A cat:");
+    let message = ev[1]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("4096 bytes"), "{message}");
 }
 
 #[tokio::test]

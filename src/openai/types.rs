@@ -218,6 +218,10 @@ pub struct Message {
     /// Reasoning text a client echoes back (dropped upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Images an assistant turn generated, echoed back (sent upstream as the model turn's
+    /// inline data, so the model can edit them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageOutput>>,
 }
 
 /// Message content: a string or a list of parts.
@@ -327,6 +331,47 @@ pub struct ResponseMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
     /// Refusal text (always null here; OpenAI SDKs read it).
     pub refusal: Option<String>,
+    /// Generated images, as OpenRouter and LiteLLM send them (never pasted into `content`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageOutput>>,
+}
+
+/// A generated image on an assistant message (`images`) or a stream delta, in the shape
+/// OpenRouter and LiteLLM use: `{"type": "image_url", "image_url": {"url":
+/// "data:image/png;base64,..."}}`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageOutput {
+    /// Always `image_url`.
+    #[serde(rename = "type", default = "image_url_type")]
+    pub kind: String,
+    /// The image as a data URL.
+    pub image_url: ImageUrl,
+}
+
+fn image_url_type() -> String {
+    "image_url".to_owned()
+}
+
+impl ImageOutput {
+    /// An image of this MIME type from its base64 bytes, as a data URL.
+    pub fn from_base64(mime_type: &str, data: &str) -> Self {
+        let mut url = String::with_capacity(mime_type.len() + data.len() + 13);
+        url.push_str("data:");
+        url.push_str(mime_type);
+        url.push_str(";base64,");
+        url.push_str(data);
+        Self {
+            kind: image_url_type(),
+            image_url: ImageUrl { url },
+        }
+    }
+}
+
+/// `{"url": ...}`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageUrl {
+    /// A data URL (`data:image/png;base64,...`) or an http(s) URL.
+    pub url: String,
 }
 
 /// Token usage.
@@ -412,6 +457,9 @@ pub struct Delta {
     /// Tool call deltas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// Generated images, each whole in one delta.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageOutput>>,
 }
 
 /// A tool call delta.
