@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::media::base64_encode;
 use super::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions};
 use super::types::{
     ChatCompletion, Choice, CompletionTokensDetails, Embedding, EmbeddingResponse, EmbeddingUsage,
@@ -422,7 +421,7 @@ pub fn embedding_response(
                     .iter()
                     .flat_map(|v| (*v as f32).to_le_bytes())
                     .collect();
-                Value::String(base64_encode(&bytes))
+                Value::String(crate::base64::encode(&bytes))
             } else {
                 json!(e.values)
             },
