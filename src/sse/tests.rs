@@ -370,7 +370,10 @@ fn events_of_one_buffer_join_without_a_copy() {
     assert_eq!(joined.as_ptr(), input.as_ptr());
 }
 
-const _: () = assert!(DEFAULT_MAX_EVENT_BYTES >= 64 * 1024 * 1024, "room for a 4K image");
+const _: () = assert!(
+    DEFAULT_MAX_EVENT_BYTES >= 64 * 1024 * 1024,
+    "room for a 4K image"
+);
 
 #[test]
 fn an_event_as_large_as_the_cap_passes_and_one_byte_more_is_refused() {
