@@ -270,3 +270,49 @@ async fn an_upstream_trickling_text_is_stopped_by_the_total_resume_bound() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn images_generations_answer_b64_json_from_an_image_model() {
+    let fake = fake(3 * MIB).await;
+    let proxy = proxy(&fake, &[]).await;
+    let req = Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {}", proxy.token))
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"model": IMAGE_MODEL, "prompt": "a red fox", "n": 2,
+                   "response_format": "b64_json", "size": "1024x1024"})
+            .to_string(),
+        ))
+        .unwrap();
+    let res = send(&proxy, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = collect_limited(res.into_body(), 64 * MIB).await.unwrap();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for image in data {
+        let b64 = image["b64_json"].as_str().unwrap();
+        assert!(decode_base64(b64) == FakeGemini::image(3 * MIB));
+    }
+    assert!(v["usage"]["output_tokens"].as_u64().unwrap() >= 2 * 1290);
+    assert_eq!(
+        fake.total_requests(),
+        2,
+        "one generateContent call per image"
+    );
+    let sent: Value = serde_json::from_slice(&fake.last_received().unwrap().body).unwrap();
+    assert_eq!(
+        sent["generationConfig"],
+        json!({"responseModalities": ["IMAGE"], "imageConfig": {"aspectRatio": "1:1"}})
+    );
+
+    let url = Request::post("/v1/images/generations")
+        .header("authorization", format!("Bearer {}", proxy.token))
+        .body(Body::from(
+            json!({"model": IMAGE_MODEL, "prompt": "x", "response_format": "url"}).to_string(),
+        ))
+        .unwrap();
+    let res = send(&proxy, url).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(fake.total_requests(), 2, "refused before any upstream call");
+}

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use super::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions};
 use super::types::{
     ChatCompletion, Choice, CompletionTokensDetails, Embedding, EmbeddingResponse, EmbeddingUsage,
-    FunctionCall, ImageOutput, Model, ModelList, PromptTokensDetails, ResponseMessage, ToolCall,
-    Usage,
+    FunctionCall, ImageData, ImageOutput, ImagesUsage, Model, ModelList, PromptTokensDetails,
+    ResponseMessage, ToolCall, Usage,
 };
 use crate::body::Body;
 use crate::error::ApiError;
@@ -103,7 +103,7 @@ pub(crate) fn unique_hex() -> String {
     format!("{:016x}{:08x}", h.finish(), n as u32)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -527,4 +527,68 @@ pub(crate) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
         }
         to.append(name.clone(), value.clone());
     }
+}
+
+// === Images ===
+
+/// The images of one `generateContent` answer to an images request, and its usage; a refusal
+/// (a blocked prompt or image) is a 400 with code `content_policy_violation`, an answer without
+/// an image a 502.
+pub(crate) fn generated_images(
+    resp: &GenerateContentResponse,
+) -> Result<(Vec<ImageData>, ImagesUsage), ApiError> {
+    let refused = |reason: &str| {
+        ApiError::bad_request(format!(
+            "Gemini refused to make this image ({reason}); nothing was generated"
+        ))
+        .with_openai_code("content_policy_violation")
+    };
+    if let Some(reason) = resp.block_reason() {
+        return Err(refused(reason.as_str()));
+    }
+    let mut data = Vec::new();
+    for cand in &resp.candidates {
+        let text: String = cand
+            .parts()
+            .iter()
+            .filter(|p| !p.is_thought())
+            .filter_map(|p| p.text.as_deref())
+            .collect();
+        let text = Some(text).filter(|t| !t.trim().is_empty());
+        for part in cand.parts() {
+            if let Some(blob) = &part.inline_data
+                && blob.mime_type.starts_with("image/")
+            {
+                data.push(ImageData {
+                    b64_json: blob.data.clone(),
+                    revised_prompt: text.clone(),
+                });
+            }
+        }
+        if data.is_empty()
+            && let Some(reason) = cand.finish_reason.as_ref().filter(|r| r.is_blocked())
+        {
+            return Err(refused(reason.as_str()));
+        }
+    }
+    if data.is_empty() {
+        return Err(ApiError::bad_gateway(
+            "Gemini answered without an image; is the model an image model?",
+        ));
+    }
+    let usage = resp
+        .usage_metadata
+        .as_ref()
+        .map(|u| {
+            let input = u64::from(u.prompt_token_count.unwrap_or(0));
+            let output = u64::from(u.candidates_token_count.unwrap_or(0))
+                + u64::from(u.thoughts_token_count.unwrap_or(0));
+            ImagesUsage {
+                input_tokens: input,
+                output_tokens: output,
+                total_tokens: u64::from(u.total_token_count.unwrap_or(0)).max(input + output),
+            }
+        })
+        .unwrap_or_default();
+    Ok((data, usage))
 }

@@ -1587,3 +1587,127 @@ impl futures_core::Stream for ChannelFrames {
 fn futures_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> ChannelFrames {
     ChannelFrames(rx)
 }
+
+// === images ===
+
+fn image_request(v: Value) -> Result<(String, Value, u32), crate::ApiError> {
+    let req: super::types::ImageGenerationRequest = serde_json::from_value(v).unwrap();
+    super::request::to_gemini_image_request(&req)
+}
+
+#[test]
+fn an_images_request_asks_gemini_for_images_only_at_the_nearest_aspect_ratio() {
+    let (model, body, n) = image_request(
+        json!({"model": "models/gemini-2.5-flash-image", "prompt": "a fox", "n": 2, "size": "1792x1024"}),
+    )
+    .unwrap();
+    assert_eq!((model.as_str(), n), ("gemini-2.5-flash-image", 2));
+    assert_eq!(
+        body,
+        json!({"contents": [{"role": "user", "parts": [{"text": "a fox"}]}],
+               "generationConfig": {"responseModalities": ["IMAGE"],
+                                    "imageConfig": {"aspectRatio": "16:9"}}})
+    );
+    for (size, ratio) in [
+        ("1024x1024", json!("1:1")),
+        ("1024x1536", json!("2:3")),
+        ("1536x1024", json!("3:2")),
+    ] {
+        let (_, body, _) =
+            image_request(json!({"model": "m", "prompt": "p", "size": size})).unwrap();
+        assert_eq!(
+            body["generationConfig"]["imageConfig"]["aspectRatio"],
+            ratio
+        );
+    }
+    let (_, auto, n) = image_request(json!({"model": "m", "prompt": "p", "size": "auto"})).unwrap();
+    assert_eq!(n, 1);
+    assert!(auto["generationConfig"].get("imageConfig").is_none());
+}
+
+#[test]
+fn images_requests_gemini_cannot_serve_are_400s_that_say_why() {
+    for (req, why) in [
+        (json!({"prompt": "p"}), "`model` is required"),
+        (json!({"model": "m", "prompt": " "}), "`prompt`"),
+        (json!({"model": "m", "prompt": "p", "n": 0}), "`n`"),
+        (json!({"model": "m", "prompt": "p", "n": 11}), "`n`"),
+        (
+            json!({"model": "m", "prompt": "p", "response_format": "url"}),
+            "b64_json",
+        ),
+        (json!({"model": "m", "prompt": "p", "size": "big"}), "size"),
+    ] {
+        let e = image_request(req.clone()).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.message().contains(why), "{req}: {}", e.message());
+    }
+}
+
+#[tokio::test]
+async fn images_generations_make_one_call_per_image_and_answer_b64_json() {
+    let seen = Seen::default();
+    let svc = OpenAiToGeminiLayer::new().layer(inner(seen.clone(), |_| {
+        ok_json(json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]},
+            "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 1290, "totalTokenCount": 1294}}))
+    }));
+    let (status, _, bytes) = call(
+        svc,
+        post(
+            "/v1/images/generations",
+            json!({"model": "gemini-2.5-flash-image", "prompt": "a fox", "n": 2,
+                   "response_format": "b64_json"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(v["created"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["data"],
+        json!([{"b64_json": "iVBORw0KGgo="}, {"b64_json": "iVBORw0KGgo="}])
+    );
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 8, "output_tokens": 2580, "total_tokens": 2588})
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].uri(),
+        "/v1beta/models/gemini-2.5-flash-image:generateContent"
+    );
+    let body: Value = serde_json::from_slice(seen[0].body()).unwrap();
+    assert_eq!(
+        body["generationConfig"]["responseModalities"],
+        json!(["IMAGE"])
+    );
+}
+
+#[tokio::test]
+async fn a_refused_image_is_a_content_policy_violation() {
+    let svc = OpenAiToGeminiLayer::new().layer(inner(Seen::default(), |_| {
+        ok_json(
+            json!({"candidates": [{"content": {"role": "model"}, "finishReason": "IMAGE_SAFETY"}]}),
+        )
+    }));
+    let (status, _, bytes) = call(
+        svc,
+        post(
+            "/v1/images/generations",
+            json!({"model": "gemini-2.5-flash-image", "prompt": "p"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "content_policy_violation");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IMAGE_SAFETY")
+    );
+}

@@ -579,3 +579,61 @@ pub struct EmbeddingUsage {
     /// Total tokens.
     pub total_tokens: u64,
 }
+
+// === Images ===
+
+/// `POST /v1/images/generations` request. Only `b64_json` answers are made (the gateway hosts
+/// no image for a `url` to point at).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageGenerationRequest {
+    /// A Gemini image model, e.g. `gemini-2.5-flash-image` (required: there is no default).
+    #[serde(default)]
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// Images to make, 1 to 10 (default 1): one `generateContent` call each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `b64_json` (the default here); `url` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// `WIDTHxHEIGHT` or `auto`: the nearest aspect ratio Gemini offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// End-user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/images/generations` response.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImagesResponse {
+    /// Unix seconds.
+    pub created: u64,
+    /// The images.
+    pub data: Vec<ImageData>,
+    /// Tokens of every call, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ImagesUsage>,
+}
+
+/// One generated image.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageData {
+    /// The image bytes, base64-encoded.
+    pub b64_json: String,
+    /// Text the model wrote along with the image, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+}
+
+/// Token usage of an images answer (as OpenAI's `gpt-image-1` reports it).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImagesUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Image (and text) tokens produced.
+    pub output_tokens: u64,
+    /// Total.
+    pub total_tokens: u64,
+}
