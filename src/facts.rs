@@ -15,6 +15,7 @@
 //! | the route's dialect | [`Dialect`](crate::Dialect) | `BearerAuth`, the OpenAI front | error answers |
 //! | the Gemini call: model and method | [`GeminiPath`] (see [`gemini_call`]) | [`FactsLayer`] from the path; the OpenAI front from the body; the request policy when it resolves an alias ([`set_model`]) | rate limits, key rotation, stream resume, usage |
 //! | the path logs may show | [`LogPath`](crate::access_log::LogPath) | the router | access log, request span |
+//! | the cap on one event of the streamed answer | [`MaxEventBytes`](crate::sse::MaxEventBytes) | [`FactsLayer::max_event_bytes`] (the gateway's `max_event_bytes`) | every decoder of the answer: stream resume, the OpenAI translation, the request policy |
 //! | what happened | [`Report`] | [`FactsLayer`] or `UsageLayer` | written by `BearerAuth` (client), `KeyRotation` (serving key, attempts), `StreamResume` (resumes), `RateLimit` (refusal), the fronts and the policy (model); read by usage and the access log |
 //!
 //! A layer used alone (key rotation around a reqwest client) finds no facts and works them
@@ -335,10 +336,11 @@ impl fmt::Debug for Report {
 
 /// Puts the facts of each request in at the top of a stack: a fresh [`Report`] and the
 /// Gemini call parsed from the path (when the request is one), unless a layer above already
-/// did. [`Gateway`](crate::gateway::Gateway) puts it first; stack it first in your own.
+/// did, and the cap on one event of the streamed answer when one is configured.
+/// [`Gateway`](crate::gateway::Gateway) puts it first; stack it first in your own.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FactsLayer {
-    _priv: (),
+    max_event_bytes: Option<usize>,
 }
 
 impl FactsLayer {
@@ -346,13 +348,26 @@ impl FactsLayer {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The cap on one event (or JSON array element) of a streamed answer, put in each request
+    /// as a [`MaxEventBytes`](crate::sse::MaxEventBytes) extension (unless a layer above did):
+    /// the one setting every decoder below applies (stream resume, the OpenAI translation, the
+    /// request policy). Default: none put in, so each applies
+    /// [`DEFAULT_MAX_EVENT_BYTES`](crate::sse::DEFAULT_MAX_EVENT_BYTES).
+    pub fn max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = Some(max.max(1));
+        self
+    }
 }
 
 impl<S> Layer<S> for FactsLayer {
     type Service = Facts<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Facts { inner }
+        Facts {
+            inner,
+            max_event_bytes: self.max_event_bytes,
+        }
     }
 }
 
@@ -360,12 +375,16 @@ impl<S> Layer<S> for FactsLayer {
 #[derive(Clone, Debug)]
 pub struct Facts<S> {
     inner: S,
+    max_event_bytes: Option<usize>,
 }
 
 impl<S> Facts<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            max_event_bytes: None,
+        }
     }
 
     crate::define_inner_service_accessors!();
@@ -388,6 +407,15 @@ where
             req.extensions_mut().insert(Report::new());
         }
         resolve_call(&mut req);
+        if let Some(max) = self.max_event_bytes {
+            if req
+                .extensions()
+                .get::<crate::sse::MaxEventBytes>()
+                .is_none()
+            {
+                req.extensions_mut().insert(crate::sse::MaxEventBytes(max));
+            }
+        }
         self.inner.call(req)
     }
 }
@@ -427,6 +455,29 @@ mod tests {
         let mut list = Request::get("/v1beta/models").body(()).unwrap();
         assert!(resolve_call(&mut list).is_some());
         assert_eq!(model(&list), None);
+    }
+
+    #[tokio::test]
+    async fn the_event_cap_is_put_in_once_and_an_outer_one_wins() {
+        use crate::sse::MaxEventBytes;
+        use tower::{ServiceExt, service_fn};
+        let svc = FactsLayer::new().max_event_bytes(4096).layer(service_fn(
+            |req: Request<()>| async move {
+                Ok::<_, std::convert::Infallible>(MaxEventBytes::of(req.extensions()))
+            },
+        ));
+        let req = Request::post("/v1beta/models/m:streamGenerateContent")
+            .body(())
+            .unwrap();
+        assert_eq!(svc.clone().oneshot(req).await.unwrap(), 4096);
+        let mut outer = Request::new(());
+        outer.extensions_mut().insert(MaxEventBytes(10));
+        assert_eq!(svc.oneshot(outer).await.unwrap(), 10);
+        let plain = Facts::new(service_fn(|req: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(MaxEventBytes::of(req.extensions()))
+        }));
+        let got = plain.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(got, crate::sse::DEFAULT_MAX_EVENT_BYTES);
     }
 
     #[test]

@@ -70,6 +70,7 @@ use crate::body::DEFAULT_MAX_BODY_BYTES;
 pub struct GatewayBuilder {
     tokens: Option<Arc<dyn TokenStore>>,
     max_body_bytes: usize,
+    max_event_bytes: Option<usize>,
     body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
     client_key_passthrough: bool,
@@ -164,6 +165,7 @@ impl fmt::Debug for GatewayBuilder {
         f.debug_struct("GatewayBuilder")
             .field("auth", &self.tokens.is_some())
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
             .field("upstream_key", &self.upstream_key)
             .field("request_id", &self.request_id)
             .field("extra_layers", &self.extra.len())
@@ -176,6 +178,7 @@ impl Default for GatewayBuilder {
         Self {
             tokens: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_event_bytes: None,
             body_read_timeout: None,
             upstream_key: None,
             client_key_passthrough: false,
@@ -210,6 +213,16 @@ impl GatewayBuilder {
     /// Request bodies larger than this are refused with 413 (default 20 MiB).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// The cap on one event of a streamed answer (default
+    /// [`DEFAULT_MAX_EVENT_BYTES`](crate::sse::DEFAULT_MAX_EVENT_BYTES), 64 MiB): the one
+    /// setting every layer that decodes a stream applies (see
+    /// [`MaxEventBytes`](crate::sse::MaxEventBytes)). A larger event ends the stream with an
+    /// error event; it is never resumed.
+    pub fn max_event_bytes(mut self, max: usize) -> Self {
+        self.max_event_bytes = Some(max);
         self
     }
 
@@ -370,8 +383,12 @@ impl GatewayBuilder {
         };
         #[cfg(not(feature = "usage"))]
         let inner = svc;
+        let facts = match self.max_event_bytes {
+            Some(max) => crate::facts::FactsLayer::new().max_event_bytes(max),
+            None => crate::facts::FactsLayer::new(),
+        };
         let svc = ServiceBuilder::new()
-            .layer(crate::facts::FactsLayer::new())
+            .layer(facts)
             .option_layer(self.request_id.then(RequestIdLayer::new))
             .layer(AccessLogLayer::new())
             .service(inner);

@@ -141,6 +141,8 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(any(feature = "openai", feature = "testing"))]
+mod base64;
 pub mod body;
 pub mod credential;
 pub mod error;

@@ -2,9 +2,18 @@
 //! `:streamGenerateContent` sends without `alt=sse`.
 //!
 //! Both decoders work frame by frame with bounded memory: they hold at most the current event
-//! (or array element) and refuse one larger than a cap (default 1 MiB) with
-//! [`SseError::TooLarge`] instead of buffering without end. A single-line `data:` field is
-//! returned as a zero-copy slice of the input.
+//! (or array element) and refuse one larger than a cap ([`DEFAULT_MAX_EVENT_BYTES`], 64 MiB)
+//! with [`SseError::TooLarge`] instead of buffering without end. An event may be large (image
+//! models send a whole image, tens of MiB of base64, as one event): a long line arriving in
+//! many frames is gathered without copying what is already held again. A single-line `data:`
+//! field is returned as a zero-copy slice of the input.
+//!
+//! # One cap for every decoder
+//! The cap travels with the request as a [`MaxEventBytes`] extension (put in by
+//! [`FactsLayer::max_event_bytes`](crate::facts::FactsLayer::max_event_bytes), which the
+//! gateway's `max_event_bytes` sets), so that every layer that decodes the answer (stream
+//! resume, the OpenAI translation, the request policy) applies the same one, as axum's
+//! `DefaultBodyLimit` does for request bodies.
 //!
 //! # Example
 //! ```
@@ -30,8 +39,39 @@ use pin_project_lite::pin_project;
 
 use crate::body::BoxError;
 
-/// The default cap on one event or array element: 1 MiB.
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// The default cap on one event or array element: 64 MiB, room for a generated 4K image (tens
+/// of MiB of base64 in one event).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The cap on one event (or array element) of a request's streamed answer, carried in the
+/// request's extensions so every decoder of that answer applies the same one.
+///
+/// ```
+/// use tower_gemini::sse::{DEFAULT_MAX_EVENT_BYTES, MaxEventBytes};
+///
+/// let mut req = http::Request::new(());
+/// assert_eq!(MaxEventBytes::of(req.extensions()), DEFAULT_MAX_EVENT_BYTES);
+/// req.extensions_mut().insert(MaxEventBytes(4096));
+/// assert_eq!(MaxEventBytes::of(req.extensions()), 4096);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxEventBytes(pub usize);
+
+impl Default for MaxEventBytes {
+    fn default() -> Self {
+        MaxEventBytes(DEFAULT_MAX_EVENT_BYTES)
+    }
+}
+
+impl MaxEventBytes {
+    /// The cap for the answer of the request these extensions belong to: the extension, else
+    /// [`DEFAULT_MAX_EVENT_BYTES`].
+    pub fn of(extensions: &http::Extensions) -> usize {
+        extensions
+            .get::<MaxEventBytes>()
+            .map_or(DEFAULT_MAX_EVENT_BYTES, |m| m.0)
+    }
+}
 
 /// Errors of the stream decoders.
 #[derive(Debug)]
@@ -53,6 +93,25 @@ impl fmt::Display for SseError {
             SseError::TooLarge { limit } => write!(f, "stream event larger than {limit} bytes"),
             SseError::Malformed(what) => write!(f, "malformed stream: {what}"),
             SseError::Body(e) => write!(f, "stream body failed: {e}"),
+        }
+    }
+}
+
+impl SseError {
+    /// What a client is told when this error ends an upstream stream: why, and that the stream
+    /// was not asked for again (nothing of the upstream's own text, so no secret).
+    pub fn client_message(&self) -> String {
+        match self {
+            SseError::TooLarge { limit } => format!(
+                "the upstream sent a stream event larger than {limit} bytes, the gateway's cap \
+                 on one event; the stream was ended and not retried"
+            ),
+            SseError::Malformed(what) => {
+                format!("the upstream stream is malformed ({what}); it was ended and not retried")
+            }
+            SseError::Body(_) => {
+                "the upstream stream broke off before the answer was complete".to_owned()
+            }
         }
     }
 }
@@ -104,7 +163,10 @@ impl Event {
 #[derive(Debug)]
 pub struct Decoder {
     buf: Bytes,
-    /// Where the search for the next line end resumes.
+    /// Input that holds no line end yet (a long line arriving in many frames), gathered here
+    /// with amortised growth until a line end arrives; `buf` is empty while it holds anything.
+    pending: Vec<u8>,
+    /// Where the search for the next line end resumes (in `pending` while it is in use).
     scan: usize,
     max: usize,
     /// Bytes of the current event already consumed from `buf`.
@@ -174,6 +236,7 @@ impl Decoder {
     pub fn new() -> Self {
         Self {
             buf: Bytes::new(),
+            pending: Vec::new(),
             scan: 0,
             max: DEFAULT_MAX_EVENT_BYTES,
             event_bytes: 0,
@@ -243,32 +306,79 @@ impl Decoder {
         self
     }
 
-    /// Appends input. Free when nothing is pending; only a partial line left over from the
-    /// previous frame is copied.
+    /// Appends input. Free when nothing is pending; a partial line left over from the
+    /// previous frame is copied once, and a long line that goes on over many frames grows in
+    /// place (each byte is copied once, amortised), not re-joined per frame.
     pub fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
         if let Some(r) = self.raw.as_deref_mut() {
             // The event being read goes on in another buffer: keep what it has taken so far.
-            if r.len > 0 && !bytes.is_empty() {
+            if r.len > 0 {
                 let (start, len) = (r.start, std::mem::take(&mut r.len));
                 r.spill
                     .get_or_insert_with(BytesMut::new)
                     .extend_from_slice(&r.generation[start..start + len]);
             }
         }
-        if self.buf.is_empty() {
+        if !self.pending.is_empty() {
+            self.append_pending(&bytes);
+        } else if self.buf.is_empty() {
             self.buf = bytes;
-        } else if !bytes.is_empty() {
-            let mut joined = BytesMut::with_capacity(self.buf.len() + bytes.len());
-            joined.extend_from_slice(&self.buf);
-            joined.extend_from_slice(&bytes);
-            self.buf = joined.freeze();
+            self.new_generation();
+        } else {
+            let rest = std::mem::take(&mut self.buf);
+            self.pending = Vec::with_capacity(rest.len() + bytes.len());
+            self.pending.extend_from_slice(&rest);
+            self.append_pending(&bytes);
         }
-        if !self.bom_checked && self.buf.len() >= 3 {
-            self.bom_checked = true;
-            if self.buf.starts_with(b"\xEF\xBB\xBF") {
-                self.buf.advance(3);
+        if !self.bom_checked {
+            let held: &[u8] = if self.pending.is_empty() {
+                &self.buf
+            } else {
+                &self.pending
+            };
+            if held.len() >= 3 {
+                self.bom_checked = true;
+                if held.starts_with(b"\xEF\xBB\xBF") {
+                    if self.pending.is_empty() {
+                        self.buf.advance(3);
+                    } else {
+                        self.pending.drain(..3);
+                    }
+                    self.scan = self.scan.saturating_sub(3);
+                }
             }
         }
+    }
+
+    /// Adds to `pending`, and makes it the input to read once it holds a line end.
+    fn append_pending(&mut self, bytes: &[u8]) {
+        let need = self.pending.len() + bytes.len();
+        if self.pending.capacity() < need {
+            // Doubling, but not far past the cap: an event over it is refused anyway.
+            let grown = self
+                .pending
+                .capacity()
+                .saturating_mul(2)
+                .min(self.max.saturating_add(1));
+            self.pending
+                .reserve_exact(need.max(grown) - self.pending.len());
+        }
+        self.pending.extend_from_slice(bytes);
+        // Searched from where the last search stopped: each byte is looked at once.
+        let from = self.scan.min(self.pending.len());
+        if memchr::memchr2(b'\n', b'\r', &self.pending[from..]).is_some() {
+            self.buf = Bytes::from(std::mem::take(&mut self.pending));
+            self.new_generation();
+        } else {
+            self.scan = self.pending.len();
+        }
+    }
+
+    /// `buf` is a new input buffer: raw tracking takes it as the current one.
+    fn new_generation(&mut self) {
         if let Some(r) = self.raw.as_deref_mut() {
             if r.len == 0 {
                 r.generation = self.buf.clone();
@@ -281,11 +391,15 @@ impl Decoder {
     pub fn finish(&mut self) {
         self.eof = true;
         self.bom_checked = true;
+        if !self.pending.is_empty() {
+            self.buf = Bytes::from(std::mem::take(&mut self.pending));
+            self.new_generation();
+        }
     }
 
     /// Bytes held for incomplete input.
     pub fn buffered(&self) -> usize {
-        self.buf.len() + self.data_more.as_ref().map_or(0, BytesMut::len)
+        self.buf.len() + self.pending.len() + self.data_more.as_ref().map_or(0, BytesMut::len)
     }
 
     /// The next complete event, `Ok(None)` when more input is needed (or, after
@@ -295,6 +409,13 @@ impl Decoder {
             r.last = None;
         }
         loop {
+            if !self.pending.is_empty() {
+                // No line end in what is held (it would have been moved to `buf`).
+                if self.event_bytes + self.pending.len() > self.max {
+                    return Err(self.too_large());
+                }
+                return Ok(None);
+            }
             let Some((len, term)) = self.find_line() else {
                 if self.eof && !self.buf.is_empty() {
                     self.raw_consume(self.buf.len());
@@ -342,6 +463,7 @@ impl Decoder {
     fn too_large(&mut self) -> SseError {
         // Drop what is held: the stream cannot go on after this error.
         self.buf = Bytes::new();
+        self.pending = Vec::new();
         self.scan = 0;
         self.data_first = None;
         self.data_more = None;
@@ -352,7 +474,7 @@ impl Decoder {
     /// The next line: (length without terminator, terminator length).
     fn find_line(&mut self) -> Option<(usize, usize)> {
         let hay = self.buf.get(self.scan..).unwrap_or_default();
-        match hay.iter().position(|&b| b == b'\n' || b == b'\r') {
+        match memchr::memchr2(b'\n', b'\r', hay) {
             None => {
                 self.scan = self.buf.len();
                 None
@@ -680,6 +802,18 @@ impl JsonArrayDecoder {
         while self.scan < self.buf.len() {
             let b = self.buf[self.scan];
             if let Some(start) = self.start {
+                if self.in_string && !self.escape && b != b'"' && b != b'\\' {
+                    // Inside a string (a long base64 image, say): jump to its next quote or
+                    // escape instead of stepping byte by byte.
+                    let rest = &self.buf[self.scan..];
+                    self.scan += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                    if self.scan - start > self.max {
+                        self.buf = BytesMut::new();
+                        self.scan = 0;
+                        return Err(SseError::TooLarge { limit: self.max });
+                    }
+                    continue;
+                }
                 if self.in_string {
                     if self.escape {
                         self.escape = false;

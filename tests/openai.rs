@@ -445,7 +445,7 @@ async fn models_are_listed_from_every_page() {
         ids.contains(&"gemini-2.5-pro") && ids.contains(&"gemini-embedding-001"),
         "{ids:?}"
     );
-    assert_eq!(ids.len(), 7, "{ids:?}");
+    assert_eq!(ids.len(), 8, "{ids:?}");
     assert!(list.data.iter().all(|m| m.owned_by == "google"));
     let pages = fake
         .received()

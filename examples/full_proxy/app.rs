@@ -155,12 +155,14 @@ impl App {
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
             .max_body_bytes(config.max_body_bytes)
+            .max_event_bytes(config.max_event_bytes)
             .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
             .usage(ops.usage.clone())
             .stream_resume(
                 StreamResumeLayer::new()
                     .max_consecutive_retries(config.max_consecutive_retries)
+                    .max_resume_attempts(config.max_resume_attempts)
                     .retry_delay(config.retry_delay)
                     .swallow_thoughts_after_retry(config.swallow_thoughts_after_retry)
                     .idle_timeout(
@@ -171,7 +173,15 @@ impl App {
             );
         // OpenAI's routes are translated first, so the policy, limits, resume and key pool
         // below see one dialect: Gemini's.
-        builder = builder.layer(OpenAiToGeminiLayer::new().max_body_bytes(config.max_body_bytes));
+        // A whole (non-streamed) answer may hold an image as large as one stream event may.
+        let max_answer = config
+            .max_event_bytes
+            .max(tower_gemini::openai::DEFAULT_MAX_RESPONSE_BYTES);
+        builder = builder.layer(
+            OpenAiToGeminiLayer::new()
+                .max_body_bytes(config.max_body_bytes)
+                .max_response_bytes(max_answer),
+        );
         // What is left must be a Gemini API path; anything else is a 404 here, in the route's
         // dialect, without spending a key on it.
         builder = builder.layer(tower::layer::layer_fn(known_routes_only));

@@ -28,6 +28,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// `MAX_EVENT_BYTES`: the cap on one event of a streamed answer, for every decoder.
+    pub max_event_bytes: usize,
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -41,6 +43,7 @@ pub struct Config {
     pub key_reprobe: Duration,
     // Stream resume.
     pub max_consecutive_retries: u32,
+    pub max_resume_attempts: u32,
     pub retry_delay: Duration,
     pub swallow_thoughts_after_retry: bool,
     pub stream_idle_timeout: Duration,
@@ -93,6 +96,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_deref().map(mask))
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -104,6 +108,7 @@ impl fmt::Debug for Config {
             .field("key_cooldown", &self.key_cooldown)
             .field("key_reprobe", &self.key_reprobe)
             .field("max_consecutive_retries", &self.max_consecutive_retries)
+            .field("max_resume_attempts", &self.max_resume_attempts)
             .field("retry_delay", &self.retry_delay)
             .field(
                 "swallow_thoughts_after_retry",
@@ -155,6 +160,7 @@ impl Config {
             "client_key_passthrough": self.client_key_passthrough,
             "request_timeout_seconds": secs(self.request_timeout),
             "max_body_bytes": self.max_body_bytes,
+            "max_event_bytes": self.max_event_bytes,
             "log_level": self.log_level,
             "log_format": format!("{:?}", self.log_format).to_lowercase(),
             "shutdown_grace_seconds": secs(self.shutdown_grace),
@@ -166,6 +172,7 @@ impl Config {
             "key_cooldown_seconds": secs(self.key_cooldown),
             "key_reprobe_seconds": secs(self.key_reprobe),
             "max_consecutive_retries": self.max_consecutive_retries,
+            "max_resume_attempts": self.max_resume_attempts,
             "retry_delay_ms": self.retry_delay.as_millis() as u64,
             "swallow_thoughts_after_retry": self.swallow_thoughts_after_retry,
             "stream_idle_timeout_seconds": secs(self.stream_idle_timeout),
@@ -302,6 +309,7 @@ impl Config {
             admin_token,
             request_timeout,
             max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
+            max_event_bytes: max_event_bytes(env)?,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 30)?,
@@ -317,6 +325,12 @@ impl Config {
             key_reprobe: seconds(env, "KEY_REPROBE_SECONDS", 3600)?,
             max_consecutive_retries: u32::try_from(number(env, "MAX_CONSECUTIVE_RETRIES", 5)?)
                 .map_err(|_| ConfigError("MAX_CONSECUTIVE_RETRIES: too large".into()))?,
+            max_resume_attempts: u32::try_from(number(
+                env,
+                "MAX_RESUME_ATTEMPTS",
+                u64::from(tower_gemini::stream_resume::DEFAULT_MAX_RESUME_ATTEMPTS),
+            )?)
+            .map_err(|_| ConfigError("MAX_RESUME_ATTEMPTS: too large".into()))?,
             retry_delay: Duration::from_millis(number(env, "RETRY_DELAY_MS", 500)?).min(FOREVER),
             swallow_thoughts_after_retry: boolean(env, "SWALLOW_THOUGHTS_AFTER_RETRY", true)?,
             stream_idle_timeout: match get("STREAM_IDLE_TIMEOUT_SECONDS") {
@@ -458,6 +472,25 @@ pub fn number(env: &HashMap<String, String>, name: &str, default: u64) -> Result
             .parse()
             .map_err(|_| ConfigError(format!("{name}: `{v}` is not a whole number"))),
     }
+}
+
+/// Smallest `MAX_EVENT_BYTES`: an event this size still holds a few sentences of answer.
+const MIN_EVENT_BYTES: u64 = 4096;
+/// Largest `MAX_EVENT_BYTES` (4 GiB): one event held in memory, never more.
+const MAX_EVENT_BYTES: u64 = 4 << 30;
+
+/// `MAX_EVENT_BYTES`, checked: from 4 KiB to 4 GiB, default
+/// [`DEFAULT_MAX_EVENT_BYTES`](tower_gemini::sse::DEFAULT_MAX_EVENT_BYTES).
+fn max_event_bytes(env: &HashMap<String, String>) -> Result<usize, ConfigError> {
+    let default = tower_gemini::sse::DEFAULT_MAX_EVENT_BYTES as u64;
+    let n = number(env, "MAX_EVENT_BYTES", default)?;
+    if !(MIN_EVENT_BYTES..=MAX_EVENT_BYTES).contains(&n) {
+        return Err(ConfigError(format!(
+            "MAX_EVENT_BYTES: `{n}` is out of range: from {MIN_EVENT_BYTES} (4 KiB) to \
+             {MAX_EVENT_BYTES} (4 GiB); the default, 64 MiB, holds a generated 4K image"
+        )));
+    }
+    usize::try_from(n).map_err(|_| ConfigError("MAX_EVENT_BYTES: too large".into()))
 }
 
 /// The longest duration any variable sets (100 years): a larger value means "never" just as
@@ -704,6 +737,8 @@ mod tests {
         assert_eq!(c.key_strategy, Strategy::RoundRobin);
         assert_eq!(c.key_reprobe, Duration::from_secs(3600));
         assert_eq!(c.max_consecutive_retries, 5);
+        assert_eq!(c.max_resume_attempts, 10);
+        assert_eq!(c.max_event_bytes, 64 * 1024 * 1024);
         assert!(c.swallow_thoughts_after_retry);
         assert_eq!(c.max_requests_per_minute, None);
         assert!(c.model_limits.is_none() && c.redis_url.is_none());
@@ -739,6 +774,11 @@ mod tests {
             ("GEMINI_API_KEYS", "a,,b"),
             ("ALLOWED_TOKENS", "[\"a\""),
             ("MAX_BODY_BYTES", "ten"),
+            ("MAX_EVENT_BYTES", "0"),
+            ("MAX_EVENT_BYTES", "1024"),
+            ("MAX_EVENT_BYTES", "99999999999"),
+            ("MAX_EVENT_BYTES", "64MiB"),
+            ("MAX_RESUME_ATTEMPTS", "-1"),
             ("LISTEN_ADDR", "nowhere"),
             ("UPSTREAM_URL", "ftp://x"),
             ("KEY_STRATEGY", "fastest"),

@@ -101,6 +101,8 @@ pub(crate) struct Parts<'a> {
     pub(crate) reasoning: Cow<'a, str>,
     /// Whether a part is a function call.
     pub(crate) function_call: bool,
+    /// Whether a part holds inline or file data (a generated image, say).
+    pub(crate) media: bool,
     /// Whether a part holds anything but text, a thought flag and a signature (a call, code,
     /// media, ...).
     pub(crate) other: bool,
@@ -127,6 +129,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Parts<'a> {
                 while let Some(part) = seq.next_element::<Part<'a>>()? {
                     parts.count += 1;
                     parts.function_call |= part.function_call;
+                    parts.media |= part.media;
                     parts.other |= part.other;
                     match part.text {
                         Some(t) if part.thought => append(&mut parts.reasoning, t),
@@ -147,6 +150,7 @@ struct Part<'a> {
     text: Option<Cow<'a, str>>,
     thought: bool,
     function_call: bool,
+    media: bool,
     other: bool,
 }
 
@@ -163,6 +167,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
                     text: None,
                     thought: false,
                     function_call: false,
+                    media: false,
                     other: false,
                 };
                 let mut seen = [false; 3];
@@ -173,6 +178,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Part<'a> {
                         "thoughtSignature" => 2,
                         "functionCall" => {
                             part.function_call = true;
+                            part.other = true;
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                        "inlineData" | "fileData" => {
+                            part.media = true;
                             part.other = true;
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -219,7 +230,7 @@ mod tests {
         assert!(matches!(one.text, Cow::Borrowed("only")));
         assert!(!one.other && !one.function_call);
         let media: Parts<'_> = serde_json::from_str(r#"[{"inlineData":{"data":"AA"}}]"#).unwrap();
-        assert!(media.other && !media.function_call);
+        assert!(media.other && media.media && !media.function_call);
         assert!(serde_json::from_str::<Parts<'_>>(r#"[{"text":"a","text":"b"}]"#).is_err());
         assert!(serde_json::from_str::<Parts<'_>>(r#"[{"text":null}]"#).is_err());
     }

@@ -14,13 +14,18 @@ use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use tower::{Layer, Service, ServiceExt};
 
-use super::request::{ReasoningBudgets, TranslateOptions, model_id, to_gemini_request};
+use super::request::{
+    ReasoningBudgets, TranslateOptions, model_id, to_gemini_image_request, to_gemini_request,
+};
 use super::response::{
-    ChatContext, copy_response_headers, embedding_response, json_response, model_list, model_of,
-    to_chat_completion, translate_error,
+    ChatContext, copy_response_headers, embedding_response, generated_images, json_response,
+    model_list, model_of, to_chat_completion, translate_error,
 };
 use super::stream::{ChunkBody, StreamTranslator};
-use super::types::{ChatCompletionRequest, EmbeddingInput, EmbeddingRequest};
+use super::types::{
+    ChatCompletionRequest, EmbeddingInput, EmbeddingRequest, ImageGenerationRequest,
+    ImagesResponse, ImagesUsage,
+};
 use crate::body::{Body, BoxError, LimitError, collect_limited};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{
@@ -30,7 +35,7 @@ use crate::gemini::{
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
-pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// At most this many pages of `GET /v1beta/models` are read for one `GET /v1/models`.
 const MAX_MODEL_PAGES: usize = 100;
 
@@ -164,6 +169,7 @@ enum Route {
     Models,
     Model(String),
     Embeddings,
+    Images,
 }
 
 impl Route {
@@ -172,6 +178,7 @@ impl Route {
             "/v1/chat/completions" => Some(Route::Chat),
             "/v1/models" => Some(Route::Models),
             "/v1/embeddings" => Some(Route::Embeddings),
+            "/v1/images/generations" => Some(Route::Images),
             p => {
                 let id = p.strip_prefix("/v1/models/")?;
                 (!id.contains(':')).then(|| Route::Model(id.to_owned()))
@@ -181,7 +188,7 @@ impl Route {
 
     fn method(&self) -> Method {
         match self {
-            Route::Chat | Route::Embeddings => Method::POST,
+            Route::Chat | Route::Embeddings | Route::Images => Method::POST,
             Route::Models | Route::Model(_) => Method::GET,
         }
     }
@@ -243,6 +250,7 @@ where
                 match route {
                     Route::Chat => ctx.chat(body).await,
                     Route::Embeddings => ctx.embeddings(body).await,
+                    Route::Images => ctx.images(body).await,
                     Route::Models => ctx.models().await,
                     Route::Model(id) => ctx.model(&id).await,
                 }
@@ -366,7 +374,8 @@ where
         }
         let (parts, body) = res.into_parts();
         let translator = StreamTranslator::new(cx, req.include_usage());
-        let mut out = Response::new(Body::new(ChunkBody::new(body, translator)));
+        let max_event_bytes = crate::sse::MaxEventBytes::of(&self.extensions);
+        let mut out = Response::new(Body::new(ChunkBody::new(body, translator, max_event_bytes)));
         copy_response_headers(&parts.headers, out.headers_mut());
         let h = out.headers_mut();
         h.insert(
@@ -375,6 +384,62 @@ where
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Ok(out)
+    }
+
+    /// `POST /v1/images/generations`: one `:generateContent` call with `responseModalities:
+    /// ["IMAGE"]` per image asked for.
+    async fn images<B>(mut self, body: B) -> Answer<S::Error>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let req: ImageGenerationRequest =
+            match read_json(&self.headers, self.config.max_body_bytes, body).await {
+                Ok(r) => r,
+                Err(res) => return Ok(res),
+            };
+        let (model, gemini, n) = match to_gemini_image_request(&req) {
+            Ok(g) => g,
+            Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+        };
+        let body = Bytes::from(serde_json::to_vec(&gemini).unwrap_or_default());
+        let path = format!("/{}/models/{model}:generateContent", self.config.version);
+        let mut out = ImagesResponse {
+            created: super::response::unix_now(),
+            data: Vec::new(),
+            usage: None,
+        };
+        let mut usage = ImagesUsage::default();
+        let mut headers = HeaderMap::new();
+        for _ in 0..n {
+            let inner_req = self.inner_request(Method::POST, path.clone(), Some(body.clone()));
+            let res = self.send(inner_req).await?;
+            let (answer, h) = match read_answer::<GenerateContentResponse, _>(
+                self.config.max_response_bytes,
+                res,
+            )
+            .await
+            {
+                Ok(a) => a,
+                Err(res) => return Ok(res),
+            };
+            headers = h;
+            match generated_images(&answer) {
+                Ok((images, u)) => {
+                    out.data.extend(images);
+                    usage.input_tokens += u.input_tokens;
+                    usage.output_tokens += u.output_tokens;
+                    usage.total_tokens += u.total_tokens;
+                }
+                Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
+            }
+        }
+        out.usage = Some(usage);
+        Ok(json_response(
+            StatusCode::OK,
+            &to_value(&out),
+            Some(&headers),
+        ))
     }
 
     async fn models(mut self) -> Answer<S::Error> {

@@ -1,7 +1,7 @@
-//! An OpenAI-compatible front for a Gemini service: chat completions (streamed or not), models
-//! and embeddings.
+//! An OpenAI-compatible front for a Gemini service: chat completions (streamed or not), models,
+//! embeddings and image generation.
 //!
-//! [`OpenAiToGeminiLayer`] owns four routes and lets every other request through untouched, so
+//! [`OpenAiToGeminiLayer`] owns five routes and lets every other request through untouched, so
 //! native Gemini routes keep working behind it:
 //!
 //! | OpenAI route | inner Gemini request |
@@ -10,6 +10,7 @@
 //! | `GET /v1/models` | `GET /v1beta/models?pageSize=1000&pageToken=…`, every page |
 //! | `GET /v1/models/{id}` | `GET /v1beta/models/{id}` |
 //! | `POST /v1/embeddings` | `POST /v1beta/models/{model}:batchEmbedContents` |
+//! | `POST /v1/images/generations` | `POST /v1beta/models/{model}:generateContent` with `responseModalities: ["IMAGE"]`, once per image (`n`); answers `{"created","data":[{"b64_json"}],"usage"}` (`response_format: url` is refused: nothing hosts the image) |
 //!
 //! The inner request carries the original request's extensions and headers (except client
 //! credentials such as `Authorization`, and headers describing the old body), a parsed
@@ -64,7 +65,11 @@
 //! # Answers
 //! Thought parts go to `reasoning_content`, never `content`; generated code and its results
 //! reach `content` as fenced markdown blocks (`` ```python `` / `` ```output ``); function calls
-//! become `tool_calls` with unique ids and JSON-string arguments. A call's thought signature
+//! become `tool_calls` with unique ids and JSON-string arguments. Generated images (inline
+//! data with an image MIME type) go to `message.images` (streamed: `delta.images`, each image
+//! whole in one chunk) as `{"type":"image_url","image_url":{"url":"data:image/png;base64,..."}}`,
+//! the shape OpenRouter and LiteLLM use, never into `content`; an assistant turn's `images`
+//! sent back go upstream as its inline data. A call's thought signature
 //! travels in `extra_content.google.thought_signature` and, by default, in the id
 //! (`call_<id>__thought__<sig>`), and both are read back, so tool conversations with thinking
 //! models keep working through clients that drop unknown fields. A blocked prompt is
@@ -86,7 +91,7 @@ pub mod types;
 #[cfg(test)]
 mod tests;
 
-pub use layer::{OpenAiToGemini, OpenAiToGeminiLayer, ResponseFuture};
+pub use layer::{DEFAULT_MAX_RESPONSE_BYTES, OpenAiToGemini, OpenAiToGeminiLayer, ResponseFuture};
 pub use request::{ReasoningBudgets, TranslateOptions, to_gemini_request};
 pub use response::{ChatContext, to_chat_completion};
 pub use stream::StreamTranslator;

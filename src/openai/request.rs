@@ -6,7 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::media;
 use super::types::{
-    ChatCompletionRequest, ContentPart, Message, MessageContent, ResponseFormat, Tool, ToolCall,
+    ChatCompletionRequest, ContentPart, ImageGenerationRequest, Message, MessageContent,
+    ResponseFormat, Tool, ToolCall,
 };
 use crate::error::ApiError;
 use crate::gemini::{
@@ -186,6 +187,13 @@ fn convert_messages(
             "user" => ("user", parts_of(m.content.as_ref(), i, false)?),
             "assistant" => {
                 let mut parts = parts_of(m.content.as_ref(), i, true)?;
+                // Images the model made earlier go back as its own inline data.
+                for (j, image) in m.images.iter().flatten().enumerate() {
+                    let part = url_part(&image.image_url.url, "image/png").map_err(|why| {
+                        ApiError::bad_request(format!("messages[{i}].images[{j}].image_url: {why}"))
+                    })?;
+                    parts.push(part);
+                }
                 let calls = m.tool_calls.as_deref().unwrap_or_default();
                 for (j, call) in calls.iter().enumerate() {
                     call_names.insert(call.id.as_str(), call.function.name.as_str());
@@ -694,4 +702,91 @@ fn clean_in_place(v: &mut Value) {
             a.iter_mut().for_each(clean_in_place);
         }
     }
+}
+
+// === Images ===
+
+/// Aspect ratios Gemini image models take (`imageConfig.aspectRatio`).
+const ASPECT_RATIOS: [(u32, u32); 10] = [
+    (1, 1),
+    (2, 3),
+    (3, 2),
+    (3, 4),
+    (4, 3),
+    (4, 5),
+    (5, 4),
+    (9, 16),
+    (16, 9),
+    (21, 9),
+];
+
+/// The `generateContent` body for an images request (`responseModalities: ["IMAGE"]`, the
+/// nearest aspect ratio to `size`), the model, and how many calls to make.
+pub(crate) fn to_gemini_image_request(
+    req: &ImageGenerationRequest,
+) -> Result<(String, Value, u32), ApiError> {
+    if req.model.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "`model` is required: name a Gemini image model, e.g. gemini-2.5-flash-image",
+        ));
+    }
+    let model = model_id(&req.model)?.to_owned();
+    if req.prompt.trim().is_empty() {
+        return Err(ApiError::bad_request("`prompt` must not be empty"));
+    }
+    let n = req.n.unwrap_or(1);
+    if !(1..=10).contains(&n) {
+        return Err(ApiError::bad_request(format!(
+            "`n` is {n}; it must be from 1 to 10"
+        )));
+    }
+    match req.response_format.as_deref() {
+        None | Some("b64_json") => {}
+        Some("url") => {
+            return Err(ApiError::bad_request(
+                "response_format `url` is not supported: the gateway hosts no images; use \
+                 `b64_json`",
+            ));
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "response_format {other:?} is not one of b64_json, url"
+            )));
+        }
+    }
+    let mut config = json!({ "responseModalities": ["IMAGE"] });
+    if let Some(ratio) = aspect_ratio(req.size.as_deref())? {
+        config["imageConfig"] = json!({ "aspectRatio": ratio });
+    }
+    let body = json!({
+        "contents": [{ "role": "user", "parts": [{ "text": req.prompt }] }],
+        "generationConfig": config,
+    });
+    Ok((model, body, n))
+}
+
+/// The Gemini aspect ratio nearest to a `WIDTHxHEIGHT` size; `None` for `auto` or no size.
+fn aspect_ratio(size: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(size) = size
+        .map(str::trim)
+        .filter(|s| !s.eq_ignore_ascii_case("auto"))
+    else {
+        return Ok(None);
+    };
+    let parsed = size
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0);
+    let Some((w, h)) = parsed else {
+        return Err(ApiError::bad_request(format!(
+            "size {size:?} is not WIDTHxHEIGHT (e.g. 1024x1024) or auto"
+        )));
+    };
+    let wanted = f64::from(w) / f64::from(h);
+    let distance = |(a, b): (u32, u32)| (f64::from(a) / f64::from(b) / wanted).ln().abs();
+    let nearest = ASPECT_RATIOS
+        .into_iter()
+        .min_by(|x, y| distance(*x).total_cmp(&distance(*y)))
+        .unwrap_or((1, 1));
+    Ok(Some(format!("{}:{}", nearest.0, nearest.1)))
 }

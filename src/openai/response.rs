@@ -9,11 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::media::base64_encode;
 use super::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions};
 use super::types::{
     ChatCompletion, Choice, CompletionTokensDetails, Embedding, EmbeddingResponse, EmbeddingUsage,
-    FunctionCall, Model, ModelList, PromptTokensDetails, ResponseMessage, ToolCall, Usage,
+    FunctionCall, ImageData, ImageOutput, ImagesUsage, Model, ModelList, PromptTokensDetails,
+    ResponseMessage, ToolCall, Usage,
 };
 use crate::body::Body;
 use crate::error::ApiError;
@@ -103,7 +103,7 @@ pub(crate) fn unique_hex() -> String {
     format!("{:016x}{:08x}", h.finish(), n as u32)
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -187,12 +187,24 @@ fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
     format!("{lead}```{lang}\n{body}{nl}```\n")
 }
 
-/// Markdown for an inline image or other inline data the model produced.
+/// A generated image (inline data with an image MIME type), as OpenAI clients read it.
+pub(crate) fn image_of(part: &Part) -> Option<ImageOutput> {
+    let blob = part.inline_data.as_ref()?;
+    blob.mime_type
+        .starts_with("image/")
+        .then(|| ImageOutput::from_base64(&blob.mime_type, &blob.data))
+}
+
+/// Markdown for other inline data the model produced (audio, say): a link, which chat
+/// clients show as one, not as an image.
 pub(crate) fn inline_markdown(part: &Part) -> Option<String> {
     let blob = part.inline_data.as_ref()?;
+    if blob.mime_type.starts_with("image/") {
+        return None;
+    }
     Some(format!(
-        "![image](data:{};base64,{})",
-        blob.mime_type, blob.data
+        "[{}](data:{};base64,{})",
+        blob.mime_type, blob.mime_type, blob.data
     ))
 }
 
@@ -285,9 +297,14 @@ fn choice_of(cand: &Candidate, index: u32, cx: &ChatContext) -> Result<Choice, A
     let mut content = String::new();
     let mut reasoning = String::new();
     let mut calls: Vec<(crate::gemini::FunctionCall, Option<String>)> = Vec::new();
+    let mut images = Vec::new();
     for part in cand.parts() {
         if let Some(call) = &part.function_call {
             calls.push((call.clone(), part.thought_signature.clone()));
+            continue;
+        }
+        if let Some(image) = image_of(part) {
+            images.push(image);
             continue;
         }
         if let Some(sig) = &part.thought_signature
@@ -327,6 +344,7 @@ fn choice_of(cand: &Candidate, index: u32, cx: &ChatContext) -> Result<Choice, A
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
             tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
             refusal: None,
+            images: (!images.is_empty()).then_some(images),
         },
         finish_reason: Some(finish.to_owned()),
         logprobs: logprobs_of(cand.logprobs_result.as_ref()),
@@ -403,7 +421,7 @@ pub(crate) fn embedding_response(
                     .iter()
                     .flat_map(|v| (*v as f32).to_le_bytes())
                     .collect();
-                Value::String(base64_encode(&bytes))
+                Value::String(crate::base64::encode(&bytes))
             } else {
                 json!(e.values)
             },
@@ -509,4 +527,68 @@ pub(crate) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
         }
         to.append(name.clone(), value.clone());
     }
+}
+
+// === Images ===
+
+/// The images of one `generateContent` answer to an images request, and its usage; a refusal
+/// (a blocked prompt or image) is a 400 with code `content_policy_violation`, an answer without
+/// an image a 502.
+pub(crate) fn generated_images(
+    resp: &GenerateContentResponse,
+) -> Result<(Vec<ImageData>, ImagesUsage), ApiError> {
+    let refused = |reason: &str| {
+        ApiError::bad_request(format!(
+            "Gemini refused to make this image ({reason}); nothing was generated"
+        ))
+        .with_openai_code("content_policy_violation")
+    };
+    if let Some(reason) = resp.block_reason() {
+        return Err(refused(reason.as_str()));
+    }
+    let mut data = Vec::new();
+    for cand in &resp.candidates {
+        let text: String = cand
+            .parts()
+            .iter()
+            .filter(|p| !p.is_thought())
+            .filter_map(|p| p.text.as_deref())
+            .collect();
+        let text = Some(text).filter(|t| !t.trim().is_empty());
+        for part in cand.parts() {
+            if let Some(blob) = &part.inline_data
+                && blob.mime_type.starts_with("image/")
+            {
+                data.push(ImageData {
+                    b64_json: blob.data.clone(),
+                    revised_prompt: text.clone(),
+                });
+            }
+        }
+        if data.is_empty()
+            && let Some(reason) = cand.finish_reason.as_ref().filter(|r| r.is_blocked())
+        {
+            return Err(refused(reason.as_str()));
+        }
+    }
+    if data.is_empty() {
+        return Err(ApiError::bad_gateway(
+            "Gemini answered without an image; is the model an image model?",
+        ));
+    }
+    let usage = resp
+        .usage_metadata
+        .as_ref()
+        .map(|u| {
+            let input = u64::from(u.prompt_token_count.unwrap_or(0));
+            let output = u64::from(u.candidates_token_count.unwrap_or(0))
+                + u64::from(u.thoughts_token_count.unwrap_or(0));
+            ImagesUsage {
+                input_tokens: input,
+                output_tokens: output,
+                total_tokens: u64::from(u.total_token_count.unwrap_or(0)).max(input + output),
+            }
+        })
+        .unwrap_or_default();
+    Ok((data, usage))
 }

@@ -13,10 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::response::{
-    ChatContext, arguments_of, blocked_message, code_block, error_json, finish_reason,
+    ChatContext, arguments_of, blocked_message, code_block, error_json, finish_reason, image_of,
     inline_markdown, logprobs_of, result_block, usage_of,
 };
-use super::types::{FunctionCallDelta, ToolCallDelta, Usage};
+use super::types::{FunctionCallDelta, ImageOutput, ToolCallDelta, Usage};
 use crate::body::BoxError;
 use crate::error::ApiError;
 use crate::gemini::{Candidate, FunctionCall, GeminiError, GenerateContentResponse, UsageMetadata};
@@ -161,6 +161,8 @@ struct DeltaOut<'a> {
     refusal: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<ToolCallDelta>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<ImageOutput>,
 }
 
 impl StreamTranslator {
@@ -252,6 +254,7 @@ impl StreamTranslator {
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
             refusal: None,
             tool_calls: Vec::new(),
+            images: Vec::new(),
         };
         self.write(index, delta, None, None, out);
         true
@@ -316,6 +319,7 @@ impl StreamTranslator {
         scratch.clear();
         let mut reasoning = String::new();
         let mut calls: Vec<(FunctionCall, Option<String>)> = Vec::new();
+        let mut images = Vec::new();
         self.ensure(index);
         let cx = &self.cx;
         let state = &mut self.choices[index as usize];
@@ -343,6 +347,10 @@ impl StreamTranslator {
                 && let Some(last) = pending.iter_mut().rev().find(|c| c.1.is_none())
             {
                 last.1 = Some(sig.clone());
+            }
+            if let Some(image) = image_of(part) {
+                images.push(image);
+                continue;
             }
             if let Some(text) = &part.text {
                 if part.is_thought() {
@@ -404,6 +412,7 @@ impl StreamTranslator {
                         reasoning_content: (!reasoning.is_empty()).then_some(reasoning.as_str()),
                         refusal: None,
                         tool_calls,
+                        images,
                     };
                     if !delta.is_empty() {
                         self.write(index, delta, None, None, out);
@@ -417,7 +426,10 @@ impl StreamTranslator {
         if finish.is_some() {
             state.finished = true;
         }
-        let delta_empty = scratch.is_empty() && reasoning.is_empty() && tool_calls.is_empty();
+        let delta_empty = scratch.is_empty()
+            && reasoning.is_empty()
+            && tool_calls.is_empty()
+            && images.is_empty();
         if delta_empty && finish.is_none() {
             self.scratch = scratch;
             return;
@@ -429,6 +441,7 @@ impl StreamTranslator {
             reasoning_content: (!reasoning.is_empty()).then_some(reasoning.as_str()),
             refusal: None,
             tool_calls,
+            images,
         };
         let logprobs = logprobs_of(cand.logprobs_result.as_ref());
         self.write(index, delta, finish, logprobs, out);
@@ -540,6 +553,7 @@ impl DeltaOut<'_> {
             && self.reasoning_content.is_none()
             && self.refusal.is_none()
             && self.tool_calls.is_empty()
+            && self.images.is_empty()
     }
 }
 
@@ -579,9 +593,11 @@ pin_project! {
 }
 
 impl<B> ChunkBody<B> {
-    pub(crate) fn new(body: B, translator: StreamTranslator) -> Self {
+    /// Translates `body`, refusing an upstream event larger than `max_event_bytes`.
+    pub(crate) fn new(body: B, translator: StreamTranslator, max_event_bytes: usize) -> Self {
+        let decoder = crate::sse::Decoder::new().max_event_bytes(max_event_bytes);
         Self {
-            events: SseStream::new(body),
+            events: SseStream::with_decoder(body, decoder),
             translator,
             ended: false,
         }
@@ -622,21 +638,19 @@ where
                     this.translator.push(&event.data, &mut out);
                 }
                 Some(Err(e)) => {
-                    let why = match e {
-                        SseError::TooLarge { limit } => {
-                            format!("the upstream sent a stream event larger than {limit} bytes")
-                        }
-                        SseError::Malformed(what) => {
-                            format!("the upstream stream is malformed: {what}")
-                        }
+                    match &e {
                         SseError::Body(e) => {
                             tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream stream failed");
-                            "the upstream stream broke off before the answer was complete"
-                                .to_owned()
                         }
-                    };
-                    this.translator
-                        .fail(&ApiError::bad_gateway(why), None, &mut out);
+                        refused => {
+                            tracing::warn!(error = %refused, "the upstream stream was refused by its decoder; ending it");
+                        }
+                    }
+                    this.translator.fail(
+                        &ApiError::bad_gateway(e.client_message()),
+                        None,
+                        &mut out,
+                    );
                 }
                 None => this.translator.finish(&mut out),
             }

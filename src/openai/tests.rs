@@ -675,6 +675,50 @@ fn code_execution_reaches_content_as_fenced_blocks() {
 }
 
 #[test]
+fn generated_images_go_to_images_never_into_content() {
+    let a = answer(
+        json!({"candidates": [{"content": {"parts": [
+            {"text": "Here is your cat."},
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
+            {"inlineData": {"mimeType": "image/jpeg", "data": "/9j/4AA="}}]}, "finishReason": "STOP"}]}),
+        &ChatContext::new("gemini-2.5-flash-image"),
+    );
+    let message = &a["choices"][0]["message"];
+    assert_eq!(message["content"], "Here is your cat.");
+    assert_eq!(
+        message["images"],
+        json!([
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AA="}}
+        ])
+    );
+    let only = answer(
+        json!({"candidates": [{"content": {"parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}}]}, "finishReason": "STOP"}]}),
+        &ChatContext::new("m"),
+    );
+    assert!(!only.to_string().contains("![image]"));
+    assert_eq!(only["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        only["choices"][0]["message"]["images"][0]["image_url"]["url"],
+        "data:image/png;base64,AAAA"
+    );
+}
+
+#[test]
+fn an_image_sent_back_in_history_becomes_the_model_turns_inline_data() {
+    let g = gemini(json!({"model": "m", "messages": [
+        user("draw a cat"),
+        {"role": "assistant", "content": "Here.", "images": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+        user("make it blue")]}));
+    assert_eq!(
+        g["contents"][1]["parts"],
+        json!([{"text": "Here."}, {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}])
+    );
+}
+
+#[test]
 fn several_candidates_become_several_choices() {
     let a = answer(
         json!({"candidates": [
@@ -978,6 +1022,34 @@ fn streamed_code_execution_is_fenced() {
         content_of(&ev, "content"),
         "Computing:\n```python\nprint(1)\n```\n```output\n1\n```\nDone."
     );
+}
+
+#[test]
+fn a_streamed_image_arrives_whole_in_delta_images() {
+    let image = json!({"candidates": [{"content": {"role": "model", "parts": [
+        {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]}}]});
+    let ev = translate(
+        &[
+            text_chunk("A cat:", None),
+            image,
+            text_chunk("", Some("STOP")),
+        ],
+        ChatContext::new("m"),
+        false,
+        true,
+    );
+    let images: Vec<&Value> = ev
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"].get("images"))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            &json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}])
+        ]
+    );
+    assert_eq!(content_of(&ev, "content"), "A cat:");
+    assert_eq!(finishes(&ev, 0), vec![json!("stop")]);
 }
 
 #[test]
@@ -1347,6 +1419,40 @@ async fn a_broken_upstream_stream_ends_with_an_error_event() {
 }
 
 #[tokio::test]
+async fn an_upstream_event_over_the_requests_cap_ends_the_stream_with_one_error_event() {
+    let svc = OpenAiToGeminiLayer::new().layer(inner(Seen::default(), |_| {
+        let big = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "A".repeat(8192)}}]}}]});
+        let frames = [
+            text_chunk("A cat:", None),
+            big,
+            text_chunk("", Some("STOP")),
+        ]
+        .iter()
+        .map(|c| {
+            Ok::<_, crate::BoxError>(http_body::Frame::data(Bytes::from(format!(
+                "data: {c}\r\n\r\n"
+            ))))
+        })
+        .collect::<Vec<_>>();
+        Response::new(Body::new(http_body_util::StreamBody::new(IterStream(
+            frames.into_iter(),
+        ))))
+    }));
+    let mut body = chat_body();
+    body["stream"] = json!(true);
+    let mut req = post("/v1/chat/completions", body);
+    req.extensions_mut().insert(crate::sse::MaxEventBytes(4096));
+    let (status, _, bytes) = call(svc, req).await;
+    assert_eq!(status, StatusCode::OK);
+    let ev = events_of(&bytes);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[0]["choices"][0]["delta"]["content"], "A cat:");
+    let message = ev[1]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("4096 bytes"), "{message}");
+}
+
+#[tokio::test]
 async fn models_are_listed_across_every_page() {
     let seen = Seen::default();
     let svc = OpenAiToGeminiLayer::new().layer(inner(seen.clone(), |pq| {
@@ -1508,4 +1614,128 @@ impl futures_core::Stream for ChannelFrames {
 
 fn futures_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> ChannelFrames {
     ChannelFrames(rx)
+}
+
+// === images ===
+
+fn image_request(v: Value) -> Result<(String, Value, u32), crate::ApiError> {
+    let req: super::types::ImageGenerationRequest = serde_json::from_value(v).unwrap();
+    super::request::to_gemini_image_request(&req)
+}
+
+#[test]
+fn an_images_request_asks_gemini_for_images_only_at_the_nearest_aspect_ratio() {
+    let (model, body, n) = image_request(
+        json!({"model": "models/gemini-2.5-flash-image", "prompt": "a fox", "n": 2, "size": "1792x1024"}),
+    )
+    .unwrap();
+    assert_eq!((model.as_str(), n), ("gemini-2.5-flash-image", 2));
+    assert_eq!(
+        body,
+        json!({"contents": [{"role": "user", "parts": [{"text": "a fox"}]}],
+               "generationConfig": {"responseModalities": ["IMAGE"],
+                                    "imageConfig": {"aspectRatio": "16:9"}}})
+    );
+    for (size, ratio) in [
+        ("1024x1024", json!("1:1")),
+        ("1024x1536", json!("2:3")),
+        ("1536x1024", json!("3:2")),
+    ] {
+        let (_, body, _) =
+            image_request(json!({"model": "m", "prompt": "p", "size": size})).unwrap();
+        assert_eq!(
+            body["generationConfig"]["imageConfig"]["aspectRatio"],
+            ratio
+        );
+    }
+    let (_, auto, n) = image_request(json!({"model": "m", "prompt": "p", "size": "auto"})).unwrap();
+    assert_eq!(n, 1);
+    assert!(auto["generationConfig"].get("imageConfig").is_none());
+}
+
+#[test]
+fn images_requests_gemini_cannot_serve_are_400s_that_say_why() {
+    for (req, why) in [
+        (json!({"prompt": "p"}), "`model` is required"),
+        (json!({"model": "m", "prompt": " "}), "`prompt`"),
+        (json!({"model": "m", "prompt": "p", "n": 0}), "`n`"),
+        (json!({"model": "m", "prompt": "p", "n": 11}), "`n`"),
+        (
+            json!({"model": "m", "prompt": "p", "response_format": "url"}),
+            "b64_json",
+        ),
+        (json!({"model": "m", "prompt": "p", "size": "big"}), "size"),
+    ] {
+        let e = image_request(req.clone()).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.message().contains(why), "{req}: {}", e.message());
+    }
+}
+
+#[tokio::test]
+async fn images_generations_make_one_call_per_image_and_answer_b64_json() {
+    let seen = Seen::default();
+    let svc = OpenAiToGeminiLayer::new().layer(inner(seen.clone(), |_| {
+        ok_json(json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}]},
+            "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 1290, "totalTokenCount": 1294}}))
+    }));
+    let (status, _, bytes) = call(
+        svc,
+        post(
+            "/v1/images/generations",
+            json!({"model": "gemini-2.5-flash-image", "prompt": "a fox", "n": 2,
+                   "response_format": "b64_json"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(v["created"].as_u64().unwrap() > 0);
+    assert_eq!(
+        v["data"],
+        json!([{"b64_json": "iVBORw0KGgo="}, {"b64_json": "iVBORw0KGgo="}])
+    );
+    assert_eq!(
+        v["usage"],
+        json!({"input_tokens": 8, "output_tokens": 2580, "total_tokens": 2588})
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[0].uri(),
+        "/v1beta/models/gemini-2.5-flash-image:generateContent"
+    );
+    let body: Value = serde_json::from_slice(seen[0].body()).unwrap();
+    assert_eq!(
+        body["generationConfig"]["responseModalities"],
+        json!(["IMAGE"])
+    );
+}
+
+#[tokio::test]
+async fn a_refused_image_is_a_content_policy_violation() {
+    let svc = OpenAiToGeminiLayer::new().layer(inner(Seen::default(), |_| {
+        ok_json(
+            json!({"candidates": [{"content": {"role": "model"}, "finishReason": "IMAGE_SAFETY"}]}),
+        )
+    }));
+    let (status, _, bytes) = call(
+        svc,
+        post(
+            "/v1/images/generations",
+            json!({"model": "gemini-2.5-flash-image", "prompt": "p"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "content_policy_violation");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("IMAGE_SAFETY")
+    );
 }

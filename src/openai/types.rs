@@ -219,6 +219,10 @@ pub struct Message {
     /// Reasoning text a client echoes back (dropped upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// Images an assistant turn generated, echoed back (sent upstream as the model turn's
+    /// inline data, so the model can edit them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageOutput>>,
 }
 
 /// Message content: a string or a list of parts.
@@ -328,6 +332,47 @@ pub struct ResponseMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
     /// Refusal text (always null here; OpenAI SDKs read it).
     pub refusal: Option<String>,
+    /// Generated images, as OpenRouter and LiteLLM send them (never pasted into `content`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<ImageOutput>>,
+}
+
+/// A generated image on an assistant message (`images`) or a stream delta, in the shape
+/// OpenRouter and LiteLLM use: `{"type": "image_url", "image_url": {"url":
+/// "data:image/png;base64,..."}}`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageOutput {
+    /// Always `image_url`.
+    #[serde(rename = "type", default = "image_url_type")]
+    pub kind: String,
+    /// The image as a data URL.
+    pub image_url: ImageUrl,
+}
+
+fn image_url_type() -> String {
+    "image_url".to_owned()
+}
+
+impl ImageOutput {
+    /// An image of this MIME type from its base64 bytes, as a data URL.
+    pub fn from_base64(mime_type: &str, data: &str) -> Self {
+        let mut url = String::with_capacity(mime_type.len() + data.len() + 13);
+        url.push_str("data:");
+        url.push_str(mime_type);
+        url.push_str(";base64,");
+        url.push_str(data);
+        Self {
+            kind: image_url_type(),
+            image_url: ImageUrl { url },
+        }
+    }
+}
+
+/// `{"url": ...}`
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageUrl {
+    /// A data URL (`data:image/png;base64,...`) or an http(s) URL.
+    pub url: String,
 }
 
 /// Token usage.
@@ -478,5 +523,63 @@ pub(crate) struct EmbeddingUsage {
     /// Prompt tokens.
     pub prompt_tokens: u64,
     /// Total tokens.
+    pub total_tokens: u64,
+}
+
+// === Images ===
+
+/// `POST /v1/images/generations` request. Only `b64_json` answers are made (the gateway hosts
+/// no image for a `url` to point at).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageGenerationRequest {
+    /// A Gemini image model, e.g. `gemini-2.5-flash-image` (required: there is no default).
+    #[serde(default)]
+    pub model: String,
+    /// What to draw.
+    pub prompt: String,
+    /// Images to make, 1 to 10 (default 1): one `generateContent` call each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
+    /// `b64_json` (the default here); `url` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
+    /// `WIDTHxHEIGHT` or `auto`: the nearest aspect ratio Gemini offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// End-user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/images/generations` response.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImagesResponse {
+    /// Unix seconds.
+    pub created: u64,
+    /// The images.
+    pub data: Vec<ImageData>,
+    /// Tokens of every call, summed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ImagesUsage>,
+}
+
+/// One generated image.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImageData {
+    /// The image bytes, base64-encoded.
+    pub b64_json: String,
+    /// Text the model wrote along with the image, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+}
+
+/// Token usage of an images answer (as OpenAI's `gpt-image-1` reports it).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct ImagesUsage {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Image (and text) tokens produced.
+    pub output_tokens: u64,
+    /// Total.
     pub total_tokens: u64,
 }

@@ -1,5 +1,7 @@
 //! The rewriting stream body: decodes SSE or a streamed JSON array event by event, runs the
-//! rules' [`Rewrite`]s on each chunk and encodes it again, holding one event at a time.
+//! rules' [`Rewrite`]s on each chunk and encodes it again, holding one event at a time. A
+//! stream the decoder refuses (an event over the cap, broken framing) ends with an error
+//! event, as any stream fault does.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -52,10 +54,19 @@ pin_project! {
 }
 
 impl RewriteStream {
-    pub(crate) fn new(inner: Body, mode: StreamMode, rewriters: Vec<Box<dyn Rewrite>>) -> Self {
+    /// Rewrites `inner`, refusing an event larger than `max_event_bytes`.
+    pub(crate) fn new(
+        inner: Body,
+        mode: StreamMode,
+        rewriters: Vec<Box<dyn Rewrite>>,
+        max_event_bytes: usize,
+    ) -> Self {
         let codec = match mode {
-            StreamMode::Sse => Codec::Sse(Decoder::new()),
-            StreamMode::JsonArray => Codec::Json(JsonArrayDecoder::new(), JsonArrayEncoder::new()),
+            StreamMode::Sse => Codec::Sse(Decoder::new().max_event_bytes(max_event_bytes)),
+            StreamMode::JsonArray => Codec::Json(
+                JsonArrayDecoder::new().max_element_bytes(max_event_bytes),
+                JsonArrayEncoder::new(),
+            ),
         };
         Self {
             inner,
@@ -115,6 +126,21 @@ fn drain(
     Ok(())
 }
 
+/// Ends the stream with a Gemini error event for a decoder refusal, after what `out` holds.
+fn fail(codec: &mut Codec, error: &sse::SseError, out: &mut BytesMut) {
+    tracing::warn!(%error, "the rewritten stream was refused by its decoder; ending it");
+    let json = crate::error::ApiError::bad_gateway(error.client_message())
+        .to_json(crate::error::Dialect::Gemini);
+    let json = serde_json::to_vec(&json).unwrap_or_default();
+    match codec {
+        Codec::Sse(_) => out.extend_from_slice(&sse::encode_data(&json, LineEnding::CrLf)),
+        Codec::Json(_, enc) => {
+            out.extend_from_slice(&enc.element(&json));
+            out.extend_from_slice(&enc.close());
+        }
+    }
+}
+
 /// The end of a clean stream: the rewriters' last chunks, and `]` for an array that closed.
 fn finish(codec: &mut Codec, rewriters: &mut [Box<dyn Rewrite>], out: &mut BytesMut) {
     let closed = match codec {
@@ -170,7 +196,7 @@ impl http_body::Body for RewriteStream {
                         }
                         if let Err(e) = drain(this.codec, this.rewriters, &mut out) {
                             *this.done = true;
-                            return Poll::Ready(Some(Err(e.into())));
+                            fail(this.codec, &e, &mut out);
                         }
                     }
                     Err(frame) => {
@@ -189,10 +215,15 @@ impl http_body::Body for RewriteStream {
                         Codec::Sse(dec) => dec.finish(),
                         Codec::Json(dec, _) => dec.finish(),
                     }
-                    if let Err(e) = drain(this.codec, this.rewriters, &mut out) {
-                        return Poll::Ready(Some(Err(e.into())));
+                    match drain(this.codec, this.rewriters, &mut out) {
+                        Ok(()) => finish(this.codec, this.rewriters, &mut out),
+                        // An array that ended inside an element stays cut off, as it came
+                        // (a body error: the client sees the cut).
+                        Err(e @ sse::SseError::Malformed(_)) => {
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                        Err(e) => fail(this.codec, &e, &mut out),
                     }
-                    finish(this.codec, this.rewriters, &mut out);
                 }
             }
             if !out.is_empty() {

@@ -264,6 +264,7 @@ where
         let max = self.max_body_bytes;
         BoxFuture(Box::pin(async move {
             let dialect = Dialect::of(&req);
+            let max_event_bytes = crate::sse::MaxEventBytes::of(req.extensions());
             let query = req.uri().query().map(str::to_owned);
             let (mut parts, body) = req.into_parts();
 
@@ -357,7 +358,7 @@ where
                     let mode = stream_mode(&res, query.as_deref());
                     let (mut parts, body) = res.into_parts();
                     parts.headers.remove(header::CONTENT_LENGTH);
-                    let body = RewriteStream::new(body, mode, rewriters);
+                    let body = RewriteStream::new(body, mode, rewriters, max_event_bytes);
                     Response::from_parts(parts, Body::new(body))
                 }
                 _ => res,

@@ -1088,3 +1088,45 @@ async fn openai_models_routes_are_not_policed() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn an_event_over_the_cap_ends_the_rewritten_stream_with_an_error_event() {
+    let mut chunks = stream_chunks();
+    chunks.insert(
+        1,
+        json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"inlineData": {"mimeType": "image/png", "data": "A".repeat(4096)}}]}}]}),
+    );
+    let bytes = sse_body(&chunks);
+    let svc = ServiceBuilder::new()
+        .map_request(|mut req: Request<Body>| {
+            req.extensions_mut().insert(crate::sse::MaxEventBytes(1024));
+            req
+        })
+        .layer(layer_from(STREAM_POLICY))
+        .service(service_fn(move |_req: Request<Body>| {
+            let bytes = bytes.clone();
+            async move {
+                let mut res = Response::new(in_small_frames(&bytes));
+                res.headers_mut()
+                    .insert("content-type", "text/event-stream".parse().unwrap());
+                Ok::<_, Infallible>(res)
+            }
+        }));
+    let res = svc
+        .oneshot(post(
+            "/v1beta/models/m-search:streamGenerateContent?alt=sse",
+            r#"{"contents":[{"role":"user","parts":[{"text":"q"}]}]}"#,
+        ))
+        .await
+        .unwrap();
+    let out = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+    let events = parse_sse(&out);
+    let error = &events.last().unwrap()["error"];
+    assert_eq!(error["code"], 502, "{events:?}");
+    assert!(error["message"].as_str().unwrap().contains("1024 bytes"));
+    assert!(
+        !text_of(&events).contains("Sources"),
+        "no clean end after it"
+    );
+}

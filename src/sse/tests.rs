@@ -369,3 +369,107 @@ fn events_of_one_buffer_join_without_a_copy() {
     assert_eq!(joined, input);
     assert_eq!(joined.as_ptr(), input.as_ptr());
 }
+
+const _: () = assert!(
+    DEFAULT_MAX_EVENT_BYTES >= 64 * 1024 * 1024,
+    "room for a 4K image"
+);
+
+#[test]
+fn an_event_as_large_as_the_cap_passes_and_one_byte_more_is_refused() {
+    let data = "a".repeat(1000);
+    let event = format!("data: {data}\n\n"); // 1008 bytes
+    let mut d = Decoder::new().max_event_bytes(event.len());
+    d.push(Bytes::from(event.clone()));
+    assert_eq!(d.next_event().unwrap().unwrap().data, data);
+    let mut d = Decoder::new().max_event_bytes(event.len() - 1);
+    d.push(Bytes::from(event));
+    assert!(matches!(
+        d.next_event(),
+        Err(SseError::TooLarge { limit: 1007 })
+    ));
+    assert_eq!(d.buffered(), 0);
+}
+
+/// An event of several MiB arriving in 16 KiB frames (an image model's answer), as one line.
+fn big_event(len: usize) -> (Vec<u8>, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| b'A' + (i % 26) as u8).collect();
+    let mut wire = b"data: ".to_vec();
+    wire.extend_from_slice(&data);
+    wire.extend_from_slice(b"\r\n\r\ndata: next\r\n\r\n");
+    (data, wire)
+}
+
+#[test]
+fn a_long_line_over_many_frames_is_gathered_whole_within_the_cap() {
+    let (data, wire) = big_event(8 << 20);
+    let max = 9 << 20;
+    let mut d = Decoder::new().max_event_bytes(max).keep_raw();
+    let mut events = Vec::new();
+    for frame in wire.chunks(16 * 1024) {
+        d.push(Bytes::copy_from_slice(frame));
+        while let Some(e) = d.next_event().unwrap() {
+            events.push((e.data, d.take_raw().map(|r| r.bytes())));
+        }
+        assert!(d.buffered() <= max, "{}", d.buffered());
+    }
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].0, data);
+    let raw = events[0].1.as_ref().unwrap();
+    assert_eq!(raw.len(), data.len() + 10);
+    assert!(raw.starts_with(b"data: ABC") && raw.ends_with(b"\r\n\r\n"));
+    assert_eq!(events[1].0, "next");
+}
+
+#[test]
+fn a_long_line_over_the_cap_is_refused_before_it_is_whole() {
+    let (_, wire) = big_event(4 << 20);
+    let mut d = Decoder::new().max_event_bytes(1 << 20);
+    let mut fed = 0;
+    let err = wire.chunks(16 * 1024).find_map(|frame| {
+        fed += frame.len();
+        d.push(Bytes::copy_from_slice(frame));
+        d.next_event().err()
+    });
+    assert!(matches!(err, Some(SseError::TooLarge { limit })  if limit == 1 << 20));
+    assert!(
+        fed <= (1 << 20) + 16 * 1024,
+        "refused as soon as it passed the cap"
+    );
+    assert_eq!(d.buffered(), 0);
+}
+
+#[test]
+fn a_json_array_element_of_several_mib_is_read_across_frames() {
+    let image = "QUJD".repeat(1 << 20); // 4 MiB of base64
+    let element = format!(r#"{{"inlineData":{{"data":"{image}","note":"a \"quote\" ]"}}}}"#);
+    let wire = format!("[{element},\r\n{{\"a\":1}}]");
+    let mut d = JsonArrayDecoder::new().max_element_bytes(5 << 20);
+    let mut got = Vec::new();
+    for frame in wire.as_bytes().chunks(16 * 1024) {
+        d.push(Bytes::copy_from_slice(frame));
+        while let Some(e) = d.next_element().unwrap() {
+            got.push(e);
+        }
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0], element.as_bytes());
+    assert!(d.is_closed());
+    let mut small = JsonArrayDecoder::new().max_element_bytes(1 << 20);
+    small.push(Bytes::from(wire));
+    assert!(matches!(
+        small.next_element(),
+        Err(SseError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn refusals_tell_the_client_why_without_upstream_text() {
+    let msg = SseError::TooLarge { limit: 4096 }.client_message();
+    assert!(
+        msg.contains("4096 bytes") && msg.contains("not retried"),
+        "{msg}"
+    );
+    let body = SseError::Body("api_key:AIzaSECRET reset".into()).client_message();
+    assert!(!body.contains("AIza"), "{body}");
+}

@@ -22,6 +22,9 @@ pub(crate) const DEFAULT_CONTINUE_INSTRUCTION: &str = "Continue exactly where yo
 /// answer Gemini writes (65,536 output tokens).
 pub(crate) const DEFAULT_MAX_RESUME_TEXT_BYTES: usize = 1024 * 1024;
 
+/// The default bound on resume attempts for one answer, progress or not: 10.
+pub const DEFAULT_MAX_RESUME_ATTEMPTS: u32 = 10;
+
 /// How [`StreamResume`] behaves. Built through [`StreamResumeLayer`]'s setters.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -35,7 +38,7 @@ pub(crate) struct Config {
     pub(crate) retry_unary: bool,
     pub(crate) min_overlap: usize,
     pub(crate) seam_window: usize,
-    pub(crate) max_event_bytes: usize,
+    pub(crate) max_resume_attempts: u32,
     pub(crate) max_resume_text_bytes: usize,
 }
 
@@ -52,7 +55,7 @@ impl Default for Config {
             retry_unary: false,
             min_overlap: 4,
             seam_window: 256,
-            max_event_bytes: crate::sse::DEFAULT_MAX_EVENT_BYTES,
+            max_resume_attempts: DEFAULT_MAX_RESUME_ATTEMPTS,
             max_resume_text_bytes: DEFAULT_MAX_RESUME_TEXT_BYTES,
         }
     }
@@ -67,8 +70,9 @@ pub struct StreamResumeLayer {
 }
 
 impl StreamResumeLayer {
-    /// The defaults: 5 attempts without progress, 500 ms between attempts, no idle timeout,
-    /// thoughts of continuations swallowed, `OTHER` and an empty `STOP` resumed.
+    /// The defaults: 5 attempts without progress, 10 resumes in all, 500 ms between attempts,
+    /// no idle timeout, thoughts of continuations swallowed, `OTHER` and an empty `STOP`
+    /// resumed.
     pub fn new() -> Self {
         Self::default()
     }
@@ -81,6 +85,15 @@ impl StreamResumeLayer {
     /// Attempts in a row that add no text before the client gets an error (default 5).
     pub fn max_consecutive_retries(self, n: u32) -> Self {
         self.with(|c| c.max_consecutive_retries = n)
+    }
+
+    /// Upstream calls after the first for one answer, whether they made progress or not
+    /// (default [`DEFAULT_MAX_RESUME_ATTEMPTS`]): an upstream that adds a little text to each
+    /// continuation and breaks again cannot make an answer cost hundreds of calls. Past it the
+    /// client gets an error event. Retries of a failed first call count too; `0` never
+    /// resumes.
+    pub fn max_resume_attempts(self, n: u32) -> Self {
+        self.with(|c| c.max_resume_attempts = n)
     }
 
     /// Wait between attempts (default 500 ms).
@@ -207,6 +220,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let mut req = req.map(Body::new);
         let method = crate::facts::resolve_call(&mut req).and_then(|p| p.method);
+        let max_event_bytes = crate::sse::MaxEventBytes::of(req.extensions());
         let replayable = req.body().as_bytes().cloned();
         let config = self.config.clone();
         let mode = match (method, &replayable) {
@@ -247,6 +261,7 @@ where
                 while res.is_err()
                     && mode != Mode::Unary
                     && failures < config.max_consecutive_retries
+                    && failures < config.max_resume_attempts
                 {
                     failures += 1;
                     tracing::warn!(
@@ -263,7 +278,15 @@ where
                 if res.status() != StatusCode::OK {
                     return Ok(res);
                 }
-                Ok(relay::respond(inner, template, res, mode, config))
+                Ok(relay::respond(
+                    inner,
+                    template,
+                    res,
+                    mode,
+                    config,
+                    failures + 1,
+                    max_event_bytes,
+                ))
             }
             .instrument(span),
         ))

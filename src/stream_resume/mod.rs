@@ -13,10 +13,20 @@
 //! continuation in: a repeated tail at the seam is dropped, thoughts of continuations are
 //! swallowed (by default), and the client gets exactly one final finishReason with usage
 //! summed over every attempt. A cut before any event is a plain retry. After
-//! `max_consecutive_retries` attempts without progress the client gets an explicit error
-//! event (a Gemini error object), never a silent truncation and never a `STOP`.
+//! `max_consecutive_retries` attempts without progress, or `max_resume_attempts` resumes in
+//! all, the client gets an explicit error event (a Gemini error object), never a silent
+//! truncation and never a `STOP`.
 //!
 //! A normal `STOP`, `MAX_TOKENS`, `SAFETY`-like blocks and function calls are never resumed.
+//!
+//! # Faults are not interruptions
+//! An event larger than the cap on one event (the request's
+//! [`MaxEventBytes`](crate::sse::MaxEventBytes)), a stream that is not framed as its format
+//! says, or an event that is not a Gemini response is a fault, not a cut: asking again would
+//! meet it again and pay for the answer again (an image model bills each image). The stream
+//! ends at once with an error event, logged with `warn!`, and the upstream is not called
+//! again. A stream that broke after an image went out is not resumed either: the
+//! continuation would generate another one.
 //!
 //! # Example
 //! ```
@@ -57,4 +67,4 @@ mod layer;
 mod relay;
 mod seam;
 
-pub use layer::{ResponseFuture, StreamResume, StreamResumeLayer};
+pub use layer::{DEFAULT_MAX_RESUME_ATTEMPTS, ResponseFuture, StreamResume, StreamResumeLayer};

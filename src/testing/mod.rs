@@ -6,7 +6,10 @@
 //! `alt=sse`, a streamed JSON array without), `countTokens`, `embedContent`,
 //! `batchEmbedContents`, usage metadata, Google Search grounding (`groundingMetadata` on the
 //! answer when the request has the `googleSearch` tool), code execution (`executableCode` and
-//! `codeExecutionResult` parts before the text with the `codeExecution` tool), per-key request counters and a log of what it received.
+//! `codeExecutionResult` parts before the text with the `codeExecution` tool), generated images of
+//! any size (a model whose name holds `image` answers an `inlineData` PNG of
+//! [`FakeGeminiBuilder::image_bytes`], streamed as one event; see [`FakeGemini::image`]), per-key
+//! request counters and a log of what it received.
 //!
 //! Answers are deterministic: [`FakeGemini::passage`] is the text for a prompt, so tests compare
 //! what a client received character for character. A request that continues a partial answer

@@ -58,3 +58,11 @@ def test_wrong_token_is_401():
     with pytest.raises(errors.ClientError) as err:
         client("not-a-valid-token").models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert err.value.code == 401
+
+
+def test_a_streamed_image_arrives_whole_in_one_part():
+    chunks = list(client().models.generate_content_stream(model="gemini-2.5-flash-image", contents="a red fox"))
+    images = [p.inline_data for c in chunks for p in (c.candidates[0].content.parts or []) if p.inline_data]
+    assert len(images) == 1
+    assert images[0].mime_type == "image/png" and images[0].data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP

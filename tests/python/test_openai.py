@@ -69,3 +69,27 @@ def test_malformed_request_is_400():
     with pytest.raises(openai.BadRequestError) as err:
         client().chat.completions.create(model="gemini-2.5-flash", messages=[])
     assert err.value.status_code == 400
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_images_generate_answers_b64_json():
+    import base64
+
+    r = client().images.generate(model="gemini-2.5-flash-image", prompt="a red fox", n=2, response_format="b64_json")
+    assert len(r.data) == 2
+    assert base64.b64decode(r.data[0].b64_json).startswith(PNG)
+
+
+def test_a_generated_image_reaches_message_images_unary_and_streamed():
+    import base64
+
+    image_ask = dict(model="gemini-2.5-flash-image", messages=[{"role": "user", "content": "a red fox"}])
+    m = client().chat.completions.create(**image_ask).choices[0].message
+    url = m.images[0]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and "data:" not in (m.content or "")
+    assert base64.b64decode(url.split(",", 1)[1]).startswith(PNG)
+    chunks = list(client().chat.completions.create(stream=True, **image_ask))
+    images = [i for c in chunks if c.choices for i in (getattr(c.choices[0].delta, "images", None) or [])]
+    assert len(images) == 1 and images[0]["image_url"]["url"] == url

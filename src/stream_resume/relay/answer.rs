@@ -33,6 +33,8 @@ pub(super) struct Answer {
     /// The last usage of the current attempt.
     pub(super) attempt_usage: Option<Usage>,
     pub(super) function_called: bool,
+    /// A generated image (or other inline data) went out: a continuation would make it again.
+    pub(super) media: bool,
     pub(super) resumed: bool,
     /// Continuation text held until the seam is de-duplicated.
     pub(super) seam: Option<String>,

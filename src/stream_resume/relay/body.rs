@@ -14,7 +14,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use super::answer::{Answer, Sent, flush_seam, fold_usage};
-use super::attempt::{Attempt, Interruption};
+use super::attempt::{Attempt, Fault, Interruption};
 use super::event::{Outcome, Step, handle_event};
 use super::output::Output;
 use super::request::{Mode, RequestTemplate, call};
@@ -23,13 +23,17 @@ use crate::sse::JsonArrayEncoder;
 use crate::stream_resume::layer::Config;
 
 /// The response the client gets for a 200 stream: the same head, and a [`Relay`] body that
-/// forwards `first`'s events and resumes the answer when it breaks.
+/// forwards `first`'s events and resumes the answer when it breaks. `calls` is how many
+/// upstream calls `first` took (it may have followed failed ones); every event is refused
+/// past `max_event_bytes`.
 pub(crate) fn respond<S, B>(
     inner: S,
     template: RequestTemplate,
     first: Response<Body>,
     mode: Mode,
     config: Arc<Config>,
+    calls: u32,
+    max_event_bytes: usize,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
@@ -53,9 +57,10 @@ where
             sent: Sent::new(config.max_resume_text_bytes),
             ..Answer::default()
         },
-        attempt: Attempt::new(body, &config),
+        attempt: Attempt::new(body, max_event_bytes),
+        max_event_bytes,
         stalls: 0,
-        attempts: 1,
+        attempts: calls.max(1),
         why: None,
         state: State::Pumping,
         span: tracing::Span::current(),
@@ -88,7 +93,9 @@ pub(crate) struct Relay<S> {
     out: Output,
     answer: Answer,
     attempt: Attempt,
+    max_event_bytes: usize,
     stalls: u32,
+    /// Upstream calls made for this answer (the first included).
     attempts: u32,
     why: Option<Interruption>,
     state: State<S>,
@@ -123,6 +130,20 @@ where
             self.state = State::Done;
             return;
         }
+        if self.answer.media {
+            tracing::warn!(
+                ?why,
+                "stream broke after an image or other inline data; a continuation would generate it again"
+            );
+            self.out.fail(
+                502,
+                "UNAVAILABLE",
+                "the upstream stream broke after an image was sent; it is not resumed, as that \
+                 would generate (and bill) the image again",
+            );
+            self.state = State::Done;
+            return;
+        }
         if self.answer.sent.dropped {
             tracing::warn!(
                 ?why,
@@ -145,7 +166,23 @@ where
         self.next_attempt();
     }
 
-    /// Waits for the next attempt, within the budget of attempts without progress.
+    /// The stream met a fault that is not an interruption: it ends now with an error event,
+    /// and nothing is asked of the upstream again.
+    fn faulted(&mut self, fault: Fault) {
+        flush_seam(&mut self.out, &mut self.answer, &self.config);
+        tracing::warn!(
+            ?fault,
+            attempt = self.attempts,
+            chars = self.answer.sent.len(),
+            "stream ended by a fault that is not an interruption; not resumed"
+        );
+        self.attempt.close();
+        self.out.fail(502, "UNAVAILABLE", &fault.message());
+        self.state = State::Done;
+    }
+
+    /// Waits for the next attempt, within the budget of attempts without progress and the
+    /// budget of resumes in all.
     fn next_attempt(&mut self) {
         if self.stalls > self.config.max_consecutive_retries {
             tracing::warn!(
@@ -156,6 +193,21 @@ where
             let msg = format!(
                 "the upstream stream was interrupted and {} attempts to resume it made no progress; the answer is incomplete",
                 self.config.max_consecutive_retries
+            );
+            self.out.fail(503, "UNAVAILABLE", &msg);
+            self.state = State::Done;
+            return;
+        }
+        let resumes = self.attempts.saturating_sub(1);
+        if resumes >= self.config.max_resume_attempts {
+            tracing::warn!(
+                attempts = self.attempts,
+                chars = self.answer.sent.len(),
+                "stream interrupted again after the most resume attempts allowed; giving up"
+            );
+            let msg = format!(
+                "the upstream stream was interrupted again after {resumes} attempts to resume \
+                 it, the most allowed; the answer is incomplete"
             );
             self.out.fail(503, "UNAVAILABLE", &msg);
             self.state = State::Done;
@@ -199,7 +251,7 @@ where
         let attempt = self.attempts;
         match res {
             Ok(res) if res.status() == http::StatusCode::OK => {
-                self.attempt = Attempt::new(res.into_body(), &self.config);
+                self.attempt = Attempt::new(res.into_body(), self.max_event_bytes);
                 self.answer.resumed = true;
                 self.answer.progress = false;
                 self.answer.seam = (!self.answer.sent.is_empty()).then(String::new);
@@ -302,7 +354,7 @@ where
                             this.out.flush();
                             Step::Continue
                         }
-                        Err(why) => Step::Done(Outcome::Interrupted(why)),
+                        Err(why) => Step::Done(why.into()),
                     };
                     match step {
                         Step::Continue => {}
@@ -318,6 +370,7 @@ where
                             this.state = State::Done;
                         }
                         Step::Done(Outcome::Interrupted(why)) => this.interrupted(why),
+                        Step::Done(Outcome::Fault(fault)) => this.faulted(fault),
                     }
                 }
                 State::Waiting(sleep) => {

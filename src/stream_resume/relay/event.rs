@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::answer::{Answer, Usage, fold_usage};
-use super::attempt::Interruption;
+use super::attempt::{Break, Fault, Interruption};
 use super::output::Output;
 use crate::gemini::peek::{self, First, present};
 use crate::sse::RawSpan;
@@ -15,6 +15,17 @@ use crate::stream_resume::seam::overlap;
 pub(super) enum Outcome {
     Finished,
     Interrupted(Interruption),
+    /// Not an interruption: the stream ends with an error, never resumed.
+    Fault(Fault),
+}
+
+impl From<Break> for Outcome {
+    fn from(b: Break) -> Self {
+        match b {
+            Break::Interrupted(why) => Outcome::Interrupted(why),
+            Break::Fault(f) => Outcome::Fault(f),
+        }
+    }
 }
 
 /// Just what the relay needs of a common event, read without building a JSON tree: anything
@@ -80,6 +91,7 @@ fn pass_through(
     }
     if let Some(parts) = candidate.content.as_ref().map(|c| &c.parts) {
         answer.function_called |= parts.function_call;
+        answer.media |= parts.media;
         answer.sent.push_str(&parts.text);
         answer.progress |= !parts.text.is_empty();
         if parts.count > 0 {
@@ -92,6 +104,11 @@ fn pass_through(
 pub(super) enum Step {
     Continue,
     Done(Outcome),
+}
+
+/// A generated image (or other inline or file data): an answer that holds one is not empty.
+fn is_media(part: &Value) -> bool {
+    part.get("inlineData").is_some() || part.get("fileData").is_some()
 }
 
 fn is_thought(part: &Value) -> bool {
@@ -118,7 +135,7 @@ pub(super) fn handle_event(
         return Step::Continue;
     }
     let Ok(Value::Object(mut event)) = serde_json::from_slice::<Value>(&data) else {
-        return Step::Done(Outcome::Interrupted(Interruption::Malformed));
+        return Step::Done(Outcome::Fault(Fault::NotJson));
     };
     if event.contains_key("error") {
         tracing::warn!(error = %crate::secret::scrub(&event["error"].to_string()), "error event inside the stream");
@@ -163,6 +180,7 @@ pub(super) fn handle_event(
     if parts.iter().any(|p| p.get("functionCall").is_some()) {
         answer.function_called = true;
     }
+    let media = parts.iter().any(is_media);
     let mut visible = visible_text(&parts);
     let finish_reason = candidate
         .get("finishReason")
@@ -174,7 +192,9 @@ pub(super) fn handle_event(
                 && config.empty_stop_is_retryable
                 && answer.sent.is_empty()
                 && visible.is_empty()
-                && !answer.function_called)
+                && !answer.function_called
+                && !answer.media
+                && !media)
     });
     if retryable {
         candidate.remove("finishReason");
@@ -208,6 +228,7 @@ pub(super) fn handle_event(
         content.insert("parts".into(), Value::Array(parts));
     }
     answer.sent.push_str(&visible);
+    answer.media |= media;
     if !visible.is_empty() {
         answer.progress = true;
     }

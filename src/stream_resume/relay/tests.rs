@@ -98,6 +98,16 @@ impl Upstream {
 
 /// Relays `first`, resuming through `upstream`, and returns the events the client read.
 async fn relay(first: Response<Body>, upstream: &Upstream, config: Config) -> Vec<Value> {
+    relay_capped(first, upstream, config, crate::sse::DEFAULT_MAX_EVENT_BYTES).await
+}
+
+/// [`relay`] with a cap on one event.
+async fn relay_capped(
+    first: Response<Body>,
+    upstream: &Upstream,
+    config: Config,
+    max_event_bytes: usize,
+) -> Vec<Value> {
     let (parts, ()) = Request::post(URI).body(()).unwrap().into_parts();
     let original = json!({ "contents": [{ "role": "user", "parts": [{ "text": "rivers" }] }] });
     let template = RequestTemplate::new(&parts, Bytes::from(original.to_string()), false);
@@ -114,7 +124,15 @@ async fn relay(first: Response<Body>, upstream: &Upstream, config: Config) -> Ve
             Ok::<_, Infallible>(next.unwrap_or_else(|| answer(&[], true)))
         }
     });
-    let res = respond(inner, template, first, Mode::Sse, Arc::new(config));
+    let res = respond(
+        inner,
+        template,
+        first,
+        Mode::Sse,
+        Arc::new(config),
+        1,
+        max_event_bytes,
+    );
     let bytes = collect_limited(res.into_body(), 1 << 20).await.unwrap();
     String::from_utf8(bytes.to_vec())
         .unwrap()
@@ -243,4 +261,108 @@ async fn thoughts_after_a_retry_pass_when_swallow_is_off() {
     let events = relay(first, &upstream, config).await;
     assert_eq!(thoughts(&events), ["Rivers, then.", "Where was I?"]);
     assert_eq!(visible(&events), "Rivers run.");
+}
+
+/// A 200 SSE answer of raw frames, ending cleanly.
+fn raw_answer(frames: &[&str]) -> Response<Body> {
+    let frames = frames.iter().map(|f| Bytes::from(f.to_string())).collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::new(Script { frames, cut: false }))
+        .unwrap()
+}
+
+fn image(bytes: usize) -> Value {
+    event(
+        json!([{ "inlineData": { "mimeType": "image/png", "data": "A".repeat(bytes) } }]),
+        None,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_over_the_cap_ends_the_stream_at_once_and_is_not_resumed() {
+    let upstream = Upstream::new(vec![answer(&[last("never asked", "STOP")], false)]);
+    let first = answer(
+        &[text("Here it is: "), image(4096), last(".", "STOP")],
+        false,
+    );
+    let events = relay_capped(first, &upstream, Config::default(), 1024).await;
+    assert_eq!(upstream.calls(), 0, "no continuation, no retry");
+    assert_eq!(visible(&events), "Here it is: ");
+    assert!(finish_reasons(&events).is_empty(), "never a STOP");
+    let error = &events.last().unwrap()["error"];
+    assert_eq!(error["code"], 502);
+    assert!(
+        error["message"].as_str().unwrap().contains("1024 bytes"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_that_is_not_json_is_a_fault_not_a_cut() {
+    let upstream = Upstream::new(vec![answer(&[last("never asked", "STOP")], false)]);
+    let first = raw_answer(&[
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n",
+        "data: <html>oops</html>\r\n\r\n",
+    ]);
+    let events = relay(first, &upstream, Config::default()).await;
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(events.last().unwrap()["error"]["code"], 502);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_last_event_cut_by_the_end_of_the_body_is_still_resumed() {
+    let upstream = Upstream::new(vec![answer(&[last("the sea.", "STOP")], false)]);
+    let first = raw_answer(&[
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Rivers run to \"}]}}]}\r\n\r\n",
+        "data: {\"candidates\":[{\"content\":{\"parts\":[{\"te",
+    ]);
+    let events = relay(first, &upstream, Config::default()).await;
+    assert_eq!(upstream.calls(), 1);
+    assert_eq!(visible(&events), "Rivers run to the sea.");
+    assert_eq!(finish_reasons(&events), ["STOP"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_image_only_answer_with_stop_is_not_an_empty_answer() {
+    let upstream = Upstream::new(vec![answer(&[last("never asked", "STOP")], false)]);
+    let mut only = image(64);
+    only["candidates"][0]["finishReason"] = json!("STOP");
+    let events = relay(answer(&[only], false), &upstream, Config::default()).await;
+    assert_eq!(upstream.calls(), 0);
+    assert_eq!(finish_reasons(&events), ["STOP"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_after_an_image_is_not_resumed() {
+    let upstream = Upstream::new(vec![answer(&[last("never asked", "STOP")], false)]);
+    let first = answer(&[text("Here: "), image(64)], true);
+    let events = relay(first, &upstream, Config::default()).await;
+    assert_eq!(
+        upstream.calls(),
+        0,
+        "a continuation would make another image"
+    );
+    assert_eq!(events.last().unwrap()["error"]["code"], 502);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resumes_are_bounded_in_total_even_when_each_makes_progress() {
+    // Every continuation adds a word and breaks again: progress each time, so only the total
+    // bound stops it.
+    let upstream = Upstream::new((0..50).map(|_| answer(&[text("more ")], true)).collect());
+    let config = Config {
+        max_resume_attempts: 3,
+        ..Config::default()
+    };
+    let events = relay(answer(&[text("Start ")], true), &upstream, config).await;
+    assert_eq!(upstream.calls(), 3, "three resumes after the first call");
+    assert!(finish_reasons(&events).is_empty(), "never a STOP");
+    let error = &events.last().unwrap()["error"];
+    assert_eq!(error["code"], 503);
+    assert!(
+        error["message"].as_str().unwrap().contains("3 attempts"),
+        "{error}"
+    );
+    assert!(visible(&events).starts_with("Start more "));
 }

@@ -56,7 +56,10 @@ where
                 .into_response(crate::Dialect::Gemini);
         };
         let again = unary_needs_retry(&bytes, &config);
-        if again.is_none() || attempts >= config.max_consecutive_retries {
+        if again.is_none()
+            || attempts >= config.max_consecutive_retries
+            || attempts >= config.max_resume_attempts
+        {
             if again == Some(NOT_JSON) {
                 return not_json();
             }
@@ -97,7 +100,11 @@ fn unary_needs_retry(bytes: &[u8], config: &Config) -> Option<&'static str> {
         if finish.is_some_and(|f| config.retryable_finish_reasons.contains(f)) {
             return Some("finish reason");
         }
-        let has_call = c.content.as_ref().is_some_and(|c| c.parts.function_call);
+        // A generated image is an answer: asking again would make (and bill) another one.
+        let has_call = c
+            .content
+            .as_ref()
+            .is_some_and(|c| c.parts.function_call || c.parts.media);
         let has_text = c.content.as_ref().is_some_and(|c| !c.parts.text.is_empty());
         if !has_text
             && !has_call
@@ -122,7 +129,13 @@ fn unary_needs_retry_tree(bytes: &[u8], config: &Config) -> Option<&'static str>
         .and_then(|c| c.get("parts"))
         .and_then(Value::as_array);
     let finish = c.get("finishReason").and_then(Value::as_str);
-    let has_call = parts.is_some_and(|p| p.iter().any(|p| p.get("functionCall").is_some()));
+    let has_call = parts.is_some_and(|p| {
+        p.iter().any(|p| {
+            p.get("functionCall").is_some()
+                || p.get("inlineData").is_some()
+                || p.get("fileData").is_some()
+        })
+    });
     let text = parts.map(|p| visible_text(p)).unwrap_or_default();
     if finish.is_some_and(|f| config.retryable_finish_reasons.contains(f)) {
         return Some("finish reason");
@@ -157,6 +170,7 @@ mod tests {
             r#"{"candidates":[{"content":{"parts":[{"text":"\u0041"}]}}]}"#,
             r#"{"candidates":[],"promptFeedback":{"blockReason":"SAFETY"}}"#,
             r#"{"usageMetadata":{"totalTokenCount":1}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png","data":"AA"}}]},"finishReason":"STOP"}]}"#,
         ];
         for body in bodies {
             assert!(
@@ -182,5 +196,13 @@ mod tests {
             );
         }
         assert_eq!(unary_needs_retry(b"<html>", &config), Some(NOT_JSON));
+    }
+
+    #[test]
+    fn an_image_only_answer_is_not_retried_as_empty() {
+        let image = br#"{"candidates":[{"content":{"parts":[{"inlineData":{"mimeType":"image/png","data":"AA"}}]},"finishReason":"STOP"}]}"#;
+        assert_eq!(unary_needs_retry(image, &Config::default()), None);
+        let odd = br#"{"candidates":[{"content":{"parts":[{"inlineData":{"data":"AA"},"text":3}]},"finishReason":"STOP"}]}"#;
+        assert_eq!(unary_needs_retry(odd, &Config::default()), None);
     }
 }

@@ -86,6 +86,9 @@ pub enum Fault {
     /// A continuation that first repeats the last `k` characters already answered (widened
     /// to whole words).
     RepeatTail(usize),
+    /// An image answer of this many bytes from whatever model (as a model whose name holds
+    /// `image` answers; see [`FakeGemini::image`](crate::testing::FakeGemini::image)).
+    Image(usize),
     /// 200 with a body that is not JSON.
     Garbage,
     /// 200 with JSON cut in the middle.

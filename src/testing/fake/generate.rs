@@ -16,7 +16,7 @@ use super::plan::{
 use super::response::{error, raw};
 use super::server::{State, lock};
 use crate::body::Body;
-use crate::testing::passage;
+use crate::testing::{FakeGemini, passage};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
@@ -87,6 +87,16 @@ pub(super) async fn generate(
         let mut body = chunk_json(model, &id, vec![], Some("STOP"), Some(usage(&plan, "")));
         body["candidates"][0]["content"] = json!({ "role": "model" });
         return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
+    }
+
+    let image_bytes = match &fault {
+        Some(Fault::Image(n)) => Some(*n),
+        _ if model.contains("image") => Some(*lock(&state.image_bytes)),
+        _ => None,
+    };
+    if let Some(n) = image_bytes {
+        let steps = image_steps(model, &id, req, &plan, n, mode, fault.as_ref());
+        return emit(state, &kill, candidates, mode, steps).await;
     }
 
     let mut steps = Vec::new();
@@ -251,4 +261,76 @@ pub(super) async fn generate(
         _ => {}
     }
     emit(state, &kill, candidates, mode, steps).await
+}
+
+/// Tokens Gemini counts for one generated image.
+const IMAGE_TOKENS: u64 = 1290;
+
+/// An image model's answer: a caption (unless `responseModalities` leaves text out) and one
+/// `inlineData` image of `n` bytes; streamed, the image is one event of its own and an empty
+/// `STOP` event with usage follows. `DropAfter(k)` and `EndWithoutFinish(k)` cut after `k`
+/// events.
+fn image_steps(
+    model: &str,
+    id: &str,
+    req: &Value,
+    plan: &super::plan::Plan,
+    n: usize,
+    mode: Mode,
+    fault: Option<&Fault>,
+) -> Vec<Step> {
+    let modalities = req["generationConfig"]["responseModalities"].as_array();
+    let wants_text = modalities.is_none_or(|m| {
+        m.iter()
+            .any(|v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("TEXT")))
+    });
+    let caption = wants_text.then(|| format!("Here is an image of {}.", plan.prompt.trim()));
+    let image = json!({ "inlineData": {
+        "mimeType": "image/png",
+        "data": crate::base64::encode(&FakeGemini::image(n)),
+    }});
+    let caption_tokens = caption.as_deref().map_or(0, passage::tokens);
+    let mut usage = usage(plan, caption.as_deref().unwrap_or_default());
+    usage["candidatesTokenCount"] = json!(caption_tokens + IMAGE_TOKENS);
+    usage["totalTokenCount"] = json!(plan.prompt_tokens + caption_tokens + IMAGE_TOKENS);
+    usage["candidatesTokensDetails"] = json!([
+        { "modality": "TEXT", "tokenCount": caption_tokens },
+        { "modality": "IMAGE", "tokenCount": IMAGE_TOKENS },
+    ]);
+    if mode == Mode::Unary {
+        let mut parts: Vec<Value> = caption.map(|c| json!({ "text": c })).into_iter().collect();
+        parts.push(image);
+        return vec![Step::Chunk(chunk_json(
+            model,
+            id,
+            parts,
+            Some("STOP"),
+            Some(usage),
+        ))];
+    }
+    let mut events: Vec<Value> = caption
+        .map(|c| chunk_json(model, id, vec![json!({ "text": c })], None, None))
+        .into_iter()
+        .collect();
+    events.push(chunk_json(model, id, vec![image], None, None));
+    events.push(chunk_json(
+        model,
+        id,
+        vec![json!({ "text": "" })],
+        Some("STOP"),
+        Some(usage),
+    ));
+    let mut steps: Vec<Step> = Vec::new();
+    for (i, event) in events.into_iter().enumerate() {
+        match fault {
+            Some(Fault::DropAfter(k)) if i == *k => {
+                steps.push(Step::Break);
+                return steps;
+            }
+            Some(Fault::EndWithoutFinish(k)) if i == *k => return steps,
+            _ => {}
+        }
+        steps.push(Step::Chunk(event));
+    }
+    steps
 }

@@ -42,6 +42,14 @@ const MODELS: &[(&str, &str, u64, u64, bool, bool)] = &[
         false,
     ),
     (
+        "gemini-2.5-flash-image",
+        "Gemini 2.5 Flash Image",
+        32_768,
+        32_768,
+        false,
+        false,
+    ),
+    (
         "gemini-3-pro-preview",
         "Gemini 3 Pro Preview",
         1_048_576,

@@ -26,7 +26,11 @@ pub struct FakeGeminiBuilder {
     chunk_words: usize,
     chunk_delay: Duration,
     echo_key_in_errors: bool,
+    image_bytes: usize,
 }
+
+/// The size of the image an image model answers unless told otherwise: 64 KiB.
+const DEFAULT_IMAGE_BYTES: usize = 64 * 1024;
 
 impl Default for FakeGeminiBuilder {
     fn default() -> Self {
@@ -36,6 +40,7 @@ impl Default for FakeGeminiBuilder {
             chunk_words: 4,
             chunk_delay: Duration::ZERO,
             echo_key_in_errors: true,
+            image_bytes: DEFAULT_IMAGE_BYTES,
         }
     }
 }
@@ -76,6 +81,13 @@ impl FakeGeminiBuilder {
         self
     }
 
+    /// The size in bytes of the image a model whose name holds `image` answers (default
+    /// 64 KiB; see [`FakeGemini::image`]).
+    pub fn image_bytes(mut self, n: usize) -> Self {
+        self.image_bytes = n;
+        self
+    }
+
     /// Binds `127.0.0.1:0` and serves until the [`FakeGemini`] is dropped.
     pub async fn start(self) -> io::Result<FakeGemini> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -91,6 +103,7 @@ impl FakeGeminiBuilder {
             accept_any_key: self.accept_any_key,
             chunk_words: self.chunk_words,
             chunk_delay: Mutex::new(self.chunk_delay),
+            image_bytes: Mutex::new(self.image_bytes),
             echo_key: self.echo_key_in_errors,
             counters: Mutex::default(),
             total: AtomicU64::new(0),
@@ -191,6 +204,36 @@ impl FakeGemini {
         *lock(&self.state.chunk_delay) = d;
     }
 
+    /// Changes the size of the image an image model answers.
+    pub fn set_image_bytes(&self, n: usize) {
+        *lock(&self.state.image_bytes) = n;
+    }
+
+    /// The image of `n` bytes the fake answers (PNG's signature, then deterministic bytes);
+    /// it goes out base64-encoded as the `inlineData` of one part, `image/png`.
+    ///
+    /// A model whose name holds `image` (`gemini-2.5-flash-image`) answers a short caption
+    /// (left out when `generationConfig.responseModalities` lacks `TEXT`) and this image of
+    /// [`FakeGeminiBuilder::image_bytes`] bytes; [`Fault::Image`] sets the size for one
+    /// request of any model. Streamed, as Google does, the whole image is one event: the
+    /// caption, then the image, then an empty text with `STOP` and usage.
+    pub fn image(n: usize) -> Vec<u8> {
+        const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
+        let mut out = Vec::with_capacity(n);
+        out.extend_from_slice(&PNG[..n.min(PNG.len())]);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        while out.len() < n {
+            // xorshift64*: cheap, deterministic, and not compressible into a pattern.
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let word = x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            let take = (n - out.len()).min(8);
+            out.extend_from_slice(&word[..take]);
+        }
+        out
+    }
+
     /// Queues a fault for the next generate request (faults apply in order, one a request).
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.state.faults).push_back(fault);
@@ -235,6 +278,7 @@ pub(super) struct State {
     pub(super) accept_any_key: bool,
     pub(super) chunk_words: usize,
     pub(super) chunk_delay: Mutex<Duration>,
+    pub(super) image_bytes: Mutex<usize>,
     pub(super) echo_key: bool,
     pub(super) counters: Mutex<HashMap<String, u64>>,
     pub(super) total: AtomicU64,
