@@ -44,7 +44,7 @@ impl Unavailable {
         let for_model = if model.is_empty() {
             String::new()
         } else {
-            format!(" for model {model}")
+            format!(" for model {}", crate::secret::scrub(model))
         };
         match self {
             Unavailable::NoKeys => {

@@ -77,7 +77,7 @@ impl KeyPool {
                     );
                     tracing::debug!(
                         key.id = %entry.id,
-                        gemini.model = model,
+                        gemini.model = %crate::secret::scrub(model),
                         cooldown_ms = wait.as_millis() as u64,
                         per_day,
                         "quota exhausted: key cools down for this model, rotating"
@@ -101,7 +101,7 @@ impl KeyPool {
                     );
                     tracing::info!(
                         key.id = %entry.id,
-                        gemini.model = model,
+                        gemini.model = %crate::secret::scrub(model),
                         retry_in_s = self.reprobe_after.as_secs(),
                         "model not available to this key: the key keeps serving other models"
                     );

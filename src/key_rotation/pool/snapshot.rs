@@ -34,7 +34,8 @@ impl KeyPool {
                     .map(|(m, c)| {
                         let remaining = c.until - now;
                         CoolingSnapshot {
-                            model: m.to_string(),
+                            // The model is the client's text: a key pasted there is masked.
+                            model: crate::secret::scrub(m).into_owned(),
                             remaining,
                             until: wall + remaining,
                             model_unavailable: c.model_unavailable,
