@@ -928,6 +928,33 @@ async fn a_404_naming_the_model_tries_each_key_once_then_relays_googles_404() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn refused_models_kept_per_key_are_bounded() {
+    let calls = Calls::default();
+    let up = upstream(&calls, |call, _| {
+        let model = call.uri.split('/').nth(3).unwrap_or("");
+        let model = model.split(':').next().unwrap_or("");
+        Ok(json(
+            404,
+            format!(
+                r#"{{"error":{{"code":404,"message":"models/{model} is not found","status":"NOT_FOUND"}}}}"#
+            ),
+        ))
+    });
+    let pool = pool_of(1);
+    let svc = stack(KeyRotationLayer::new(pool.clone()), up);
+    for i in 0..300 {
+        let path = format!("/v1beta/models/m{i}:generateContent");
+        let res = send(&svc, post(&path, "{}")).await;
+        assert_eq!(res.status(), 404);
+    }
+    let kept = pool.snapshot()[0].cooling.len();
+    assert_eq!(
+        kept, 256,
+        "a client naming many models cannot grow a key's state without bound"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn key_echoed_in_an_error_body_is_scrubbed() {
     let calls = Calls::default();
     let up = upstream(&calls, |c, _| Ok(invalid_key_400(&c.key)));

@@ -10,6 +10,10 @@ use super::{KeyPool, Lease};
 use crate::key_rotation::classify::Outcome;
 use crate::key_rotation::strategy::random_fraction;
 
+/// Models set aside as refused, per key, at most: model names come from clients, so a client
+/// naming many unknown models cannot grow a key's state without bound.
+const MAX_REFUSED_MODELS: usize = 256;
+
 /// Backoff for repeated 429s without `retryDelay` stops growing here (unless the base is longer).
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
@@ -86,6 +90,16 @@ impl KeyPool {
                         Publish::Enable => Publish::EnableAndCool(until),
                         _ => Publish::Cool(until),
                     };
+                }
+                Outcome::ModelUnavailable
+                    if h.cooling
+                        .values()
+                        .filter(|c| c.model_unavailable && c.until > now)
+                        .count()
+                        >= MAX_REFUSED_MODELS =>
+                {
+                    // Model names are the client's text: past the bound, nothing is kept (the
+                    // next request for such a model asks this key again).
                 }
                 Outcome::ModelUnavailable => {
                     // The key is fine; this model is not for it. Set the pair aside until the
