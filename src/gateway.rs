@@ -70,6 +70,7 @@ use crate::body::DEFAULT_MAX_BODY_BYTES;
 pub struct GatewayBuilder {
     tokens: Option<Arc<dyn TokenStore>>,
     max_body_bytes: usize,
+    max_upload_bytes: Option<u64>,
     body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
     client_key_passthrough: bool,
@@ -176,6 +177,7 @@ impl Default for GatewayBuilder {
         Self {
             tokens: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_upload_bytes: None,
             body_read_timeout: None,
             upstream_key: None,
             client_key_passthrough: false,
@@ -210,6 +212,14 @@ impl GatewayBuilder {
     /// Request bodies larger than this are refused with 413 (default 20 MiB).
     pub fn max_body_bytes(mut self, max: usize) -> Self {
         self.max_body_bytes = max;
+        self
+    }
+
+    /// Streams upload bodies (paths under `/upload/`) instead of buffering them, up to `max`
+    /// bytes each (413 past it); see [`BodyLimitLayer::stream_uploads`]. Default: uploads are
+    /// buffered under [`max_body_bytes`](Self::max_body_bytes) like any body.
+    pub fn max_upload_bytes(mut self, max: u64) -> Self {
+        self.max_upload_bytes = Some(max);
         self
     }
 
@@ -355,7 +365,10 @@ impl GatewayBuilder {
                         .client_key_passthrough(self.client_key_passthrough)
                 }))
                 .layer({
-                    let limit = BodyLimitLayer::new(self.max_body_bytes);
+                    let mut limit = BodyLimitLayer::new(self.max_body_bytes);
+                    if let Some(max) = self.max_upload_bytes {
+                        limit = limit.stream_uploads(max);
+                    }
                     match self.body_read_timeout {
                         Some(d) => limit.read_timeout(d),
                         None => limit,

@@ -141,6 +141,9 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(feature = "affinity")]
+#[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
+pub mod affinity;
 pub mod body;
 pub mod credential;
 pub mod error;
@@ -182,6 +185,8 @@ mod redis_util;
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
+#[cfg(any(feature = "testing", feature = "affinity"))]
+mod rfc3339;
 
 #[cfg(feature = "stream-resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]

@@ -9,6 +9,9 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tower_gemini::affinity::{
+    AffinityLayer, AffinitySqliteStore, AffinityStore, MemoryAffinityStore,
+};
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::{Gateway, GatewayService};
@@ -155,6 +158,7 @@ impl App {
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
             .max_body_bytes(config.max_body_bytes)
+            .max_upload_bytes(config.max_upload_bytes)
             .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
             .usage(ops.usage.clone())
@@ -181,6 +185,10 @@ impl App {
             RequestPolicyLayer::from_handle(policy_handle.clone())
                 .max_body_bytes(config.max_body_bytes),
         );
+        // Files, caches, batches and operations live in the project of the key that made them:
+        // later calls naming them go to that key, and each client sees only its own.
+        builder = builder
+            .layer(AffinityLayer::new(affinity_store(&config)?).default_ttl(config.resource_ttl));
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
         }
@@ -257,6 +265,11 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         "x-api-key",
         "anthropic-version",
         "openai-beta",
+        "x-goog-upload-protocol",
+        "x-goog-upload-command",
+        "x-goog-upload-offset",
+        "x-goog-upload-header-content-length",
+        "x-goog-upload-header-content-type",
     ];
     let exposed = [
         "x-request-id",
@@ -264,6 +277,8 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         "x-ratelimit-limit",
         "x-ratelimit-remaining",
         "x-ratelimit-reset",
+        "x-goog-upload-url",
+        "x-goog-upload-status",
     ];
     Some(
         CorsLayer::new()
@@ -357,6 +372,17 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         }
     }
     builder.build().map_err(|e| format!("GEMINI_API_KEYS: {e}"))
+}
+
+/// Where resource → key pins live: next to the admin changes in `DATABASE_PATH` (kept across
+/// restarts, shared by the instances of one host), else in memory.
+fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
+    match &config.persist.database_path {
+        Some(path) => AffinitySqliteStore::open(path)
+            .map(|s| Arc::new(s) as Arc<dyn AffinityStore>)
+            .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display())),
+        None => Ok(Arc::new(MemoryAffinityStore::new())),
+    }
 }
 
 /// The rate limits the configuration asks for; `None` when every limit is off.
