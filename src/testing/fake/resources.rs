@@ -400,10 +400,14 @@ fn advance_batch(item: &mut Item) {
         .into_iter()
         .flatten()
         .map(|r| {
-            let prompt = super::plan::all_text(r.get("request").unwrap_or(&Value::Null));
+            // The answer to the request's first text, as a single `generateContent` gives.
+            let prompt = r
+                .pointer("/request/contents/0/parts/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             json!({
                 "metadata": r.get("metadata").cloned().unwrap_or(Value::Null),
-                "response": {"candidates": [{"content": {"role": "model", "parts": [{"text": passage::passage(&prompt)}]}, "finishReason": "STOP"}]},
+                "response": {"candidates": [{"content": {"role": "model", "parts": [{"text": passage::passage(prompt)}]}, "finishReason": "STOP"}]},
             })
         })
         .collect();
