@@ -2,6 +2,7 @@
 //! uploads), cached contents and batches made through full_proxy with three pool keys are used,
 //! listed and deleted on their own key, by their own client only; no key is ever disabled for
 //! a 403 about a resource; upload bytes stream through without being buffered.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

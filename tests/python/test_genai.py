@@ -58,3 +58,19 @@ def test_wrong_token_is_401():
     with pytest.raises(errors.ClientError) as err:
         client("not-a-valid-token").models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert err.value.code == 401
+
+
+def test_upload_then_generate_with_the_file(tmp_path):
+    # The SDK's resumable upload: the session URL it gets back points at the gateway.
+    path = tmp_path / "notes.txt"
+    path.write_text("The meeting moved to Thursday at ten.")
+    f = client().files.upload(file=str(path), config={"mime_type": "text/plain", "display_name": "notes"})
+    assert f.name.startswith("files/")
+    r = client().models.generate_content(model="gemini-2.5-flash", contents=[f, "Summarize the notes"])
+    assert r.text and len(r.text) > 20
+    assert client().files.get(name=f.name).name == f.name
+    assert f.name in [x.name for x in client().files.list()]
+    client().files.delete(name=f.name)
+    with pytest.raises(errors.ClientError) as e:
+        client().files.get(name=f.name)
+    assert e.value.code == 404
