@@ -179,7 +179,12 @@ pub mod policy;
 pub mod rate_limit;
 #[cfg(all(
     feature = "redis",
-    any(feature = "key-rotation", feature = "persist", feature = "rate-limit")
+    any(
+        feature = "key-rotation",
+        feature = "persist",
+        feature = "rate-limit",
+        feature = "affinity"
+    )
 ))]
 mod redis_util;
 #[cfg(feature = "request-id")]

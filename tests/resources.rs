@@ -596,3 +596,47 @@ async fn an_upload_past_max_upload_bytes_is_a_413() {
     );
     assert_eq!(fake.upload_bytes_received(), 0);
 }
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_the_pins() {
+    let Some(redis) = support::redis_url().await else {
+        return;
+    };
+    let fake = FakeGemini::start(KEYS).await.unwrap();
+    let keys = KEYS.join(",");
+    let url = fake.url();
+    let prefix = format!("aff-test-{}", std::process::id());
+    let vars = [
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
+    let a = Proxy::start(&vars).await;
+    let b = Proxy::start(&vars).await;
+    let file = upload(&a, &fake, CLIENT, b"shared").await;
+    let name = file["name"].as_str().unwrap();
+    let owner = owner_of(&fake, name);
+    fake.clear_received();
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+    for _ in 0..6 {
+        let (status, v) = call(
+            &b,
+            "POST",
+            &path,
+            CLIENT,
+            Some(generate_with_file(file["uri"].as_str().unwrap(), "x")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+    }
+    for r in fake.received() {
+        assert_eq!(r.api_key().as_deref(), Some(owner));
+    }
+    let (_, list) = call(&b, "GET", "/v1beta/files", CLIENT, None).await;
+    assert_eq!(list["files"][0]["name"], name);
+    let (status, _) = call(&b, "DELETE", &format!("/v1beta/{name}"), CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&a, "GET", &format!("/v1beta/{name}"), CLIENT, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_gemini::affinity::{
-    AffinityLayer, AffinitySqliteStore, AffinityStore, MemoryAffinityStore,
+    AffinityLayer, AffinityRedisStore, AffinitySqliteStore, AffinityStore, MemoryAffinityStore,
 };
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
@@ -187,8 +187,9 @@ impl App {
         );
         // Files, caches, batches and operations live in the project of the key that made them:
         // later calls naming them go to that key, and each client sees only its own.
-        builder = builder
-            .layer(AffinityLayer::new(affinity_store(&config)?).default_ttl(config.resource_ttl));
+        builder = builder.layer(
+            AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
+        );
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
         }
@@ -374,9 +375,22 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
     builder.build().map_err(|e| format!("GEMINI_API_KEYS: {e}"))
 }
 
-/// Where resource → key pins live: next to the admin changes in `DATABASE_PATH` (kept across
-/// restarts, shared by the instances of one host), else in memory.
-fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
+/// Where resource → key pins live: in Redis with `REDIS_URL` (every instance of a fleet sees
+/// them), else next to the admin changes in `DATABASE_PATH` (kept across restarts), else in
+/// memory.
+async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
+    if let Some(url) = &config.redis_url {
+        match AffinityRedisStore::connect(url).await {
+            Ok(store) => {
+                let store = store.with_prefix(format!("{}:affinity", config.redis_prefix));
+                return Ok(Arc::new(store));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "REDIS_URL: cannot reach Redis; resource pins stay local to this instance"
+            ),
+        }
+    }
     match &config.persist.database_path {
         Some(path) => AffinitySqliteStore::open(path)
             .map(|s| Arc::new(s) as Arc<dyn AffinityStore>)

@@ -195,11 +195,14 @@ impl Call {
             .map(|b| named_in_body(b))
             .unwrap_or_default();
         match &route {
-            Route::List(collection) => return Ok(self.list(&req, collection, &asker, dialect)),
+            Route::List(collection) => {
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                return Ok(self.list(&query, collection, &asker, dialect).await);
+            }
             Route::One { name } => named.push(name.clone()),
             Route::UploadBytes(id) => {
                 let name = format!("uploads/{id}");
-                match self.store.get(&name).filter(|e| asker.sees(e)) {
+                match self.store.get(&name).await.filter(|e| asker.sees(e)) {
                     Some(e) => {
                         // To the upstream's own session URL, on the key that opened it.
                         match e.meta.parse::<http::uri::PathAndQuery>() {
@@ -229,7 +232,7 @@ impl Call {
         // Pin to the one key holding what the request names.
         let mut pin: Option<(String, String)> = None;
         for name in &named {
-            let Some(e) = self.store.get(name) else {
+            let Some(e) = self.store.get(name).await else {
                 if matches!(route, Route::One { .. }) && !asker.admin {
                     return Ok(not_found(name, dialect));
                 }
@@ -268,41 +271,41 @@ impl Call {
             return Ok(res);
         };
         match route {
-            Route::UploadStart => Ok(self.rewrite_upload_url(res, &key_id, &asker, host)),
+            Route::UploadStart => Ok(self.rewrite_upload_url(res, &key_id, &asker, host).await),
             Route::UploadBytes(id) => {
                 let (res, answer) = read_answer(res).await;
                 if let Some(file) = answer.as_ref().and_then(|a| a.get("file")) {
-                    self.record(file, &key_id, &asker.id);
-                    self.store.remove(&format!("uploads/{id}"));
+                    self.record(file, &key_id, &asker.id).await;
+                    self.store.remove(&format!("uploads/{id}")).await;
                 }
                 Ok(res)
             }
             Route::UploadOther => {
                 let (res, answer) = read_answer(res).await;
                 if let Some(file) = answer.as_ref().and_then(|a| a.get("file")) {
-                    self.record(file, &key_id, &asker.id);
+                    self.record(file, &key_id, &asker.id).await;
                 }
                 Ok(res)
             }
             Route::Create => {
                 let (res, answer) = read_answer(res).await;
                 if let Some(answer) = &answer {
-                    self.record(answer, &key_id, &asker.id);
+                    self.record(answer, &key_id, &asker.id).await;
                 }
                 Ok(res)
             }
             Route::One { name } => {
                 if method == http::Method::DELETE {
-                    self.store.remove(&name);
+                    self.store.remove(&name).await;
                     return Ok(res);
                 }
                 if method == http::Method::POST {
                     return Ok(res); // `:cancel`: the answer is empty
                 }
                 let (res, answer) = read_answer(res).await;
-                if let (Some(answer), Some(old)) = (&answer, self.store.get(&name)) {
+                if let (Some(answer), Some(old)) = (&answer, self.store.get(&name).await) {
                     if answer.get("name").and_then(Value::as_str) == Some(name.as_str()) {
-                        self.record(answer, &old.key_id, &old.owner);
+                        self.record(answer, &old.key_id, &old.owner).await;
                     }
                 }
                 Ok(res)
@@ -312,7 +315,7 @@ impl Call {
     }
 
     /// Remembers the resource an answer describes (its `name`), on `key_id`, for `owner`.
-    fn record(&self, answer: &Value, key_id: &str, owner: &str) {
+    async fn record(&self, answer: &Value, key_id: &str, owner: &str) {
         let Some(name) = answer.get("name").and_then(Value::as_str) else {
             return;
         };
@@ -332,21 +335,23 @@ impl Call {
         } else {
             now + self.config.default_ttl.as_secs()
         };
-        let created_at = self.store.get(name).map_or(now, |e| e.created_at);
+        let created_at = self.store.get(name).await.map_or(now, |e| e.created_at);
         tracing::debug!(resource = %name, key.id = %key_id, "resource pinned to its key");
-        self.store.put(Pinned {
-            name: name.to_owned(),
-            key_id: key_id.to_owned(),
-            owner: owner.to_owned(),
-            created_at,
-            expires_at,
-            meta: answer.to_string(),
-        });
+        self.store
+            .put(Pinned {
+                name: name.to_owned(),
+                key_id: key_id.to_owned(),
+                owner: owner.to_owned(),
+                created_at,
+                expires_at,
+                meta: answer.to_string(),
+            })
+            .await;
     }
 
     /// Points a resumable upload's `X-Goog-Upload-URL` at the gateway, under an id of its own
     /// that maps to the upstream's URL and the key that opened the session.
-    fn rewrite_upload_url(
+    async fn rewrite_upload_url(
         &self,
         mut res: Response<Body>,
         key_id: &str,
@@ -379,14 +384,16 @@ impl Call {
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
         let now = crate::rfc3339::now();
-        self.store.put(Pinned {
-            name: format!("uploads/{id}"),
-            key_id: key_id.to_owned(),
-            owner: asker.id.clone(),
-            created_at: now,
-            expires_at: now + UPLOAD_TTL.as_secs(),
-            meta: upstream,
-        });
+        self.store
+            .put(Pinned {
+                name: format!("uploads/{id}"),
+                key_id: key_id.to_owned(),
+                owner: asker.id.clone(),
+                created_at: now,
+                expires_at: now + UPLOAD_TTL.as_secs(),
+                meta: upstream,
+            })
+            .await;
         let base = base.unwrap_or_default();
         let ours = format!("{base}/upload/v1beta/files?upload_id={id}&upload_protocol=resumable");
         if let Ok(v) = HeaderValue::from_str(&ours) {
@@ -396,14 +403,13 @@ impl Call {
     }
 
     /// Lists the asker's resources of `collection` from the pins, across every key.
-    fn list(
+    async fn list(
         &self,
-        req: &Request<Body>,
+        query: &str,
         collection: &str,
         asker: &Asker,
         dialect: Dialect,
     ) -> Response<Body> {
-        let query = req.uri().query().unwrap_or_default();
         let page_size = crate::credential::query_param(query, "pageSize")
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|n| *n > 0)
@@ -421,7 +427,7 @@ impl Call {
                 },
             };
         let owner = (!asker.admin).then_some(asker.id.as_str());
-        let all = self.store.list(&format!("{collection}/"), owner);
+        let all = self.store.list(&format!("{collection}/"), owner).await;
         let items: Vec<Value> = all
             .iter()
             .skip(start)

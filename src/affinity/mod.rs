@@ -27,7 +27,8 @@
 //!
 //! # Stores
 //! [`MemoryAffinityStore`] for one process; `AffinitySqliteStore` (feature `sqlite`) for the
-//! instances of one host and across restarts. A Redis store is not provided yet.
+//! instances of one host and across restarts; `AffinityRedisStore` (feature `redis`) for a
+//! fleet, each call bounded so a slow Redis never holds a request for long.
 //!
 //! # Ordering
 //! Stack it after authentication (it reads the [`Identity`](crate::facts::Identity)) and the
@@ -68,11 +69,15 @@
 
 mod layer;
 mod names;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
 
 pub use layer::{Affinity, AffinityLayer, ResponseFuture};
+#[cfg(feature = "redis")]
+pub use redis::AffinityRedisStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::AffinitySqliteStore;
-pub use store::{AffinityStore, MemoryAffinityStore, Pinned};
+pub use store::{AffinityStore, MemoryAffinityStore, Pinned, StoreFuture};

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::store::{AffinityStore, Pinned};
+use super::store::{AffinityStore, Pinned, StoreFuture};
 use crate::Error;
 
 const SCHEMA: &str = "
@@ -65,8 +65,29 @@ fn warn(e: rusqlite::Error) {
     tracing::warn!(error = %e, "resource pin store failed");
 }
 
+// A local file answers in well under a millisecond: the statements run in place.
 impl AffinityStore for AffinitySqliteStore {
-    fn get(&self, name: &str) -> Option<Pinned> {
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Pinned>> {
+        Box::pin(std::future::ready(self.get_now(name)))
+    }
+
+    fn put(&self, entry: Pinned) -> StoreFuture<'_, ()> {
+        self.put_now(entry);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        self.remove_now(name);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Vec<Pinned>> {
+        Box::pin(std::future::ready(self.list_now(prefix, owner)))
+    }
+}
+
+impl AffinitySqliteStore {
+    fn get_now(&self, name: &str) -> Option<Pinned> {
         let now = crate::rfc3339::now() as i64;
         self.conn()
             .query_row(
@@ -81,7 +102,7 @@ impl AffinityStore for AffinitySqliteStore {
             .flatten()
     }
 
-    fn put(&self, e: Pinned) {
+    fn put_now(&self, e: Pinned) {
         let conn = self.conn();
         let now = crate::rfc3339::now() as i64;
         let _ = conn
@@ -106,14 +127,14 @@ impl AffinityStore for AffinitySqliteStore {
             .map_err(warn);
     }
 
-    fn remove(&self, name: &str) {
+    fn remove_now(&self, name: &str) {
         let _ = self
             .conn()
             .execute("DELETE FROM resource_pins WHERE name = ?1", params![name])
             .map_err(warn);
     }
 
-    fn list(&self, prefix: &str, owner: Option<&str>) -> Vec<Pinned> {
+    fn list_now(&self, prefix: &str, owner: Option<&str>) -> Vec<Pinned> {
         let now = crate::rfc3339::now() as i64;
         let conn = self.conn();
         let result = conn
@@ -149,15 +170,15 @@ mod tests {
             expires_at: exp,
             meta: "{}".into(),
         };
-        store.put(e("files/a", "alice", now + 60));
-        store.put(e("files/b", "bob", now + 60));
-        store.put(e("files/old", "alice", now - 1));
-        assert_eq!(store.get("files/a").unwrap().key_id, "k1");
-        assert!(store.get("files/old").is_none());
-        assert_eq!(store.list("files/", Some("alice")).len(), 1);
-        assert_eq!(store.list("files/", None).len(), 2);
-        store.remove("files/a");
-        assert!(store.get("files/a").is_none());
+        store.put_now(e("files/a", "alice", now + 60));
+        store.put_now(e("files/b", "bob", now + 60));
+        store.put_now(e("files/old", "alice", now - 1));
+        assert_eq!(store.get_now("files/a").unwrap().key_id, "k1");
+        assert!(store.get_now("files/old").is_none());
+        assert_eq!(store.list_now("files/", Some("alice")).len(), 1);
+        assert_eq!(store.list_now("files/", None).len(), 2);
+        store.remove_now("files/a");
+        assert!(store.get_now("files/a").is_none());
         drop(store);
         let _ = std::fs::remove_file(&dir);
     }

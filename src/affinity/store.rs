@@ -2,11 +2,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
+
+/// The future of an [`AffinityStore`] call.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One resource created through the gateway: which key's project holds it, which client
 /// created it, until when it lives, and the resource's last known JSON (for lists).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pinned {
     /// The resource's name, e.g. `files/abc`, `cachedContents/x`, `batches/y`,
     /// `models/veo-3/operations/z`, or `uploads/{id}` for a resumable upload session.
@@ -24,18 +29,19 @@ pub struct Pinned {
     pub meta: String,
 }
 
-/// Keeps resource pins. Implementations must be cheap to call from the request path (a local
-/// map, a local SQLite file); expired entries are never returned.
+/// Keeps resource pins. Calls are on the request path: implementations bound their waits (a
+/// store that cannot answer in time answers a miss and logs why); expired entries are never
+/// returned.
 pub trait AffinityStore: Send + Sync + fmt::Debug + 'static {
     /// The live entry for `name`.
-    fn get(&self, name: &str) -> Option<Pinned>;
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Pinned>>;
     /// Records (or replaces) an entry.
-    fn put(&self, entry: Pinned);
+    fn put(&self, entry: Pinned) -> StoreFuture<'_, ()>;
     /// Forgets `name`.
-    fn remove(&self, name: &str);
-    /// Live entries whose name starts with `prefix`, of `owner` only when given, oldest first
-    /// (ties by name).
-    fn list(&self, prefix: &str, owner: Option<&str>) -> Vec<Pinned>;
+    fn remove<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+    /// Live entries whose name starts with `prefix` (a collection such as `files/`), of
+    /// `owner` only when given, oldest first (ties by name).
+    fn list<'a>(&'a self, prefix: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Vec<Pinned>>;
 }
 
 /// Pins in this process's memory: the default, for one instance.
@@ -56,7 +62,27 @@ impl MemoryAffinityStore {
 }
 
 impl AffinityStore for MemoryAffinityStore {
-    fn get(&self, name: &str) -> Option<Pinned> {
+    fn get<'a>(&'a self, name: &'a str) -> StoreFuture<'a, Option<Pinned>> {
+        Box::pin(std::future::ready(self.get_now(name)))
+    }
+
+    fn put(&self, entry: Pinned) -> StoreFuture<'_, ()> {
+        self.put_now(entry);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        self.lock().remove(name);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Vec<Pinned>> {
+        Box::pin(std::future::ready(self.list_now(prefix, owner)))
+    }
+}
+
+impl MemoryAffinityStore {
+    fn get_now(&self, name: &str) -> Option<Pinned> {
         let now = crate::rfc3339::now();
         self.lock()
             .get(name)
@@ -64,7 +90,7 @@ impl AffinityStore for MemoryAffinityStore {
             .cloned()
     }
 
-    fn put(&self, entry: Pinned) {
+    fn put_now(&self, entry: Pinned) {
         let now = crate::rfc3339::now();
         let mut map = self.lock();
         // Sweep now and then, so expired pins do not pile up.
@@ -74,11 +100,7 @@ impl AffinityStore for MemoryAffinityStore {
         map.insert(entry.name.clone(), entry);
     }
 
-    fn remove(&self, name: &str) {
-        self.lock().remove(name);
-    }
-
-    fn list(&self, prefix: &str, owner: Option<&str>) -> Vec<Pinned> {
+    fn list_now(&self, prefix: &str, owner: Option<&str>) -> Vec<Pinned> {
         let now = crate::rfc3339::now();
         let mut out: Vec<Pinned> = self
             .lock()
