@@ -307,7 +307,8 @@ impl BodyLimitLayer {
     }
 
     /// Streams the bodies of upload routes (paths under `/upload/`: file bytes, up to 2 GB at
-    /// Google) instead of buffering them, refusing with 413 those declared larger than `max`
+    /// Google; not a resumable upload's `start`, which holds metadata only) instead of
+    /// buffering them, refusing with 413 those declared larger than `max`
     /// and failing those that grow past it (default: uploads are buffered like any body).
     pub fn stream_uploads(mut self, max: u64) -> Self {
         self.uploads = Some(max);
@@ -390,9 +391,16 @@ where
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A resumable upload's `start` carries only the file's metadata: buffered like any
+        // body, so key rotation can retry it.
+        let starts_a_session = req
+            .headers()
+            .get("x-goog-upload-command")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.to_ascii_lowercase().contains("start"));
         if let Some(upload_max) = self
             .uploads
-            .filter(|_| req.uri().path().starts_with("/upload/"))
+            .filter(|_| req.uri().path().starts_with("/upload/") && !starts_a_session)
         {
             // Upload bytes stream through, bounded as they come: never whole in memory.
             if declared.is_some_and(|n| n > upload_max) {

@@ -367,6 +367,8 @@ impl Call {
             return res;
         };
         res.headers_mut().remove("x-goog-upload-url");
+        // Google's own session id: with it the bytes could go around the gateway.
+        res.headers_mut().remove("x-guploader-uploadid");
         let Some(pq) = url.path_and_query() else {
             return res;
         };
