@@ -100,6 +100,13 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// A request that carries no client credential but a capability a layer in front of
+/// authentication checked (the id of a resumable upload session the gateway handed out, which
+/// Google's SDKs send without the API key, as Google's own upload URLs need none): it is
+/// served as this [`Identity`]. Only a layer can put it in; clients cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreAuthorized(pub Identity);
+
 // === ClientAddr ===
 
 /// The peer address of a request's connection, for per-IP rules.

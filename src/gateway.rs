@@ -85,6 +85,8 @@ pub struct GatewayBuilder {
     key_rotation: Option<crate::key_rotation::KeyRotationLayer>,
     #[cfg(feature = "usage")]
     usage: Option<crate::usage::UsageLayer>,
+    #[cfg(feature = "affinity")]
+    affinity: Option<crate::affinity::AffinityLayer>,
 }
 
 /// One stage of the gateway: a type-erased, infallible service whose clone is a reference
@@ -192,6 +194,8 @@ impl Default for GatewayBuilder {
             key_rotation: None,
             #[cfg(feature = "usage")]
             usage: None,
+            #[cfg(feature = "affinity")]
+            affinity: None,
         }
     }
 }
@@ -316,6 +320,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// Sends requests naming a file, cached content, batch or operation to the key whose
+    /// project holds it, and lets the bytes of the gateway's resumable upload sessions in
+    /// without a client token (see [`UploadSessionsLayer`](crate::affinity::UploadSessionsLayer)).
+    /// The layer goes after the extra layers (it sees Gemini requests) and before the rate limit.
+    #[cfg(feature = "affinity")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
+    pub fn affinity(mut self, layer: crate::affinity::AffinityLayer) -> Self {
+        self.affinity = Some(layer);
+        self
+    }
+
     /// Stacks the layers around `upstream`.
     pub fn build<S, ResBody>(self, upstream: S) -> Gateway
     where
@@ -351,6 +366,15 @@ impl GatewayBuilder {
         if let Some(layer) = self.rate_limit {
             svc = GatewayService::new(layer.layer(svc));
         }
+        #[cfg(feature = "affinity")]
+        let sessions = self
+            .affinity
+            .as_ref()
+            .map(|a| crate::affinity::UploadSessionsLayer::new(a.store().clone()));
+        #[cfg(feature = "affinity")]
+        if let Some(layer) = self.affinity {
+            svc = GatewayService::new(layer.layer(svc));
+        }
         #[cfg(feature = "usage")]
         if self.usage.is_some() && !self.extra.is_empty() {
             svc = GatewayService::new(crate::usage::UsageLayer::tap().layer(svc));
@@ -358,8 +382,11 @@ impl GatewayBuilder {
         for wrap in self.extra.iter().rev() {
             svc = wrap(svc);
         }
+        #[cfg(not(feature = "affinity"))]
+        let sessions: Option<tower::layer::util::Identity> = None;
         let svc = GatewayService::new(
             ServiceBuilder::new()
+                .option_layer(sessions)
                 .option_layer(self.tokens.map(|store| {
                     BearerAuthLayer::from_arc(store)
                         .client_key_passthrough(self.client_key_passthrough)

@@ -102,8 +102,8 @@ fn path_of(url: &str) -> String {
 /// A resumable upload of `bytes`; the new file's JSON.
 async fn upload(proxy: &Proxy, fake: &FakeGemini, token: &str, bytes: &'static [u8]) -> Value {
     let url = start_upload(proxy, fake, token, bytes.len() as u64).await;
+    // As the google-genai SDK does: no key with the bytes, the session id is the credential.
     let req = Request::post(path_of(&url))
-        .header("x-goog-api-key", token)
         .header("x-goog-upload-command", "upload, finalize")
         .header("x-goog-upload-offset", "0")
         .body(Body::from(Bytes::from_static(bytes)))
@@ -368,6 +368,12 @@ async fn another_client_cannot_see_or_delete_a_file_the_admin_can() {
         .body(Body::from("abc"))
         .unwrap();
     assert_eq!(send(&proxy, req).await.status(), StatusCode::NOT_FOUND);
+    // Without a credential, only a live session id of this gateway gets in.
+    let req = Request::post("/upload/v1beta/files?upload_id=not-ours&upload_protocol=resumable")
+        .header("x-goog-upload-command", "upload, finalize")
+        .body(Body::from("abc"))
+        .unwrap();
+    assert_eq!(send(&proxy, req).await.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

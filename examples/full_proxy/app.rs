@@ -187,7 +187,7 @@ impl App {
         );
         // Files, caches, batches and operations live in the project of the key that made them:
         // later calls naming them go to that key, and each client sees only its own.
-        builder = builder.layer(
+        builder = builder.affinity(
             AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
         );
         if let Some(limits) = rate_limits(&config)? {

@@ -11,7 +11,7 @@
 //! | request | what the layer does |
 //! |---|---|
 //! | `POST /upload/v1beta/files`, resumable `start` | the answer's `X-Goog-Upload-URL` is rewritten to the gateway (`Host`, `X-Forwarded-Proto`) under an opaque id that maps to the upstream URL and key; neither is shown |
-//! | bytes to that URL (`upload, finalize`) | sent to the upstream session on its key, streamed; the `{"file": ...}` answer is pinned |
+//! | bytes to that URL (`upload, finalize`) | sent to the upstream session on its key, streamed; the `{"file": ...}` answer is pinned. As with Google's own URL, the session id is the credential (the SDKs send no key with the bytes): [`UploadSessionsLayer`], in front of authentication, lets such a request in as the session's client |
 //! | multipart upload, `POST cachedContents`, `:batchGenerateContent`, `:asyncBatchEmbedContent`, `:predictLongRunning` | the answer's `name` is pinned |
 //! | `files/{id}`, `cachedContents/{id}`, `batches/{id}[:cancel]`, `operations/{id}`, `models/*/operations/{id}` | pinned to the key; a `DELETE` forgets the pin |
 //! | a body with `fileData.fileUri` or `cachedContent` | pinned to their key; resources on two keys → 400 saying why |
@@ -71,6 +71,7 @@ mod layer;
 mod names;
 #[cfg(feature = "redis")]
 mod redis;
+mod sessions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
@@ -78,6 +79,7 @@ mod store;
 pub use layer::{Affinity, AffinityLayer, ResponseFuture};
 #[cfg(feature = "redis")]
 pub use redis::AffinityRedisStore;
+pub use sessions::{UploadSessions, UploadSessionsLayer};
 #[cfg(feature = "sqlite")]
 pub use sqlite::AffinitySqliteStore;
 pub use store::{AffinityStore, MemoryAffinityStore, Pinned, StoreFuture};
