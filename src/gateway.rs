@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► [UploadSessions] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► [Affinity] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!

@@ -2,6 +2,7 @@
 //! writes in `expireTime` and `expirationTime`, without a date crate for two functions.
 
 /// Unix seconds of an RFC 3339 UTC or offset timestamp; fractions are dropped.
+#[cfg_attr(not(feature = "affinity"), allow(dead_code))]
 pub(crate) fn parse(s: &str) -> Option<u64> {
     let s = s.trim();
     let (date, rest) = s.split_once(['T', 't', ' '])?;
@@ -53,6 +54,7 @@ pub(crate) fn now() -> u64 {
 }
 
 // Howard Hinnant's algorithms.
+#[cfg_attr(not(feature = "affinity"), allow(dead_code))]
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
