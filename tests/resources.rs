@@ -646,3 +646,38 @@ async fn two_instances_on_one_redis_share_the_pins() {
     let (status, _) = call(&a, "GET", &format!("/v1beta/{name}"), CLIENT, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn in_own_key_mode_nothing_is_remembered() {
+    let fake = FakeGemini::start(KEYS).await.unwrap();
+    let url = fake.url();
+    let proxy = Proxy::start_exact(&[
+        ("UPSTREAM_URL", url.as_str()),
+        ("CLIENT_KEY_PASSTHROUGH", "true"),
+        ("ADMIN_TOKEN", ADMIN),
+    ])
+    .await;
+    let own = KEYS[1];
+    let file = multipart(&proxy, own, "mine").await;
+    let name = file["name"].as_str().unwrap();
+    assert_eq!(owner_of(&fake, name), own);
+    // The list is the upstream's own (the client's project), not the gateway's pins.
+    fake.clear_received();
+    let (status, list) = call(&proxy, "GET", "/v1beta/files", own, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["files"][0]["name"], name);
+    assert_eq!(fake.received().len(), 1, "answered upstream");
+    let path = format!("/v1beta/models/{MODEL}:generateContent");
+    let (status, _) = call(
+        &proxy,
+        "POST",
+        &path,
+        own,
+        Some(generate_with_file(file["uri"].as_str().unwrap(), "x")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // Another own key is another project: Google's 403, relayed.
+    let (status, _) = call(&proxy, "GET", &format!("/v1beta/{name}"), KEYS[2], None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
