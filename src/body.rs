@@ -293,6 +293,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 pub struct BodyLimitLayer {
     max: usize,
     read_timeout: Option<Duration>,
+    uploads: Option<u64>,
 }
 
 impl BodyLimitLayer {
@@ -301,7 +302,17 @@ impl BodyLimitLayer {
         Self {
             max,
             read_timeout: None,
+            uploads: None,
         }
+    }
+
+    /// Streams the bodies of upload routes (paths under `/upload/`: file bytes, up to 2 GB at
+    /// Google; not a resumable upload's `start`, which holds metadata only) instead of
+    /// buffering them, refusing with 413 those declared larger than `max`
+    /// and failing those that grow past it (default: uploads are buffered like any body).
+    pub fn stream_uploads(mut self, max: u64) -> Self {
+        self.uploads = Some(max);
+        self
     }
 
     /// Bounds the time to receive a whole request body: a client that sends too slowly, or a
@@ -321,6 +332,7 @@ impl<S> tower::Layer<S> for BodyLimitLayer {
             inner,
             max: self.max,
             read_timeout: self.read_timeout,
+            uploads: self.uploads,
         }
     }
 }
@@ -331,6 +343,7 @@ pub struct BodyLimit<S> {
     inner: S,
     max: usize,
     read_timeout: Option<Duration>,
+    uploads: Option<u64>,
 }
 
 impl<S> BodyLimit<S> {
@@ -340,6 +353,7 @@ impl<S> BodyLimit<S> {
             inner,
             max,
             read_timeout: None,
+            uploads: None,
         }
     }
 
@@ -377,6 +391,30 @@ where
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // A resumable upload's `start` carries only the file's metadata: buffered like any
+        // body, so key rotation can retry it.
+        let starts_a_session = req
+            .headers()
+            .get("x-goog-upload-command")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.to_ascii_lowercase().contains("start"));
+        if let Some(upload_max) = self
+            .uploads
+            .filter(|_| req.uri().path().starts_with("/upload/") && !starts_a_session)
+        {
+            // Upload bytes stream through, bounded as they come: never whole in memory.
+            if declared.is_some_and(|n| n > upload_max) {
+                let res = crate::ApiError::payload_too_large(
+                    usize::try_from(upload_max).unwrap_or(usize::MAX),
+                )
+                .into_response(dialect);
+                return BoxFuture(Box::pin(async move { Ok(res) }));
+            }
+            let limit = usize::try_from(upload_max).unwrap_or(usize::MAX);
+            let req = req.map(|b| Body::new(http_body_util::Limited::new(b, limit)));
+            let fut = inner.call(req);
+            return BoxFuture(Box::pin(async move { fut.await.map(|r| r.map(Body::new)) }));
+        }
         BoxFuture(Box::pin(async move {
             if declared.is_some_and(|n| n > max as u64) {
                 return Ok(crate::ApiError::payload_too_large(max).into_response(dialect));

@@ -16,6 +16,7 @@
 //! | the Gemini call: model and method | [`GeminiPath`] (see [`gemini_call`]) | [`FactsLayer`] from the path; the OpenAI front from the body; the request policy when it resolves an alias ([`set_model`]) | rate limits, key rotation, stream resume, usage |
 //! | the path logs may show | [`LogPath`](crate::access_log::LogPath) | the router | access log, request span |
 //! | the cap on one event of the streamed answer | [`MaxEventBytes`](crate::sse::MaxEventBytes) | [`FactsLayer::max_event_bytes`] (the gateway's `max_event_bytes`) | every decoder of the answer: stream resume, the OpenAI translation, the request policy |
+//! | the key a request must use | [`KeyPin`] | the affinity layer (a resource the request names lives in that key's project) | key rotation |
 //! | what happened | [`Report`] | [`FactsLayer`] or `UsageLayer` | written by `BearerAuth` (client), `KeyRotation` (serving key, attempts), `StreamResume` (resumes), `RateLimit` (refusal), the fronts and the policy (model); read by usage and the access log |
 //!
 //! A layer used alone (key rotation around a reqwest client) finds no facts and works them
@@ -100,6 +101,13 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// A request that carries no client credential but a capability a layer in front of
+/// authentication checked (the id of a resumable upload session the gateway handed out, which
+/// Google's SDKs send without the API key, as Google's own upload URLs need none): it is
+/// served as this [`Identity`]. Only a layer can put it in; clients cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreAuthorized(pub Identity);
+
 // === ClientAddr ===
 
 /// The peer address of a request's connection, for per-IP rules.
@@ -162,6 +170,71 @@ pub fn set_model<B>(req: &mut Request<B>, model: &str) {
     if let Some(report) = req.extensions().get::<Report>() {
         report.set_model(model);
     }
+}
+
+// === KeyPin ===
+
+/// The one upstream key a request must use: the request names a resource (a file, a cached
+/// content, a batch, an operation, an upload session) that lives in the Google project of that
+/// key, and any other key would get 403 `PERMISSION_DENIED` for it.
+///
+/// Put in by the affinity layer (or any layer of yours that knows where a resource lives);
+/// key rotation honours it: the request goes to that key only, is never retried on another,
+/// and a 403 or 404 on it is relayed without counting against the key. When the key is
+/// disabled or no longer in the pool, the client gets an error naming the resource.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyPin {
+    key_id: Arc<str>,
+    resource: Arc<str>,
+}
+
+impl KeyPin {
+    /// Pins a request to the key of id `key_id` (a fingerprint, as the pool lists it) because
+    /// it names `resource` (e.g. `files/abc`).
+    pub fn new(key_id: impl Into<Arc<str>>, resource: impl Into<Arc<str>>) -> Self {
+        Self {
+            key_id: key_id.into(),
+            resource: resource.into(),
+        }
+    }
+
+    /// The id of the key the request must use.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The resource that pins it, e.g. `files/abc`.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+}
+
+/// The resources a request names (`files/abc`, `cachedContents/xyz`, ...), as the layer that
+/// read its path and body found them. Key rotation reads it to tell a 403 or 404 about a
+/// resource (the request's fault) from one about the key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamedResources(pub Vec<String>);
+
+/// Whether `path` names a resource that lives in one Google project (files, cached contents,
+/// batches, operations, uploads), judged from the path alone.
+pub fn path_names_resource(path: &str) -> bool {
+    const SEGMENTS: [&str; 5] = [
+        "/files",
+        "/cachedContents",
+        "/batches",
+        "/operations",
+        "/fileSearchStores",
+    ];
+    path.starts_with("/upload/") || SEGMENTS.iter().any(|s| path.contains(s))
+}
+
+/// Whether a request names a project-bound resource: a [`KeyPin`], [`NamedResources`] or its
+/// path says so.
+pub fn names_resource<B>(req: &Request<B>) -> bool {
+    let ext = req.extensions();
+    ext.get::<KeyPin>().is_some()
+        || ext.get::<NamedResources>().is_some_and(|r| !r.0.is_empty())
+        || path_names_resource(req.uri().path())
 }
 
 // === Report ===

@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► RateLimit
+//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► [UploadSessions] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► [Affinity] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -71,6 +71,7 @@ pub struct GatewayBuilder {
     tokens: Option<Arc<dyn TokenStore>>,
     max_body_bytes: usize,
     max_event_bytes: Option<usize>,
+    max_upload_bytes: Option<u64>,
     body_read_timeout: Option<std::time::Duration>,
     upstream_key: Option<ApiKey>,
     client_key_passthrough: bool,
@@ -85,6 +86,8 @@ pub struct GatewayBuilder {
     key_rotation: Option<crate::key_rotation::KeyRotationLayer>,
     #[cfg(feature = "usage")]
     usage: Option<crate::usage::UsageLayer>,
+    #[cfg(feature = "affinity")]
+    affinity: Option<crate::affinity::AffinityLayer>,
 }
 
 /// One stage of the gateway: a type-erased, infallible service whose clone is a reference
@@ -179,6 +182,7 @@ impl Default for GatewayBuilder {
             tokens: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: None,
+            max_upload_bytes: None,
             body_read_timeout: None,
             upstream_key: None,
             client_key_passthrough: false,
@@ -193,6 +197,8 @@ impl Default for GatewayBuilder {
             key_rotation: None,
             #[cfg(feature = "usage")]
             usage: None,
+            #[cfg(feature = "affinity")]
+            affinity: None,
         }
     }
 }
@@ -223,6 +229,14 @@ impl GatewayBuilder {
     /// error event; it is never resumed.
     pub fn max_event_bytes(mut self, max: usize) -> Self {
         self.max_event_bytes = Some(max);
+        self
+    }
+
+    /// Streams upload bodies (paths under `/upload/`) instead of buffering them, up to `max`
+    /// bytes each (413 past it); see [`BodyLimitLayer::stream_uploads`]. Default: uploads are
+    /// buffered under [`max_body_bytes`](Self::max_body_bytes) like any body.
+    pub fn max_upload_bytes(mut self, max: u64) -> Self {
+        self.max_upload_bytes = Some(max);
         self
     }
 
@@ -319,6 +333,17 @@ impl GatewayBuilder {
         self
     }
 
+    /// Sends requests naming a file, cached content, batch or operation to the key whose
+    /// project holds it, and lets the bytes of the gateway's resumable upload sessions in
+    /// without a client token (see [`UploadSessionsLayer`](crate::affinity::UploadSessionsLayer)).
+    /// The layer goes after the extra layers (it sees Gemini requests) and before the rate limit.
+    #[cfg(feature = "affinity")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
+    pub fn affinity(mut self, layer: crate::affinity::AffinityLayer) -> Self {
+        self.affinity = Some(layer);
+        self
+    }
+
     /// Stacks the layers around `upstream`.
     pub fn build<S, ResBody>(self, upstream: S) -> Gateway
     where
@@ -354,6 +379,15 @@ impl GatewayBuilder {
         if let Some(layer) = self.rate_limit {
             svc = GatewayService::new(layer.layer(svc));
         }
+        #[cfg(feature = "affinity")]
+        let sessions = self
+            .affinity
+            .as_ref()
+            .map(|a| crate::affinity::UploadSessionsLayer::new(a.store().clone()));
+        #[cfg(feature = "affinity")]
+        if let Some(layer) = self.affinity {
+            svc = GatewayService::new(layer.layer(svc));
+        }
         #[cfg(feature = "usage")]
         if self.usage.is_some() && !self.extra.is_empty() {
             svc = GatewayService::new(crate::usage::UsageLayer::tap().layer(svc));
@@ -361,14 +395,20 @@ impl GatewayBuilder {
         for wrap in self.extra.iter().rev() {
             svc = wrap(svc);
         }
+        #[cfg(not(feature = "affinity"))]
+        let sessions: Option<tower::layer::util::Identity> = None;
         let svc = GatewayService::new(
             ServiceBuilder::new()
+                .option_layer(sessions)
                 .option_layer(self.tokens.map(|store| {
                     BearerAuthLayer::from_arc(store)
                         .client_key_passthrough(self.client_key_passthrough)
                 }))
                 .layer({
-                    let limit = BodyLimitLayer::new(self.max_body_bytes);
+                    let mut limit = BodyLimitLayer::new(self.max_body_bytes);
+                    if let Some(max) = self.max_upload_bytes {
+                        limit = limit.stream_uploads(max);
+                    }
                     match self.body_read_timeout {
                         Some(d) => limit.read_timeout(d),
                         None => limit,

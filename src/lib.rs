@@ -141,6 +141,9 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(feature = "affinity")]
+#[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
+pub mod affinity;
 #[cfg(any(feature = "openai", feature = "testing"))]
 mod base64;
 pub mod body;
@@ -178,12 +181,19 @@ pub mod policy;
 pub mod rate_limit;
 #[cfg(all(
     feature = "redis",
-    any(feature = "key-rotation", feature = "persist", feature = "rate-limit")
+    any(
+        feature = "key-rotation",
+        feature = "persist",
+        feature = "rate-limit",
+        feature = "affinity"
+    )
 ))]
 mod redis_util;
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
+#[cfg(any(feature = "testing", feature = "affinity"))]
+mod rfc3339;
 
 #[cfg(feature = "stream-resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]

@@ -9,6 +9,9 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tower_gemini::affinity::{
+    AffinityLayer, AffinityRedisStore, AffinitySqliteStore, AffinityStore, MemoryAffinityStore,
+};
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::{Gateway, GatewayService};
@@ -156,6 +159,7 @@ impl App {
             .client_key_passthrough(config.client_key_passthrough)
             .max_body_bytes(config.max_body_bytes)
             .max_event_bytes(config.max_event_bytes)
+            .max_upload_bytes(config.max_upload_bytes)
             .body_read_timeout(config.client_read_timeout)
             .key_rotation(KeyRotationLayer::new(pool.clone()))
             .usage(ops.usage.clone())
@@ -190,6 +194,11 @@ impl App {
         builder = builder.layer(
             RequestPolicyLayer::from_handle(policy_handle.clone())
                 .max_body_bytes(config.max_body_bytes),
+        );
+        // Files, caches, batches and operations live in the project of the key that made them:
+        // later calls naming them go to that key, and each client sees only its own.
+        builder = builder.affinity(
+            AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
         );
         if let Some(limits) = rate_limits(&config)? {
             builder = builder.rate_limit(limits);
@@ -267,6 +276,11 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         "x-api-key",
         "anthropic-version",
         "openai-beta",
+        "x-goog-upload-protocol",
+        "x-goog-upload-command",
+        "x-goog-upload-offset",
+        "x-goog-upload-header-content-length",
+        "x-goog-upload-header-content-type",
     ];
     let exposed = [
         "x-request-id",
@@ -274,6 +288,8 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         "x-ratelimit-limit",
         "x-ratelimit-remaining",
         "x-ratelimit-reset",
+        "x-goog-upload-url",
+        "x-goog-upload-status",
     ];
     Some(
         CorsLayer::new()
@@ -367,6 +383,30 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         }
     }
     builder.build().map_err(|e| format!("GEMINI_API_KEYS: {e}"))
+}
+
+/// Where resource → key pins live: in Redis with `REDIS_URL` (every instance of a fleet sees
+/// them), else next to the admin changes in `DATABASE_PATH` (kept across restarts), else in
+/// memory.
+async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
+    if let Some(url) = &config.redis_url {
+        match AffinityRedisStore::connect(url).await {
+            Ok(store) => {
+                let store = store.with_prefix(format!("{}:affinity", config.redis_prefix));
+                return Ok(Arc::new(store));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "REDIS_URL: cannot reach Redis; resource pins stay local to this instance"
+            ),
+        }
+    }
+    match &config.persist.database_path {
+        Some(path) => AffinitySqliteStore::open(path)
+            .map(|s| Arc::new(s) as Arc<dyn AffinityStore>)
+            .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display())),
+        None => Ok(Arc::new(MemoryAffinityStore::new())),
+    }
 }
 
 /// The rate limits the configuration asks for; `None` when every limit is off.

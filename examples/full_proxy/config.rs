@@ -30,6 +30,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `MAX_EVENT_BYTES`: the cap on one event of a streamed answer, for every decoder.
     pub max_event_bytes: usize,
+    /// `MAX_UPLOAD_BYTES`: the most bytes of one file upload (streamed, never buffered).
+    pub max_upload_bytes: u64,
+    /// `RESOURCE_TTL_SECONDS`: how long batches and operations stay pinned to their key.
+    pub resource_ttl: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -97,6 +101,7 @@ impl fmt::Debug for Config {
             .field("request_timeout", &self.request_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_upload_bytes", &self.max_upload_bytes)
             .field("log_level", &self.log_level)
             .field("log_format", &self.log_format)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -161,6 +166,8 @@ impl Config {
             "request_timeout_seconds": secs(self.request_timeout),
             "max_body_bytes": self.max_body_bytes,
             "max_event_bytes": self.max_event_bytes,
+            "max_upload_bytes": self.max_upload_bytes,
+            "resource_ttl_seconds": secs(self.resource_ttl),
             "log_level": self.log_level,
             "log_format": format!("{:?}", self.log_format).to_lowercase(),
             "shutdown_grace_seconds": secs(self.shutdown_grace),
@@ -310,6 +317,8 @@ impl Config {
             request_timeout,
             max_body_bytes: number(env, "MAX_BODY_BYTES", 20 * 1024 * 1024)? as usize,
             max_event_bytes: max_event_bytes(env)?,
+            max_upload_bytes: number(env, "MAX_UPLOAD_BYTES", 2 * 1024 * 1024 * 1024)?,
+            resource_ttl: seconds(env, "RESOURCE_TTL_SECONDS", 7 * 24 * 3600)?,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 30)?,

@@ -51,15 +51,36 @@ impl Outcome {
             && let Some(e) = error
             && e.status() == "NOT_FOUND"
             && e.message().contains(&format!("models/{model}"))
+            && !is_about_a_resource(e)
         {
             return Outcome::ModelUnavailable;
         }
-        Outcome::classify(status, error)
+        Outcome::classify_for(status, error, false)
     }
 
     /// Classifies an upstream answer from its status and its error body, when that parsed.
+    #[cfg(test)]
     pub(crate) fn classify(status: StatusCode, error: Option<&GeminiError>) -> Outcome {
+        Self::classify_for(status, error, false)
+    }
+
+    /// Classifies an upstream answer to a request that names a project-bound resource
+    /// (`names_resource`: a file, cached content, batch, operation or upload) or not. A 403 or
+    /// 404 about a resource is the request's fault (the resource lives in another project, or
+    /// not at all): [`Outcome::Final`], never a key failure, so no healthy key is disabled for
+    /// it. The error text counts too: Google's "You do not have permission to access the File
+    /// ... or it may not exist" names a resource whatever the request looked like.
+    pub(crate) fn classify_for(
+        status: StatusCode,
+        error: Option<&GeminiError>,
+        names_resource: bool,
+    ) -> Outcome {
         let reason = error.and_then(GeminiError::reason);
+        if matches!(status.as_u16(), 403 | 404)
+            && (names_resource || error.is_some_and(is_about_a_resource))
+        {
+            return Outcome::Final;
+        }
         match status.as_u16() {
             200..=299 => Outcome::Success,
             429 => Outcome::Exhausted {
@@ -93,6 +114,23 @@ impl Outcome {
             _ => Outcome::Final,
         }
     }
+}
+
+/// Whether an error's text is about a resource the key's project cannot see, not the key.
+fn is_about_a_resource(e: &GeminiError) -> bool {
+    let m = e.message();
+    m.contains("or it may not exist")
+        || (m.contains("permission to access")
+            && [
+                "File",
+                "CachedContent",
+                "Batch",
+                "Operation",
+                "files/",
+                "cachedContents/",
+            ]
+            .iter()
+            .any(|r| m.contains(r)))
 }
 
 fn reason_or(reason: Option<&str>, status: &str) -> String {
@@ -205,6 +243,25 @@ mod tests {
                 reason: "PERMISSION_DENIED (API_KEY_SERVICE_BLOCKEDb)".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn a_403_about_a_resource_is_the_requests_fault() {
+        let body = r#"{"error":{"code":403,"message":"You do not have permission to access the File abc or it may not exist.","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(
+            Outcome::classify(StatusCode::FORBIDDEN, parse(body).as_ref()),
+            Outcome::Final
+        );
+        // Any 403 or 404 on a request that names a resource.
+        let plain = r#"{"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}"#;
+        assert_eq!(
+            Outcome::classify_for(StatusCode::FORBIDDEN, parse(plain).as_ref(), true),
+            Outcome::Final
+        );
+        assert!(matches!(
+            Outcome::classify_for(StatusCode::FORBIDDEN, parse(plain).as_ref(), false),
+            Outcome::KeyFailure { .. }
+        ));
     }
 
     #[test]

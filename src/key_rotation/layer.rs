@@ -180,6 +180,8 @@ where
         // request's.
         let model_call = crate::facts::gemini_call(&req).is_some_and(|c| c.method.is_some());
         let dialect = Dialect::of(&req);
+        let pin = req.extensions().get::<crate::facts::KeyPin>().cloned();
+        let names_resource = crate::facts::names_resource(&req);
         // Debug level: the attempt and key that served the request are recorded once on the
         // enclosing request span (`RequestIdLayer` declares `attempt` and `key.id`), so the
         // access line names them without a second span per request to create, format and
@@ -200,6 +202,8 @@ where
             model,
             model_call,
             dialect,
+            pin,
+            names_resource,
             span: span.clone(),
             request_span,
         };
@@ -221,6 +225,10 @@ struct Attempts {
     /// Whether the request calls a model method (`:generateContent`, ...).
     model_call: bool,
     dialect: Dialect,
+    /// The one key this request may use (it names a resource of that key's project).
+    pin: Option<crate::facts::KeyPin>,
+    /// The request names a project-bound resource: a 403 or 404 is its own fault.
+    names_resource: bool,
     /// The `key_rotation` span (disabled unless debug is on): every attempt and status.
     span: tracing::Span,
     /// The span around the request: the attempt and key that served it, recorded once.
@@ -283,7 +291,22 @@ impl Attempts {
         let mut inner_ready = true;
 
         for attempt in 1..=budget {
-            let mut lease = match self.pick(&tried, last_transient) {
+            let picked = match &self.pin {
+                Some(pin) => match self.pool.pick_pinned(pin.key_id()) {
+                    Ok(lease) => Ok(lease),
+                    Err(miss) => {
+                        if let Some(res) = last {
+                            return Ok(self.with_retry_after(res, retry_hint));
+                        }
+                        tracing::debug!(?miss, "the key a resource pins is not usable");
+                        return Ok(miss
+                            .to_api_error(pin.resource())
+                            .into_response(self.dialect));
+                    }
+                },
+                None => self.pick(&tried, last_transient),
+            };
+            let mut lease = match picked {
                 Ok(lease) => lease,
                 Err(why) => {
                     if let Some(res) = last {
@@ -341,10 +364,10 @@ impl Attempts {
                     }
                     let upstream = UpstreamError::read(res, self.config.max_error_body).await;
                     let error = upstream.body().and_then(GeminiError::parse);
-                    let outcome = if self.model_call {
+                    let outcome = if self.model_call && !self.names_resource {
                         Outcome::classify_model_call(status, error.as_ref(), &self.model)
                     } else {
-                        Outcome::classify(status, error.as_ref())
+                        Outcome::classify_for(status, error.as_ref(), self.names_resource)
                     };
                     let short =
                         (outcome != Outcome::Final).then(|| short_error(status, error.as_ref()));
@@ -355,6 +378,11 @@ impl Attempts {
                     tried.push(lease.id().clone());
                     drop(lease);
                     let res = self.relay_error(upstream, &key);
+                    // A pinned request has no other key to try: only a transient failure
+                    // is worth another attempt, on the same key.
+                    if self.pin.is_some() && outcome != Outcome::Transient {
+                        return Ok(self.with_retry_after(res, retry_hint));
+                    }
                     match outcome {
                         Outcome::Exhausted { retry_delay, .. } => {
                             if let Some(d) = retry_delay {

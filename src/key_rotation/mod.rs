@@ -45,6 +45,12 @@
 //! | 400 `API_KEY_INVALID` (the `ErrorInfo` reason, or "API key not valid" when there is none), 400 `FAILED_PRECONDITION`, 401, 403 | one failure; [`max_failures`](KeyPoolBuilder::max_failures) in a row disable it until a re-probe | retried on another key at once |
 //! | 500, 502, 503, 504, transport error, timeout | one transient failure; [`max_transient_failures`](KeyPoolBuilder::max_transient_failures) in a row (default 3) rest it for every model for the base [`cooldown`](KeyPoolBuilder::cooldown), then it comes back; any other answer resets the count | retried with a small backoff |
 //! | any other 4xx (bad request, 404) | untouched | relayed, no retry |
+//! | 403 or 404 about a resource (the request has a [`KeyPin`](crate::facts::KeyPin) or [`NamedResources`](crate::facts::NamedResources), its path is under `files`, `cachedContents`, `batches`, `operations` or `/upload/`, or the error says "... or it may not exist") | untouched: the resource lives in another project, the key is fine | relayed, no retry |
+//!
+//! A request with a [`KeyPin`](crate::facts::KeyPin) goes to that key only, whatever its
+//! cool-downs, and is never retried on another (a transient failure is retried on the same
+//! key); when that key is disabled (503) or gone from the pool (404), the answer names the
+//! resource, not the key.
 //!
 //! A disabled key is re-probed after [`reprobe_after`](KeyPoolBuilder::reprobe_after) with one
 //! real request, and revived when it answers. When no key can serve the model the layer answers

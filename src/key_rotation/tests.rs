@@ -1424,3 +1424,78 @@ async fn durations_past_the_end_of_time_park_a_key_instead_of_panicking() {
         Unavailable::AllCooling(_)
     ));
 }
+
+// === pinned requests ===
+
+fn pinned(pool: &Arc<KeyPool>, i: usize, resource: &str) -> Request<Body> {
+    let mut req = Request::post(GENERATE).body(Body::from("{}")).unwrap();
+    let id = pool.ids()[i].clone();
+    req.extensions_mut()
+        .insert(crate::facts::KeyPin::new(id.as_str(), resource));
+    req
+}
+
+#[tokio::test]
+async fn a_pinned_request_uses_its_key_only_and_a_403_on_it_is_not_the_keys_fault() {
+    let pool = pool_of(3);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let upstream = service_fn(move |req: Request<Body>| {
+        s.lock()
+            .unwrap()
+            .push(req.headers()["x-goog-api-key"].to_str().unwrap().to_owned());
+        async {
+            Ok::<_, Infallible>(json(
+                403,
+                r#"{"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}"#,
+            ))
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(KeyRotationLayer::new(pool.clone()))
+        .service(upstream);
+    for _ in 0..5 {
+        let res = svc
+            .clone()
+            .oneshot(pinned(&pool, 2, "files/abc"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(*seen.lock().unwrap(), vec![key(2); 5], "never another key");
+    assert_eq!(pool.usable_count(), 3, "no key disabled");
+    assert_eq!(state(&pool, 2).consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn a_pinned_request_whose_key_is_disabled_or_gone_names_the_resource() {
+    let pool = KeyPool::builder()
+        .keys(keys(2))
+        .max_failures(1)
+        .build()
+        .unwrap();
+    let mut l = lease(&pool, MODEL);
+    let first = l.id().clone();
+    pool.report(&mut l, MODEL, &key_failure(), None).await;
+    drop(l);
+    let i = pool.ids().iter().position(|k| *k == first).unwrap();
+    let upstream = service_fn(|_req: Request<Body>| async { Ok::<_, Infallible>(ok_answer()) });
+    let svc = ServiceBuilder::new()
+        .layer(KeyRotationLayer::new(pool.clone()))
+        .service(upstream);
+    let res = svc
+        .clone()
+        .oneshot(pinned(&pool, i, "files/abc"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = collect_limited(res.into_body(), 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("files/abc"));
+    let other = 1 - i;
+    let req = pinned(&pool, other, "cachedContents/c");
+    assert!(pool.remove_key(pool.ids()[other].as_str()));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body = collect_limited(res.into_body(), 4096).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("cachedContents/c"));
+}

@@ -55,7 +55,7 @@ mod redis;
 #[cfg(feature = "sqlite")]
 mod request_log;
 #[cfg(feature = "sqlite")]
-mod sqlite;
+pub(crate) mod sqlite;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

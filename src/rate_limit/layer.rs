@@ -429,9 +429,14 @@ where
         crate::facts::resolve_call(&mut req);
         BoxFuture(Box::pin(async move {
             let subject = Subject::of(&req, &shared.ip);
-            let body_bytes = http_body::Body::size_hint(req.body())
-                .exact()
-                .or_else(|| content_length(&req));
+            // File bytes on their way to an upload are no prompt: they estimate no tokens.
+            let body_bytes = if req.uri().path().starts_with("/upload/") {
+                None
+            } else {
+                http_body::Body::size_hint(req.body())
+                    .exact()
+                    .or_else(|| content_length(&req))
+            };
             let plan = shared.plan(&subject, body_bytes);
             if plan.checks.is_empty() {
                 return inner.call(req).await.map(|res| res.map(Body::new));

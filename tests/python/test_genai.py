@@ -66,3 +66,19 @@ def test_a_streamed_image_arrives_whole_in_one_part():
     assert len(images) == 1
     assert images[0].mime_type == "image/png" and images[0].data.startswith(b"\x89PNG\r\n\x1a\n")
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+
+
+def test_upload_then_generate_with_the_file(tmp_path):
+    # The SDK's resumable upload: the session URL it gets back points at the gateway.
+    path = tmp_path / "notes.txt"
+    path.write_text("The meeting moved to Thursday at ten.")
+    f = client().files.upload(file=str(path), config={"mime_type": "text/plain", "display_name": "notes"})
+    assert f.name.startswith("files/")
+    r = client().models.generate_content(model="gemini-2.5-flash", contents=[f, "Summarize the notes"])
+    assert r.text and len(r.text) > 20
+    assert client().files.get(name=f.name).name == f.name
+    assert f.name in [x.name for x in client().files.list()]
+    client().files.delete(name=f.name)
+    with pytest.raises(errors.ClientError) as e:
+        client().files.get(name=f.name)
+    assert e.value.code == 404

@@ -79,7 +79,48 @@ impl Unavailable {
     }
 }
 
+/// Why a pinned request cannot use its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PinMiss {
+    /// The key is no longer in the pool.
+    Gone,
+    /// The key is disabled.
+    Disabled,
+}
+
+impl PinMiss {
+    /// The answer naming the resource (and no key).
+    pub(crate) fn to_api_error(self, resource: &str) -> ApiError {
+        match self {
+            PinMiss::Gone => ApiError::new(
+                http::StatusCode::NOT_FOUND,
+                format!(
+                    "{resource} lives in the project of an upstream API key that was removed from the gateway; it cannot be reached any more"
+                ),
+            ),
+            PinMiss::Disabled => ApiError::service_unavailable(format!(
+                "{resource} lives in the project of an upstream API key that is disabled; it can be reached again once the operator re-enables that key"
+            )),
+        }
+    }
+}
+
 impl KeyPool {
+    /// The key of id `id` for a request pinned to it, whatever its cool-downs (the upstream
+    /// says when a quota is spent); never another key.
+    pub(crate) fn pick_pinned(self: &Arc<Self>, id: &str) -> Result<Lease, PinMiss> {
+        let list = self.list();
+        let entry = list
+            .entries
+            .iter()
+            .find(|e| e.id.as_str() == id)
+            .ok_or(PinMiss::Gone)?;
+        if !entry.clean.load(Ordering::Acquire) && entry.health().disabled.is_some() {
+            return Err(PinMiss::Disabled);
+        }
+        Ok(self.lease(entry.clone(), false, Instant::now()))
+    }
+
     /// Chooses a key for `model`, skipping `tried`. A due re-probe of a disabled key wins
     /// over the strategy, one request at a time.
     pub(crate) fn pick(self: &Arc<Self>, model: &str, tried: &[KeyId]) -> Pick {

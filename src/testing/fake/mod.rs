@@ -8,6 +8,8 @@
 //! - `plan`: what a generate request is answered (the passage, a continuation, tools, usage);
 //! - `generate`: that answer as steps, with the next fault applied;
 //! - `emit`: steps on the wire (unary JSON, SSE or a streamed JSON array), and the cuts;
+//! - `resources`: files, uploads, cached contents, batches and operations, each in one key's
+//!   project;
 //! - `response`: plain JSON answers and Gemini error bodies.
 
 mod config;
@@ -17,6 +19,7 @@ mod generate;
 mod models;
 mod plan;
 mod received;
+mod resources;
 mod response;
 mod routes;
 mod server;

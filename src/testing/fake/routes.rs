@@ -26,6 +26,9 @@ pub(super) async fn handle(
     kill: Arc<tokio::sync::Notify>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    if super::resources::is_resource_path(parts.uri.path()) {
+        return super::resources::handle(&state, parts, body).await;
+    }
     let body = match collect_limited(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
         Err(_) => return error(400, "request body could not be read"),
@@ -93,6 +96,9 @@ pub(super) async fn handle(
                     );
                 }
             };
+            if let Some(res) = super::resources::check_access(&state, &key, &request) {
+                return res;
+            }
             match m {
                 GMethod::GenerateContent => {
                     generate(&state, &path.model, &request, Mode::Unary, kill).await
@@ -114,7 +120,7 @@ pub(super) async fn handle(
     }
 }
 
-fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
+pub(super) fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
     let behavior = lock(&state.model_keys)
         .get(&(key.to_owned(), model.to_owned()))
         .cloned()

@@ -109,6 +109,8 @@ impl FakeGeminiBuilder {
             total: AtomicU64::new(0),
             received: Mutex::default(),
             faults: Mutex::default(),
+            resources: Mutex::default(),
+            upload_bytes: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), stop_rx));
@@ -264,6 +266,17 @@ impl FakeGemini {
         lock(&self.state.received).last().cloned()
     }
 
+    /// Upload bytes received so far, counted frame by frame as they arrive (before the upload
+    /// is finished): a gateway that buffered an upload whole shows here.
+    pub fn upload_bytes_received(&self) -> u64 {
+        self.state.upload_bytes.load(Ordering::SeqCst)
+    }
+
+    /// The key whose project holds a resource (`files/abc`, `cachedContents/x`, `batches/y`).
+    pub fn resource_owner(&self, name: &str) -> Option<String> {
+        lock(&self.state.resources).owner(name)
+    }
+
     /// Forgets received requests and counters.
     pub fn clear_received(&self) {
         lock(&self.state.received).clear();
@@ -284,6 +297,8 @@ pub(super) struct State {
     pub(super) total: AtomicU64,
     pub(super) received: Mutex<Vec<ReceivedRequest>>,
     pub(super) faults: Mutex<VecDeque<Fault>>,
+    pub(super) resources: Mutex<super::resources::Resources>,
+    pub(super) upload_bytes: AtomicU64,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
