@@ -681,3 +681,47 @@ async fn in_own_key_mode_nothing_is_remembered() {
     let (status, _) = call(&proxy, "GET", &format!("/v1beta/{name}"), KEYS[2], None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn an_interaction_and_its_follow_ups_succeed_twenty_times_in_a_row() {
+    let (fake, proxy) = setup().await;
+    let (status, first) = call(
+        &proxy,
+        "POST",
+        "/v1beta/interactions",
+        CLIENT,
+        Some(json!({"model": MODEL, "input": "Tell me about rivers."})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let mut previous = first["id"].as_str().unwrap().to_owned();
+    let owner = owner_of(&fake, &format!("interactions/{previous}"));
+    // Each turn names the one before it: it must reach the key whose project stored it, while
+    // round robin would send every other turn elsewhere.
+    for i in 0..20 {
+        let (status, next) = call(
+            &proxy,
+            "POST",
+            "/v1beta/interactions",
+            CLIENT,
+            Some(json!({"model": MODEL, "input": format!("And then? ({i})"),
+                        "previous_interaction_id": previous})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "turn {i}: {next}");
+        previous = next["id"].as_str().unwrap().to_owned();
+        assert_eq!(owner_of(&fake, &format!("interactions/{previous}")), owner);
+    }
+    // Get and cancel reach it too; another client cannot see it.
+    let path = format!("/v1beta/interactions/{previous}");
+    let (status, got) = call(&proxy, "GET", &path, CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["id"], previous.as_str());
+    let (status, _) = call(&proxy, "GET", &path, OTHER, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, cancelled) = call(&proxy, "POST", &format!("{path}:cancel"), CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    let (status, _) = call(&proxy, "DELETE", &path, CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_no_key_disabled(&proxy);
+}

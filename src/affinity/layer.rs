@@ -316,7 +316,19 @@ impl Call {
 
     /// Remembers the resource an answer describes (its `name`), on `key_id`, for `owner`.
     async fn record(&self, answer: &Value, key_id: &str, owner: &str) {
-        let Some(name) = answer.get("name").and_then(Value::as_str) else {
+        // Resources carry a `name`; a stored interaction only an `id`.
+        let interaction = answer
+            .get("object")
+            .and_then(Value::as_str)
+            .filter(|o| *o == "interaction")
+            .and(answer.get("id"))
+            .and_then(Value::as_str)
+            .map(|id| format!("interactions/{id}"));
+        let Some(name) = answer
+            .get("name")
+            .and_then(Value::as_str)
+            .or(interaction.as_deref())
+        else {
             return;
         };
         let now = crate::rfc3339::now();

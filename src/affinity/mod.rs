@@ -12,9 +12,9 @@
 //! |---|---|
 //! | `POST /upload/v1beta/files`, resumable `start` | the answer's `X-Goog-Upload-URL` is rewritten to the gateway (`Host`, `X-Forwarded-Proto`) under an opaque id that maps to the upstream URL and key; neither is shown |
 //! | bytes to that URL (`upload, finalize`) | sent to the upstream session on its key, streamed; the `{"file": ...}` answer is pinned. As with Google's own URL, the session id is the credential (the SDKs send no key with the bytes): [`UploadSessionsLayer`], in front of authentication, lets such a request in as the session's client |
-//! | multipart upload, `POST cachedContents`, `:batchGenerateContent`, `:asyncBatchEmbedContent`, `:predictLongRunning` | the answer's `name` is pinned |
-//! | `files/{id}`, `cachedContents/{id}`, `batches/{id}[:cancel]`, `operations/{id}`, `models/*/operations/{id}` | pinned to the key; a `DELETE` forgets the pin |
-//! | a body with `fileData.fileUri` or `cachedContent` | pinned to their key; resources on two keys → 400 saying why |
+//! | multipart upload, `POST cachedContents`, `:batchGenerateContent`, `:asyncBatchEmbedContent`, `:predictLongRunning`, `POST interactions` | the answer's `name` (an interaction's `id`) is pinned |
+//! | `files/{id}`, `cachedContents/{id}`, `batches/{id}[:cancel]`, `operations/{id}`, `models/*/operations/{id}`, `interactions/{id}[:cancel]` | pinned to the key; a `DELETE` forgets the pin |
+//! | a body with `fileData.fileUri`, `cachedContent` or `previous_interaction_id` | pinned to their key; resources on two keys → 400 saying why |
 //! | `GET files`, `cachedContents`, `batches` | answered from the store: the caller's resources across every key, with page tokens of the gateway |
 //!
 //! Each client sees only what it created (an admin [`Identity`](crate::facts::Identity) sees

@@ -74,6 +74,7 @@ pub(super) fn route(
     }
     if *method == Method::POST
         && (rest == "cachedContents"
+            || rest == "interactions"
             || rest.ends_with(":batchGenerateContent")
             || rest.ends_with(":asyncBatchEmbedContent")
             || rest.ends_with(":predictLongRunning"))
@@ -81,9 +82,15 @@ pub(super) fn route(
         return Route::Create;
     }
     let name = rest.split(':').next().unwrap_or_default();
-    let is_one = ["files/", "cachedContents/", "batches/", "operations/"]
-        .iter()
-        .any(|c| name.starts_with(c) && name.len() > c.len())
+    let is_one = [
+        "files/",
+        "cachedContents/",
+        "batches/",
+        "operations/",
+        "interactions/",
+    ]
+    .iter()
+    .any(|c| name.starts_with(c) && name.len() > c.len())
         || (name.starts_with("models/") && name.contains("/operations/"));
     if is_one {
         return Route::One {
@@ -100,6 +107,7 @@ pub(super) fn named_in_body(body: &[u8]) -> Vec<String> {
     if memchr::memmem::find(body, b"fileUri").is_none()
         && memchr::memmem::find(body, b"cachedContent").is_none()
         && memchr::memmem::find(body, b"file_uri").is_none()
+        && memchr::memmem::find(body, b"previous_interaction_id").is_none()
     {
         return Vec::new();
     }
@@ -122,6 +130,9 @@ fn walk(v: &Value, out: &mut Vec<String>, depth: usize) {
             for (k, v) in map {
                 match (k.as_str(), v) {
                     ("fileUri" | "file_uri", Value::String(uri)) => out.extend(file_name(uri)),
+                    ("previous_interaction_id", Value::String(id)) if depth == 0 => {
+                        out.push(format!("interactions/{id}"));
+                    }
                     ("cachedContent" | "cached_content", Value::String(c)) => {
                         if let Some(i) = c.find("cachedContents/") {
                             out.push(c[i..].to_owned());

@@ -58,9 +58,15 @@ impl Resources {
 pub(super) fn is_resource_path(path: &str) -> bool {
     let rest = strip_version(path);
     path.starts_with("/upload/")
-        || ["files", "cachedContents", "batches", "operations"]
-            .iter()
-            .any(|c| rest == *c || rest.starts_with(&format!("{c}/")))
+        || [
+            "files",
+            "cachedContents",
+            "batches",
+            "operations",
+            "interactions",
+        ]
+        .iter()
+        .any(|c| rest == *c || rest.starts_with(&format!("{c}/")))
         || (rest.starts_with("models/")
             && (rest.contains("/operations/")
                 || rest.ends_with(":batchGenerateContent")
@@ -94,6 +100,8 @@ fn kind_of(name: &str) -> &'static str {
         "CachedContent"
     } else if name.starts_with("batches/") {
         "Batch"
+    } else if name.starts_with("interactions/") {
+        "Interaction"
     } else {
         "Operation"
     }
@@ -225,6 +233,41 @@ pub(super) async fn handle(state: &State, parts: Parts, body: Incoming) -> Respo
 
     let collection = rest.split(['/', ':']).next().unwrap_or_default().to_owned();
     // Creations.
+    if method == Method::POST && rest == "interactions" {
+        // Stored in this key's project; a follow-up must name one of the same project.
+        let previous = json
+            .get("previous_interaction_id")
+            .and_then(Value::as_str)
+            .map(|id| format!("interactions/{id}"));
+        let mut r = lock(&state.resources);
+        if let Some(prev) = &previous {
+            if r.owner(prev).as_deref() != Some(key.as_str()) {
+                return denied("Interaction", prev);
+            }
+        }
+        let name = r.mint("interactions/v1_");
+        let id = name.trim_start_matches("interactions/").to_owned();
+        let input = json.get("input").map(Value::to_string).unwrap_or_default();
+        let text = super::FakeGemini::passage(&input);
+        let value = json!({
+            "id": id,
+            "object": "interaction",
+            "model": json.get("model").cloned().unwrap_or(Value::Null),
+            "status": "completed",
+            "previous_interaction_id": previous.as_deref().map(|p| p.trim_start_matches("interactions/")),
+            "outputs": [{"type": "text", "text": text}],
+            "usage": {"total_input_tokens": passage::tokens(&input).max(1), "total_output_tokens": passage::tokens(&text)},
+        });
+        r.items.insert(
+            name,
+            Item {
+                owner: key,
+                value: value.clone(),
+                polls: 0,
+            },
+        );
+        return json_response(200, &value);
+    }
     if method == Method::POST && rest.ends_with(":batchGenerateContent") {
         let model = rest.trim_end_matches(":batchGenerateContent").to_owned();
         let mut r = lock(&state.resources);
@@ -360,6 +403,10 @@ pub(super) async fn handle(state: &State, parts: Parts, body: Incoming) -> Respo
                 item.value["expireTime"] = json!(crate::rfc3339::format(now + ttl.as_secs()));
                 item.value["updateTime"] = json!(crate::rfc3339::format(now));
             }
+            json_response(200, &item.value)
+        }
+        (Method::POST, Some("cancel")) if name.starts_with("interactions/") => {
+            item.value["status"] = json!("cancelled");
             json_response(200, &item.value)
         }
         (Method::POST, Some("cancel")) => {
