@@ -25,6 +25,9 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     kill: Arc<tokio::sync::Notify>,
 ) -> Response<Body> {
+    if super::live::is_live(&req) {
+        return super::live::accept(state, req);
+    }
     let (parts, body) = req.into_parts();
     let body = match collect_limited(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -114,7 +117,7 @@ pub(super) async fn handle(
     }
 }
 
-fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
+pub(super) fn key_check(state: &State, key: &str, model: &str) -> Option<Response<Body>> {
     let behavior = lock(&state.model_keys)
         .get(&(key.to_owned(), model.to_owned()))
         .cloned()
