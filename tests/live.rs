@@ -365,3 +365,15 @@ async fn graceful_shutdown_closes_open_sessions() {
         .expect("the server stops once the session has closed")
         .unwrap();
 }
+
+#[tokio::test]
+async fn snake_case_messages_as_google_genai_sends_them_are_answered() {
+    let (_fake, proxy) = setup().await;
+    let mut ws = open(&proxy).await;
+    let msg = json!({"client_content": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}],
+                                        "turn_complete": true}});
+    ws.send(Message::text(msg.to_string())).await.unwrap();
+    let (parts, _) = turn(&mut ws).await;
+    let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+    assert_eq!(text, FakeGemini::passage("hi"));
+}

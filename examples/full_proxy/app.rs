@@ -224,7 +224,8 @@ impl App {
             .route("/health", get(health))
             .with_state(shared.clone())
             .route(LIVE_PATHS[0], live_route.clone())
-            .route(LIVE_PATHS[1], live_route)
+            .route(LIVE_PATHS[1], live_route.clone())
+            .route(LIVE_PATHS[2], live_route)
             .merge(admin::compat_routes(shared.clone()))
             .merge(ops::routes(shared.clone(), ops.clone()))
             .nest(

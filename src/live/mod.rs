@@ -2,7 +2,7 @@
 //!
 //! Gemini's Live API is a WebSocket at
 //! `/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent` (also
-//! `v1alpha`). [`LiveProxy::upgrade`] answers a client's handshake on those paths and relays
+//! `v1alpha`, and `v1`, which google-genai 3.x uses). [`LiveProxy::upgrade`] answers a client's handshake on those paths and relays
 //! the session to the same path upstream (`ws://` for an `http://` upstream, `wss://` with
 //! rustls for an `https://` one):
 //!

@@ -21,9 +21,11 @@ use crate::error::{ApiError, Dialect, Error};
 use crate::key_rotation::KeyPool;
 use crate::usage::UsageLayer;
 
-/// The Live API's WebSocket paths (`v1beta` and `v1alpha`).
-pub const LIVE_PATHS: [&str; 2] = [
+/// The Live API's WebSocket paths (`v1beta`, `v1alpha`, and `v1`, which google-genai 3.x
+/// uses by default).
+pub const LIVE_PATHS: [&str; 3] = [
     "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+    "/ws/google.ai.generativelanguage.v1.GenerativeService.BidiGenerateContent",
     "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContent",
 ];
 

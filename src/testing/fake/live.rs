@@ -1,6 +1,8 @@
 //! The Live API's WebSocket: key check at the handshake, then `setup`, text and audio turns.
 //!
-//! Messages go out as binary frames holding JSON, as Google's server sends them. The answers:
+//! Messages go out as binary frames holding JSON, as Google's server sends them. Field names
+//! are read in either case, as proto JSON allows (`client_content` or `clientContent`). The
+//! answers:
 //! - `setup` → `{"setupComplete":{}}`;
 //! - `clientContent` (with `turnComplete` not `false`) or `realtimeInput.text` → the
 //!   [passage](super::FakeGemini::passage) of the turn's text in `serverContent.modelTurn`
@@ -104,6 +106,8 @@ where
             let _ = ws.close(None).await;
             break;
         };
+        // Proto JSON takes field names in either case; google-genai sends `client_content`.
+        let v = camel_keys(v);
         for answer in answers(&state, &v) {
             let bytes = answer.to_string().into_bytes();
             if ws.send(Message::Binary(bytes.into())).await.is_err() {
@@ -183,6 +187,33 @@ fn answers(state: &State, v: &Value) -> Vec<Value> {
         ];
     }
     Vec::new()
+}
+
+/// `v` with every object key in lowerCamelCase (`turn_complete` → `turnComplete`).
+fn camel_keys(v: Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let mut out = String::with_capacity(k.len());
+                    let mut upper = false;
+                    for c in k.chars() {
+                        if c == '_' {
+                            upper = true;
+                        } else if upper {
+                            out.extend(c.to_uppercase());
+                            upper = false;
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                    (out, camel_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(camel_keys).collect()),
+        other => other,
+    }
 }
 
 fn turn_text(turn: &Value) -> String {
