@@ -274,3 +274,61 @@ fn websocket_accept(method: &Method, headers: &HeaderMap) -> Option<String> {
     let key = headers.get(SEC_WEBSOCKET_KEY)?;
     Some(derive_accept_key(key.as_bytes()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn handshake() -> http::request::Builder {
+        Request::get(LIVE_PATHS[0])
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+    }
+
+    #[test]
+    fn a_valid_handshake_gets_the_rfc_6455_accept_value() {
+        let req = handshake().body(()).unwrap();
+        assert_eq!(
+            websocket_accept(req.method(), req.headers()).as_deref(),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        let mut headers = req.headers().clone();
+        headers.insert(SEC_WEBSOCKET_VERSION, http::HeaderValue::from_static("8"));
+        assert_eq!(websocket_accept(&Method::GET, &headers), None);
+        assert_eq!(websocket_accept(&Method::POST, req.headers()), None);
+    }
+
+    #[tokio::test]
+    async fn a_handshake_without_hyper_upgrade_gets_426_and_an_empty_pool_503() {
+        let pool = KeyPool::new(["AIzaSyUpstream-key-000000000000000001"]).unwrap();
+        let live = LiveProxy::builder("http://127.0.0.1:9", pool)
+            .build()
+            .unwrap();
+        let res = live.upgrade(handshake().body(()).unwrap());
+        assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(live.sessions(), 0);
+
+        let empty = KeyPool::builder().build().unwrap();
+        let live = LiveProxy::builder("http://127.0.0.1:9", empty)
+            .build()
+            .unwrap();
+        let mut req = handshake().body(()).unwrap();
+        // Any OnUpgrade will do: the pool is checked before the upgrade is taken.
+        req.extensions_mut()
+            .insert(hyper::upgrade::on(Request::new(())));
+        assert_eq!(live.upgrade(req).status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn only_live_paths_are_live() {
+        assert!(LIVE_PATHS.iter().all(|p| is_live_path(p)));
+        assert!(!is_live_path(
+            "/ws/google.ai.generativelanguage.v2.GenerativeService.BidiGenerateContent"
+        ));
+        assert!(!is_live_path("/v1beta/models"));
+    }
+}

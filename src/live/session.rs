@@ -460,3 +460,42 @@ fn truncate_reason(reason: &str) -> String {
     }
     reason[..end].to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_reason("short"), "short");
+    }
+
+    #[test]
+    fn an_upstream_close_reason_never_carries_a_key() {
+        let key = "AIzaSyUpstream-key-000000000000000001".to_owned();
+        let frame = CloseFrame {
+            code: CloseCode::Policy,
+            reason: format!("API key not valid: {key}").into(),
+        };
+        let scrubbed = scrub_close(frame, std::slice::from_ref(&key));
+        assert!(!scrubbed.reason.as_str().contains(&key));
+        assert_eq!(scrubbed.code, CloseCode::Policy);
+    }
+
+    #[test]
+    fn the_model_comes_from_setup() {
+        let m = Message::text(r#"{"setup":{"model":"models/gemini-live-2.5-flash-preview"}}"#);
+        assert_eq!(
+            setup_model(&m).as_deref(),
+            Some("gemini-live-2.5-flash-preview")
+        );
+        assert_eq!(setup_model(&Message::text(r#"{"clientContent":{}}"#)), None);
+        assert_eq!(setup_model(&Message::binary(b"not json".to_vec())), None);
+    }
+}

@@ -184,3 +184,32 @@ fn query_escape(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_scheme_follows_the_upstream_and_the_key_is_masked_in_logs() {
+        let key = ApiKey::new("AIzaSyUpstream-key-000000000000000001");
+        let path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
+        let tls = Upstream::new("https://example.com/prefix/", Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            tls.url(path, key.expose()),
+            format!("wss://example.com/prefix{path}?key={}", key.expose())
+        );
+        let plain = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let masked = plain.masked_url(path, &key);
+        assert!(masked.starts_with("ws://127.0.0.1:9/ws/"));
+        assert!(!masked.contains(key.expose()));
+        assert!(Upstream::new("ftp://x", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn keys_are_escaped_in_the_query() {
+        assert_eq!(query_escape("AQ.Ab-c_d~"), "AQ.Ab-c_d~");
+        assert_eq!(query_escape("a+b/c=&"), "a%2Bb%2Fc%3D%26");
+    }
+}
