@@ -18,6 +18,7 @@
 //! | [`stream_resume::StreamResumeLayer`] | resumes a cut-off stream so the client sees one answer | `stream-resume` | no |
 //! | [`key_rotation::KeyRotationLayer`] | a pool of upstream keys: cool-downs, disabling, retries | `key-rotation` | no |
 //! | [`usage::UsageLayer`] | one record per request (client, key, model, tokens) to sinks, stats | `usage` | no |
+//! | [`live::LiveProxy`] | the Live API's WebSocket, relayed frame by frame on one pool key per session | `live` | no |
 //! | [`gateway::Gateway`] | all of the above, stacked in the one order that works | `request-id` + `bearer-auth` | yes |
 //!
 //! More features: `redis` (shared limits and key state for many instances), `client` (a pooled
@@ -167,6 +168,9 @@ pub mod client;
 #[cfg(all(feature = "request-id", feature = "bearer-auth"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "request-id", feature = "bearer-auth"))))]
 pub mod gateway;
+#[cfg(feature = "live")]
+#[cfg_attr(docsrs, doc(cfg(feature = "live")))]
+pub mod live;
 #[cfg(feature = "openai")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openai")))]
 pub mod openai;

@@ -6,7 +6,7 @@
 pub struct Tokens {
     /// `promptTokenCount`.
     pub prompt: u64,
-    /// `candidatesTokenCount`: the visible answer.
+    /// `candidatesTokenCount` (the Live API's `responseTokenCount`): the visible answer.
     pub output: u64,
     /// `thoughtsTokenCount`: thinking tokens.
     pub thoughts: u64,
@@ -46,7 +46,8 @@ impl Field {
     fn of(key: &[u8]) -> Option<Field> {
         Some(match key {
             b"promptTokenCount" | b"prompt_tokens" => Field::Prompt,
-            b"candidatesTokenCount" => Field::Output,
+            // The Live API names the answer's tokens `responseTokenCount`.
+            b"candidatesTokenCount" | b"responseTokenCount" => Field::Output,
             b"thoughtsTokenCount" | b"reasoning_tokens" => Field::Thoughts,
             b"cachedContentTokenCount" | b"cached_tokens" => Field::Cached,
             b"totalTokenCount" | b"total_tokens" => Field::Total,

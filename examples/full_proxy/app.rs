@@ -16,6 +16,7 @@ use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::{Gateway, GatewayService};
 use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
+use tower_gemini::live::{LIVE_PATHS, LiveProxy};
 use tower_gemini::openai::OpenAiToGeminiLayer;
 use tower_gemini::policy::{PolicyConfig, PolicyHandle, RequestPolicyLayer};
 use tower_gemini::rate_limit::{ClientAddr, RateLimitLayer, Rule};
@@ -43,6 +44,8 @@ pub struct App {
     pub minted_token: Option<String>,
     /// The admin token minted because `ADMIN_TOKEN` was unset.
     pub minted_admin_token: Option<String>,
+    /// The Live API's sessions (closed by the server's drain at shutdown).
+    pub live: LiveProxy,
 }
 
 /// What the gateway's own routes share.
@@ -146,6 +149,22 @@ impl App {
             ops.usage = usage;
         }
         ops.persist = Some(persist.clone());
+        // The Live API: same upstream, keys, tokens and usage sinks as the REST routes.
+        let live = LiveProxy::builder(upstream_url.clone(), pool.clone())
+            .token_store(tokens.clone())
+            .usage(ops.usage.clone())
+            .max_message_bytes(config.max_body_bytes)
+            .connect_timeout(
+                config
+                    .request_timeout
+                    .min(std::time::Duration::from_secs(30)),
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+        {
+            let live = live.clone();
+            server_stats.on_drain(move || Box::pin(async move { live.close_all().await }));
+        }
         let client = UpstreamClient::builder()
             .base_url(upstream_url)
             .timeout(config.request_timeout)
@@ -216,9 +235,16 @@ impl App {
             policy_handle,
             persist,
         };
+        let live_route = {
+            let live = live.clone();
+            get(move |req: Request| async move { live.upgrade(req).map(axum::body::Body::new) })
+        };
         let router = Router::new()
             .route("/health", get(health))
             .with_state(shared.clone())
+            .route(LIVE_PATHS[0], live_route.clone())
+            .route(LIVE_PATHS[1], live_route.clone())
+            .route(LIVE_PATHS[2], live_route)
             .merge(admin::compat_routes(shared.clone()))
             .merge(ops::routes(shared.clone(), ops.clone()))
             .nest(
@@ -249,6 +275,7 @@ impl App {
             demo,
             minted_token,
             minted_admin_token,
+            live,
         })
     }
 }

@@ -2,8 +2,9 @@
 //! keep slow and hostile clients from holding the gateway, and graceful shutdown.
 //!
 //! - The protocol is told by peeking at the first bytes for the HTTP/2 preface, so hyper
-//!   reads the request from the socket itself. HTTP upgrades (WebSocket, `CONNECT`) are not
-//!   served; nothing in the gateway answers them. (hyper-util's `auto` builder reads the first
+//!   reads the request from the socket itself. HTTP/1.1 connections are served with upgrades,
+//!   for the Live API's WebSocket; an upgraded connection leaves hyper's graceful shutdown, so
+//!   what runs on it registers a drain hook ([`ServerStats::on_drain`]). (hyper-util's `auto` builder reads the first
 //!   bytes into its own buffer and replays them, which makes hyper's read buffer grow to
 //!   16 KiB on the first request: about 10 KiB more per open connection, `BENCHMARKS.md`.)
 //! - A connection that does not send its request headers within `header_read_timeout` is
@@ -14,8 +15,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -50,6 +52,38 @@ pub struct ServerStats {
     pub slow_clients_closed: AtomicU64,
     /// Connections answered 503 because `max_connections` were open.
     pub connections_shed: AtomicU64,
+    /// What must end before the server stops, started when shutdown begins.
+    drain_hooks: DrainHooks,
+}
+
+/// A future to await when the server drains.
+pub type Drain = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+struct DrainHooks(Mutex<Vec<Box<dyn FnOnce() -> Drain + Send>>>);
+
+impl std::fmt::Debug for DrainHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |h| h.len());
+        f.debug_struct("DrainHooks").field("hooks", &n).finish()
+    }
+}
+
+impl ServerStats {
+    /// Runs `hook` when shutdown begins; the server waits for its future (within the grace
+    /// period) as it waits for in-flight requests. For work on upgraded connections, which
+    /// hyper's graceful shutdown no longer sees: the Live API's sessions.
+    pub fn on_drain(&self, hook: impl FnOnce() -> Drain + Send + 'static) {
+        self.drain_hooks
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
+    fn take_drain_hooks(&self) -> Vec<Box<dyn FnOnce() -> Drain + Send>> {
+        std::mem::take(&mut *self.drain_hooks.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then drains for `limits.grace`.
@@ -72,6 +106,8 @@ pub async fn serve(
     h2.timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let builders = Arc::new((h1, h2));
+    // Each HTTP/1.1 connection holds a clone until it ends: the server waits for them all.
+    let (open_tx, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     // Tells connections still waiting for their first bytes that the server is stopping.
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
@@ -103,11 +139,13 @@ pub async fn serve(
             });
         let svc = TowerToHyperService::new(svc);
         let watcher = graceful.watcher();
+        let open = open_tx.clone();
         let builders = builders.clone();
         let mut stopping = stopping.clone();
         let stats = stats.clone();
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            let _open = open;
             let started = tokio::time::Instant::now();
             let sniffed = tokio::select! {
                 sniffed = sniff(&stream, limits.header_read_timeout) => sniffed,
@@ -124,8 +162,21 @@ pub async fn serve(
                         .max(Duration::from_millis(1));
                     let mut h1 = builders.0.clone();
                     h1.header_read_timeout(left);
-                    let conn = h1.serve_connection(TokioIo::new(stream), svc);
-                    watcher.watch(conn).await
+                    // Upgrades: the Live API's WebSocket. hyper-util's graceful watcher does
+                    // not take an upgradeable connection, so shutdown is told to it here, and
+                    // `_open` tells the server when it has ended.
+                    drop(watcher);
+                    let conn = h1
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        served = conn.as_mut() => served,
+                        () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
                 Ok(Protocol::Http2) => {
                     let conn = builders.1.serve_connection(TokioIo::new(stream), svc);
@@ -157,8 +208,18 @@ pub async fn serve(
 
     drop(listener);
     let _ = stopping_tx.send(true);
+    let mut drains = tokio::task::JoinSet::new();
+    for hook in stats.take_drain_hooks() {
+        drains.spawn(hook());
+    }
+    drop(open_tx);
+    let finished = async {
+        graceful.shutdown().await;
+        let _ = all_closed.recv().await;
+        while drains.join_next().await.is_some() {}
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("every connection finished"),
+        () = finished => tracing::info!("every connection finished"),
         () = tokio::time::sleep(limits.grace) => {
             tracing::warn!("grace period over; closing the connections still open");
         }

@@ -102,6 +102,12 @@ pub use redis::KeyStateRedisStore;
 pub use store::{KeyStateMemoryStore, KeyStateStore, SharedKeyState, StoreFuture};
 pub use strategy::{Candidates, SelectKey, Strategy};
 
+// The Live relay picks one key per session and reports its handshake like an HTTP answer.
+#[cfg(feature = "live")]
+pub(crate) use classify::Outcome;
+#[cfg(feature = "live")]
+pub(crate) use pool::{Lease, Pick, Unavailable};
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

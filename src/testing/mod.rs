@@ -4,7 +4,8 @@
 //! with `RetryInfo` and `QuotaFailure`, `PERMISSION_DENIED`; switchable per key and per model at
 //! run time), the models list with paging, `generateContent`, `streamGenerateContent` (SSE with
 //! `alt=sse`, a streamed JSON array without), `countTokens`, `embedContent`,
-//! `batchEmbedContents`, usage metadata, Google Search grounding (`groundingMetadata` on the
+//! `batchEmbedContents`, the Live API's WebSocket (`setup`, text and audio turns, `usageMetadata`),
+//! usage metadata, Google Search grounding (`groundingMetadata` on the
 //! answer when the request has the `googleSearch` tool), code execution (`executableCode` and
 //! `codeExecutionResult` parts before the text with the `codeExecution` tool), generated images of
 //! any size (a model whose name holds `image` answers an `inlineData` PNG of

@@ -72,6 +72,14 @@ impl UsageLayer {
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Hands a record made elsewhere to every sink, as if a request had passed the layer: for
+    /// traffic that is no request/response pair, such as a Live API session's turns.
+    pub fn record(&self, record: &UsageRecord) {
+        for sink in self.sinks.iter() {
+            sink.record(record);
+        }
+    }
 }
 
 impl fmt::Debug for UsageLayer {

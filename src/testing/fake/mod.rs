@@ -4,6 +4,7 @@
 //! - `config`: how keys behave ([`KeyBehavior`]) and the scripted [`Fault`]s;
 //! - `received`: the [`ReceivedRequest`]s it records;
 //! - `routes`: one request: recorded, key-checked, then sent to its handler;
+//! - `live`: the Live API's WebSocket (setup, text and audio turns, usage);
 //! - `models` and `embed`: the models list and the embedding routes;
 //! - `plan`: what a generate request is answered (the passage, a continuation, tools, usage);
 //! - `generate`: that answer as steps, with the next fault applied;
@@ -16,6 +17,7 @@ mod config;
 mod embed;
 mod emit;
 mod generate;
+mod live;
 mod models;
 mod plan;
 mod received;

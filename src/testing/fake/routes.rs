@@ -25,6 +25,9 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     kill: Arc<tokio::sync::Notify>,
 ) -> Response<Body> {
+    if super::live::is_live(&req) {
+        return super::live::accept(state, req);
+    }
     let (parts, body) = req.into_parts();
     if super::resources::is_resource_path(parts.uri.path()) {
         return super::resources::handle(&state, parts, body).await;

@@ -328,7 +328,8 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
                 async move { Ok::<_, Infallible>(handle(state, req, kill).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            // With upgrades: the Live API's WebSocket handshake.
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.changed() => {}
