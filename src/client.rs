@@ -51,6 +51,7 @@ pub struct UpstreamClientBuilder {
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     connect_timeout: Duration,
+    extra_roots: Vec<Vec<u8>>,
 }
 
 impl Default for UpstreamClientBuilder {
@@ -61,6 +62,7 @@ impl Default for UpstreamClientBuilder {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             connect_timeout: Duration::from_secs(10),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -98,7 +100,19 @@ impl UpstreamClientBuilder {
         self
     }
 
-    /// Builds the client. Fails on a base URL that is not `http(s)://host[:port][/prefix]`.
+    /// Trusts one more root certificate (DER) beside the built-in webpki (Mozilla) roots: a
+    /// private CA, an egress proxy that re-signs traffic, or a test server. May be called more
+    /// than once; the built-in roots always stay trusted.
+    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots.push(der.into());
+        self
+    }
+
+    /// Builds the client. Fails on a base URL that is not `http(s)://host[:port][/prefix]`, or
+    /// on an extra root certificate that is not a valid certificate.
+    ///
+    /// The connection speaks HTTP/2 when the upstream offers it by ALPN (Google does), else
+    /// HTTP/1.1.
     pub fn build(self) -> Result<UpstreamClient, Error> {
         let uri: Uri = self
             .base_url
@@ -124,10 +138,7 @@ impl UpstreamClientBuilder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            // An explicit provider: another crate in the tree enabling aws-lc-rs must not make
-            // the process-default choice ambiguous.
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|_| Error::config("TLS provider setup failed"))?
+            .with_tls_config(tls_config(&self.extra_roots)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -147,6 +158,28 @@ impl UpstreamClientBuilder {
             timeout: self.timeout,
         })
     }
+}
+
+/// rustls with the webpki roots plus `extra` ones.
+fn tls_config(extra: &[Vec<u8>]) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for der in extra {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.as_slice()).into_owned())
+            .map_err(|_| Error::config("an extra root certificate is not a valid certificate"))?;
+    }
+    // An explicit provider: another crate in the tree enabling aws-lc-rs must not make the
+    // process-default choice ambiguous.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|_| Error::config("TLS provider setup failed"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client (rustls) that sends every request to one upstream.
