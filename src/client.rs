@@ -52,6 +52,7 @@ pub struct UpstreamClientBuilder {
     pool_max_idle_per_host: usize,
     connect_timeout: Duration,
     extra_roots: Vec<Vec<u8>>,
+    extra_roots_pem: Vec<Vec<u8>>,
 }
 
 impl Default for UpstreamClientBuilder {
@@ -63,6 +64,7 @@ impl Default for UpstreamClientBuilder {
             pool_max_idle_per_host: 64,
             connect_timeout: Duration::from_secs(10),
             extra_roots: Vec::new(),
+            extra_roots_pem: Vec::new(),
         }
     }
 }
@@ -108,6 +110,15 @@ impl UpstreamClientBuilder {
         self
     }
 
+    /// Trusts the certificates of a PEM bundle (`-----BEGIN CERTIFICATE-----` blocks, as a CA
+    /// file holds them) beside the built-in roots, like
+    /// [`add_root_certificate`](Self::add_root_certificate). `build` fails when the bundle
+    /// holds no certificate.
+    pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots_pem.push(pem.into());
+        self
+    }
+
     /// Builds the client. Fails on a base URL that is not `http(s)://host[:port][/prefix]`, or
     /// on an extra root certificate that is not a valid certificate.
     ///
@@ -138,7 +149,7 @@ impl UpstreamClientBuilder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&self.extra_roots)?)
+            .with_tls_config(tls_config(&self.extra_roots, &self.extra_roots_pem)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -160,15 +171,32 @@ impl UpstreamClientBuilder {
     }
 }
 
-/// rustls with the webpki roots plus `extra` ones.
-fn tls_config(extra: &[Vec<u8>]) -> Result<rustls::ClientConfig, Error> {
+/// rustls with the webpki roots plus the extra ones, DER or PEM bundles.
+fn tls_config(extra: &[Vec<u8>], extra_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let invalid = || Error::config("an extra root certificate is not a valid certificate");
     for der in extra {
         roots
-            .add(rustls::pki_types::CertificateDer::from(der.as_slice()).into_owned())
-            .map_err(|_| Error::config("an extra root certificate is not a valid certificate"))?;
+            .add(CertificateDer::from(der.as_slice()).into_owned())
+            .map_err(|_| invalid())?;
+    }
+    for pem in extra_pem {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::config("an extra root certificate bundle is not valid PEM"))?;
+        if certs.is_empty() {
+            return Err(Error::config(
+                "an extra root certificate bundle holds no certificate",
+            ));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|_| invalid())?;
+        }
     }
     // An explicit provider: another crate in the tree enabling aws-lc-rs must not make the
     // process-default choice ambiguous.
@@ -327,6 +355,28 @@ mod tests {
         for bad in ["ftp://x", "localhost:8080", "http://x/?a=1", ""] {
             assert!(UpstreamClient::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn extra_roots_must_be_certificates() {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .cert;
+        let ok = UpstreamClient::builder()
+            .add_root_certificate(cert.der().to_vec())
+            .add_root_certificates_pem(cert.pem())
+            .build();
+        assert!(ok.is_ok());
+        for junk in [&b""[..], b"not pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n"] {
+            let built = UpstreamClient::builder()
+                .add_root_certificates_pem(junk)
+                .build();
+            assert!(built.is_err(), "{}", String::from_utf8_lossy(junk));
+        }
+        let built = UpstreamClient::builder()
+            .add_root_certificate(b"not DER".to_vec())
+            .build();
+        assert!(built.is_err());
     }
 
     #[tokio::test]

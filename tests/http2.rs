@@ -4,6 +4,8 @@
 //! streams.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, Version};
@@ -439,4 +441,62 @@ async fn a_stream_reset_before_the_answer_is_retried_on_another_key() {
         assert_eq!(finish, ["STOP"]);
     }
     assert_eq!(fake.connections(), 1);
+}
+
+#[tokio::test]
+async fn full_proxy_reaches_a_private_ca_upstream_over_h2_with_upstream_ca_file() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let fake = FakeGemini::builder()
+        .keys(KEYS)
+        .tls(cert.der().to_vec(), signing_key.serialize_der())
+        .start()
+        .await
+        .unwrap();
+    let ca_file = std::env::temp_dir().join(format!(
+        "tower-gemini-h2-ca-{}-{}.pem",
+        std::process::id(),
+        fake.addr().port()
+    ));
+    std::fs::write(&ca_file, cert.pem()).unwrap();
+    let keys = KEYS.join(",");
+    let url = fake.url();
+    let proxy = support::Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("UPSTREAM_CA_FILE", ca_file.to_str().unwrap()),
+    ])
+    .await;
+    let _ = std::fs::remove_file(&ca_file);
+    let client = UpstreamClient::new(proxy.url()).unwrap();
+    for method in ["generateContent", "streamGenerateContent"] {
+        let req = Request::post(format!("/v1beta/models/gemini-2.5-flash:{method}?alt=sse"))
+            .header("authorization", format!("Bearer {}", proxy.token))
+            .body(Body::from(
+                json!({"contents": [{"role": "user", "parts": [{"text": method}]}]}).to_string(),
+            ))
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(30), client.clone().oneshot(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let (text, finish) = text_of(res).await;
+        assert_eq!(text, FakeGemini::passage(method));
+        assert_eq!(finish, ["STOP"]);
+    }
+    let received = fake.received();
+    assert_eq!(received.len(), 2);
+    assert!(received.iter().all(|r| r.version == Version::HTTP_2));
+}
+
+#[test]
+fn upstream_ca_file_must_be_a_readable_pem_file() {
+    use support::Config;
+    let env = |path: &str| {
+        std::collections::HashMap::from([("UPSTREAM_CA_FILE".to_owned(), path.to_owned())])
+    };
+    for bad in ["/nonexistent/ca.pem", "/", "/dev/null"] {
+        let err = Config::from_map(&env(bad)).unwrap_err();
+        assert!(err.0.starts_with("UPSTREAM_CA_FILE"), "{}", err.0);
+    }
 }
