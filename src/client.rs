@@ -12,6 +12,24 @@
 //! Errors are [`tower_gemini::Error`](crate::Error)s: `is_timeout()` or `is_upstream()`, with
 //! no URL or query string in their `Display`.
 //!
+//! # TLS and HTTP/2
+//! rustls (ring) trusts the built-in webpki (Mozilla) roots, never the OS store; a private CA
+//! or an egress proxy that re-signs TLS is trusted with
+//! [`add_root_certificate`](UpstreamClientBuilder::add_root_certificate) or
+//! [`add_root_certificates_pem`](UpstreamClientBuilder::add_root_certificates_pem), beside
+//! them. Over HTTP/2 (`tests/http2.rs` runs each case against FakeGemini over TLS):
+//! - requests multiplex on one pooled connection; beyond the server's
+//!   `SETTINGS_MAX_CONCURRENT_STREAMS` they queue in the client rather than fail. A burst on a
+//!   cold pool opens a connection per request (the protocol is known only after ALPN), later
+//!   requests share one;
+//! - after a GOAWAY, requests in flight finish on the old connection and new ones open a new
+//!   one;
+//! - a stream the server resets (RST_STREAM) fails that request only, as an `is_upstream()`
+//!   error: `KeyRotation` retries it on another key (a transport error), `StreamResume`
+//!   resumes a stream reset midway; other streams on the connection go on;
+//! - dropping a response body resets its stream (RST_STREAM `CANCEL`): the upstream stops
+//!   generating, and the connection stays in the pool.
+//!
 //! # Example
 //! ```
 //! use std::time::Duration;
