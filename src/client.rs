@@ -12,6 +12,24 @@
 //! Errors are [`tower_gemini::Error`](crate::Error)s: `is_timeout()` or `is_upstream()`, with
 //! no URL or query string in their `Display`.
 //!
+//! # TLS and HTTP/2
+//! rustls (ring) trusts the built-in webpki (Mozilla) roots, never the OS store; a private CA
+//! or an egress proxy that re-signs TLS is trusted with
+//! [`add_root_certificate`](UpstreamClientBuilder::add_root_certificate) or
+//! [`add_root_certificates_pem`](UpstreamClientBuilder::add_root_certificates_pem), beside
+//! them. Over HTTP/2 (`tests/http2.rs` runs each case against FakeGemini over TLS):
+//! - requests multiplex on one pooled connection; beyond the server's
+//!   `SETTINGS_MAX_CONCURRENT_STREAMS` they queue in the client rather than fail. A burst on a
+//!   cold pool opens a connection per request (the protocol is known only after ALPN), later
+//!   requests share one;
+//! - after a GOAWAY, requests in flight finish on the old connection and new ones open a new
+//!   one;
+//! - a stream the server resets (RST_STREAM) fails that request only, as an `is_upstream()`
+//!   error: `KeyRotation` retries it on another key (a transport error), `StreamResume`
+//!   resumes a stream reset midway; other streams on the connection go on;
+//! - dropping a response body resets its stream (RST_STREAM `CANCEL`): the upstream stops
+//!   generating, and the connection stays in the pool.
+//!
 //! # Example
 //! ```
 //! use std::time::Duration;
@@ -51,6 +69,8 @@ pub struct UpstreamClientBuilder {
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     connect_timeout: Duration,
+    extra_roots: Vec<Vec<u8>>,
+    extra_roots_pem: Vec<Vec<u8>>,
 }
 
 impl Default for UpstreamClientBuilder {
@@ -61,6 +81,8 @@ impl Default for UpstreamClientBuilder {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 64,
             connect_timeout: Duration::from_secs(10),
+            extra_roots: Vec::new(),
+            extra_roots_pem: Vec::new(),
         }
     }
 }
@@ -98,7 +120,28 @@ impl UpstreamClientBuilder {
         self
     }
 
-    /// Builds the client. Fails on a base URL that is not `http(s)://host[:port][/prefix]`.
+    /// Trusts one more root certificate (DER) beside the built-in webpki (Mozilla) roots: a
+    /// private CA, an egress proxy that re-signs traffic, or a test server. May be called more
+    /// than once; the built-in roots always stay trusted.
+    pub fn add_root_certificate(mut self, der: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots.push(der.into());
+        self
+    }
+
+    /// Trusts the certificates of a PEM bundle (`-----BEGIN CERTIFICATE-----` blocks, as a CA
+    /// file holds them) beside the built-in roots, like
+    /// [`add_root_certificate`](Self::add_root_certificate). `build` fails when the bundle
+    /// holds no certificate.
+    pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots_pem.push(pem.into());
+        self
+    }
+
+    /// Builds the client. Fails on a base URL that is not `http(s)://host[:port][/prefix]`, or
+    /// on an extra root certificate that is not a valid certificate.
+    ///
+    /// The connection speaks HTTP/2 when the upstream offers it by ALPN (Google does), else
+    /// HTTP/1.1.
     pub fn build(self) -> Result<UpstreamClient, Error> {
         let uri: Uri = self
             .base_url
@@ -124,10 +167,7 @@ impl UpstreamClientBuilder {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(self.connect_timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            // An explicit provider: another crate in the tree enabling aws-lc-rs must not make
-            // the process-default choice ambiguous.
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|_| Error::config("TLS provider setup failed"))?
+            .with_tls_config(tls_config(&self.extra_roots, &self.extra_roots_pem)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -147,6 +187,45 @@ impl UpstreamClientBuilder {
             timeout: self.timeout,
         })
     }
+}
+
+/// rustls with the webpki roots plus the extra ones, DER or PEM bundles.
+fn tls_config(extra: &[Vec<u8>], extra_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let invalid = || Error::config("an extra root certificate is not a valid certificate");
+    for der in extra {
+        roots
+            .add(CertificateDer::from(der.as_slice()).into_owned())
+            .map_err(|_| invalid())?;
+    }
+    for pem in extra_pem {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::config("an extra root certificate bundle is not valid PEM"))?;
+        if certs.is_empty() {
+            return Err(Error::config(
+                "an extra root certificate bundle holds no certificate",
+            ));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|_| invalid())?;
+        }
+    }
+    // An explicit provider: another crate in the tree enabling aws-lc-rs must not make the
+    // process-default choice ambiguous.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|_| Error::config("TLS provider setup failed"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client (rustls) that sends every request to one upstream.
@@ -294,6 +373,28 @@ mod tests {
         for bad in ["ftp://x", "localhost:8080", "http://x/?a=1", ""] {
             assert!(UpstreamClient::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn extra_roots_must_be_certificates() {
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .cert;
+        let ok = UpstreamClient::builder()
+            .add_root_certificate(cert.der().to_vec())
+            .add_root_certificates_pem(cert.pem())
+            .build();
+        assert!(ok.is_ok());
+        for junk in [&b""[..], b"not pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n"] {
+            let built = UpstreamClient::builder()
+                .add_root_certificates_pem(junk)
+                .build();
+            assert!(built.is_err(), "{}", String::from_utf8_lossy(junk));
+        }
+        let built = UpstreamClient::builder()
+            .add_root_certificate(b"not DER".to_vec())
+            .build();
+        assert!(built.is_err());
     }
 
     #[tokio::test]

@@ -165,11 +165,19 @@ impl App {
             let live = live.clone();
             server_stats.on_drain(move || Box::pin(async move { live.close_all().await }));
         }
-        let client = UpstreamClient::builder()
+        let mut client = UpstreamClient::builder()
             .base_url(upstream_url)
-            .timeout(config.request_timeout)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .timeout(config.request_timeout);
+        if let Some(pem) = &config.upstream_ca_pem {
+            client = client.add_root_certificates_pem(pem.clone());
+        }
+        let client = client.build().map_err(|e| {
+            if config.upstream_ca_pem.is_some() {
+                format!("{e} (UPSTREAM_URL, UPSTREAM_CA_FILE)")
+            } else {
+                e.to_string()
+            }
+        })?;
         let mut policy = config.policy.clone();
         admin::restore_policy(&mut policy, &saved.settings);
         let policy_handle = PolicyHandle::new(&policy.layer());

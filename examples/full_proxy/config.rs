@@ -18,11 +18,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// Reads `UPSTREAM_CA_FILE`: a regular file (never a device or a pipe that would block the
+/// start), of at most 4 MiB (Mozilla's whole bundle is about 200 KiB).
+fn read_ca_file(path: &str) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    const MAX: u64 = 4 << 20;
+    let refuse = |why: String| ConfigError(format!("UPSTREAM_CA_FILE: `{path}` {why}"));
+    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    if meta.len() > MAX {
+        return Err(refuse("is larger than 4 MiB".into()));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX)
+        .read_to_end(&mut pem)
+        .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    Ok(pem)
+}
+
 /// Everything full_proxy can be told.
 #[derive(Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub upstream_url: String,
+    /// `UPSTREAM_CA_FILE`: its path, and the PEM bundle read from it at start-up: roots trusted
+    /// for the upstream beside the built-in ones (a private CA, an egress proxy).
+    pub upstream_ca_file: Option<String>,
+    pub upstream_ca_pem: Option<Vec<u8>>,
     pub gemini_api_keys: Vec<String>,
     pub allowed_tokens: Vec<String>,
     pub admin_token: Option<String>,
@@ -81,6 +108,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen_addr", &self.listen_addr)
             .field("upstream_url", &self.upstream_url)
+            .field("upstream_ca_file", &self.upstream_ca_file)
             .field(
                 "gemini_api_keys",
                 &self
@@ -159,6 +187,7 @@ impl Config {
         serde_json::json!({
             "listen_addr": self.listen_addr.to_string(),
             "upstream_url": without_userinfo(&self.upstream_url),
+            "upstream_ca_file": self.upstream_ca_file,
             "gemini_api_keys": masked(&self.gemini_api_keys),
             "allowed_tokens": masked(&self.allowed_tokens),
             "admin_token": self.admin_token.as_deref().map(mask),
@@ -251,6 +280,11 @@ impl Config {
                 "UPSTREAM_URL: `{upstream_url}` must start with http:// or https://"
             )));
         }
+        let upstream_ca_file = get("UPSTREAM_CA_FILE").map(str::to_owned);
+        let upstream_ca_pem = match &upstream_ca_file {
+            Some(path) => Some(read_ca_file(path)?),
+            None => None,
+        };
         let log_format = match get("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -311,6 +345,8 @@ impl Config {
             persist,
             listen_addr,
             upstream_url,
+            upstream_ca_file,
+            upstream_ca_pem,
             gemini_api_keys,
             allowed_tokens,
             admin_token,

@@ -36,6 +36,44 @@
 //! assert_eq!(fake.requests_for("key-1"), 1);
 //! # });
 //! ```
+//!
+//! # HTTP/2 over TLS
+//! With [`FakeGeminiBuilder::tls`] the fake serves TLS on a certificate the test makes,
+//! offering `h2` and `http/1.1` by ALPN as Google does, so the production path (rustls,
+//! HTTP/2) is what a test drives. [`ReceivedRequest::version`] and
+//! [`ReceivedRequest::connection`] tell how each request came;
+//! [`FakeGeminiBuilder::max_concurrent_streams`], [`FakeGemini::goaway`],
+//! [`Fault::ResetStream`] and [`Fault::ResetAfter`] script what an HTTP/2 server does to its
+//! clients, and [`FakeGemini::cancelled_streams`] counts answers the client abandoned.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tower::ServiceExt;
+//! use tower_gemini::{Body, client::UpstreamClient, testing::FakeGemini};
+//!
+//! // A certificate for 127.0.0.1, made here (rcgen), that the client is told to trust.
+//! let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+//! let cert = made.cert.der().to_vec();
+//! let fake = FakeGemini::builder()
+//!     .keys(["key-1"])
+//!     .tls(cert.clone(), made.signing_key.serialize_der())
+//!     .start()
+//!     .await
+//!     .unwrap();
+//! assert!(fake.url().starts_with("https://"));
+//! let client = UpstreamClient::builder()
+//!     .base_url(fake.url())
+//!     .add_root_certificate(cert)
+//!     .build()
+//!     .unwrap();
+//! let req = http::Request::get("/v1beta/models")
+//!     .header("x-goog-api-key", "key-1")
+//!     .body(Body::empty())
+//!     .unwrap();
+//! assert_eq!(client.oneshot(req).await.unwrap().status(), 200);
+//! assert_eq!(fake.last_received().unwrap().version, http::Version::HTTP_2);
+//! # });
+//! ```
 
 mod fake;
 mod passage;

@@ -41,8 +41,18 @@ impl KeyBehavior {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Fault {
-    /// Send `n` chunks, then break the connection (a body error, not a clean end).
+    /// Send `n` chunks, then break the connection (a body error, not a clean end). On HTTP/2
+    /// the whole connection goes, and every other request on it fails too, as when a TCP
+    /// connection to Google breaks; [`Fault::ResetAfter`] cuts one stream only.
     DropAfter(usize),
+    /// Reset the stream before any response header: RST_STREAM (`INTERNAL_ERROR`) on HTTP/2,
+    /// the connection closed without an answer on HTTP/1.1. Other streams on the same HTTP/2
+    /// connection go on.
+    ResetStream,
+    /// Send `n` chunks, then reset this stream: RST_STREAM (`INTERNAL_ERROR`) on HTTP/2 with
+    /// other streams on the connection going on; on HTTP/1.1 the connection breaks as with
+    /// [`Fault::DropAfter`].
+    ResetAfter(usize),
     /// Send `n` chunks, then end cleanly without any finishReason.
     EndWithoutFinish(usize),
     /// The `chunks`-th chunk carries `reason` as finishReason and the stream ends there.

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ pub(super) async fn emit(
     let delay = *lock(&state.chunk_delay);
     let kill = kill.clone();
     let (tx, rx) = mpsc::channel::<FrameResult>(4);
+    // Set before the fake cuts the answer itself, so only a client's abandon is counted.
+    let cut = Arc::new(AtomicBool::new(false));
+    let stream = ChannelStream {
+        rx,
+        ended: false,
+        cut: cut.clone(),
+        cancelled: state.cancelled.clone(),
+    };
     tokio::spawn(async move {
         let mut first = true;
         if mode == Mode::JsonArray
@@ -69,12 +78,17 @@ pub(super) async fn emit(
                 Step::Break => {
                     // Let the server write what was sent (a real cut happens after the bytes
                     // left), then drop the connection without a clean end of the body.
-                    while tx.capacity() < tx.max_capacity() {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    drained(&tx).await;
+                    cut.store(true, Ordering::SeqCst);
                     kill.notify_one();
                     tx.closed().await;
+                    return;
+                }
+                Step::Reset => {
+                    // The same wait: a reset discards data still queued for the stream.
+                    drained(&tx).await;
+                    cut.store(true, Ordering::SeqCst);
+                    let _ = tx.send(Err("the fake reset the stream".into())).await;
                     return;
                 }
             }
@@ -88,7 +102,7 @@ pub(super) async fn emit(
     } else {
         "application/json; charset=UTF-8"
     };
-    let mut res = Response::new(Body::new(StreamBody::new(ChannelStream(rx))));
+    let mut res = Response::new(Body::new(StreamBody::new(stream)));
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
@@ -112,12 +126,39 @@ fn fan_out(chunk: &mut Value, n: usize) {
     }
 }
 
-struct ChannelStream(mpsc::Receiver<FrameResult>);
+/// Waits until the server has taken every frame sent, and a little more for it to write them.
+async fn drained(tx: &mpsc::Sender<FrameResult>) {
+    while tx.capacity() < tx.max_capacity() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// The answer body; dropped before its end without a cut of the fake's own, it counts as
+/// cancelled by the client.
+struct ChannelStream {
+    rx: mpsc::Receiver<FrameResult>,
+    ended: bool,
+    cut: Arc<AtomicBool>,
+    cancelled: Arc<AtomicU64>,
+}
 
 impl futures_core::Stream for ChannelStream {
     type Item = FrameResult;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<FrameResult>> {
-        self.0.poll_recv(cx)
+        let next = self.rx.poll_recv(cx);
+        if let Poll::Ready(None) = next {
+            self.ended = true;
+        }
+        next
+    }
+}
+
+impl Drop for ChannelStream {
+    fn drop(&mut self) {
+        if !self.ended && !self.cut.load(Ordering::SeqCst) {
+            self.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::plan::{
     searches, usage,
 };
 use super::response::{error, raw};
+use super::routes::ResetStream;
 use super::server::{State, lock};
 use crate::body::Body;
 use crate::testing::{FakeGemini, passage};
@@ -30,6 +31,8 @@ pub(super) enum Step {
     Chunk(Value),
     Sleep(Duration),
     Break,
+    /// Reset this stream only (a body error: RST_STREAM on HTTP/2).
+    Reset,
 }
 
 pub(super) async fn generate(
@@ -49,6 +52,11 @@ pub(super) async fn generate(
             }
         }
         Some(Fault::HttpError { status, message }) => return error(*status, message),
+        Some(Fault::ResetStream) => {
+            let mut res = Response::new(Body::empty());
+            res.extensions_mut().insert(ResetStream);
+            return res;
+        }
         Some(Fault::Garbage) => {
             return raw(
                 200,
@@ -187,13 +195,18 @@ pub(super) async fn generate(
         if let Some(g) = &grounding {
             body["candidates"][0]["groundingMetadata"] = g.clone();
         }
-        if let Some(Fault::DropAfter(_)) = &fault {
+        let cut = match &fault {
+            Some(Fault::DropAfter(_)) => Some(Step::Break),
+            Some(Fault::ResetAfter(_)) => Some(Step::Reset),
+            _ => None,
+        };
+        if let Some(cut) = cut {
             return emit(
                 state,
                 &kill,
                 candidates,
                 Mode::Unary,
-                vec![Step::Chunk(body), Step::Break],
+                vec![Step::Chunk(body), cut],
             )
             .await;
         }
@@ -212,6 +225,10 @@ pub(super) async fn generate(
         match &fault {
             Some(Fault::DropAfter(k)) if i == *k => {
                 steps.push(Step::Break);
+                return emit(state, &kill, candidates, mode, steps).await;
+            }
+            Some(Fault::ResetAfter(k)) if i == *k => {
+                steps.push(Step::Reset);
                 return emit(state, &kill, candidates, mode, steps).await;
             }
             Some(Fault::EndWithoutFinish(k)) if i == *k => {
@@ -255,6 +272,7 @@ pub(super) async fn generate(
     // A fault at or past the end of the answer.
     match &fault {
         Some(Fault::DropAfter(k)) if *k >= n => steps.push(Step::Break),
+        Some(Fault::ResetAfter(k)) if *k >= n => steps.push(Step::Reset),
         Some(Fault::StallAfter { chunks, pause }) if *chunks >= n => {
             steps.push(Step::Sleep(*pause))
         }
@@ -325,6 +343,10 @@ fn image_steps(
         match fault {
             Some(Fault::DropAfter(k)) if i == *k => {
                 steps.push(Step::Break);
+                return steps;
+            }
+            Some(Fault::ResetAfter(k)) if i == *k => {
+                steps.push(Step::Reset);
                 return steps;
             }
             Some(Fault::EndWithoutFinish(k)) if i == *k => return steps,

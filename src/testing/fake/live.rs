@@ -45,7 +45,7 @@ pub(super) fn is_live(req: &Request<Incoming>) -> bool {
 }
 
 /// Checks the key, answers `101` and serves the session on the upgraded connection.
-pub(super) fn accept(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
+pub(super) fn accept(state: Arc<State>, mut req: Request<Incoming>, conn: u64) -> Response<Body> {
     let key = key_of(req.headers(), req.uri().query());
     state.total.fetch_add(1, Ordering::SeqCst);
     if let Some(k) = &key {
@@ -55,6 +55,8 @@ pub(super) fn accept(state: Arc<State>, mut req: Request<Incoming>) -> Response<
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
         query: req.uri().query().map(str::to_owned),
+        version: req.version(),
+        connection: conn,
         headers: req.headers().clone(),
         body: bytes::Bytes::new(),
     });

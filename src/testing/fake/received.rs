@@ -1,7 +1,7 @@
 //! The requests the fake recorded, and the key a request carries.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Version};
 use serde_json::Value;
 
 use crate::credential::query_param;
@@ -15,6 +15,10 @@ pub struct ReceivedRequest {
     pub path: String,
     /// Query string.
     pub query: Option<String>,
+    /// The HTTP version it came over (`HTTP/2.0` when the client negotiated h2 by ALPN).
+    pub version: Version,
+    /// Which connection it came on: connections are numbered from 1 in the order accepted.
+    pub connection: u64,
     /// Headers.
     pub headers: HeaderMap,
     /// Body.

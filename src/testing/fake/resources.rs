@@ -140,7 +140,12 @@ pub(super) fn check_access(state: &State, key: &str, req: &Value) -> Option<Resp
 }
 
 /// Answers a resource route.
-pub(super) async fn handle(state: &State, parts: Parts, body: Incoming) -> Response<Body> {
+pub(super) async fn handle(
+    state: &State,
+    parts: Parts,
+    body: Incoming,
+    conn: u64,
+) -> Response<Body> {
     let key = key_of(&parts.headers, parts.uri.query());
     state.total.fetch_add(1, Ordering::SeqCst);
     if let Some(k) = &key {
@@ -174,6 +179,8 @@ pub(super) async fn handle(state: &State, parts: Parts, body: Incoming) -> Respo
         method: parts.method.clone(),
         path: path.clone(),
         query: query.clone(),
+        version: parts.version,
+        connection: conn,
         headers: parts.headers.clone(),
         body: bytes.clone(),
     });

@@ -20,17 +20,49 @@ use crate::credential::query_param;
 use crate::gemini::{GeminiPath, Method as GMethod};
 use crate::testing::passage;
 
+/// Marks an answer to be replaced by a reset of the stream (the `ResetStream` fault).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ResetStream;
+
+/// A service error: hyper answers it with RST_STREAM on HTTP/2 and closes an HTTP/1.1
+/// connection without an answer.
+#[derive(Debug)]
+pub(super) struct StreamReset;
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the fake reset the stream")
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
+/// Answers one request on connection `conn`.
 pub(super) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     kill: Arc<tokio::sync::Notify>,
+    conn: u64,
+) -> Result<Response<Body>, StreamReset> {
+    let res = answer(state, req, kill, conn).await;
+    if res.extensions().get::<ResetStream>().is_some() {
+        return Err(StreamReset);
+    }
+    Ok(res)
+}
+
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    kill: Arc<tokio::sync::Notify>,
+    conn: u64,
 ) -> Response<Body> {
     if super::live::is_live(&req) {
-        return super::live::accept(state, req);
+        return super::live::accept(state, req, conn);
     }
     let (parts, body) = req.into_parts();
     if super::resources::is_resource_path(parts.uri.path()) {
-        return super::resources::handle(&state, parts, body).await;
+        return super::resources::handle(&state, parts, body, conn).await;
     }
     let body = match collect_limited(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -45,6 +77,8 @@ pub(super) async fn handle(
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
+        version: parts.version,
+        connection: conn,
         headers: parts.headers.clone(),
         body: body.clone(),
     });

@@ -1,7 +1,6 @@
 //! [`FakeGemini`] and its builder, the state its handlers share, and the accept loop.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -10,8 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 use super::config::{Fault, KeyBehavior};
 use super::received::ReceivedRequest;
@@ -27,6 +29,8 @@ pub struct FakeGeminiBuilder {
     chunk_delay: Duration,
     echo_key_in_errors: bool,
     image_bytes: usize,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    max_concurrent_streams: Option<u32>,
 }
 
 /// The size of the image an image model answers unless told otherwise: 64 KiB.
@@ -41,6 +45,8 @@ impl Default for FakeGeminiBuilder {
             chunk_delay: Duration::ZERO,
             echo_key_in_errors: true,
             image_bytes: DEFAULT_IMAGE_BYTES,
+            tls: None,
+            max_concurrent_streams: None,
         }
     }
 }
@@ -88,8 +94,29 @@ impl FakeGeminiBuilder {
         self
     }
 
-    /// Binds `127.0.0.1:0` and serves until the [`FakeGemini`] is dropped.
+    /// Serves TLS with this certificate (DER, for `127.0.0.1`) and its private key (PKCS#8,
+    /// PKCS#1 or SEC1 DER), offering HTTP/2 and HTTP/1.1 by ALPN as Google does; the client
+    /// must trust the certificate or its issuer
+    /// (`UpstreamClientBuilder::add_root_certificate`). Default: plain HTTP.
+    pub fn tls(mut self, cert_der: impl Into<Vec<u8>>, key_der: impl Into<Vec<u8>>) -> Self {
+        self.tls = Some((cert_der.into(), key_der.into()));
+        self
+    }
+
+    /// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` the server announces on each connection
+    /// (default: hyper's, 200); a client must queue requests beyond it.
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = Some(n);
+        self
+    }
+
+    /// Binds `127.0.0.1:0` and serves until the [`FakeGemini`] is dropped. Fails on a TLS
+    /// certificate or key rustls refuses.
     pub async fn start(self) -> io::Result<FakeGemini> {
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(acceptor(cert, key)?),
+            None => None,
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -111,15 +138,42 @@ impl FakeGeminiBuilder {
             faults: Mutex::default(),
             resources: Mutex::default(),
             upload_bytes: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            cancelled: Arc::new(AtomicU64::new(0)),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, state.clone(), stop_rx));
+        let (goaway_tx, goaway_rx) = watch::channel(0u64);
+        let serve = Serve {
+            state: state.clone(),
+            tls: tls.clone(),
+            max_concurrent_streams: self.max_concurrent_streams,
+            stop: stop_rx,
+            goaway: goaway_rx,
+        };
+        tokio::spawn(accept_loop(listener, serve));
         Ok(FakeGemini {
             addr,
             state,
+            tls: tls.is_some(),
             _stop: stop_tx,
+            goaway: goaway_tx,
         })
     }
+}
+
+/// A rustls acceptor offering `h2` then `http/1.1`.
+fn acceptor(cert: &[u8], key: &[u8]) -> io::Result<TlsAcceptor> {
+    let cert = rustls::pki_types::CertificateDer::from(cert.to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.to_vec()).map_err(io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 // === FakeGemini ===
@@ -128,7 +182,9 @@ impl FakeGeminiBuilder {
 pub struct FakeGemini {
     addr: SocketAddr,
     state: Arc<State>,
+    tls: bool,
     _stop: watch::Sender<bool>,
+    goaway: watch::Sender<u64>,
 }
 
 impl fmt::Debug for FakeGemini {
@@ -154,9 +210,28 @@ impl FakeGemini {
         Self::builder().keys(keys).start().await
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with [`FakeGeminiBuilder::tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Gracefully shuts down every open connection, as a server going away does: HTTP/2
+    /// connections get a GOAWAY, HTTP/1.1 ones stop keeping alive; requests in flight finish.
+    /// The listener keeps accepting, so new requests succeed on new connections.
+    pub fn goaway(&self) {
+        self.goaway.send_modify(|n| *n += 1);
+    }
+
+    /// Connections accepted so far (TCP, before any TLS handshake).
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Answers whose body the client abandoned before its end (an HTTP/2 stream reset by the
+    /// client, or a closed HTTP/1.1 connection); cuts the fake made itself are not counted.
+    pub fn cancelled_streams(&self) -> u64 {
+        self.state.cancelled.load(Ordering::SeqCst)
     }
 
     /// The bound address.
@@ -299,13 +374,26 @@ pub(super) struct State {
     pub(super) faults: Mutex<VecDeque<Fault>>,
     pub(super) resources: Mutex<super::resources::Resources>,
     pub(super) upload_bytes: AtomicU64,
+    pub(super) connections: AtomicU64,
+    pub(super) cancelled: Arc<AtomicU64>,
+}
+
+/// What the accept loop hands each connection.
+struct Serve {
+    state: Arc<State>,
+    tls: Option<TlsAcceptor>,
+    max_concurrent_streams: Option<u32>,
+    stop: watch::Receiver<bool>,
+    goaway: watch::Receiver<u64>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: TcpListener, serve: Serve) {
+    let serve = Arc::new(serve);
+    let mut stop = serve.stop.clone();
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -315,26 +403,60 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let mut stop = stop.clone();
-        // Faults that cut the connection notify this; dropping the connection closes the socket
-        // after the bytes already written (a body error would make hyper discard unflushed ones).
-        let kill = Arc::new(tokio::sync::Notify::new());
+        let id = serve.state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let serve = serve.clone();
         tokio::spawn(async move {
-            let k = kill.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                let kill = k.clone();
-                async move { Ok::<_, Infallible>(handle(state, req, kill).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // With upgrades: the Live API's WebSocket handshake.
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-                _ = kill.notified() => {}
+            match &serve.tls {
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        serve_connection(&serve, id, tls).await;
+                    }
+                }
+                None => serve_connection(&serve, id, stream).await,
             }
         });
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2, told apart by its preface) until it ends, the
+/// fake stops, or a fault cuts it; [`FakeGemini::goaway`] shuts it down gracefully.
+async fn serve_connection<I>(serve: &Serve, id: u64, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = serve.state.clone();
+    let mut stop = serve.stop.clone();
+    let mut goaway = serve.goaway.clone();
+    goaway.mark_unchanged();
+    // Faults that cut the connection notify this; dropping the connection closes the socket
+    // after the bytes already written (a body error would make hyper discard unflushed ones).
+    let kill = Arc::new(tokio::sync::Notify::new());
+    let k = kill.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        let kill = k.clone();
+        async move { handle(state, req, kill, id).await }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Some(n) = serve.max_concurrent_streams {
+        builder.http2().max_concurrent_streams(n);
+    }
+    // With upgrades: the Live API's WebSocket handshake (HTTP/1.1).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut going_away = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed() => return,
+            () = kill.notified() => return,
+            changed = goaway.changed(), if !going_away => {
+                if changed.is_err() {
+                    return;
+                }
+                going_away = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
