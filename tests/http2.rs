@@ -128,6 +128,29 @@ async fn warm_up(gw: &Gateway) {
     text_of(call(gw, generate("generateContent", "warm up")).await).await;
 }
 
+/// Three streams in flight on the warmed-up connection (the fake has seen four requests), to
+/// check that a fault on another stream leaves them alone.
+async fn neighbours_in_flight(
+    gw: &Gateway,
+    fake: &FakeGemini,
+) -> Vec<tokio::task::JoinHandle<(String, (String, Vec<String>))>> {
+    let neighbours = (0..3)
+        .map(|i| {
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let prompt = format!("neighbour {i}");
+                let res = call(&gw, generate("streamGenerateContent", &prompt)).await;
+                (prompt, text_of(res).await)
+            })
+        })
+        .collect();
+    eventually("the neighbours are in flight", || {
+        fake.total_requests() == 4
+    })
+    .await;
+    neighbours
+}
+
 /// Waits (bounded) until `cond` holds.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..500 {
@@ -233,20 +256,7 @@ async fn a_stream_reset_mid_answer_is_resumed_and_its_neighbours_go_on() {
         tls_fake(FakeGemini::builder().chunk_delay(Duration::from_millis(20))).await;
     let gw = gateway(client);
     warm_up(&gw).await;
-    let neighbours: Vec<_> = (0..3)
-        .map(|i| {
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let prompt = format!("neighbour {i}");
-                let res = call(&gw, generate("streamGenerateContent", &prompt)).await;
-                (prompt, text_of(res).await)
-            })
-        })
-        .collect();
-    eventually("the neighbours are in flight", || {
-        fake.total_requests() == 4
-    })
-    .await;
+    let neighbours = neighbours_in_flight(&gw, &fake).await;
     fake.push_fault(Fault::ResetAfter(2));
     let prompt = "Tell me about rivers";
     let (text, finish) = text_of(call(&gw, generate("streamGenerateContent", prompt)).await).await;
@@ -409,20 +419,7 @@ async fn a_stream_reset_before_the_answer_is_retried_on_another_key() {
         tls_fake(FakeGemini::builder().chunk_delay(Duration::from_millis(20))).await;
     let gw = gateway(client);
     warm_up(&gw).await;
-    let neighbours: Vec<_> = (0..3)
-        .map(|i| {
-            let gw = gw.clone();
-            tokio::spawn(async move {
-                let prompt = format!("neighbour {i}");
-                let res = call(&gw, generate("streamGenerateContent", &prompt)).await;
-                (prompt, text_of(res).await)
-            })
-        })
-        .collect();
-    eventually("the neighbours are in flight", || {
-        fake.total_requests() == 4
-    })
-    .await;
+    let neighbours = neighbours_in_flight(&gw, &fake).await;
     fake.push_fault(Fault::ResetStream);
     let prompt = "reset me";
     let (text, finish) = text_of(call(&gw, generate("generateContent", prompt)).await).await;
