@@ -119,10 +119,9 @@ impl KeyPool {
                         retry_in_s = self.reprobe_after.as_secs(),
                         "model not available to this key: the key keeps serving other models"
                     );
-                    publish = match publish {
-                        Publish::Enable => Publish::EnableAndCool(until),
-                        _ => Publish::Cool(until),
-                    };
+                    // Kept on this instance only: the shared store knows cool-downs, and
+                    // another instance reading this as one would answer a quota 429 for a
+                    // model that is refused (a 404). Each instance learns it with one call.
                 }
                 Outcome::KeyFailure { reason } => {
                     h.failures = h.failures.saturating_add(1);
