@@ -48,6 +48,18 @@ impl Resources {
         )
     }
 
+    /// Keeps a new resource in `key`'s project.
+    fn hold(&mut self, name: String, key: &str, value: &Value) {
+        self.items.insert(
+            name,
+            Item {
+                owner: key.to_owned(),
+                value: value.clone(),
+                polls: 0,
+            },
+        );
+    }
+
     /// The key whose project holds `name`.
     pub(super) fn owner(&self, name: &str) -> Option<String> {
         self.items.get(name).map(|i| i.owner.clone())
@@ -265,14 +277,7 @@ pub(super) async fn handle(
             "outputs": [{"type": "text", "text": text}],
             "usage": {"total_input_tokens": passage::tokens(&input).max(1), "total_output_tokens": passage::tokens(&text)},
         });
-        r.items.insert(
-            name,
-            Item {
-                owner: key,
-                value: value.clone(),
-                polls: 0,
-            },
-        );
+        r.hold(name, &key, &value);
         return json_response(200, &value);
     }
     if method == Method::POST && rest.ends_with(":batchGenerateContent") {
@@ -293,14 +298,7 @@ pub(super) async fn handle(
                 "requests": requests,
             }
         });
-        r.items.insert(
-            name,
-            Item {
-                owner: key,
-                value: value.clone(),
-                polls: 0,
-            },
-        );
+        r.hold(name, &key, &value);
         return json_response(200, &without_requests(value));
     }
     if method == Method::POST && rest.ends_with(":predictLongRunning") {
@@ -309,14 +307,7 @@ pub(super) async fn handle(
         let id = r.mint("");
         let name = format!("{model}/operations/{id}");
         let value = json!({"name": name});
-        r.items.insert(
-            name,
-            Item {
-                owner: key,
-                value: value.clone(),
-                polls: 0,
-            },
-        );
+        r.hold(name, &key, &value);
         return json_response(200, &value);
     }
     if method == Method::POST && rest == "cachedContents" {
@@ -337,14 +328,7 @@ pub(super) async fn handle(
             "expireTime": crate::rfc3339::format(now + ttl),
             "usageMetadata": {"totalTokenCount": passage::tokens(&json.to_string()).max(1)},
         });
-        r.items.insert(
-            name,
-            Item {
-                owner: key,
-                value: value.clone(),
-                polls: 0,
-            },
-        );
+        r.hold(name, &key, &value);
         return json_response(200, &value);
     }
     // Lists.
