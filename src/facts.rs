@@ -269,6 +269,8 @@ pub(crate) struct Reported {
     pub(crate) resumes: u32,
     pub(crate) rate_limited: bool,
     pub(crate) model: Option<String>,
+    /// The `modelVersion` of the answer: the model that served, as Google names it.
+    pub(crate) model_version: Option<String>,
     pub(crate) tokens: Option<Tokens>,
     /// A usage tap below reads the answer's token counts.
     pub(crate) tapped: bool,
@@ -342,6 +344,21 @@ impl Report {
     /// layer reads from a translated answer).
     pub fn record_tokens(&self, tokens: Tokens) {
         self.lock().tokens = Some(tokens);
+    }
+
+    /// The answer's `modelVersion`, as seen by an inner layer: the model that served, which
+    /// may differ from the model asked for (an alias such as `gemini-flash-latest`, or a
+    /// preview Google routes to a dated version).
+    pub fn record_model_version(&self, version: &str) {
+        let mut r = self.lock();
+        if r.model_version.as_deref() != Some(version) {
+            r.model_version = Some(version.to_owned());
+        }
+    }
+
+    /// The `modelVersion` of the answer, when one was seen.
+    pub fn model_version(&self) -> Option<String> {
+        self.lock().model_version.clone()
     }
 
     /// The model the request goes to, as resolved so far.

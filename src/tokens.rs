@@ -71,7 +71,16 @@ enum State {
     AfterString,
     BeforeNumber(Field),
     Number(Field),
+    /// After `"modelVersion":`, before its string.
+    BeforeVersion,
+    /// Inside the `modelVersion` string.
+    InVersion {
+        escape: bool,
+    },
 }
+
+/// Longest `modelVersion` kept; a longer one is cut (model versions are short names).
+const MAX_VERSION: usize = 64;
 
 /// Finds the token counts of a Gemini `usageMetadata` (or an OpenAI `usage`) in a byte stream
 /// fed piece by piece: SSE frames, a streamed JSON array or a whole JSON body, without
@@ -97,6 +106,10 @@ pub struct TokenScanner {
     key_overflow: bool,
     value: u64,
     last: [Option<u64>; 6],
+    /// The `modelVersion` string being read.
+    version: Vec<u8>,
+    /// The last complete `modelVersion` seen.
+    model_version: Option<String>,
 }
 
 impl TokenScanner {
@@ -166,10 +179,12 @@ impl TokenScanner {
             },
             State::AfterString => match b {
                 b':' => {
-                    let field = (!self.key_overflow)
-                        .then(|| Field::of(&self.key[..self.key_len]))
-                        .flatten();
-                    self.state = field.map_or(State::Outside, State::BeforeNumber);
+                    let key = (!self.key_overflow).then_some(&self.key[..self.key_len]);
+                    self.state = match key {
+                        Some(b"modelVersion") => State::BeforeVersion,
+                        Some(key) => Field::of(key).map_or(State::Outside, State::BeforeNumber),
+                        None => State::Outside,
+                    };
                 }
                 _ if b.is_ascii_whitespace() => {}
                 _ => self.outside(b),
@@ -193,7 +208,42 @@ impl TokenScanner {
                     self.outside(b);
                 }
             }
+            State::BeforeVersion => match b {
+                b'"' => {
+                    self.version.clear();
+                    self.state = State::InVersion { escape: false };
+                }
+                _ if b.is_ascii_whitespace() => {}
+                _ => self.outside(b),
+            },
+            State::InVersion { escape: true } => {
+                self.push_version(b);
+                self.state = State::InVersion { escape: false };
+            }
+            State::InVersion { escape: false } => match b {
+                b'\\' => self.state = State::InVersion { escape: true },
+                b'"' => {
+                    let version = String::from_utf8_lossy(&self.version);
+                    if self.model_version.as_deref() != Some(&*version) {
+                        self.model_version = Some(version.into_owned());
+                    }
+                    self.state = State::Outside;
+                }
+                _ => self.push_version(b),
+            },
         }
+    }
+
+    fn push_version(&mut self, b: u8) {
+        if self.version.len() < MAX_VERSION {
+            self.version.push(b);
+        }
+    }
+
+    /// The last `modelVersion` seen (Gemini's name of the model that served, e.g.
+    /// `gemini-2.5-flash-preview-09-2025` for a request to an alias), cut at 64 bytes.
+    pub fn model_version(&self) -> Option<&str> {
+        self.model_version.as_deref()
     }
 
     fn outside(&mut self, b: u8) {
@@ -329,6 +379,31 @@ mod tests {
         }
         let t = stepped.tokens().unwrap();
         assert_eq!((t.prompt, t.output, t.thoughts, t.total), (12, 345, 6, 363));
+    }
+
+    #[test]
+    fn reads_the_model_version_split_anywhere() {
+        let body = br#"data: {"candidates":[{"content":{"parts":[{"text":"\"modelVersion\": \"fake\""}]}}],"usageMetadata":{"totalTokenCount":3},"modelVersion": "gemini-2.5-flash-preview-09-2025","responseId":"r1"}"#;
+        for i in 0..body.len() {
+            let mut s = TokenScanner::new();
+            s.feed(&body[..i]);
+            s.feed(&body[i..]);
+            assert_eq!(
+                s.model_version(),
+                Some("gemini-2.5-flash-preview-09-2025"),
+                "split at {i}"
+            );
+        }
+        let mut s = TokenScanner::new();
+        s.feed(br#"{"modelVersion":"a"}{"modelVersion":"b"}"#);
+        assert_eq!(s.model_version(), Some("b"), "the last one wins");
+        let mut s = TokenScanner::new();
+        s.feed(br#"{"modelVersion":42,"x":"y"}"#);
+        assert_eq!(s.model_version(), None, "not a string");
+        let long = format!(r#"{{"modelVersion":"{}"}}"#, "m".repeat(500));
+        let mut s = TokenScanner::new();
+        s.feed(long.as_bytes());
+        assert_eq!(s.model_version().map(str::len), Some(MAX_VERSION));
     }
 
     #[test]

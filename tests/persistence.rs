@@ -421,6 +421,61 @@ async fn request_rows_have_the_right_counts_and_tokens_and_no_secret() {
 }
 
 #[tokio::test]
+async fn the_model_version_that_served_is_kept_beside_the_model_asked_for() {
+    // `gemini-flash-latest` is an alias Google serves with a dated model; the answer's
+    // `modelVersion` says which. Native unary, native stream and a streamed OpenAI chat.
+    const SERVED: &str = "gemini-2.5-flash-preview-09-2025";
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let dir = temp_dir("model-version");
+    let db = dir.join("gateway.db");
+    let proxy = Proxy::start(&vars(&url, db.to_str().unwrap(), &[])).await;
+    let contents = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let calls = [
+        (
+            "/v1beta/models/gemini-flash-latest:generateContent",
+            contents.clone(),
+        ),
+        (
+            "/v1beta/models/gemini-flash-latest:streamGenerateContent?alt=sse",
+            contents,
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "gemini-flash-latest", "stream": true,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ];
+    for (path, body) in calls {
+        let req = Request::post(path)
+            .header("authorization", format!("Bearer {CLIENT}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let (status, text) = status_and_text(send(&proxy, req).await).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {text}");
+    }
+    let rows = rows(&db, 3).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["model"], "gemini-flash-latest", "{row}");
+        assert_eq!(row["model_version"], SERVED, "{row}");
+    }
+    let (status, stats) = json_of(send(&proxy, admin("GET", "/admin/stats", None)).await).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(
+        stats["model_versions"][SERVED]["day"]["requests"], 3,
+        "{stats}"
+    );
+    assert_eq!(
+        stats["models"]["gemini-flash-latest"]["day"]["requests"], 3,
+        "{stats}"
+    );
+    drop(proxy);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
 async fn a_request_retried_on_another_key_has_its_key_retries_in_its_row() {
     let fake = FakeGemini::start([KEY, KEY2]).await.unwrap();
     // The first key is refused by the upstream (400 API_KEY_INVALID): a request that draws it

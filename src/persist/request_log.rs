@@ -17,7 +17,7 @@ use crate::usage::{UsageRecord, UsageSink};
 /// (feature `sqlite`).
 ///
 /// A row holds the time, request id, client (name and masked id), key id (a fingerprint),
-/// model, route, status, latency, prompt/output/thought/cached/total tokens, resumes, upstream
+/// model (and the `modelVersion` that served), route, status, latency, prompt/output/thought/cached/total tokens, resumes, upstream
 /// attempts and key retries. It holds no secret and no prompt unless
 /// [`RequestLogBuilder::log_bodies`] is on (then the start of the request body kept by
 /// [`UsageLayer::request_bodies`](crate::usage::UsageLayer::request_bodies)).
@@ -255,6 +255,7 @@ struct Row {
     client_name: Option<String>,
     key_id: Option<String>,
     model: String,
+    model_version: Option<String>,
     route: String,
     status: u16,
     stream: bool,
@@ -283,6 +284,7 @@ impl Row {
             client_name: r.client.as_ref().map(|c| c.name.clone()),
             key_id: r.key_id.clone(),
             model: r.model.clone(),
+            model_version: r.model_version.clone(),
             route: r.route.clone(),
             status: r.status,
             stream: r.stream,
@@ -396,9 +398,10 @@ fn insert(conn: &mut Connection, batch: &[Row]) -> Result<(), Error> {
                 "INSERT INTO requests (time_ms, request_id, client_id, client_name, key_id,
                      model, route, status, stream, latency_ms, duration_ms, prompt_tokens,
                      output_tokens, thought_tokens, cached_tokens, total_tokens, resumes,
-                     upstream_attempts, key_retries, rate_limited, completed, request_body)
+                     upstream_attempts, key_retries, rate_limited, completed, request_body,
+                     model_version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18, ?19, ?20, ?21, ?22)",
+                     ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             )
             .map_err(Error::store)?;
         for r in batch {
@@ -430,6 +433,7 @@ fn insert(conn: &mut Connection, batch: &[Row]) -> Result<(), Error> {
                 r.rate_limited,
                 r.completed,
                 r.request_body,
+                r.model_version,
             ])
             .map_err(Error::store)?;
         }

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS requests (
     key_retries INTEGER NOT NULL,
     rate_limited INTEGER NOT NULL,
     completed INTEGER NOT NULL,
-    request_body TEXT
+    request_body TEXT,
+    model_version TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_time ON requests (time_ms);
 ";
@@ -74,7 +75,29 @@ pub(crate) fn open(path: &Path) -> Result<Connection, Error> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(Error::store)?;
     conn.execute_batch(SCHEMA).map_err(Error::store)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Columns added after a release, with their types: a file made by an older version gains
+/// them (SQLite has no `ADD COLUMN IF NOT EXISTS`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("requests", "model_version", "TEXT")];
+
+fn migrate(conn: &Connection) -> Result<(), Error> {
+    for (table, column, kind) in ADDED_COLUMNS {
+        let present: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |row| row.get(0),
+            )
+            .map_err(Error::store)?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                .map_err(Error::store)?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates an empty file readable by its owner only, unless it exists. SQLite gives its

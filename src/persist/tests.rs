@@ -167,7 +167,51 @@ mod sqlite {
         r.request_body = Some(bytes::Bytes::from_static(b"{\"prompt\":\"secret plans\"}"));
         r.upstream_attempts = 3;
         r.resumes = 1;
+        r.model_version = Some("gemini-2.5-flash-preview-09-2025".to_owned());
         r
+    }
+
+    #[tokio::test]
+    async fn a_log_made_before_model_version_gains_the_column() {
+        let dir = temp_dir("request-log-migrate");
+        let path = dir.join("gateway.db");
+        {
+            // The table as the previous release made it.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE requests (time_ms INTEGER NOT NULL, request_id TEXT,
+                     client_id TEXT, client_name TEXT, key_id TEXT, model TEXT NOT NULL,
+                     route TEXT NOT NULL, status INTEGER NOT NULL, stream INTEGER NOT NULL,
+                     latency_ms INTEGER NOT NULL, duration_ms INTEGER NOT NULL,
+                     prompt_tokens INTEGER, output_tokens INTEGER, thought_tokens INTEGER,
+                     cached_tokens INTEGER, total_tokens INTEGER, resumes INTEGER NOT NULL,
+                     upstream_attempts INTEGER NOT NULL, key_retries INTEGER NOT NULL,
+                     rate_limited INTEGER NOT NULL, completed INTEGER NOT NULL,
+                     request_body TEXT);
+                 INSERT INTO requests VALUES (CAST(strftime('%s', 'now') AS INTEGER) * 1000 - 1000, 'old', NULL, NULL, NULL, 'm', 'r', 200, 0,
+                     1, 1, NULL, NULL, NULL, NULL, NULL, 0, 1, 0, 0, 1, NULL);",
+            )
+            .unwrap();
+        }
+        let log = RequestLog::builder(&path)
+            .flush_interval(Duration::from_millis(10))
+            .open()
+            .unwrap();
+        log.record(&record(1));
+        assert_eq!(rows(&path, 2).await, 2);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let versions: Vec<Option<String>> = conn
+            .prepare("SELECT model_version FROM requests ORDER BY time_ms")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            versions,
+            [None, Some("gemini-2.5-flash-preview-09-2025".to_owned())]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     async fn rows(path: &std::path::Path, n: i64) -> i64 {

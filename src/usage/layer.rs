@@ -270,7 +270,7 @@ struct Recording {
 
 impl Recording {
     /// Completes the record with what deeper layers reported and what the body showed.
-    fn finish(mut self, scanned: Option<super::Tokens>, completed: bool) {
+    fn finish(mut self, scanned: Option<&TokenScanner>, completed: bool) {
         let Reported {
             client,
             key_id,
@@ -278,6 +278,7 @@ impl Recording {
             resumes,
             rate_limited,
             model,
+            model_version,
             tokens,
             tapped: _,
             claimed: _,
@@ -301,7 +302,14 @@ impl Recording {
         if let std::borrow::Cow::Owned(masked) = crate::secret::scrub(&r.model) {
             r.model = masked;
         }
-        r.tokens = tokens.or(scanned);
+        r.tokens = tokens.or_else(|| scanned.and_then(TokenScanner::tokens));
+        r.model_version = model_version
+            .or_else(|| {
+                scanned
+                    .and_then(TokenScanner::model_version)
+                    .map(str::to_owned)
+            })
+            .map(|v| crate::secret::scrub(&v).into_owned());
         if let Some(body) = &self.body {
             r.request_body = Some(body.take());
         }
@@ -447,14 +455,12 @@ where
         };
         if let Some(bytes) = body.as_bytes() {
             // A buffered answer: read it now and keep the body as it is.
-            let tokens = scan
-                .then(|| {
-                    let mut scanner = TokenScanner::new();
-                    scanner.feed(bytes);
-                    scanner.tokens()
-                })
-                .flatten();
-            sink.finish(tokens, true);
+            let scanner = scan.then(|| {
+                let mut scanner = TokenScanner::new();
+                scanner.feed(bytes);
+                scanner
+            });
+            sink.finish(scanner.as_ref(), true);
             return Poll::Ready(Ok(Response::from_parts(parts, body)));
         }
         let body = Body::new(ResponseBody {
@@ -480,12 +486,15 @@ enum Sink {
 }
 
 impl Sink {
-    fn finish(self, tokens: Option<super::Tokens>, completed: bool) {
+    fn finish(self, scanned: Option<&TokenScanner>, completed: bool) {
         match self {
-            Sink::Record(rec) => rec.finish(tokens, completed),
+            Sink::Record(rec) => rec.finish(scanned, completed),
             Sink::Tap(handle) => {
-                if let Some(t) = tokens {
+                if let Some(t) = scanned.and_then(TokenScanner::tokens) {
                     handle.record_tokens(t);
+                }
+                if let Some(v) = scanned.and_then(TokenScanner::model_version) {
+                    handle.record_model_version(v);
                 }
             }
         }
@@ -509,10 +518,7 @@ impl ResponseBody {
             // The body is over (or abandoned): let the layers below finish first, so that a
             // tap there has reported what it read before the record is made.
             drop(std::mem::take(&mut self.inner));
-            sink.finish(
-                self.scanner.as_ref().and_then(TokenScanner::tokens),
-                completed,
-            );
+            sink.finish(self.scanner.as_ref(), completed);
         }
     }
 }

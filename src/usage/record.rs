@@ -26,6 +26,9 @@ pub struct UsageRecord {
     pub upstream_attempts: u32,
     /// The model (without `models/`), or empty for routes without one.
     pub model: String,
+    /// The answer's `modelVersion`: the model that served as Google names it (a dated version
+    /// for an alias or preview), when the answer carried one.
+    pub model_version: Option<String>,
     /// The route: a native method (`generateContent`, `streamGenerateContent`, `countTokens`,
     /// `models.list`, `models.get`, ...) or an OpenAI route (`openai.chat.completions`,
     /// `openai.embeddings`, `openai.models`), else `other`.
@@ -58,6 +61,7 @@ impl UsageRecord {
             key_id: None,
             upstream_attempts: 0,
             model: model.into(),
+            model_version: None,
             route: route.into(),
             status: 0,
             stream: false,

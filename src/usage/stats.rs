@@ -63,6 +63,9 @@ pub enum Dimension {
     Key,
     /// The client's name (unauthenticated requests are not counted here).
     Client,
+    /// The answer's `modelVersion`, the model that served (answers without one are not
+    /// counted here).
+    ModelVersion,
 }
 
 impl Dimension {
@@ -75,6 +78,7 @@ impl Dimension {
             Dimension::Model => "models",
             Dimension::Key => "keys",
             Dimension::Client => "clients",
+            Dimension::ModelVersion => "model_versions",
         }
     }
 }
@@ -204,7 +208,7 @@ fn bucket_of(elapsed: Duration, w: Window) -> u64 {
 
 struct Inner {
     total: Series,
-    maps: [HashMap<String, Series>; 3],
+    maps: [HashMap<String, Series>; 4],
     last_sweep: Duration,
 }
 
@@ -242,6 +246,7 @@ impl fmt::Debug for UsageStats {
             .field("models", &inner.maps[0].len())
             .field("keys", &inner.maps[1].len())
             .field("clients", &inner.maps[2].len())
+            .field("model_versions", &inner.maps[3].len())
             .finish()
     }
 }
@@ -291,7 +296,7 @@ impl UsageStats {
 
     /// Everything as JSON: `{"total": {"minute": {...}, "hour": {...}, "day": {...}},
     /// "models": {name: {"minute": ..., "hour": ..., "day": ...}}, "keys": {...},
-    /// "clients": {...}}`, each window a [`Totals::to_json`]. Names without a request in the
+    /// "clients": {...}, "model_versions": {...}}`, each window a [`Totals::to_json`]. Names without a request in the
     /// last day are left out.
     pub fn to_json(&self) -> Value {
         let now = self.now();
@@ -305,7 +310,12 @@ impl UsageStats {
         };
         let mut out = Map::new();
         out.insert("total".to_owned(), windows(&inner.total));
-        for d in [Dimension::Model, Dimension::Key, Dimension::Client] {
+        for d in [
+            Dimension::Model,
+            Dimension::Key,
+            Dimension::Client,
+            Dimension::ModelVersion,
+        ] {
             let mut names: Vec<(&String, &Series)> = inner.maps[d.index()]
                 .iter()
                 .filter(|(_, s)| s.sum(now, Window::Day).requests > 0)
@@ -331,6 +341,7 @@ impl UsageSink for UsageStats {
             Some(record.model.as_str()).filter(|m| !m.is_empty()),
             record.key_id.as_deref(),
             record.client.as_ref().map(|c| c.name.as_str()),
+            record.model_version.as_deref(),
         ];
         let max = self.max_entries;
         for (map, name) in inner.maps.iter_mut().zip(names) {

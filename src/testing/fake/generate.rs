@@ -87,7 +87,7 @@ pub(super) async fn generate(
         let body = json!({
             "promptFeedback": { "blockReason": reason, "safetyRatings": [] },
             "usageMetadata": { "promptTokenCount": plan.prompt_tokens, "totalTokenCount": plan.prompt_tokens },
-            "modelVersion": model, "responseId": id,
+            "modelVersion": super::models::model_version(model), "responseId": id,
         });
         return emit(state, &kill, candidates, mode, vec![Step::Chunk(body)]).await;
     }

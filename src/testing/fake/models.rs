@@ -58,6 +58,14 @@ const MODELS: &[(&str, &str, u64, u64, bool, bool)] = &[
         false,
     ),
     (
+        "gemini-flash-latest",
+        "Gemini Flash Latest",
+        1_048_576,
+        65_536,
+        true,
+        false,
+    ),
+    (
         "text-embedding-004",
         "Text Embedding 004",
         2_048,
@@ -74,6 +82,15 @@ const MODELS: &[(&str, &str, u64, u64, bool, bool)] = &[
         true,
     ),
 ];
+
+/// The `modelVersion` an answer from `model` carries: the model itself, or for an alias
+/// the dated model Google routes it to, as the real API names it.
+pub(super) fn model_version(model: &str) -> &str {
+    match model {
+        "gemini-flash-latest" => "gemini-2.5-flash-preview-09-2025",
+        other => other,
+    }
+}
 
 pub(super) fn model(id: &str) -> Option<Value> {
     MODELS

@@ -228,7 +228,11 @@ pub(super) fn chunk_json(
     if let Some(f) = finish {
         candidate["finishReason"] = json!(f);
     }
-    let mut out = json!({ "candidates": [candidate], "modelVersion": model, "responseId": id });
+    let mut out = json!({
+        "candidates": [candidate],
+        "modelVersion": super::models::model_version(model),
+        "responseId": id,
+    });
     if let Some(u) = usage {
         out["usageMetadata"] = u;
     }
