@@ -725,3 +725,199 @@ async fn an_interaction_and_its_follow_ups_succeed_twenty_times_in_a_row() {
     assert_eq!(status, StatusCode::OK);
     assert_no_key_disabled(&proxy);
 }
+
+/// The events of an SSE answer as JSON, until the stream ends or breaks.
+async fn events_until_cut(res: http::Response<Body>) -> (Vec<Value>, bool) {
+    use http_body_util::BodyExt;
+    let mut body = res.into_body();
+    let mut text = String::new();
+    let mut cut = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            Err(_) => {
+                cut = true;
+                break;
+            }
+        }
+    }
+    let events = text
+        .replace("\r\n", "\n")
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    (events, cut)
+}
+
+fn delta_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == "step.delta")
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_interaction_cut_off_resumes_with_last_event_id_on_its_key() {
+    let (fake, proxy) = setup().await;
+    let body = json!({"model": MODEL, "input": "Tell me about the sea.", "stream": true});
+    // The whole stream, for reference.
+    let req = |token: &str, method: &str, path: &str, body: Option<&Value>| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-goog-api-key", token)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap()
+    };
+    let res = send(
+        &proxy,
+        req(CLIENT, "POST", "/v1beta/interactions", Some(&body)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (whole, cut) = events_until_cut(res).await;
+    assert!(!cut);
+    assert_eq!(whole.last().unwrap()["event_type"], "interaction.completed");
+
+    // The same asked again, cut after three events.
+    fake.push_fault(tower_gemini::testing::Fault::DropAfter(3));
+    let res = send(
+        &proxy,
+        req(CLIENT, "POST", "/v1beta/interactions", Some(&body)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (first, cut) = events_until_cut(res).await;
+    assert!(cut, "the stream was cut: {first:?}");
+    assert_eq!(first.len(), 3, "{first:?}");
+    let id = first[0]["interaction"]["id"].as_str().unwrap().to_owned();
+    let last = first[2]["event_id"].as_str().unwrap().to_owned();
+    let owner = owner_of(&fake, &format!("interactions/{id}"));
+
+    // Resumed several times: round robin would send most of these to the other keys, whose
+    // projects do not hold the interaction.
+    let path = format!("/v1beta/interactions/{id}?stream=true&last_event_id={last}");
+    for _ in 0..6 {
+        let before = fake.received().len();
+        let res = send(&proxy, req(CLIENT, "GET", &path, None)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let (rest, cut) = events_until_cut(res).await;
+        assert!(!cut);
+        assert_eq!(rest[0]["event_id"], "evt_0004", "{rest:?}");
+        assert_eq!(rest.last().unwrap()["event_type"], "interaction.completed");
+        let joined = delta_text(&first) + &delta_text(&rest);
+        assert_eq!(joined, delta_text(&whole), "one seamless answer");
+        let calls = fake.received();
+        assert_eq!(calls.len(), before + 1);
+        let key = calls.last().unwrap().headers["x-goog-api-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(key, owner, "the resume reached the key that holds it");
+    }
+    // Another client does not reach it.
+    let res = send(&proxy, req(OTHER, "GET", &path, None)).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_no_key_disabled(&proxy);
+}
+
+#[tokio::test]
+async fn a_file_search_store_is_used_on_its_own_key_and_seen_by_its_client_only() {
+    let (fake, proxy) = setup().await;
+    let (status, store) = call(
+        &proxy,
+        "POST",
+        "/v1beta/fileSearchStores",
+        CLIENT,
+        Some(json!({"displayName": "handbook"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{store}");
+    let name = store["name"].as_str().unwrap().to_owned();
+    let owner = owner_of(&fake, &name);
+    // Generations searching the store: round robin would send two of three elsewhere (403).
+    let search = json!({
+        "contents": [{"role": "user", "parts": [{"text": "What does the handbook say?"}]}],
+        "tools": [{"fileSearch": {"fileSearchStoreNames": [name]}}],
+    });
+    for i in 0..10 {
+        let (status, answer) = call(
+            &proxy,
+            "POST",
+            &format!("/v1beta/models/{MODEL}:generateContent"),
+            CLIENT,
+            Some(search.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "call {i}: {answer}");
+    }
+    // Importing a file: on the store's key it works; a file of another key is a clear 400.
+    let mut imported = false;
+    let mut refused = false;
+    for i in 0..3 {
+        let file = multipart(&proxy, CLIENT, &format!("page {i}")).await;
+        let file_name = file["name"].as_str().unwrap().to_owned();
+        let (status, op) = call(
+            &proxy,
+            "POST",
+            &format!("/v1beta/{name}:importFile"),
+            CLIENT,
+            Some(json!({"fileName": file_name})),
+        )
+        .await;
+        if owner_of(&fake, &file_name) == owner {
+            assert_eq!(status, StatusCode::OK, "{op}");
+            let (status, polled) = call(
+                &proxy,
+                "GET",
+                &format!("/v1beta/{}", op["name"].as_str().unwrap()),
+                CLIENT,
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{polled}");
+            assert_eq!(polled["done"], true);
+            imported = true;
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{op}");
+            let message = op["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains(&name) && message.contains(&file_name),
+                "{message}"
+            );
+            refused = true;
+        }
+    }
+    assert!(
+        imported && refused,
+        "round robin put the three files on three keys"
+    );
+    // Listed for its client, hidden from the other.
+    let (status, list) = call(&proxy, "GET", "/v1beta/fileSearchStores", CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let names: Vec<&str> = list["fileSearchStores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, [name.as_str()]);
+    let (_, other) = call(&proxy, "GET", "/v1beta/fileSearchStores", OTHER, None).await;
+    assert_eq!(other["fileSearchStores"], json!([]), "{other}");
+    let path = format!("/v1beta/{name}");
+    let (status, _) = call(&proxy, "GET", &path, OTHER, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Deleted on its key; the pin goes with it.
+    let (status, _) = call(&proxy, "DELETE", &path, CLIENT, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&proxy, "GET", &path, CLIENT, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_no_key_disabled(&proxy);
+}

@@ -9,7 +9,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tower::{Layer, Service};
 
-use super::names::{Route, named_in_body, route};
+use super::names::{Route, named_in_body, route, upload_target};
 use super::store::{AffinityStore, MemoryAffinityStore, Pinned};
 use crate::body::{Body, BoxError, BoxFuture, collect_limited};
 use crate::error::{ApiError, Dialect};
@@ -199,7 +199,10 @@ impl Call {
                 let query = req.uri().query().unwrap_or_default().to_owned();
                 return Ok(self.list(&query, collection, &asker, dialect).await);
             }
-            Route::One { name } => named.push(name.clone()),
+            Route::One { name } | Route::Within { name } => named.push(name.clone()),
+            Route::UploadStart | Route::UploadOther => {
+                named.extend(upload_target(req.uri().path()));
+            }
             Route::UploadBytes(id) => {
                 let name = format!("uploads/{id}");
                 match self.store.get(&name).await.filter(|e| asker.sees(e)) {
@@ -233,7 +236,7 @@ impl Call {
         let mut pin: Option<(String, String)> = None;
         for name in &named {
             let Some(e) = self.store.get(name).await else {
-                if matches!(route, Route::One { .. }) && !asker.admin {
+                if matches!(route, Route::One { .. } | Route::Within { .. }) && !asker.admin {
                     return Ok(not_found(name, dialect));
                 }
                 continue;
@@ -287,6 +290,19 @@ impl Call {
                 }
                 Ok(res)
             }
+            Route::Create if is_event_stream(&res) => {
+                // A streamed interaction: its id comes in the first event.
+                let (parts, body) = res.into_parts();
+                let body = Body::new(PinFromStream {
+                    inner: body,
+                    decoder: Some(crate::sse::Decoder::new().max_event_bytes(MAX_ANSWER)),
+                    read: 0,
+                    pin: Some((self, key_id, asker.id)),
+                    pending: None,
+                    held: None,
+                });
+                Ok(Response::from_parts(parts, body))
+            }
             Route::Create => {
                 let (res, answer) = read_answer(res).await;
                 if let Some(answer) = &answer {
@@ -310,7 +326,7 @@ impl Call {
                 }
                 Ok(res)
             }
-            Route::List(_) | Route::Other => Ok(res),
+            Route::List(_) | Route::Within { .. } | Route::Other => Ok(res),
         }
     }
 
@@ -503,6 +519,118 @@ fn gateway_base<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.uri().scheme_str())
         .unwrap_or("http");
     Some(format!("{scheme}://{host}"))
+}
+
+fn is_event_stream<B>(res: &Response<B>) -> bool {
+    res.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+type PinFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Relays a streamed creation (`POST interactions` with `stream: true`) and pins the resource
+/// its first events name to the key that serves it, before that event reaches the client:
+/// a client cut off may resume at once (`GET interactions/{id}?stream=true&last_event_id=`)
+/// and must find the pin. Only the first `MAX_ANSWER` bytes are looked at.
+struct PinFromStream {
+    inner: Body,
+    /// `None` once the resource is pinned (or the stream named none).
+    decoder: Option<crate::sse::Decoder>,
+    read: usize,
+    /// What the pin needs: the call's store, the serving key, the owner.
+    pin: Option<(Call, String, String)>,
+    /// The pin being written; the frame that named the resource waits for it.
+    pending: Option<PinFuture>,
+    held: Option<Result<http_body::Frame<Bytes>, BoxError>>,
+}
+
+impl PinFromStream {
+    /// Looks for the created resource in `data`; starts writing its pin when found.
+    fn scan(&mut self, data: &Bytes) {
+        let Some(decoder) = &mut self.decoder else {
+            return;
+        };
+        decoder.push(data.clone());
+        self.read = self.read.saturating_add(data.len());
+        loop {
+            match decoder.next_event() {
+                Ok(Some(event)) => {
+                    let Some(json) = event
+                        .data_str()
+                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                    else {
+                        continue;
+                    };
+                    let Some(mut interaction) = json.get("interaction").cloned() else {
+                        continue;
+                    };
+                    if interaction.get("id").and_then(Value::as_str).is_none() {
+                        continue;
+                    }
+                    // Stream events carry a partial interaction, maybe without `object`.
+                    interaction["object"] = json!("interaction");
+                    self.decoder = None;
+                    if let Some((call, key_id, owner)) = self.pin.take() {
+                        self.pending = Some(Box::pin(async move {
+                            call.record(&interaction, &key_id, &owner).await;
+                        }));
+                    }
+                    return;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.decoder = None;
+                    return;
+                }
+            }
+        }
+        if self.read > MAX_ANSWER {
+            self.decoder = None;
+        }
+    }
+}
+
+impl http_body::Body for PinFromStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(pending) = &mut this.pending {
+                std::task::ready!(pending.as_mut().poll(cx));
+                this.pending = None;
+                if let Some(frame) = this.held.take() {
+                    return Poll::Ready(Some(frame));
+                }
+            }
+            let frame = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_frame(cx));
+            if let Some(Ok(f)) = &frame {
+                if let Some(data) = f.data_ref() {
+                    let data = data.clone();
+                    this.scan(&data);
+                }
+            }
+            if this.pending.is_some() {
+                this.held = frame;
+                continue;
+            }
+            return Poll::Ready(frame);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.held.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::default()
+    }
 }
 
 /// Reads a (small) successful answer as JSON, giving the response back whole. An answer

@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::credential::query_param;
 
 /// The resource collections that can be listed.
-pub(super) const LISTED: [&str; 3] = ["files", "cachedContents", "batches"];
+pub(super) const LISTED: [&str; 4] = ["files", "cachedContents", "batches", "fileSearchStores"];
 
 /// What a request does, for the affinity layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +25,12 @@ pub(super) enum Route {
     /// One resource by name (`files/abc`), with its method verb (`cancel`) if any.
     One {
         /// The resource's name.
+        name: String,
+    },
+    /// A part of a pinned resource (`fileSearchStores/s/documents/d`, its operations, an
+    /// upload into it): it goes where the resource lives, and changes no pin.
+    Within {
+        /// The resource that holds it (`fileSearchStores/s`).
         name: String,
     },
     /// Anything else (`generateContent` and friends: their bodies may name resources).
@@ -56,6 +62,7 @@ pub(super) fn route(
             .unwrap_or_default()
             .to_ascii_lowercase()
     };
+    let store = file_search_store(rest);
     if path.starts_with("/upload/") {
         if let Some(id) = query.and_then(|q| query_param(q, "upload_id")) {
             return Route::UploadBytes(id);
@@ -75,11 +82,19 @@ pub(super) fn route(
     if *method == Method::POST
         && (rest == "cachedContents"
             || rest == "interactions"
+            || rest == "fileSearchStores"
             || rest.ends_with(":batchGenerateContent")
             || rest.ends_with(":asyncBatchEmbedContent")
             || rest.ends_with(":predictLongRunning"))
     {
         return Route::Create;
+    }
+    if let Some(name) = store {
+        return if rest.split(':').next() == Some(name.as_str()) {
+            Route::One { name }
+        } else {
+            Route::Within { name }
+        };
     }
     let name = rest.split(':').next().unwrap_or_default();
     let is_one = [
@@ -100,6 +115,22 @@ pub(super) fn route(
     Route::Other
 }
 
+/// The file search store an upload goes into
+/// (`/upload/v1beta/fileSearchStores/s:uploadToFileSearchStore`).
+pub(super) fn upload_target(path: &str) -> Option<String> {
+    path.starts_with("/upload/")
+        .then(|| after_version(path).and_then(file_search_store))
+        .flatten()
+}
+
+/// The file search store a path is in: `fileSearchStores/s` of `fileSearchStores/s`,
+/// `fileSearchStores/s:importFile`, `fileSearchStores/s/documents/d`.
+fn file_search_store(rest: &str) -> Option<String> {
+    let id = rest.strip_prefix("fileSearchStores/")?;
+    let id = id.split(['/', ':']).next().unwrap_or_default();
+    (!id.is_empty()).then(|| format!("fileSearchStores/{id}"))
+}
+
 /// The resources a request body names: the files of `fileData.fileUri` parts and the cache
 /// of `cachedContent`, anywhere in the JSON (batch requests nest whole requests).
 pub(super) fn named_in_body(body: &[u8]) -> Vec<String> {
@@ -108,6 +139,10 @@ pub(super) fn named_in_body(body: &[u8]) -> Vec<String> {
         && memchr::memmem::find(body, b"cachedContent").is_none()
         && memchr::memmem::find(body, b"file_uri").is_none()
         && memchr::memmem::find(body, b"previous_interaction_id").is_none()
+        && memchr::memmem::find(body, b"ileSearchStore").is_none()
+        && memchr::memmem::find(body, b"file_search_store").is_none()
+        && memchr::memmem::find(body, b"ileName").is_none()
+        && memchr::memmem::find(body, b"file_name").is_none()
     {
         return Vec::new();
     }
@@ -130,8 +165,20 @@ fn walk(v: &Value, out: &mut Vec<String>, depth: usize) {
             for (k, v) in map {
                 match (k.as_str(), v) {
                     ("fileUri" | "file_uri", Value::String(uri)) => out.extend(file_name(uri)),
+                    // `fileSearchStores/s:importFile` names the file to import.
+                    ("fileName" | "file_name", Value::String(f)) if depth == 0 => {
+                        out.extend(file_name(f));
+                    }
                     ("previous_interaction_id", Value::String(id)) if depth == 0 => {
                         out.push(format!("interactions/{id}"));
+                    }
+                    ("fileSearchStoreNames" | "file_search_store_names", Value::Array(stores)) => {
+                        out.extend(
+                            stores
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .filter_map(file_search_store),
+                        )
                     }
                     ("cachedContent" | "cached_content", Value::String(c)) => {
                         if let Some(i) = c.find("cachedContents/") {
@@ -207,6 +254,47 @@ mod tests {
                 &http::HeaderMap::new()
             ),
             Route::UploadBytes("u1".into())
+        );
+    }
+
+    #[test]
+    fn file_search_stores_and_their_parts_are_told_apart() {
+        let one = |n: &str| Route::One { name: n.into() };
+        let within = |n: &str| Route::Within { name: n.into() };
+        assert_eq!(r(Method::POST, "/v1beta/fileSearchStores"), Route::Create);
+        assert_eq!(
+            r(Method::GET, "/v1beta/fileSearchStores"),
+            Route::List("fileSearchStores")
+        );
+        assert_eq!(
+            r(Method::GET, "/v1beta/fileSearchStores/s1"),
+            one("fileSearchStores/s1")
+        );
+        assert_eq!(
+            r(Method::DELETE, "/v1beta/fileSearchStores/s1"),
+            one("fileSearchStores/s1")
+        );
+        for path in [
+            "/v1beta/fileSearchStores/s1:importFile",
+            "/v1beta/fileSearchStores/s1/documents/d1",
+            "/v1beta/fileSearchStores/s1/operations/o1",
+            "/v1beta/fileSearchStores/s1/upload/operations/o1",
+        ] {
+            assert_eq!(
+                r(Method::GET, path),
+                within("fileSearchStores/s1"),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            upload_target("/upload/v1beta/fileSearchStores/s1:uploadToFileSearchStore"),
+            Some("fileSearchStores/s1".into())
+        );
+        assert_eq!(upload_target("/upload/v1beta/files"), None);
+        let body = br#"{"tools":[{"fileSearch":{"fileSearchStoreNames":["fileSearchStores/s1","fileSearchStores/s2/documents/x"]}}]}"#;
+        assert_eq!(
+            named_in_body(body),
+            ["fileSearchStores/s1", "fileSearchStores/s2"]
         );
     }
 

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::config::Fault;
 use super::received::{ReceivedRequest, key_of};
 use super::response::{error, json_response};
 use super::routes::key_check;
@@ -28,6 +29,9 @@ pub(super) struct Resources {
     items: BTreeMap<String, Item>,
     /// Resumable upload sessions by id: the owning key and the file's metadata.
     uploads: HashMap<String, (String, Value)>,
+    /// The events of streamed interactions by name, for a stream resumed with
+    /// `last_event_id`.
+    events: HashMap<String, Vec<Value>>,
     next: u64,
 }
 
@@ -76,6 +80,7 @@ pub(super) fn is_resource_path(path: &str) -> bool {
             "batches",
             "operations",
             "interactions",
+            "fileSearchStores",
         ]
         .iter()
         .any(|c| rest == *c || rest.starts_with(&format!("{c}/")))
@@ -114,6 +119,8 @@ fn kind_of(name: &str) -> &'static str {
         "Batch"
     } else if name.starts_with("interactions/") {
         "Interaction"
+    } else if name.starts_with("fileSearchStores/") {
+        "FileSearchStore"
     } else {
         "Operation"
     }
@@ -143,6 +150,22 @@ pub(super) fn check_access(state: &State, key: &str, req: &Value) -> Option<Resp
                     names.push(uri[i..].to_owned());
                 }
             }
+        }
+    }
+    for tool in req
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for store in tool
+            .pointer("/fileSearch/fileSearchStoreNames")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            names.push(store.to_owned());
         }
     }
     names
@@ -253,32 +276,59 @@ pub(super) async fn handle(
     let collection = rest.split(['/', ':']).next().unwrap_or_default().to_owned();
     // Creations.
     if method == Method::POST && rest == "interactions" {
+        let streamed = json.get("stream").and_then(Value::as_bool) == Some(true);
         // Stored in this key's project; a follow-up must name one of the same project.
-        let previous = json
-            .get("previous_interaction_id")
-            .and_then(Value::as_str)
-            .map(|id| format!("interactions/{id}"));
-        let mut r = lock(&state.resources);
-        if let Some(prev) = &previous {
-            if r.owner(prev).as_deref() != Some(key.as_str()) {
-                return denied("Interaction", prev);
+        let created = {
+            let previous = json
+                .get("previous_interaction_id")
+                .and_then(Value::as_str)
+                .map(|id| format!("interactions/{id}"));
+            let mut r = lock(&state.resources);
+            match &previous {
+                Some(prev) if r.owner(prev).as_deref() != Some(key.as_str()) => Err(prev.clone()),
+                _ => {
+                    let name = r.mint("interactions/v1_");
+                    let id = name.trim_start_matches("interactions/").to_owned();
+                    let input = json.get("input").map(Value::to_string).unwrap_or_default();
+                    let text = super::FakeGemini::passage(&input);
+                    let value = json!({
+                        "id": id,
+                        "object": "interaction",
+                        "model": json.get("model").cloned().unwrap_or(Value::Null),
+                        "status": "completed",
+                        "previous_interaction_id": previous.as_deref().map(|p| p.trim_start_matches("interactions/")),
+                        "outputs": [{"type": "text", "text": text}],
+                        "usage": {"total_input_tokens": passage::tokens(&input).max(1), "total_output_tokens": passage::tokens(&text)},
+                    });
+                    r.hold(name.clone(), &key, &value);
+                    let events = streamed.then(|| interaction_events(&value, &text));
+                    if let Some(events) = &events {
+                        r.events.insert(name, events.clone());
+                    }
+                    Ok((value, events))
+                }
             }
-        }
-        let name = r.mint("interactions/v1_");
-        let id = name.trim_start_matches("interactions/").to_owned();
-        let input = json.get("input").map(Value::to_string).unwrap_or_default();
-        let text = super::FakeGemini::passage(&input);
-        let value = json!({
-            "id": id,
-            "object": "interaction",
-            "model": json.get("model").cloned().unwrap_or(Value::Null),
-            "status": "completed",
-            "previous_interaction_id": previous.as_deref().map(|p| p.trim_start_matches("interactions/")),
-            "outputs": [{"type": "text", "text": text}],
-            "usage": {"total_input_tokens": passage::tokens(&input).max(1), "total_output_tokens": passage::tokens(&text)},
-        });
-        r.hold(name, &key, &value);
-        return json_response(200, &value);
+        };
+        return match created {
+            Err(prev) => denied("Interaction", &prev),
+            Ok((_, Some(events))) => {
+                // A `DropAfter(n)`/`ResetAfter(n)` queued for the next generation cuts this
+                // stream after `n` events, as a broken connection would.
+                let cut = {
+                    let mut faults = lock(&state.faults);
+                    match faults.front() {
+                        Some(Fault::DropAfter(n) | Fault::ResetAfter(n)) => {
+                            let n = *n;
+                            faults.pop_front();
+                            Some(n)
+                        }
+                        _ => None,
+                    }
+                };
+                stream_events(state, events, cut).await
+            }
+            Ok((value, None)) => json_response(200, &value),
+        };
     }
     if method == Method::POST && rest.ends_with(":batchGenerateContent") {
         let model = rest.trim_end_matches(":batchGenerateContent").to_owned();
@@ -310,6 +360,43 @@ pub(super) async fn handle(
         r.hold(name, &key, &value);
         return json_response(200, &value);
     }
+    if method == Method::POST && rest == "fileSearchStores" {
+        let now = crate::rfc3339::format(crate::rfc3339::now());
+        let mut r = lock(&state.resources);
+        let name = r.mint("fileSearchStores/store-");
+        let value = json!({
+            "name": name,
+            "displayName": json.get("displayName").cloned().unwrap_or(json!("")),
+            "createTime": now, "updateTime": now,
+        });
+        r.hold(name, &key, &value);
+        return json_response(200, &value);
+    }
+    if method == Method::POST
+        && rest.starts_with("fileSearchStores/")
+        && rest.ends_with(":importFile")
+    {
+        // The store and the file must both be in this key's project.
+        let store = rest.trim_end_matches(":importFile").to_owned();
+        let file = json
+            .get("fileName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut r = lock(&state.resources);
+        for name in [&store, &file] {
+            if r.owner(name).as_deref() != Some(key.as_str()) {
+                return denied(kind_of(name), name);
+            }
+        }
+        let id = r.mint("");
+        let name = format!("{store}/operations/{id}");
+        let value = json!({"name": name, "done": true,
+                           "response": {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.ImportFileResponse",
+                                        "parent": store, "documentName": format!("{store}/documents/{id}")}});
+        r.hold(name, &key, &value);
+        return json_response(200, &value);
+    }
     if method == Method::POST && rest == "cachedContents" {
         let ttl = json
             .get("ttl")
@@ -336,6 +423,7 @@ pub(super) async fn handle(
         let field = match collection.as_str() {
             "files" => "files",
             "cachedContents" => "cachedContents",
+            "fileSearchStores" => "fileSearchStores",
             _ => "operations",
         };
         let page_size = query
@@ -354,7 +442,11 @@ pub(super) async fn handle(
         let mine: Vec<Value> = r
             .items
             .iter()
-            .filter(|(n, i)| n.starts_with(&format!("{collection}/")) && i.owner == key)
+            .filter(|(n, i)| {
+                n.strip_prefix(&format!("{collection}/"))
+                    .is_some_and(|id| !id.contains('/'))
+                    && i.owner == key
+            })
             .map(|(_, i)| without_requests(i.value.clone()))
             .collect();
         let page: Vec<Value> = mine.iter().skip(start).take(page_size).cloned().collect();
@@ -369,6 +461,24 @@ pub(super) async fn handle(
         Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
         None => (rest.clone(), None),
     };
+    let stream = query
+        .as_deref()
+        .and_then(|q| query_param(q, "stream"))
+        .is_some_and(|v| v == "true");
+    if method == Method::GET && verb.is_none() && stream {
+        // A streamed interaction again, from the event after `last_event_id`.
+        let events = {
+            let r = lock(&state.resources);
+            r.items
+                .get(&name)
+                .filter(|i| i.owner == key)
+                .map(|_| r.events.get(&name).cloned())
+        };
+        return match events {
+            Some(events) => resume_events(state, events, query.as_deref()).await,
+            None => denied(kind_of(&collection_name(&name)), &name),
+        };
+    }
     let mut r = lock(&state.resources);
     let Some(item) = r.items.get_mut(&name).filter(|i| i.owner == key) else {
         return denied(kind_of(&collection_name(&name)), &name);
@@ -378,7 +488,7 @@ pub(super) async fn handle(
             item.polls += 1;
             if name.starts_with("batches/") {
                 advance_batch(item);
-            } else if name.contains("operations/") {
+            } else if name.contains("operations/") && !name.starts_with("fileSearchStores/") {
                 item.value["done"] = json!(true);
                 item.value["response"] = json!({"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse"});
             }
@@ -522,4 +632,71 @@ fn finish_upload(state: &State, id: &str, len: u64, command: &str) -> Response<B
     res.headers_mut()
         .insert("x-goog-upload-status", HeaderValue::from_static("final"));
     res
+}
+
+/// The SSE events of a streamed interaction: `interaction.created` (with the id), a step of
+/// text deltas, `interaction.completed` with the usage; each with an `event_id` to resume
+/// from.
+fn interaction_events(value: &Value, text: &str) -> Vec<Value> {
+    let mut created = value.clone();
+    created["status"] = json!("in_progress");
+    if let Some(o) = created.as_object_mut() {
+        o.remove("outputs");
+        o.remove("usage");
+    }
+    let mut events = vec![
+        json!({"event_type": "interaction.created", "interaction": created}),
+        json!({"event_type": "step.start", "index": 0, "step": {"type": "model_output"}}),
+    ];
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    for piece in words.chunks(4) {
+        events.push(json!({
+            "event_type": "step.delta",
+            "index": 0,
+            "delta": {"type": "text", "text": piece.concat()},
+        }));
+    }
+    events.push(json!({"event_type": "step.stop", "index": 0}));
+    let mut done = value.clone();
+    if let Some(o) = done.as_object_mut() {
+        o.remove("outputs");
+    }
+    events.push(json!({"event_type": "interaction.completed", "interaction": done}));
+    for (i, e) in events.iter_mut().enumerate() {
+        e["event_id"] = json!(format!("evt_{:04}", i + 1));
+    }
+    events
+}
+
+/// Sends `events` as SSE, cut (a reset stream) after `cut` of them when asked.
+async fn stream_events(state: &State, events: Vec<Value>, cut: Option<usize>) -> Response<Body> {
+    use super::generate::{Mode, Step};
+    let n = cut.unwrap_or(events.len()).min(events.len());
+    let mut steps: Vec<Step> = events.into_iter().take(n).map(Step::Chunk).collect();
+    if cut.is_some() {
+        steps.push(Step::Reset);
+    }
+    let kill = std::sync::Arc::new(tokio::sync::Notify::new());
+    super::emit::emit(state, &kill, 1, Mode::Sse, steps).await
+}
+
+/// The events of a streamed interaction after `last_event_id` (all without it).
+async fn resume_events(
+    state: &State,
+    events: Option<Vec<Value>>,
+    query: Option<&str>,
+) -> Response<Body> {
+    let Some(events) = events else {
+        return error(400, "The interaction was not created with stream: true.");
+    };
+    let after = query
+        .and_then(|q| query_param(q, "last_event_id").or_else(|| query_param(q, "lastEventId")));
+    let start = match after {
+        Some(id) => match events.iter().position(|e| e["event_id"] == id.as_ref()) {
+            Some(i) => i + 1,
+            None => return error(400, "Unknown last_event_id."),
+        },
+        None => 0,
+    };
+    stream_events(state, events[start..].to_vec(), None).await
 }
