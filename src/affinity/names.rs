@@ -90,7 +90,7 @@ pub(super) fn route(
         return Route::Create;
     }
     if let Some(name) = store {
-        return if rest.split(':').next() == Some(name.as_str()) {
+        return if rest == name {
             Route::One { name }
         } else {
             Route::Within { name }
