@@ -109,6 +109,45 @@ def test_live_text_turn_through_the_gateway(tls):
     assert usage is not None and usage.total_token_count > 0
 
 
+def test_live_audio_turn_through_the_gateway(tls):
+    """Half a second of 16 kHz PCM sent as realtime input; the answer is 24 kHz PCM."""
+    cert, key = tls
+    pcm_in = bytes(32004)  # 16-bit samples, a whole number of base64 groups
+
+    async def run():
+        relay = await _tls_relay(cert, key)
+        port = relay.sockets[0].getsockname()[1]
+        client = _client(f"https://127.0.0.1:{port}", cert)
+        audio, mime, usage = bytearray(), None, None
+        async with client.aio.live.connect(model=MODEL, config={"response_modalities": ["AUDIO"]}) as session:
+            await session.send_realtime_input(
+                audio=types.Blob(data=pcm_in, mime_type="audio/pcm;rate=16000")
+            )
+            async for message in session.receive():
+                content = message.server_content
+                if content and content.model_turn:
+                    for part in content.model_turn.parts or []:
+                        if part.inline_data:
+                            mime = part.inline_data.mime_type
+                            audio.extend(part.inline_data.data)
+                if message.usage_metadata:
+                    usage = message.usage_metadata
+                if content and content.turn_complete:
+                    async for more in session.receive():
+                        if more.usage_metadata:
+                            usage = more.usage_metadata
+                            break
+                    break
+        relay.close()
+        return bytes(audio), mime, usage
+
+    audio, mime, usage = asyncio.run(run())
+    assert mime == "audio/pcm;rate=24000"
+    # 1.5 times the samples (16 kHz in, 24 kHz out), whole samples, every byte relayed intact.
+    assert len(audio) == 48006 and audio == bytes(len(audio))
+    assert usage is not None and usage.prompt_token_count > 0
+
+
 def test_live_wrong_token_is_refused(tls):
     cert, key = tls
 
