@@ -191,41 +191,7 @@ impl UpstreamClientBuilder {
 
 /// rustls with the webpki roots plus the extra ones, DER or PEM bundles.
 fn tls_config(extra: &[Vec<u8>], extra_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, Error> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let invalid = || Error::config("an extra root certificate is not a valid certificate");
-    for der in extra {
-        roots
-            .add(CertificateDer::from(der.as_slice()).into_owned())
-            .map_err(|_| invalid())?;
-    }
-    for pem in extra_pem {
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Error::config("an extra root certificate bundle is not valid PEM"))?;
-        if certs.is_empty() {
-            return Err(Error::config(
-                "an extra root certificate bundle holds no certificate",
-            ));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|_| invalid())?;
-        }
-    }
-    // An explicit provider: another crate in the tree enabling aws-lc-rs must not make the
-    // process-default choice ambiguous.
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|_| Error::config("TLS provider setup failed"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(config)
+    crate::tls::client_config(crate::tls::root_store(extra, extra_pem)?)
 }
 
 /// A pooled HTTP/1.1 + HTTP/2 client (rustls) that sends every request to one upstream.

@@ -198,6 +198,8 @@ mod redis_util;
 pub mod request_id;
 #[cfg(any(feature = "testing", feature = "affinity"))]
 mod rfc3339;
+#[cfg(any(feature = "client", feature = "live"))]
+mod tls;
 
 #[cfg(feature = "stream-resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]

@@ -377,3 +377,60 @@ async fn snake_case_messages_as_google_genai_sends_them_are_answered() {
     let text: String = parts.iter().filter_map(|p| p["text"].as_str()).collect();
     assert_eq!(text, FakeGemini::passage("hi"));
 }
+
+#[tokio::test]
+async fn a_wss_upstream_signed_by_upstream_ca_file_serves_sessions() {
+    // Production's Live sessions go out as `wss://`; a private CA (or a TLS-inspecting egress
+    // proxy) is trusted through the same UPSTREAM_CA_FILE as the REST routes.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let fake = FakeGemini::builder()
+        .keys(KEYS)
+        .tls(cert.der().to_vec(), signing_key.serialize_der())
+        .start()
+        .await
+        .unwrap();
+    let url = fake.url();
+    assert!(url.starts_with("https://"));
+    let dir = std::env::temp_dir().join(format!("live-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let keys = KEYS.join(",");
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("UPSTREAM_CA_FILE", ca.to_str().unwrap()),
+    ])
+    .await;
+    let mut ws = open(&proxy).await;
+    let (text, _) = text_turn(&mut ws, "Tell me about rivers").await;
+    assert!(!text.is_empty());
+    assert_eq!(live_keys(&fake).len(), 1, "one handshake, over TLS");
+    drop(ws);
+
+    // Without the CA the upstream's certificate is refused: the client is told, no key blamed.
+    let untrusted = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+    ])
+    .await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&untrusted, PATH, Some(CLIENT)))
+        .await
+        .unwrap();
+    let setup = json!({"setup": {"model": format!("models/{MODEL}")}});
+    ws.send(Message::text(setup.to_string())).await.unwrap();
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert_ne!(close.code, CloseCode::Normal, "{close:?}");
+    assert_eq!(
+        live_keys(&fake).len(),
+        1,
+        "no TLS session, no handshake upstream"
+    );
+    assert_eq!(
+        untrusted.pool.usable_count(),
+        3,
+        "a TLS failure is no key's fault"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

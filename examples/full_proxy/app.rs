@@ -150,7 +150,7 @@ impl App {
         }
         ops.persist = Some(persist.clone());
         // The Live API: same upstream, keys, tokens and usage sinks as the REST routes.
-        let live = LiveProxy::builder(upstream_url.clone(), pool.clone())
+        let mut live = LiveProxy::builder(upstream_url.clone(), pool.clone())
             .token_store(tokens.clone())
             .usage(ops.usage.clone())
             .max_message_bytes(config.max_body_bytes)
@@ -158,9 +158,11 @@ impl App {
                 config
                     .request_timeout
                     .min(std::time::Duration::from_secs(30)),
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
+            );
+        if let Some(pem) = &config.upstream_ca_pem {
+            live = live.add_root_certificates_pem(pem.clone());
+        }
+        let live = live.build().map_err(|e| e.to_string())?;
         {
             let live = live.clone();
             server_stats.on_drain(move || Box::pin(async move { live.close_all().await }));

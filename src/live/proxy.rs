@@ -43,6 +43,7 @@ pub struct LiveProxyBuilder {
     setup_timeout: Duration,
     connect_timeout: Duration,
     max_message_bytes: usize,
+    extra_roots_pem: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for LiveProxyBuilder {
@@ -55,6 +56,7 @@ impl fmt::Debug for LiveProxyBuilder {
             .field("setup_timeout", &self.setup_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("extra_roots", &self.extra_roots_pem.len())
             .finish()
     }
 }
@@ -94,9 +96,20 @@ impl LiveProxyBuilder {
         self
     }
 
-    /// Builds the proxy. Fails on an upstream URL that is not `http(s)://host[:port][/prefix]`.
+    /// Trusts the certificates of a PEM bundle for a `wss://` upstream, beside the webpki
+    /// roots: a private CA, or an egress proxy that inspects TLS. The same bundle as
+    /// [`UpstreamClientBuilder::add_root_certificates_pem`](crate::client::UpstreamClientBuilder::add_root_certificates_pem)'s
+    /// (full_proxy: `UPSTREAM_CA_FILE`).
+    pub fn add_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.extra_roots_pem.push(pem.into());
+        self
+    }
+
+    /// Builds the proxy. Fails on an upstream URL that is not `http(s)://host[:port][/prefix]`
+    /// or an extra root bundle that holds no valid certificate.
     pub fn build(self) -> Result<LiveProxy, Error> {
-        let upstream = Upstream::new(&self.upstream_url, self.connect_timeout)?;
+        let roots = crate::tls::root_store(&[], &self.extra_roots_pem)?;
+        let upstream = Upstream::new(&self.upstream_url, self.connect_timeout, roots)?;
         let (closing, _) = watch::channel(false);
         Ok(LiveProxy {
             inner: Arc::new(Inner {
@@ -155,6 +168,7 @@ impl LiveProxy {
             setup_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: crate::body::DEFAULT_MAX_BODY_BYTES,
+            extra_roots_pem: Vec::new(),
         }
     }
 

@@ -44,7 +44,11 @@ pub(super) enum ConnectError {
 
 impl Upstream {
     /// Parses `http(s)://host[:port][/prefix]`.
-    pub(super) fn new(base_url: &str, connect_timeout: Duration) -> Result<Upstream, Error> {
+    pub(super) fn new(
+        base_url: &str,
+        connect_timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Result<Upstream, Error> {
         let uri: Uri = base_url
             .trim()
             .parse()
@@ -68,15 +72,7 @@ impl Upstream {
             .to_owned();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let tls = if tls {
-            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(|_| Error::config("TLS provider setup failed"))?
-            .with_root_certificates(rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            })
-            .with_no_client_auth();
+            let mut config = crate::tls::client_config(roots)?;
             // A WebSocket handshake is an HTTP/1.1 request.
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
@@ -191,20 +187,29 @@ mod tests {
 
     use super::*;
 
+    fn roots() -> rustls::RootCertStore {
+        crate::tls::root_store(&[], &[]).unwrap()
+    }
+
     #[test]
     fn the_scheme_follows_the_upstream_and_the_key_is_masked_in_logs() {
         let key = ApiKey::new("AIzaSyUpstream-key-000000000000000001");
         let path = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
-        let tls = Upstream::new("https://example.com/prefix/", Duration::from_secs(1)).unwrap();
+        let tls = Upstream::new(
+            "https://example.com/prefix/",
+            Duration::from_secs(1),
+            roots(),
+        )
+        .unwrap();
         assert_eq!(
             tls.url(path, key.expose()),
             format!("wss://example.com/prefix{path}?key={}", key.expose())
         );
-        let plain = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let plain = Upstream::new("http://127.0.0.1:9", Duration::from_secs(1), roots()).unwrap();
         let masked = plain.masked_url(path, &key);
         assert!(masked.starts_with("ws://127.0.0.1:9/ws/"));
         assert!(!masked.contains(key.expose()));
-        assert!(Upstream::new("ftp://x", Duration::from_secs(1)).is_err());
+        assert!(Upstream::new("ftp://x", Duration::from_secs(1), roots()).is_err());
     }
 
     #[test]
