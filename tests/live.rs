@@ -434,3 +434,43 @@ async fn a_wss_upstream_signed_by_upstream_ca_file_serves_sessions() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn in_own_key_mode_a_session_runs_on_the_clients_own_key() {
+    const OWN: &str = "AIzaSyLive-client-own-key-0000000000009";
+    let fake = FakeGemini::start([KEYS[0], OWN]).await.unwrap();
+    let url = fake.url();
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", KEYS[0]),
+        ("UPSTREAM_URL", url.as_str()),
+        ("ALLOWED_TOKENS", CLIENT),
+        ("CLIENT_KEY_PASSTHROUGH", "true"),
+    ])
+    .await;
+    let setup = json!({"setup": {"model": format!("models/{MODEL}")}}).to_string();
+    // The client's own key serves its session; a gateway token gets a pool key.
+    for (credential, expected) in [(OWN, OWN), (CLIENT, KEYS[0])] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(credential)))
+            .await
+            .expect("the gateway upgrades");
+        ws.send(Message::text(setup.clone())).await.unwrap();
+        assert_eq!(next_json(&mut ws).await, json!({"setupComplete": {}}));
+        let (text, _) = text_turn(&mut ws, "Tell me about rivers").await;
+        assert!(!text.is_empty());
+        assert_eq!(live_keys(&fake).last().map(String::as_str), Some(expected));
+    }
+    // A key Google refuses is the client's to hear about; the pool's key is not blamed.
+    const BAD: &str = "AIzaSyLive-client-bad-key-0000000000008";
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(BAD)))
+        .await
+        .expect("the gateway upgrades");
+    ws.send(Message::text(setup)).await.unwrap();
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert!(close.reason.contains("refused your key"), "{close:?}");
+    assert!(!close.reason.contains(BAD), "{close:?}");
+    assert_eq!(live_keys(&fake).len(), 3);
+    assert_eq!(proxy.pool.usable_count(), 1);
+    for k in proxy.pool.snapshot() {
+        assert_eq!(k.consecutive_failures, 0, "{k:?}");
+    }
+}

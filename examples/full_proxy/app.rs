@@ -152,6 +152,7 @@ impl App {
         // The Live API: same upstream, keys, tokens and usage sinks as the REST routes.
         let mut live = LiveProxy::builder(upstream_url.clone(), pool.clone())
             .token_store(tokens.clone())
+            .client_key_passthrough(config.client_key_passthrough)
             .usage(ops.usage.clone())
             .max_message_bytes(config.max_body_bytes)
             .connect_timeout(

@@ -19,6 +19,12 @@
 //!   that key, as an HTTP answer would, and the next key is tried. When no key can open the
 //!   session the client gets a close frame that says why: `1013` (every key cooling, with
 //!   the seconds to wait) or `1011`.
+//! - **Own-key mode** ([`LiveProxyBuilder::client_key_passthrough`]): a credential the token
+//!   store does not know is the client's own Gemini key and serves its session; Google
+//!   refusing it closes the session with the reason (the key masked), and no pool key is
+//!   touched.
+//! - **Trust**: `wss://` upstreams are checked against the webpki roots plus any
+//!   [`LiveProxyBuilder::add_root_certificates_pem`] bundle (full_proxy: `UPSTREAM_CA_FILE`).
 //! - **Frames** (text, binary, ping, pong, close) are relayed both ways as they arrive; a
 //!   close from either side closes the other (the upstream's reason with any key masked).
 //!   The WebSocket library also answers pings itself, so a ping may see two pongs.

@@ -18,7 +18,9 @@ use crate::auth::TokenStore;
 use crate::body::Body;
 use crate::credential::credential;
 use crate::error::{ApiError, Dialect, Error};
+use crate::facts::Identity;
 use crate::key_rotation::KeyPool;
+use crate::secret::ClientKey;
 use crate::usage::UsageLayer;
 
 /// The Live API's WebSocket paths (`v1beta`, `v1alpha`, and `v1`, which google-genai 3.x
@@ -44,6 +46,7 @@ pub struct LiveProxyBuilder {
     connect_timeout: Duration,
     max_message_bytes: usize,
     extra_roots_pem: Vec<Vec<u8>>,
+    client_key_passthrough: bool,
 }
 
 impl fmt::Debug for LiveProxyBuilder {
@@ -57,6 +60,7 @@ impl fmt::Debug for LiveProxyBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("extra_roots", &self.extra_roots_pem.len())
+            .field("client_key_passthrough", &self.client_key_passthrough)
             .finish()
     }
 }
@@ -96,6 +100,16 @@ impl LiveProxyBuilder {
         self
     }
 
+    /// Own-key mode (default off), as
+    /// [`BearerAuthLayer::client_key_passthrough`](crate::auth::BearerAuthLayer::client_key_passthrough):
+    /// a credential the token store does not know is the client's own Gemini key, and the
+    /// session runs on it (no pool key; a refusal of it is the client's to see, and never
+    /// counts against a pool key). Needs a [`token_store`](Self::token_store).
+    pub fn client_key_passthrough(mut self, on: bool) -> Self {
+        self.client_key_passthrough = on;
+        self
+    }
+
     /// Trusts the certificates of a PEM bundle for a `wss://` upstream, beside the webpki
     /// roots: a private CA, or an egress proxy that inspects TLS. The same bundle as
     /// [`UpstreamClientBuilder::add_root_certificates_pem`](crate::client::UpstreamClientBuilder::add_root_certificates_pem)'s
@@ -116,6 +130,7 @@ impl LiveProxyBuilder {
                 upstream,
                 pool: self.pool,
                 tokens: self.tokens,
+                client_key_passthrough: self.client_key_passthrough,
                 usage: self.usage,
                 setup_timeout: self.setup_timeout,
                 max_message_bytes: self.max_message_bytes,
@@ -137,6 +152,7 @@ pub(super) struct Inner {
     pub(super) upstream: Upstream,
     pub(super) pool: Arc<KeyPool>,
     tokens: Option<Arc<dyn TokenStore>>,
+    client_key_passthrough: bool,
     pub(super) usage: Option<UsageLayer>,
     pub(super) setup_timeout: Duration,
     pub(super) max_message_bytes: usize,
@@ -169,6 +185,7 @@ impl LiveProxy {
             connect_timeout: Duration::from_secs(10),
             max_message_bytes: crate::body::DEFAULT_MAX_BODY_BYTES,
             extra_roots_pem: Vec::new(),
+            client_key_passthrough: false,
         }
     }
 
@@ -189,6 +206,7 @@ impl LiveProxy {
                 req.uri().path()
             )));
         }
+        let mut own_key = None;
         let client = match &self.inner.tokens {
             None => None,
             Some(store) => match credential(&req) {
@@ -200,6 +218,11 @@ impl LiveProxy {
                 }
                 Some((token, _)) => match store.authenticate(&token) {
                     Some(identity) => Some(identity),
+                    None if self.inner.client_key_passthrough => {
+                        let id = crate::auth::client_key_id(&token);
+                        own_key = Some(ClientKey::new(&token));
+                        Some(Identity::new(id.as_str(), id.as_str(), false))
+                    }
                     None => return refuse(ApiError::unauthorized("invalid client token")),
                 },
             },
@@ -215,7 +238,7 @@ impl LiveProxy {
                 "the Live API's WebSocket needs an HTTP/1.1 connection",
             ));
         };
-        if self.inner.pool.usable_count() == 0 {
+        if own_key.is_none() && self.inner.pool.usable_count() == 0 {
             let e = if self.inner.pool.is_empty() {
                 ApiError::service_unavailable("the gateway has no upstream API key configured")
             } else {
@@ -235,6 +258,7 @@ impl LiveProxy {
             path: req.uri().path().to_owned(),
             request_id,
             client,
+            own_key,
         };
         self.inner.sessions.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(session.run(on_upgrade));

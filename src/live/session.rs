@@ -19,7 +19,7 @@ use super::upstream::ConnectError;
 use crate::facts::Identity;
 use crate::gemini::{GeminiError, strip_models_prefix};
 use crate::key_rotation::{Lease, Outcome, Pick, Unavailable};
-use crate::secret::scrub_known;
+use crate::secret::{ApiKey, ClientKey, scrub_known};
 use crate::tokens::TokenScanner;
 use crate::usage::UsageRecord;
 
@@ -35,6 +35,32 @@ pub(super) struct Session {
     pub(super) path: String,
     pub(super) request_id: Option<String>,
     pub(super) client: Option<Identity>,
+    /// Own-key mode: the client's own Gemini key serves the session instead of a pool key.
+    pub(super) own_key: Option<ClientKey>,
+}
+
+/// The key a session runs on: a lease from the pool, or the client's own.
+enum SessionKey {
+    Pool(Lease),
+    Own(ClientKey),
+}
+
+impl SessionKey {
+    fn key(&self) -> &ApiKey {
+        match self {
+            SessionKey::Pool(lease) => lease.key(),
+            SessionKey::Own(own) => own.key(),
+        }
+    }
+
+    /// The id logs and usage name the key by: the pool key's id; none for a client's own key
+    /// (the client's id already names it).
+    fn id(&self) -> Option<&str> {
+        match self {
+            SessionKey::Pool(lease) => Some(lease.id().as_str()),
+            SessionKey::Own(_) => None,
+        }
+    }
 }
 
 /// Counts the session open until dropped.
@@ -112,11 +138,17 @@ impl Session {
         };
         tracing::Span::current().record("gemini.model", model.as_str());
 
-        let Some((upstream, lease)) = self.connect(&mut client, &model).await else {
+        let opened = match self.own_key.clone() {
+            Some(own) => self.connect_own(&mut client, own).await,
+            None => self.connect(&mut client, &model).await,
+        };
+        let Some((upstream, key)) = opened else {
             return;
         };
-        tracing::Span::current().record("key.id", lease.id().as_str());
-        self.relay(client, upstream, setup, &model, lease, closing)
+        if let Some(id) = key.id() {
+            tracing::Span::current().record("key.id", id);
+        }
+        self.relay(client, upstream, setup, &model, key, closing)
             .await;
     }
 
@@ -128,7 +160,7 @@ impl Session {
         &self,
         client: &mut WebSocketStream<S>,
         model: &str,
-    ) -> Option<(super::upstream::UpstreamSocket, Lease)>
+    ) -> Option<(super::upstream::UpstreamSocket, SessionKey)>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -168,7 +200,7 @@ impl Session {
                 Ok(socket) => {
                     pool.report(&mut lease, model, &Outcome::Success, None)
                         .await;
-                    return Some((socket, lease));
+                    return Some((socket, SessionKey::Pool(lease)));
                 }
                 Err(ConnectError::Refused { status, body }) => {
                     let error = GeminiError::parse(&body);
@@ -201,6 +233,53 @@ impl Session {
         }
     }
 
+    /// Opens the upstream session with the client's own key (own-key mode): one try, and a
+    /// refusal is the client's to see (its key, its quota), never a pool key's fault.
+    async fn connect_own<S>(
+        &self,
+        client: &mut WebSocketStream<S>,
+        own: ClientKey,
+    ) -> Option<(super::upstream::UpstreamSocket, SessionKey)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let opened = self
+            .proxy
+            .upstream
+            .connect(
+                &self.path,
+                own.key(),
+                self.request_id.as_deref(),
+                self.ws_config(),
+            )
+            .await;
+        match opened {
+            Ok(socket) => Some((socket, SessionKey::Own(own))),
+            Err(ConnectError::Refused { status, body }) => {
+                let why = GeminiError::parse(&body)
+                    .map(|e| e.message().to_owned())
+                    .unwrap_or_default();
+                let why = scrub_known(&why, &[own.key().expose()]);
+                let reason = format!(
+                    "the upstream refused your key for the Live session (HTTP {}): {why}",
+                    status.as_u16()
+                );
+                let code = if status == http::StatusCode::TOO_MANY_REQUESTS {
+                    CloseCode::Again
+                } else {
+                    CloseCode::Policy
+                };
+                close(client, code, &reason).await;
+                None
+            }
+            Err(ConnectError::Transport(e)) => {
+                tracing::warn!(error = %e, "cannot reach the Live upstream");
+                close(client, CloseCode::Error, "cannot reach the upstream").await;
+                None
+            }
+        }
+    }
+
     /// Relays frames both ways until one side closes, the connection of one side fails, or the
     /// gateway shuts down.
     async fn relay<S>(
@@ -209,14 +288,14 @@ impl Session {
         upstream: super::upstream::UpstreamSocket,
         setup: Message,
         model: &str,
-        mut lease: Lease,
+        mut key: SessionKey,
         mut closing: tokio::sync::watch::Receiver<bool>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let key_id = lease.id().as_str().to_owned();
-        let secrets = [lease.key().expose().to_owned()];
+        let key_id = key.id().map(str::to_owned);
+        let secrets = [key.key().expose().to_owned()];
         let (mut c_tx, mut c_rx) = client.split();
         let (mut u_tx, mut u_rx) = upstream.split();
         let (mut up, mut down) = (0u64, 0u64);
@@ -258,8 +337,8 @@ impl Session {
                     m = u_rx.next() => match m {
                         Some(Ok(Message::Close(frame))) => {
                             let frame = frame.map(|f| scrub_close(f, &secrets));
-                            if !answered {
-                                self.blame_key(&mut lease, model, frame.as_ref()).await;
+                            if let (false, SessionKey::Pool(lease)) = (answered, &mut key) {
+                                self.blame_key(lease, model, frame.as_ref()).await;
                             }
                             let _ = c_tx.send(Message::Close(frame)).await;
                             break "upstream closed";
@@ -269,7 +348,7 @@ impl Session {
                             down += 1;
                             if let Message::Text(_) | Message::Binary(_) = &m {
                                 answered = true;
-                                self.count_usage(payload(&m), model, &key_id, turn_started);
+                                self.count_usage(payload(&m), model, key_id.as_deref(), turn_started);
                             }
                             if c_tx.send(m).await.is_err() {
                                 let _ = u_tx.send(close_msg(CloseCode::Away, "the client went away")).await;
@@ -309,7 +388,7 @@ impl Session {
             ended,
             "Live session ended"
         );
-        drop(lease);
+        drop(key);
     }
 
     /// A close from the upstream before any answer may be Google refusing the key (an invalid
@@ -335,7 +414,13 @@ impl Session {
     }
 
     /// Records one usage record for a server message that carries `usageMetadata`.
-    fn count_usage(&self, payload: &[u8], model: &str, key_id: &str, turn_started: Instant) {
+    fn count_usage(
+        &self,
+        payload: &[u8],
+        model: &str,
+        key_id: Option<&str>,
+        turn_started: Instant,
+    ) {
         let Some(usage) = &self.proxy.usage else {
             return;
         };
@@ -349,8 +434,10 @@ impl Session {
         };
         let mut record = UsageRecord::new(ROUTE, model)
             .with_status(200)
-            .with_key(key_id)
             .with_tokens(tokens);
+        if let Some(id) = key_id {
+            record = record.with_key(id);
+        }
         if let Some(c) = &self.client {
             record = record.with_client(c.name(), c.id());
         }
