@@ -73,6 +73,17 @@ impl MaxEventBytes {
     }
 }
 
+/// The cap on a whole (non-streamed) answer a layer reads, for a request whose stream events
+/// may be `max_event_bytes` large: the same answer unstreamed holds that event's parts plus a
+/// little JSON, and never less than 64 MiB.
+#[cfg_attr(
+    not(any(feature = "policy", feature = "stream-resume")),
+    allow(dead_code)
+)]
+pub(crate) fn whole_answer_cap(max_event_bytes: usize) -> usize {
+    max_event_bytes.saturating_add(1 << 20).max(64 << 20)
+}
+
 /// Errors of the stream decoders.
 #[derive(Debug)]
 pub enum SseError {

@@ -316,3 +316,35 @@ async fn images_generations_answer_b64_json_from_an_image_model() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(fake.total_requests(), 2, "refused before any upstream call");
 }
+
+#[tokio::test]
+async fn a_unary_image_over_64_mib_passes_when_max_event_bytes_allows_it() {
+    // 50 MiB of image is 67 MiB of base64: more than the old fixed 64 MiB cap on whole answers
+    // in stream resume's unary retry and the policy's rewriting (a search-link rule is on).
+    let fake = fake(50 * MIB).await;
+    let cap = (80 * MIB).to_string();
+    let proxy = proxy(
+        &fake,
+        &[
+            ("MAX_EVENT_BYTES", cap.as_str()),
+            ("MODEL_SEARCH", IMAGE_MODEL),
+            ("SHOW_SEARCH_LINK", "true"),
+        ],
+    )
+    .await;
+    let req = Request::post(format!("/v1beta/models/{IMAGE_MODEL}:generateContent"))
+        .header("x-goog-api-key", proxy.token.as_str())
+        .header("content-type", "application/json")
+        .body(Body::from(
+            json!({"contents": [{"role": "user", "parts": [{"text": "a big map"}]}]}).to_string(),
+        ))
+        .unwrap();
+    let res = send(&proxy, req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = collect_limited(res.into_body(), 256 * MIB).await.unwrap();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let images = native_images(std::slice::from_ref(&answer));
+    assert_eq!(images.len(), 1, "one image");
+    assert_eq!(decode_base64(images[0]).len(), 50 * MIB);
+    assert_eq!(fake.total_requests(), 1, "one upstream call");
+}

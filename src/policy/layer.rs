@@ -17,8 +17,9 @@ use crate::gemini::{GeminiPath, Method};
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 
-/// The cap on a unary answer or models list the layer rewrites: 64 MiB. A larger answer with
-/// a `Content-Length` passes through unchanged.
+/// The cap on a models list the layer rewrites: 64 MiB. A larger answer with a
+/// `Content-Length` passes through unchanged. A generated answer's cap follows the request's
+/// [`MaxEventBytes`](crate::sse::MaxEventBytes) (it may hold an image that large).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 type Rules = Arc<Vec<Arc<dyn Rule>>>;
@@ -352,7 +353,8 @@ where
                 CallKind::ListModels => rewrite_models(res, dialect, &rules, None).await,
                 CallKind::GetModel => rewrite_models(res, dialect, &rules, Some(&requested)).await,
                 CallKind::GenerateContent if !rewriters.is_empty() => {
-                    rewrite_unary(res, dialect, rewriters).await
+                    let max = crate::sse::whole_answer_cap(max_event_bytes);
+                    rewrite_unary(res, dialect, rewriters, max).await
                 }
                 CallKind::StreamGenerateContent if !rewriters.is_empty() => {
                     let mode = stream_mode(&res, query.as_deref());
@@ -448,17 +450,18 @@ fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
 async fn read_answer(
     res: Response<Body>,
     dialect: Dialect,
+    max: usize,
 ) -> Result<(http::response::Parts, Bytes), Response<Body>> {
     let declared = res
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(res);
     }
     let (parts, body) = res.into_parts();
-    match collect_limited(body, MAX_ANSWER_BYTES).await {
+    match collect_limited(body, max).await {
         Ok(bytes) => Ok((parts, bytes)),
         Err(e) => {
             tracing::warn!(error = %e, "could not read the upstream answer");
@@ -484,8 +487,9 @@ async fn rewrite_unary(
     res: Response<Body>,
     dialect: Dialect,
     mut rewriters: Vec<Box<dyn Rewrite>>,
+    max: usize,
 ) -> Response<Body> {
-    let (parts, bytes) = match read_answer(res, dialect).await {
+    let (parts, bytes) = match read_answer(res, dialect, max).await {
         Ok(read) => read,
         Err(res) => return res,
     };
@@ -537,7 +541,7 @@ async fn rewrite_models(
     rules: &Rules,
     get: Option<&str>,
 ) -> Response<Body> {
-    let (parts, bytes) = match read_answer(res, dialect).await {
+    let (parts, bytes) = match read_answer(res, dialect, MAX_ANSWER_BYTES).await {
         Ok(read) => read,
         Err(res) => return res,
     };

@@ -273,7 +273,8 @@ where
                 }
                 let res = res?.map(Body::new);
                 if mode == Mode::Unary {
-                    return Ok(relay::retry_unary(inner, template, res, config).await);
+                    let max = crate::sse::whole_answer_cap(max_event_bytes);
+                    return Ok(relay::retry_unary(inner, template, res, config, max).await);
                 }
                 if res.status() != StatusCode::OK {
                     return Ok(res);

@@ -38,6 +38,7 @@ pub(crate) async fn retry_unary<S, B>(
     template: RequestTemplate,
     mut res: Response<Body>,
     config: std::sync::Arc<Config>,
+    max_answer: usize,
 ) -> Response<Body>
 where
     S: Service<Request<Body>, Response = Response<B>> + Send + 'static,
@@ -51,7 +52,7 @@ where
             return res;
         }
         let (parts, body) = res.into_parts();
-        let Ok(bytes) = collect_limited(body, 64 * 1024 * 1024).await else {
+        let Ok(bytes) = collect_limited(body, max_answer).await else {
             return crate::ApiError::bad_gateway("the upstream answer could not be read")
                 .into_response(crate::Dialect::Gemini);
         };
