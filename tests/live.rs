@@ -474,3 +474,43 @@ async fn in_own_key_mode_a_session_runs_on_the_clients_own_key() {
         assert_eq!(k.consecutive_failures, 0, "{k:?}");
     }
 }
+
+#[tokio::test]
+async fn the_request_policy_resolves_aliases_and_refuses_models_for_live_sessions() {
+    let fake = FakeGemini::start(KEYS).await.unwrap();
+    let url = fake.url();
+    let keys = KEYS.join(",");
+    let aliases = format!("voice={MODEL}");
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("MODEL_ALIASES", aliases.as_str()),
+        ("ALLOWED_MODELS", "voice"),
+    ])
+    .await;
+    // The alias opens a session on the real model (the fake closes a session whose `setup`
+    // names a model the Live API does not serve, as Google does).
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(CLIENT)))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"setup": {"model": "models/voice"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await, json!({"setupComplete": {}}));
+    let (text, _) = text_turn(&mut ws, "Tell me about rivers").await;
+    assert!(!text.is_empty());
+    drop(ws);
+    // A model outside ALLOWED_MODELS is refused before any upstream connection.
+    let before = live_keys(&fake).len();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(CLIENT)))
+        .await
+        .unwrap();
+    let setup = json!({"setup": {"model": format!("models/{MODEL}")}});
+    ws.send(Message::text(setup.to_string())).await.unwrap();
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert!(close.reason.contains("not allowed"), "{close:?}");
+    assert_eq!(live_keys(&fake).len(), before, "no upstream session");
+}

@@ -149,10 +149,27 @@ impl App {
             ops.usage = usage;
         }
         ops.persist = Some(persist.clone());
+        let mut client = UpstreamClient::builder()
+            .base_url(upstream_url.clone())
+            .timeout(config.request_timeout);
+        if let Some(pem) = &config.upstream_ca_pem {
+            client = client.add_root_certificates_pem(pem.clone());
+        }
+        let client = client.build().map_err(|e| {
+            if config.upstream_ca_pem.is_some() {
+                format!("{e} (UPSTREAM_URL, UPSTREAM_CA_FILE)")
+            } else {
+                e.to_string()
+            }
+        })?;
+        let mut policy = config.policy.clone();
+        admin::restore_policy(&mut policy, &saved.settings);
+        let policy_handle = PolicyHandle::new(&policy.layer());
         // The Live API: same upstream, keys, tokens and usage sinks as the REST routes.
         let mut live = LiveProxy::builder(upstream_url.clone(), pool.clone())
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
+            .model_policy(live_model_policy(policy_handle.clone()))
             .usage(ops.usage.clone())
             .max_message_bytes(config.max_body_bytes)
             .connect_timeout(
@@ -168,22 +185,6 @@ impl App {
             let live = live.clone();
             server_stats.on_drain(move || Box::pin(async move { live.close_all().await }));
         }
-        let mut client = UpstreamClient::builder()
-            .base_url(upstream_url)
-            .timeout(config.request_timeout);
-        if let Some(pem) = &config.upstream_ca_pem {
-            client = client.add_root_certificates_pem(pem.clone());
-        }
-        let client = client.build().map_err(|e| {
-            if config.upstream_ca_pem.is_some() {
-                format!("{e} (UPSTREAM_URL, UPSTREAM_CA_FILE)")
-            } else {
-                e.to_string()
-            }
-        })?;
-        let mut policy = config.policy.clone();
-        admin::restore_policy(&mut policy, &saved.settings);
-        let policy_handle = PolicyHandle::new(&policy.layer());
         let mut builder = Gateway::builder()
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
@@ -288,6 +289,21 @@ impl App {
             minted_admin_token,
             live,
         })
+    }
+}
+
+/// The request policy's rules on a Live session's model: aliases resolved, `ALLOWED_MODELS`
+/// enforced, with the rules current at the session's start (admin changes apply).
+fn live_model_policy(
+    handle: PolicyHandle,
+) -> impl Fn(&str) -> Result<String, tower_gemini::ApiError> + Send + Sync + 'static {
+    use tower_gemini::policy::{Call, CallKind};
+    move |model: &str| {
+        let mut call = Call::new(CallKind::Live, model, None);
+        for rule in handle.rules() {
+            rule.request(&mut call)?;
+        }
+        Ok(call.model().to_owned())
     }
 }
 

@@ -34,7 +34,11 @@
 //!   [`UsageLayer`](crate::usage::UsageLayer)'s sinks ([`LiveProxyBuilder::usage`]).
 //! - **Shutdown**: [`LiveProxy::close_all`] closes every session with `1001`.
 //!
-//! Rate limits, the request policy and stream resume do not apply to sessions.
+//! - **Model policy** ([`LiveProxyBuilder::model_policy`]): the model `setup` names may be
+//!   refused (close `1008` saying why, no upstream connection) or renamed (an alias; the
+//!   `setup` sent upstream names the real model).
+//!
+//! Rate limits and stream resume do not apply to sessions.
 //!
 //! # Example
 //! ```
@@ -71,4 +75,4 @@ mod proxy;
 mod session;
 mod upstream;
 
-pub use proxy::{LIVE_PATHS, LiveProxy, LiveProxyBuilder, is_live_path};
+pub use proxy::{LIVE_PATHS, LiveProxy, LiveProxyBuilder, ModelPolicy, is_live_path};

@@ -47,7 +47,12 @@ pub struct LiveProxyBuilder {
     max_message_bytes: usize,
     extra_roots_pem: Vec<Vec<u8>>,
     client_key_passthrough: bool,
+    model_policy: Option<ModelPolicy>,
 }
+
+/// Decides a session's model from the one its `setup` names: the model to use (renamed, for
+/// an alias) or the refusal to close the session with.
+pub type ModelPolicy = Arc<dyn Fn(&str) -> Result<String, ApiError> + Send + Sync>;
 
 impl fmt::Debug for LiveProxyBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -61,6 +66,7 @@ impl fmt::Debug for LiveProxyBuilder {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("extra_roots", &self.extra_roots_pem.len())
             .field("client_key_passthrough", &self.client_key_passthrough)
+            .field("model_policy", &self.model_policy.is_some())
             .finish()
     }
 }
@@ -110,6 +116,20 @@ impl LiveProxyBuilder {
         self
     }
 
+    /// Polices the model of each session (default: any model passes unchanged): `f` gets the
+    /// model `setup` names (without `models/`) and returns the model to open the session for
+    /// (an alias resolved: the upstream's `setup` is rewritten to it) or the error to close
+    /// the session with (`1008`, its message as the reason). full_proxy runs its request
+    /// policy's rules here (`MODEL_ALIASES`, `ALLOWED_MODELS`), as a
+    /// [`CallKind::Live`](crate::policy::CallKind) call without a body.
+    pub fn model_policy(
+        mut self,
+        f: impl Fn(&str) -> Result<String, ApiError> + Send + Sync + 'static,
+    ) -> Self {
+        self.model_policy = Some(Arc::new(f));
+        self
+    }
+
     /// Trusts the certificates of a PEM bundle for a `wss://` upstream, beside the webpki
     /// roots: a private CA, or an egress proxy that inspects TLS. The same bundle as
     /// [`UpstreamClientBuilder::add_root_certificates_pem`](crate::client::UpstreamClientBuilder::add_root_certificates_pem)'s
@@ -131,6 +151,7 @@ impl LiveProxyBuilder {
                 pool: self.pool,
                 tokens: self.tokens,
                 client_key_passthrough: self.client_key_passthrough,
+                model_policy: self.model_policy,
                 usage: self.usage,
                 setup_timeout: self.setup_timeout,
                 max_message_bytes: self.max_message_bytes,
@@ -153,6 +174,7 @@ pub(super) struct Inner {
     pub(super) pool: Arc<KeyPool>,
     tokens: Option<Arc<dyn TokenStore>>,
     client_key_passthrough: bool,
+    pub(super) model_policy: Option<ModelPolicy>,
     pub(super) usage: Option<UsageLayer>,
     pub(super) setup_timeout: Duration,
     pub(super) max_message_bytes: usize,
@@ -186,6 +208,7 @@ impl LiveProxy {
             max_message_bytes: crate::body::DEFAULT_MAX_BODY_BYTES,
             extra_roots_pem: Vec::new(),
             client_key_passthrough: false,
+            model_policy: None,
         }
     }
 

@@ -136,6 +136,26 @@ impl Session {
             )
             .await;
         };
+        // Google wants `models/{model}`; a bare name (which some clients send) is completed.
+        let prefixed = setup_names_resource(&setup);
+        let (model, setup) = match &proxy.model_policy {
+            None if prefixed => (model, setup),
+            None => {
+                let setup = with_model(&setup, &model);
+                (model, setup)
+            }
+            Some(policy) => match policy(&model) {
+                Ok(m) if m == model && prefixed => (model, setup),
+                Ok(m) => {
+                    let setup = with_model(&setup, &m);
+                    (m, setup)
+                }
+                Err(e) => {
+                    tracing::info!(model = %crate::secret::scrub(&model), reason = e.message(), "Live session refused by the model policy");
+                    return close(&mut client, CloseCode::Policy, e.message()).await;
+                }
+            },
+        };
         tracing::Span::current().record("gemini.model", model.as_str());
 
         let opened = match self.own_key.clone() {
@@ -480,6 +500,28 @@ fn setup_model(m: &Message) -> Option<String> {
     let model = v.get("setup")?.get("model")?.as_str()?;
     let model = strip_models_prefix(model.trim());
     (!model.is_empty()).then(|| model.to_owned())
+}
+
+/// Whether `setup.model` is a resource name (`models/...`).
+fn setup_names_resource(m: &Message) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload(m))
+        .ok()
+        .and_then(|v| {
+            v.pointer("/setup/model")?
+                .as_str()
+                .map(|s| s.trim().starts_with("models/"))
+        })
+        .unwrap_or(false)
+}
+
+/// The `setup` message naming `models/{model}` instead (an alias resolved, a bare name
+/// completed).
+fn with_model(m: &Message, model: &str) -> Message {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload(m)) else {
+        return m.clone();
+    };
+    v["setup"]["model"] = serde_json::Value::String(format!("models/{model}"));
+    Message::text(v.to_string())
 }
 
 fn payload(m: &Message) -> &[u8] {

@@ -25,6 +25,9 @@ pub enum CallKind {
     /// policed (an allow list applies); the body is never rewritten and the model never renamed,
     /// since a batch names its model again in every request.
     Embed,
+    /// A Live API session's `setup` (the Live WebSocket): only the model is policed and may be
+    /// renamed (an alias); there is no request JSON.
+    Live,
 }
 
 impl CallKind {

@@ -110,6 +110,21 @@ where
         };
         // Proto JSON takes field names in either case; google-genai sends `client_content`.
         let v = camel_keys(v);
+        if let Some(model) = v.pointer("/setup/model").and_then(Value::as_str) {
+            if !is_live_model(model) {
+                // As Google: the session ends at `setup` with a policy close naming the model.
+                let reason = format!(
+                    "{model} is not found for API version v1beta, or is not supported for bidiGenerateContent."
+                );
+                let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code:
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Policy,
+                    reason: reason.into(),
+                };
+                let _ = ws.close(Some(frame)).await;
+                break;
+            }
+        }
         for answer in answers(&state, &v) {
             let bytes = answer.to_string().into_bytes();
             if ws.send(Message::Binary(bytes.into())).await.is_err() {
@@ -121,6 +136,14 @@ where
             }
         }
     }
+}
+
+/// Whether `setup.model` names a model the Live API serves: `models/` and a Live or native
+/// audio model (the names Google gives them).
+fn is_live_model(model: &str) -> bool {
+    model
+        .strip_prefix("models/")
+        .is_some_and(|m| m.contains("live") || m.contains("native-audio"))
 }
 
 /// The server messages answering one client message.
