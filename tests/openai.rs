@@ -445,14 +445,14 @@ async fn models_are_listed_from_every_page() {
         ids.contains(&"gemini-2.5-pro") && ids.contains(&"gemini-embedding-001"),
         "{ids:?}"
     );
-    assert_eq!(ids.len(), 8, "{ids:?}");
+    assert_eq!(ids.len(), 9, "{ids:?}");
     assert!(list.data.iter().all(|m| m.owned_by == "google"));
     let pages = fake
         .received()
         .iter()
         .filter(|r| r.path == "/v1beta/models")
         .count();
-    assert_eq!(pages, 4);
+    assert_eq!(pages, 5, "nine models, two a page");
 }
 
 #[tokio::test]
