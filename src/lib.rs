@@ -145,7 +145,7 @@ pub mod access_log;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
-#[cfg(any(feature = "openai", feature = "testing"))]
+#[cfg(any(feature = "openai", feature = "anthropic", feature = "testing"))]
 mod base64;
 pub mod body;
 pub mod credential;
@@ -198,6 +198,8 @@ mod redis_util;
 pub mod request_id;
 #[cfg(any(feature = "testing", feature = "affinity"))]
 mod rfc3339;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+mod translate;
 
 #[cfg(feature = "stream-resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_core::TryFuture;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
@@ -32,6 +32,7 @@ use crate::gemini::{
     BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
 };
+use crate::translate::http::copy_request_headers;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
@@ -583,28 +584,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
-    }
-    let bytes = match collect_limited(body, max).await {
-        Ok(b) => b,
-        Err(LimitError::TooLarge { .. }) => {
-            return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
-        }
-        Err(LimitError::Body(e)) => {
-            tracing::debug!(error = %e, "request body failed");
-            return Err(ApiError::bad_request("the request body could not be read")
-                .into_response(Dialect::OpenAi));
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not a valid request: {e}"))
-            .into_response(Dialect::OpenAi)
-    })
+    crate::translate::http::read_json(headers, max, body, Dialect::OpenAi).await
 }
 
 /// Reads a whole upstream answer, translating error statuses into OpenAI errors.
@@ -661,36 +641,6 @@ fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Respons
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     res
-}
-
-/// Headers never copied onto the inner request: client credentials, hop-by-hop headers and
-/// those that describe the original body.
-const DROPPED_HEADERS: &[HeaderName] = &[
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::TRANSFER_ENCODING,
-    header::CONTENT_ENCODING,
-    header::ACCEPT_ENCODING,
-    header::HOST,
-    header::CONNECTION,
-    header::TE,
-    header::UPGRADE,
-    header::EXPECT,
-];
-
-fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if DROPPED_HEADERS.contains(name)
-            || name.as_str() == "x-goog-api-key"
-            || name.as_str() == "keep-alive"
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
 }
 
 fn percent_encode(s: &str) -> String {

@@ -1,0 +1,42 @@
+//! What the fronts that translate another API into Gemini's (the OpenAI and Anthropic fronts)
+//! share: media parts, JSON Schema cleaning, thought-signature carriers, ids and the HTTP
+//! plumbing of a translated request. One copy each, so the fronts cannot drift.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub(crate) mod http;
+pub(crate) mod media;
+pub(crate) mod schema;
+
+/// What separates the call id from the thought signature in a tool call id that carries one:
+/// `call_<id>__thought__<signature>` (OpenAI), `toolu_<id>__thought__<signature>` (Anthropic).
+pub(crate) const THOUGHT_SIGNATURE_SEPARATOR: &str = "__thought__";
+
+/// The placeholder Google documents for function calls in history that Gemini did not produce.
+pub(crate) const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// The thought signature a tool call id carries (`<id>__thought__<sig>`), if any.
+pub(crate) fn signature_in_id(id: &str) -> Option<&str> {
+    id.split_once(THOUGHT_SIGNATURE_SEPARATOR)
+        .map(|(_, sig)| sig)
+        .filter(|s| !s.is_empty())
+}
+
+/// 24 hex digits that differ on every call (a random per-process seed and a counter).
+pub(crate) fn unique_hex() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(n);
+    format!("{:016x}{:08x}", h.finish(), n as u32)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
