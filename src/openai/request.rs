@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::gemini::{
     Content, FileData, FunctionCallingConfig, FunctionDeclaration, GenerateContentRequest,
     GenerationConfig, Part, ThinkingConfig, ThinkingKind, ThinkingLevel, Tool as GeminiTool,
-    ToolConfig, strip_models_prefix,
+    ToolConfig,
 };
 
 pub(crate) use crate::translate::SKIP_THOUGHT_SIGNATURE;
@@ -96,25 +96,7 @@ impl TranslateOptions {
 
 // === Translation ===
 
-/// Validates and returns the model id of a request: without a `models/` prefix, and safe to
-/// put in a path.
-pub(crate) fn model_id(model: &str) -> Result<&str, ApiError> {
-    let id = strip_models_prefix(model.trim());
-    if id.is_empty() {
-        return Err(ApiError::bad_request(
-            "`model` is required (e.g. \"gemini-2.5-flash\")",
-        ));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(ApiError::bad_request(format!(
-            "`model` {id:?} is not a valid model id: use letters, digits, '-', '_' and '.'"
-        )));
-    }
-    Ok(id)
-}
+pub(crate) use crate::translate::model_id;
 
 /// Translates an OpenAI chat request into a Gemini `generateContent` request body.
 ///

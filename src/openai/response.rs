@@ -12,12 +12,12 @@ use super::types::{
 };
 use crate::error::ApiError;
 use crate::gemini::{
-    BatchEmbedContentsResponse, Candidate, CodeExecutionResult, ExecutableCode, FinishReason,
-    GeminiError, GenerateContentResponse, Model as GeminiModel, Part, UsageMetadata,
+    BatchEmbedContentsResponse, Candidate, FinishReason, GeminiError, GenerateContentResponse,
+    Model as GeminiModel, Part, UsageMetadata,
 };
 use crate::translate::THOUGHT_SIGNATURE_SEPARATOR;
 pub(crate) use crate::translate::http::{copy_response_headers, json_response};
-pub(crate) use crate::translate::{unique_hex, unix_now};
+pub(crate) use crate::translate::{code_block, result_block, unique_hex, unix_now};
 
 // === ChatContext ===
 
@@ -139,34 +139,6 @@ pub(crate) fn usage_of(u: &UsageMetadata) -> Usage {
             reasoning_tokens: u64::from(t),
         }),
     }
-}
-
-/// A fenced markdown block for generated code, on its own lines.
-pub(crate) fn code_block(code: &ExecutableCode, at_line_start: bool) -> String {
-    let lang = code.language.to_ascii_lowercase();
-    let lang = if lang == "language_unspecified" {
-        ""
-    } else {
-        &lang
-    };
-    fence(lang, &code.code, at_line_start)
-}
-
-/// A fenced markdown block for a code execution result.
-pub(crate) fn result_block(result: &CodeExecutionResult, at_line_start: bool) -> String {
-    let output = result.output.as_deref().unwrap_or_default();
-    let body = if result.outcome == "OUTCOME_OK" || result.outcome.is_empty() {
-        output.to_owned()
-    } else {
-        format!("{}\n{output}", result.outcome)
-    };
-    fence("output", &body, at_line_start)
-}
-
-fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
-    let lead = if at_line_start { "" } else { "\n" };
-    let nl = if body.ends_with('\n') { "" } else { "\n" };
-    format!("{lead}```{lang}\n{body}{nl}```\n")
 }
 
 /// A generated image (inline data with an image MIME type), as OpenAI clients read it.

@@ -68,6 +68,7 @@ pub(crate) fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         if DROPPED_HEADERS.contains(name)
             || name.as_str() == "x-goog-api-key"
+            || name.as_str() == "x-api-key"
             || name.as_str() == "keep-alive"
         {
             continue;

@@ -7,6 +7,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::error::ApiError;
+use crate::gemini::{CodeExecutionResult, ExecutableCode, strip_models_prefix};
+
 pub(crate) mod http;
 pub(crate) mod media;
 pub(crate) mod schema;
@@ -39,4 +42,52 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Validates and returns the model id of a request: without a `models/` prefix, and safe to
+/// put in a path.
+pub(crate) fn model_id(model: &str) -> Result<&str, ApiError> {
+    let id = strip_models_prefix(model.trim());
+    if id.is_empty() {
+        return Err(ApiError::bad_request(
+            "`model` is required (e.g. \"gemini-2.5-flash\")",
+        ));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(ApiError::bad_request(format!(
+            "`model` {id:?} is not a valid model id: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(id)
+}
+
+/// A fenced markdown block for generated code, on its own lines.
+pub(crate) fn code_block(code: &ExecutableCode, at_line_start: bool) -> String {
+    let lang = code.language.to_ascii_lowercase();
+    let lang = if lang == "language_unspecified" {
+        ""
+    } else {
+        &lang
+    };
+    fence(lang, &code.code, at_line_start)
+}
+
+/// A fenced markdown block for a code execution result.
+pub(crate) fn result_block(result: &CodeExecutionResult, at_line_start: bool) -> String {
+    let output = result.output.as_deref().unwrap_or_default();
+    let body = if result.outcome == "OUTCOME_OK" || result.outcome.is_empty() {
+        output.to_owned()
+    } else {
+        format!("{}\n{output}", result.outcome)
+    };
+    fence("output", &body, at_line_start)
+}
+
+fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
+    let lead = if at_line_start { "" } else { "\n" };
+    let nl = if body.ends_with('\n') { "" } else { "\n" };
+    format!("{lead}```{lang}\n{body}{nl}```\n")
 }
