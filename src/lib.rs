@@ -145,6 +145,9 @@ pub mod access_log;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
+#[cfg(feature = "anthropic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "anthropic")))]
+pub mod anthropic;
 #[cfg(any(feature = "openai", feature = "anthropic", feature = "testing"))]
 mod base64;
 pub mod body;

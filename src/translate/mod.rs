@@ -38,6 +38,7 @@ pub(crate) fn unique_hex() -> String {
 }
 
 /// Seconds since the Unix epoch.
+#[cfg_attr(not(feature = "openai"), allow(dead_code))]
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
