@@ -207,6 +207,8 @@ fn route_and_model(req: &Request<Body>) -> (String, String) {
         "/v1/images/generations" => Some("openai.images.generations"),
         "/v1/models" => Some("openai.models"),
         p if p.starts_with("/v1/models/") && !p.contains(':') => Some("openai.models"),
+        "/v1/messages" => Some("anthropic.messages"),
+        "/v1/messages/count_tokens" => Some("anthropic.count_tokens"),
         _ => None,
     };
     if let Some(route) = openai {
