@@ -78,9 +78,10 @@ impl Dialect {
     }
 
     /// The dialect of a request: an explicit [`Dialect`] extension wins, else the path decides,
-    /// except for `GET /v1/models[/{id}]`, which both APIs have: a request that carries a
+    /// except for `GET /v1/models[/{id}]`, which all three APIs have: a request that carries a
     /// Gemini client's marks (`x-goog-api-key`, `?key=`, or the `x-goog-api-client` header the
-    /// google-genai SDKs send, which default to `/v1`) is Gemini's.
+    /// google-genai SDKs send, which default to `/v1`) is Gemini's, one with the
+    /// `anthropic-version` header every Anthropic client sends is Anthropic's.
     ///
     /// Layers that remove credentials (`BearerAuth`) store the dialect first, so it survives.
     pub fn of<B>(req: &Request<B>) -> Dialect {
@@ -92,10 +93,18 @@ impl Dialect {
             Dialect::OpenAi if is_models_path(path) && has_gemini_client_marks(req) => {
                 Dialect::Gemini
             }
+            Dialect::OpenAi
+                if is_models_path(path) && req.headers().contains_key(ANTHROPIC_VERSION) =>
+            {
+                Dialect::Anthropic
+            }
             d => d,
         }
     }
 }
+
+/// The header every Anthropic client sends.
+const ANTHROPIC_VERSION: &str = "anthropic-version";
 
 /// `/v1/models` or `/v1/models/{id}` (no `:method`).
 fn is_models_path(path: &str) -> bool {
@@ -699,6 +708,14 @@ mod tests {
             Dialect::Gemini
         );
         assert_eq!(get("/v1/models?pageSize=5&key=abc", None), Dialect::Gemini);
+        assert_eq!(
+            get("/v1/models", Some("anthropic-version")),
+            Dialect::Anthropic
+        );
+        assert_eq!(
+            get("/v1/models/gemini-2.5-pro", Some("anthropic-version")),
+            Dialect::Anthropic
+        );
         assert_eq!(get("/v1/models?monkey=1", None), Dialect::OpenAi);
         assert_eq!(
             get("/v1/chat/completions", Some("x-goog-api-key")),

@@ -758,3 +758,75 @@ async fn every_key_disabled_is_an_anthropic_overloaded_503() {
     is_anthropic_error(&text, "overloaded_error");
     assert!(!KEYS.iter().any(|k| text.contains(k)));
 }
+
+// === Models ===
+
+async fn get_models(proxy: &Proxy, path: &str, anthropic: bool) -> (StatusCode, Value) {
+    let mut b = Request::get(path).header("x-api-key", proxy.token.as_str());
+    if anthropic {
+        b = b.header("anthropic-version", "2023-06-01");
+    }
+    let res = UpstreamClient::new(proxy.url())
+        .unwrap()
+        .oneshot(b.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn anthropic_clients_list_models_in_anthropics_shape_with_the_aliases() {
+    let (_fake, proxy) = setup(&[("MODEL_ALIASES", "claude-sonnet-4-5=gemini-2.5-pro")]).await;
+    let (status, v) = get_models(&proxy, "/v1/models?limit=1000", true).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gemini-2.5-flash") && ids.contains(&"claude-sonnet-4-5"),
+        "{ids:?}"
+    );
+    assert_eq!(v["data"][0]["type"], "model");
+    assert!(v["data"][0]["display_name"].is_string() && v["data"][0]["created_at"].is_string());
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["first_id"], ids[0]);
+    assert_eq!(v["last_id"], *ids.last().unwrap());
+
+    // Anthropic's paging over the whole list.
+    let (_, first) = get_models(&proxy, "/v1/models?limit=2", true).await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first["has_more"], true);
+    let after = first["last_id"].as_str().unwrap();
+    let (_, next) = get_models(
+        &proxy,
+        &format!("/v1/models?limit=2&after_id={after}"),
+        true,
+    )
+    .await;
+    assert_eq!(next["first_id"], ids[2]);
+    let (_, before) = get_models(
+        &proxy,
+        &format!("/v1/models?limit=5&before_id={}", ids[2]),
+        true,
+    )
+    .await;
+    assert_eq!(before["data"].as_array().unwrap().len(), 2);
+    assert_eq!(before["has_more"], false);
+
+    let (status, m) = get_models(&proxy, "/v1/models/gemini-2.5-pro", true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(m["id"], "gemini-2.5-pro");
+    assert_eq!(m["type"], "model");
+    let (status, e) = get_models(&proxy, "/v1/models/claude-nothing", true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(e["error"]["type"], "not_found_error", "{e}");
+
+    // Without `anthropic-version` the path stays OpenAI's.
+    let (_, openai) = get_models(&proxy, "/v1/models", false).await;
+    assert_eq!(openai["object"], "list", "{openai}");
+}

@@ -21,13 +21,18 @@ use super::stream::{EventBody, MessageStreamTranslator};
 use super::types::MessagesRequest;
 use crate::body::{Body, BoxError, DEFAULT_MAX_BODY_BYTES, LimitError, collect_limited};
 use crate::error::{ApiError, Dialect};
-use crate::gemini::{GeminiPath, GenerateContentResponse};
+use crate::gemini::{
+    GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
+};
 use crate::translate::http::{
     copy_request_headers, copy_response_headers, json_response, read_json,
 };
 
 /// The default cap on a non-streamed upstream answer: 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// At most this many pages of `GET /v1beta/models` are read for one `GET /v1/models`.
+const MAX_MODEL_PAGES: usize = 100;
 
 /// What a 404 for an unknown model name says by default.
 const DEFAULT_MODEL_HINT: &str = "map the name to a Gemini model with a model alias \
@@ -144,10 +149,12 @@ impl<S> AnthropicToGemini<S> {
 }
 
 /// The routes this layer owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Route {
     Messages,
     CountTokens,
+    Models,
+    Model(String),
 }
 
 impl Route {
@@ -155,7 +162,18 @@ impl Route {
         match path.trim_end_matches('/') {
             "/v1/messages" => Some(Route::Messages),
             "/v1/messages/count_tokens" => Some(Route::CountTokens),
-            _ => None,
+            "/v1/models" => Some(Route::Models),
+            p => {
+                let id = p.strip_prefix("/v1/models/")?;
+                (!id.contains(':')).then(|| Route::Model(id.to_owned()))
+            }
+        }
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Messages | Route::CountTokens => Method::POST,
+            Route::Models | Route::Model(_) => Method::GET,
         }
     }
 }
@@ -179,7 +197,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Some(route) = Route::of(req.uri().path()) else {
+        // `GET /v1/models[/{id}]` is Anthropic's only for Anthropic clients (`anthropic-version`);
+        // OpenAI's and Gemini's clients have their own.
+        let route = Route::of(req.uri().path()).filter(|r| {
+            !matches!(r, Route::Models | Route::Model(_)) || Dialect::of(&req) == Dialect::Anthropic
+        });
+        let Some(route) = route else {
             return ResponseFuture {
                 kind: Kind::Passthrough {
                     future: self.inner.call(req.map(Body::new)),
@@ -192,14 +215,16 @@ where
         let span = tracing::debug_span!("anthropic", route = ?route);
         let future = Box::pin(tracing::Instrument::instrument(
             async move {
-                if req.method() != Method::POST {
+                if req.method() != route.method() {
                     let msg = format!(
-                        "{} is not allowed on {}; use POST",
+                        "{} is not allowed on {}; use {}",
                         req.method(),
-                        req.uri().path()
+                        req.uri().path(),
+                        route.method()
                     );
                     return Ok(ApiError::method_not_allowed(msg).into_response(Dialect::Anthropic));
                 }
+                let query = req.uri().query().map(str::to_owned);
                 let (parts, body) = req.into_parts();
                 let call = Call {
                     inner,
@@ -208,7 +233,11 @@ where
                     extensions: parts.extensions,
                     model: String::new(),
                 };
-                call.run(route, body).await
+                match route {
+                    Route::Models => call.models(query.as_deref()).await,
+                    Route::Model(id) => call.model(&id).await,
+                    route => call.run(route, body).await,
+                }
             },
             span,
         ));
@@ -323,6 +352,90 @@ where
         Ok(out)
     }
 
+    /// `GET /v1/models` for Anthropic clients: every page of Gemini's models, paged again the
+    /// way Anthropic pages (`limit`, default 20, at most 1000; `after_id`; `before_id`).
+    async fn models(mut self, query: Option<&str>) -> Answer<S::Error> {
+        let param = |name: &str| query.and_then(|q| crate::credential::query_param(q, name));
+        let limit = match param("limit").map(|l| l.parse::<usize>()) {
+            None => 20,
+            Some(Ok(n)) if (1..=1000).contains(&n) => n,
+            Some(_) => {
+                return Ok(
+                    ApiError::bad_request("limit must be an integer from 1 to 1000")
+                        .into_response(Dialect::Anthropic),
+                );
+            }
+        };
+        let mut all: Vec<GeminiModel> = Vec::new();
+        let mut token: Option<String> = None;
+        let mut headers = HeaderMap::new();
+        for _ in 0..MAX_MODEL_PAGES {
+            let mut path = format!("/{}/models?pageSize=1000", self.config.version);
+            if let Some(t) = &token {
+                path.push_str("&pageToken=");
+                path.push_str(&crate::translate::http::percent_encode(t));
+            }
+            let req = self.inner_get(path);
+            let res = self.send(req).await?;
+            let (page, h) =
+                match read_answer::<ListModelsResponse, _>(res, &self.config, &self.model).await {
+                    Ok(p) => p,
+                    Err(res) => return Ok(res),
+                };
+            headers = h;
+            all.extend(page.models);
+            token = page.next_page_token.filter(|t| !t.is_empty());
+            if token.is_none() {
+                break;
+            }
+        }
+        let ids: Vec<&str> = all.iter().map(GeminiModel::id).collect();
+        let (start, end) = match (param("after_id"), param("before_id")) {
+            (Some(after), _) => {
+                let start = ids
+                    .iter()
+                    .position(|i| *i == after)
+                    .map_or(ids.len(), |p| p + 1);
+                (start, (start + limit).min(ids.len()))
+            }
+            (None, Some(before)) => {
+                let end = ids.iter().position(|i| *i == before).unwrap_or(0);
+                (end.saturating_sub(limit), end)
+            }
+            (None, None) => (0, limit.min(ids.len())),
+        };
+        let page: Vec<serde_json::Value> = all[start..end].iter().map(model_json).collect();
+        let has_more = if param("before_id").is_some() && param("after_id").is_none() {
+            start > 0
+        } else {
+            end < ids.len()
+        };
+        let body = json!({
+            "data": page,
+            "has_more": has_more,
+            "first_id": page.first().map(|m| m["id"].clone()),
+            "last_id": page.last().map(|m| m["id"].clone()),
+        });
+        Ok(json_response(StatusCode::OK, &body, Some(&headers)))
+    }
+
+    /// `GET /v1/models/{id}` for Anthropic clients.
+    async fn model(mut self, id: &str) -> Answer<S::Error> {
+        let id = match crate::translate::model_id(id) {
+            Ok(id) => id.to_owned(),
+            Err(e) => return Ok(e.into_response(Dialect::Anthropic)),
+        };
+        self.model = id.clone();
+        let req = self.inner_get(format!("/{}/models/{id}", self.config.version));
+        let res = self.send(req).await?;
+        Ok(
+            match read_answer::<GeminiModel, _>(res, &self.config, &self.model).await {
+                Ok((m, headers)) => json_response(StatusCode::OK, &model_json(&m), Some(&headers)),
+                Err(res) => res,
+            },
+        )
+    }
+
     /// `POST /v1/messages/count_tokens`: Gemini's own count of the translated request.
     async fn count_tokens(mut self, path: String, body: serde_json::Value) -> Answer<S::Error> {
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
@@ -367,6 +480,14 @@ where
             crate::facts::set_call(&mut req, p);
         }
         req.extensions_mut().insert(Dialect::Gemini);
+        req
+    }
+
+    /// An inner `GET` (models routes).
+    fn inner_get(&self, path_and_query: String) -> Request<Body> {
+        let mut req = self.inner_request(path_and_query, Bytes::new());
+        *req.method_mut() = Method::GET;
+        req.headers_mut().remove(header::CONTENT_TYPE);
         req
     }
 
@@ -420,6 +541,17 @@ where
         )
         .into_response(Dialect::Anthropic)),
     }
+}
+
+/// An Anthropic model object for a Gemini model. Gemini says nothing of when a model was
+/// made, so `created_at` is the Unix epoch.
+fn model_json(m: &GeminiModel) -> serde_json::Value {
+    json!({
+        "type": "model",
+        "id": m.id(),
+        "display_name": m.display_name.as_deref().unwrap_or(m.id()),
+        "created_at": "1970-01-01T00:00:00Z",
+    })
 }
 
 // === ResponseFuture ===

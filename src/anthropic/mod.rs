@@ -1,12 +1,17 @@
 //! An Anthropic Messages API front for a Gemini service: what Claude Code and the Anthropic
 //! SDKs speak, served by Gemini models.
 //!
-//! [`AnthropicToGeminiLayer`] owns two routes and lets every other request through untouched:
+//! [`AnthropicToGeminiLayer`] owns these routes and lets every other request through untouched:
 //!
 //! | Anthropic route | inner Gemini request |
 //! |---|---|
 //! | `POST /v1/messages` | `POST /v1beta/models/{model}:generateContent`, or `:streamGenerateContent?alt=sse` with `stream: true` |
 //! | `POST /v1/messages/count_tokens` | `POST /v1beta/models/{model}:countTokens` with the translated request as `generateContentRequest`: Gemini's own count, not an estimate |
+//! | `GET /v1/models` with `anthropic-version` | every page of `GET /v1beta/models`, paged Anthropic's way (`limit`, `after_id`, `before_id`): `{"data":[{"type":"model","id","display_name","created_at"}],"has_more","first_id","last_id"}` |
+//! | `GET /v1/models/{id}` with `anthropic-version` | `GET /v1beta/models/{id}` as one such model |
+//!
+//! `GET /v1/models` without the `anthropic-version` header every Anthropic client sends is
+//! left to the OpenAI front (or Gemini's own `/v1` route), so the three fronts share the path.
 //!
 //! The inner request carries the original request's extensions and headers (except client
 //! credentials such as `Authorization` and `x-api-key`, `anthropic-version`, and headers

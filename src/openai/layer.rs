@@ -32,7 +32,7 @@ use crate::gemini::{
     BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
 };
-use crate::translate::http::copy_request_headers;
+use crate::translate::http::{copy_request_headers, percent_encode};
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
@@ -641,18 +641,6 @@ fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Respons
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     res
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // === ResponseFuture ===

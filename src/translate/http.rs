@@ -109,3 +109,16 @@ pub(crate) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
         to.append(name.clone(), value.clone());
     }
 }
+
+/// Percent-encodes a query parameter value (RFC 3986 unreserved characters kept).
+pub(crate) fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

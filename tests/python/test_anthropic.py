@@ -149,3 +149,10 @@ def test_a_claude_name_is_served_through_model_aliases():
     m = client().messages.create(**dict(ask(), model="claude-sonnet-4-5"))
     assert m.model == "claude-sonnet-4-5"
     assert m.content[0].text == client().messages.create(**ask()).content[0].text
+
+
+def test_models_list_and_retrieve():
+    ids = [m.id for m in client().models.list(limit=1000)]
+    assert "gemini-2.5-flash" in ids and "claude-sonnet-4-5" in ids
+    m = client().models.retrieve("gemini-2.5-pro")
+    assert m.id == "gemini-2.5-pro" and m.type == "model"
