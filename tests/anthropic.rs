@@ -477,6 +477,109 @@ async fn a_thinking_round_trip_carries_the_signature_to_gemini_after_the_key_rot
     }
 }
 
+/// The content blocks a streaming client assembles from the events (as the SDKs do).
+fn assemble(events: &[(String, Value)]) -> Vec<Value> {
+    let mut blocks: Vec<Value> = Vec::new();
+    let mut json_parts: Vec<String> = Vec::new();
+    for (name, d) in events {
+        match name.as_str() {
+            "content_block_start" => {
+                blocks.push(d["content_block"].clone());
+                json_parts.push(String::new());
+            }
+            "content_block_delta" => {
+                let (b, delta) = (blocks.last_mut().unwrap(), &d["delta"]);
+                match delta["type"].as_str().unwrap() {
+                    "text_delta" => {
+                        b["text"] = json!(format!(
+                            "{}{}",
+                            b["text"].as_str().unwrap(),
+                            delta["text"].as_str().unwrap()
+                        ))
+                    }
+                    "thinking_delta" => {
+                        b["thinking"] = json!(format!(
+                            "{}{}",
+                            b["thinking"].as_str().unwrap(),
+                            delta["thinking"].as_str().unwrap()
+                        ))
+                    }
+                    "signature_delta" => b["signature"] = delta["signature"].clone(),
+                    "input_json_delta" => json_parts
+                        .last_mut()
+                        .unwrap()
+                        .push_str(delta["partial_json"].as_str().unwrap()),
+                    other => panic!("unexpected delta {other}"),
+                }
+            }
+            "content_block_stop" => {
+                let raw = json_parts.last().unwrap();
+                if !raw.is_empty() {
+                    blocks.last_mut().unwrap()["input"] = serde_json::from_str(raw).unwrap();
+                }
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn a_twenty_turn_tool_conversation_on_gemini_3_survives_every_key_rotation() {
+    let (fake, proxy) = setup(&[]).await;
+    let mut messages = vec![json!({"role": "user", "content": "plan a long trip"})];
+    for turn in 0..20 {
+        let stream = turn % 2 == 1;
+        // After a tool result the fake answers in text unless told to call again.
+        fake.push_fault(Fault::FunctionCall {
+            name: "get_weather".into(),
+            args: json!({"place": format!("stop {turn}")}),
+        });
+        let mut req = thinking_request(stream);
+        req["messages"] = json!(messages);
+        let (status, _, text) = post(&proxy, "/v1/messages", &proxy.token, req).await;
+        assert_eq!(status, StatusCode::OK, "turn {turn}: {text}");
+        let content = if stream {
+            assemble(&events(&text))
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["content"]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        let call = content
+            .iter()
+            .find(|b| b["type"] == "tool_use")
+            .expect("a tool_use")
+            .clone();
+        messages.push(json!({"role": "assistant", "content": content}));
+        messages.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call["id"], "content": format!("leg {turn} booked")},
+        ]}));
+    }
+    let received = fake.received();
+    assert_eq!(received.len(), 20);
+    // Round robin over two keys: every turn was served by the other key than the one before.
+    for pair in received.windows(2) {
+        assert_ne!(key_of(&pair[0]), key_of(&pair[1]));
+    }
+    let last: Value = serde_json::from_slice(&received[19].body).unwrap();
+    let calls: Vec<&Value> = last["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["role"] == "model")
+        .map(|c| &c["parts"][0])
+        .collect();
+    assert_eq!(calls.len(), 19);
+    assert!(
+        calls
+            .iter()
+            .all(|p| p["thoughtSignature"] == FakeGemini::THOUGHT_SIGNATURE),
+        "{last}"
+    );
+}
+
 #[tokio::test]
 async fn gemini_3_refuses_a_call_whose_signature_is_lost() {
     // What the carriers above prevent: FakeGemini refuses, as Gemini 3 does, a history whose
