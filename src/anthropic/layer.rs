@@ -17,9 +17,9 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::request::to_gemini_request;
 use super::response::{MessageContext, to_message, translate_error};
-use super::stream::{EventBody, MessageStreamTranslator};
+use super::stream::MessageStreamTranslator;
 use super::types::MessagesRequest;
-use crate::body::{Body, BoxError, DEFAULT_MAX_BODY_BYTES, LimitError, collect_limited};
+use crate::body::{Body, BoxError, DEFAULT_MAX_BODY_BYTES};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
@@ -27,6 +27,7 @@ use crate::gemini::{
 use crate::translate::http::{
     copy_request_headers, copy_response_headers, json_response, read_json,
 };
+use crate::translate::stream::TranslatedBody;
 
 /// The default cap on a non-streamed upstream answer: 64 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -341,7 +342,11 @@ where
         let (parts, body) = res.into_parts();
         let translator = MessageStreamTranslator::new(cx);
         let max_event_bytes = crate::sse::MaxEventBytes::of(&self.extensions);
-        let mut out = Response::new(Body::new(EventBody::new(body, translator, max_event_bytes)));
+        let mut out = Response::new(Body::new(TranslatedBody::new(
+            body,
+            translator,
+            max_event_bytes,
+        )));
         copy_response_headers(&parts.headers, out.headers_mut());
         let h = out.headers_mut();
         h.insert(
@@ -496,7 +501,8 @@ where
     }
 }
 
-/// Reads a whole upstream answer, translating error statuses into Anthropic errors.
+/// Reads a whole upstream answer, translating error statuses into Anthropic errors (a 404
+/// for the requested model itself with the configured hint).
 async fn read_answer<T: DeserializeOwned, R>(
     res: Response<R>,
     config: &Config,
@@ -506,41 +512,11 @@ where
     R: http_body::Body<Data = Bytes> + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    let (parts, body) = res.into_parts();
-    let bytes = match collect_limited(body, config.max_response_bytes).await {
-        Ok(b) => b,
-        Err(LimitError::TooLarge { limit }) => {
-            return Err(ApiError::bad_gateway(format!(
-                "the upstream answer is larger than {limit} bytes"
-            ))
-            .into_response(Dialect::Anthropic));
-        }
-        Err(LimitError::Body(e)) => {
-            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream body failed");
-            return Err(ApiError::bad_gateway(
-                "the upstream answer broke off before it was complete",
-            )
-            .into_response(Dialect::Anthropic));
-        }
-    };
-    if !parts.status.is_success() {
-        let (json, retry) = translate_error(parts.status, &bytes, model, &config.model_hint);
-        let mut res = json_response(parts.status, &json, Some(&parts.headers));
-        if !res.headers().contains_key(header::RETRY_AFTER)
-            && let Some(secs) = retry
-        {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
-        return Err(res);
-    }
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((v, parts.headers)),
-        Err(_) => Err(ApiError::bad_gateway(
-            "the upstream answered with a body that is not a Gemini response",
-        )
-        .into_response(Dialect::Anthropic)),
-    }
+    let max = config.max_response_bytes;
+    crate::translate::http::read_answer(res, max, Dialect::Anthropic, |status, body| {
+        translate_error(status, body, model, &config.model_hint)
+    })
+    .await
 }
 
 /// An Anthropic model object for a Gemini model. Gemini says nothing of when a model was

@@ -1,23 +1,14 @@
 //! Gemini SSE chunks → Anthropic Messages stream events, one upstream event at a time.
 
-use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{Bytes, BytesMut};
-use futures_core::Stream;
+use bytes::BytesMut;
 use http::StatusCode;
-use http_body::Frame;
-use pin_project_lite::pin_project;
 use serde_json::{Value, json};
 
 use super::response::{
     MessageContext, blocked_message, error_json, input_json, stop_reason, usage_json,
 };
-use crate::body::BoxError;
 use crate::error::ApiError;
 use crate::gemini::{FunctionCall, GeminiError, GenerateContentResponse, Part, UsageMetadata};
-use crate::sse::{SseError, SseStream};
 use crate::translate::{code_block, result_block};
 
 /// The largest piece of a tool's input JSON sent in one `input_json_delta`.
@@ -367,86 +358,22 @@ fn write_event(name: &str, data: &Value, out: &mut BytesMut) {
     out.extend_from_slice(b"\n\n");
 }
 
-// === EventBody ===
+// === EventTranslator ===
 
-pin_project! {
-    /// The Anthropic SSE body of a translated Gemini stream: each upstream event is translated
-    /// as it arrives and sent as one frame.
-    pub(crate) struct EventBody<B> {
-        #[pin]
-        events: SseStream<B>,
-        translator: MessageStreamTranslator,
-        ended: bool,
+impl crate::translate::stream::EventTranslator for MessageStreamTranslator {
+    fn translate(&mut self, data: &[u8], out: &mut BytesMut) {
+        self.push(data, out);
     }
-}
 
-impl<B> EventBody<B> {
-    /// Translates `body`, refusing an upstream event larger than `max_event_bytes`.
-    pub(crate) fn new(
-        body: B,
-        translator: MessageStreamTranslator,
-        max_event_bytes: usize,
-    ) -> Self {
-        let decoder = crate::sse::Decoder::new().max_event_bytes(max_event_bytes);
-        Self {
-            events: SseStream::with_decoder(body, decoder),
-            translator,
-            ended: false,
-        }
+    fn end(&mut self, out: &mut BytesMut) {
+        self.finish(out);
     }
-}
 
-impl<B> fmt::Debug for EventBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventBody")
-            .field("translator", &self.translator)
-            .finish()
+    fn abort(&mut self, error: &ApiError, out: &mut BytesMut) {
+        self.fail(error, out);
     }
-}
 
-impl<B> http_body::Body for EventBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        loop {
-            if *this.ended {
-                return Poll::Ready(None);
-            }
-            let mut out = BytesMut::new();
-            match std::task::ready!(this.events.as_mut().poll_next(cx)) {
-                Some(Ok(event)) => {
-                    out.reserve(event.data.len() + 256);
-                    this.translator.push(&event.data, &mut out);
-                }
-                Some(Err(e)) => {
-                    match &e {
-                        SseError::Body(e) => {
-                            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream stream failed");
-                        }
-                        refused => {
-                            tracing::warn!(error = %refused, "the upstream stream was refused by its decoder; ending it");
-                        }
-                    }
-                    this.translator
-                        .fail(&ApiError::bad_gateway(e.client_message()), &mut out);
-                }
-                None => this.translator.finish(&mut out),
-            }
-            if this.translator.is_done() {
-                *this.ended = true;
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-            }
-        }
+    fn done(&self) -> bool {
+        self.is_done()
     }
 }

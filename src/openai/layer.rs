@@ -21,18 +21,19 @@ use super::response::{
     ChatContext, copy_response_headers, embedding_response, generated_images, json_response,
     model_list, model_of, to_chat_completion, translate_error,
 };
-use super::stream::{ChunkBody, StreamTranslator};
+use super::stream::StreamTranslator;
 use super::types::{
     ChatCompletionRequest, EmbeddingInput, EmbeddingRequest, ImageGenerationRequest,
     ImagesResponse, ImagesUsage,
 };
-use crate::body::{Body, BoxError, LimitError, collect_limited};
+use crate::body::{Body, BoxError};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{
     BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
 };
 use crate::translate::http::{copy_request_headers, percent_encode};
+use crate::translate::stream::TranslatedBody;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
@@ -376,7 +377,11 @@ where
         let (parts, body) = res.into_parts();
         let translator = StreamTranslator::new(cx, req.include_usage());
         let max_event_bytes = crate::sse::MaxEventBytes::of(&self.extensions);
-        let mut out = Response::new(Body::new(ChunkBody::new(body, translator, max_event_bytes)));
+        let mut out = Response::new(Body::new(TranslatedBody::new(
+            body,
+            translator,
+            max_event_bytes,
+        )));
         copy_response_headers(&parts.headers, out.headers_mut());
         let h = out.headers_mut();
         h.insert(
@@ -596,51 +601,11 @@ where
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = res.into_parts();
-    let bytes = match collect_limited(body, max).await {
-        Ok(b) => b,
-        Err(LimitError::TooLarge { limit }) => {
-            return Err(ApiError::bad_gateway(format!(
-                "the upstream answer is larger than {limit} bytes"
-            ))
-            .into_response(Dialect::OpenAi));
-        }
-        Err(LimitError::Body(e)) => {
-            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream body failed");
-            return Err(ApiError::bad_gateway(
-                "the upstream answer broke off before it was complete",
-            )
-            .into_response(Dialect::OpenAi));
-        }
-    };
-    if !parts.status.is_success() {
-        return Err(error_answer(parts.status, &parts.headers, &bytes));
-    }
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((v, parts.headers)),
-        Err(_) => Err(ApiError::bad_gateway(
-            "the upstream answered with a body that is not a Gemini response",
-        )
-        .into_response(Dialect::OpenAi)),
-    }
+    crate::translate::http::read_answer(res, max, Dialect::OpenAi, translate_error).await
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
-}
-
-/// An OpenAI error answer for an upstream error status, keeping `Retry-After` (or deriving it
-/// from Gemini's `RetryInfo`).
-fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
-    let (json, retry) = translate_error(status, body);
-    let mut res = json_response(status, &json, Some(headers));
-    if !res.headers().contains_key(header::RETRY_AFTER)
-        && let Some(secs) = retry
-    {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    }
-    res
 }
 
 // === ResponseFuture ===

@@ -122,3 +122,56 @@ pub(crate) fn percent_encode(s: &str) -> String {
     }
     out
 }
+
+/// Reads a whole upstream answer (at most `max` bytes) as `T`, with its headers; an error
+/// status becomes the front's error answer: `translate` turns the status and body into the
+/// front's error JSON and the retry delay it names, sent as `Retry-After` when the upstream
+/// set none. A body past `max`, one that broke off, or one that is not `T` is a 502 in
+/// `dialect`.
+pub(crate) async fn read_answer<T, R>(
+    res: Response<R>,
+    max: usize,
+    dialect: Dialect,
+    translate: impl FnOnce(StatusCode, &[u8]) -> (Value, Option<u64>),
+) -> Result<(T, HeaderMap), Response<Body>>
+where
+    T: DeserializeOwned,
+    R: http_body::Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    let (parts, body) = res.into_parts();
+    let bytes = match collect_limited(body, max).await {
+        Ok(b) => b,
+        Err(LimitError::TooLarge { limit }) => {
+            return Err(ApiError::bad_gateway(format!(
+                "the upstream answer is larger than {limit} bytes"
+            ))
+            .into_response(dialect));
+        }
+        Err(LimitError::Body(e)) => {
+            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream body failed");
+            return Err(ApiError::bad_gateway(
+                "the upstream answer broke off before it was complete",
+            )
+            .into_response(dialect));
+        }
+    };
+    if !parts.status.is_success() {
+        let (json, retry) = translate(parts.status, &bytes);
+        let mut res = json_response(parts.status, &json, Some(&parts.headers));
+        if !res.headers().contains_key(header::RETRY_AFTER)
+            && let Some(secs) = retry
+        {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        return Err(res);
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok((v, parts.headers)),
+        Err(_) => Err(ApiError::bad_gateway(
+            "the upstream answered with a body that is not a Gemini response",
+        )
+        .into_response(dialect)),
+    }
+}

@@ -13,6 +13,7 @@ use crate::gemini::{CodeExecutionResult, ExecutableCode, strip_models_prefix};
 pub(crate) mod http;
 pub(crate) mod media;
 pub(crate) mod schema;
+pub(crate) mod stream;
 
 /// What separates the call id from the thought signature in a tool call id that carries one:
 /// `call_<id>__thought__<signature>` (OpenAI), `toolu_<id>__thought__<signature>` (Anthropic).
