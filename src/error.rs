@@ -1,9 +1,10 @@
-//! The crate's error type and every error response the gateway sends, in both dialects.
+//! The crate's error type and every error response the gateway sends, in each dialect.
 //!
 //! Rejections are responses, not errors: a layer that refuses a request (401, 413, 429, 503)
 //! answers with an [`ApiError`] rendered in the dialect of the route ([`Dialect`]): Gemini's
 //! `{"error":{"code","message","status"}}` on native routes, OpenAI's
-//! `{"error":{"message","type","param","code"}}` on `/v1/...` OpenAI routes.
+//! `{"error":{"message","type","param","code"}}` on `/v1/...` OpenAI routes, Anthropic's
+//! `{"type":"error","error":{"type","message"}}` on `/v1/messages`.
 //!
 //! [`Error`] is the one opaque error type for failures that are not answers (transport errors,
 //! timeouts); its `Display` never carries a secret or a query string.

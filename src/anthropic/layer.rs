@@ -314,7 +314,14 @@ where
                     .into_response(Dialect::Anthropic));
             }
         };
-        let cx = MessageContext::new(req.model.trim()).signature_in_id(self.config.signature_in_id);
+        let parallel = req
+            .tool_choice
+            .as_ref()
+            .and_then(|c| c["disable_parallel_tool_use"].as_bool())
+            != Some(true);
+        let cx = MessageContext::new(req.model.trim())
+            .signature_in_id(self.config.signature_in_id)
+            .parallel_tool_use(parallel);
         let inner_req = self.inner_request(path, body);
         let res = self.send(inner_req).await?;
         if !stream {

@@ -63,7 +63,8 @@
 //! `{"error": ...}` with `is_error`; images in it follow as inline data). `tools` →
 //! `functionDeclarations` with `input_schema` cleaned of what Gemini rejects (as the OpenAI
 //! front does), `web_search_*` server tools → Google Search; `tool_choice` `auto`/`any`/`tool`/
-//! `none` → `functionCallingConfig` `AUTO`/`ANY` (with the one name)/`NONE`. `max_tokens`,
+//! `none` → `functionCallingConfig` `AUTO`/`ANY` (with the one name)/`NONE`
+//! (`disable_parallel_tool_use` keeps only an answer's first call). `max_tokens`,
 //! `temperature`, `top_p`, `top_k`, `stop_sequences` map one to one; `thinking` `enabled` with
 //! `budget_tokens` → a thinking budget moved into the model's range, or the level for that
 //! budget on models that take levels ([`ThinkingKind`](crate::gemini::ThinkingKind)), thoughts

@@ -18,6 +18,7 @@ pub struct MessageContext {
     pub(crate) id: String,
     pub(crate) model: String,
     pub(crate) signature_in_id: bool,
+    pub(crate) parallel_tool_use: bool,
 }
 
 impl MessageContext {
@@ -27,7 +28,15 @@ impl MessageContext {
             id: format!("msg_{}", unique_hex()),
             model: model.into(),
             signature_in_id: true,
+            parallel_tool_use: true,
         }
+    }
+
+    /// With `false` (the request's `tool_choice.disable_parallel_tool_use`), only the first
+    /// function call of an answer reaches the client (Gemini has no switch for it).
+    pub fn parallel_tool_use(mut self, yes: bool) -> Self {
+        self.parallel_tool_use = yes;
+        self
     }
 
     /// Whether tool use ids carry the call's thought signature
@@ -138,6 +147,9 @@ pub fn to_message(resp: &GenerateContentResponse, cx: &MessageContext) -> Result
             .last()
             .is_some_and(|b| b["type"] == "thinking" && b["signature"] == "");
         if let Some(call) = &part.function_call {
+            if saw_call && !cx.parallel_tool_use {
+                continue;
+            }
             saw_call = true;
             let sig = part.thought_signature.as_deref();
             if let (Some(s), true) = (sig, last_thinking_unsigned)

@@ -41,6 +41,7 @@ pub struct MessageStreamTranslator {
     index: u32,
     open: Option<Open>,
     saw_call: bool,
+    calls: u32,
     at_line_start: bool,
     /// Calls that arrived without a thought signature: sent with the next chunk, which may
     /// carry their signature on an empty text part.
@@ -59,6 +60,7 @@ impl MessageStreamTranslator {
             index: 0,
             open: None,
             saw_call: false,
+            calls: 0,
             at_line_start: true,
             pending: Vec::new(),
             usage: None,
@@ -264,6 +266,10 @@ impl MessageStreamTranslator {
 
     fn tool_use(&mut self, call: &FunctionCall, sig: Option<&str>, out: &mut BytesMut) {
         self.saw_call = true;
+        if !self.cx.parallel_tool_use && self.calls >= 1 {
+            return;
+        }
+        self.calls += 1;
         let id = self.cx.tool_use_id(sig);
         self.open_block(
             json!({"type": "tool_use", "id": id, "name": call.name, "input": {}}),

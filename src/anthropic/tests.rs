@@ -185,6 +185,31 @@ fn a_whole_answer_becomes_blocks_with_usage() {
 }
 
 #[test]
+fn without_parallel_tool_use_only_the_first_call_reaches_the_client() {
+    let parts = json!([
+        {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"},
+        {"functionCall": {"name": "g", "args": {}}},
+    ]);
+    let a = answer(
+        json!({"candidates": [{"content": {"parts": parts.clone()}, "finishReason": "STOP"}]}),
+    );
+    let both = to_message(&a, &MessageContext::new("m")).unwrap();
+    assert_eq!(both["content"].as_array().unwrap().len(), 2);
+    let one = to_message(&a, &MessageContext::new("m").parallel_tool_use(false)).unwrap();
+    assert_eq!(one["content"].as_array().unwrap().len(), 1);
+    assert_eq!(one["content"][0]["name"], "f");
+    let mut t = MessageStreamTranslator::new(MessageContext::new("m").parallel_tool_use(false));
+    let mut out = BytesMut::new();
+    t.push(
+        &serde_json::to_vec(&chunk(parts, Some("STOP"))).unwrap(),
+        &mut out,
+    );
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert_eq!(text.matches("\"tool_use\"").count(), 2, "{text}"); // one start, one stop reason
+    assert!(!text.contains("\"name\":\"g\""), "{text}");
+}
+
+#[test]
 fn blocked_prompts_are_refusals_and_malformed_calls_errors() {
     let blocked = answer(json!({"promptFeedback": {"blockReason": "SAFETY"}}));
     let m = to_message(&blocked, &MessageContext::new("m")).unwrap();
