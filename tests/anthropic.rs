@@ -158,6 +158,19 @@ async fn a_plain_message_with_the_token_in_x_api_key() {
     }
     let all_headers = format!("{:?}", got.headers);
     assert!(!all_headers.contains(&proxy.token));
+
+    // Counted once, under the Anthropic route and the model asked for.
+    let metrics = UpstreamClient::new(proxy.url())
+        .unwrap()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let metrics = collect_limited(metrics.into_body(), 1 << 24).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"gemini_gateway_requests_total{route="anthropic.messages",model="gemini-2.5-flash",status="200"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
