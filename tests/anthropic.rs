@@ -289,6 +289,29 @@ async fn a_stream_that_cannot_be_repaired_ends_with_an_error_event() {
     assert!(!text.contains(KEYS[0]) && !text.contains(KEYS[1]));
 }
 
+#[tokio::test]
+async fn a_blocked_prompt_is_a_refusal_streamed_or_not() {
+    let (fake, proxy) = setup(&[]).await;
+    fake.push_fault(Fault::BlockPrompt("SAFETY".into()));
+    let v = message(&proxy, hello("something blocked")).await;
+    assert_eq!(v["stop_reason"], "refusal");
+    assert!(v["content"][0]["text"].as_str().unwrap().contains("SAFETY"));
+
+    fake.push_fault(Fault::BlockPrompt("PROHIBITED_CONTENT".into()));
+    let mut body = hello("something blocked");
+    body["stream"] = json!(true);
+    let (_, _, text) = post(&proxy, "/v1/messages", &proxy.token, body).await;
+    let ev = events(&text);
+    let delta = ev
+        .iter()
+        .find(|(n, _)| n == "message_delta")
+        .expect("message_delta");
+    assert_eq!(delta.1["delta"]["stop_reason"], "refusal");
+    assert_eq!(ev.last().unwrap().0, "message_stop");
+    // Asking again would repeat the block: one upstream call each.
+    assert_eq!(fake.total_requests(), 2);
+}
+
 // === Tools ===
 
 fn weather_tool() -> Value {
