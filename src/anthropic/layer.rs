@@ -254,7 +254,7 @@ struct Call<S> {
     config: Arc<Config>,
     headers: HeaderMap,
     extensions: http::Extensions,
-    /// The model the client asked for (for answers and error messages).
+    /// The model id of the request, as it goes in the Gemini path (for error messages).
     model: String,
 }
 
