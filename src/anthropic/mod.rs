@@ -74,7 +74,9 @@
 //! itself says how to map it ([`AnthropicToGeminiLayer::unknown_model_hint`]).
 //!
 //! # Answers
-//! Thought parts become a `thinking` block whose `signature` is Gemini's thought signature;
+//! Thought parts become a `thinking` block whose `signature` is Gemini's thought signature
+//! (text signed with no thoughts shown gets a `thinking` block with only the signature, as
+//! Anthropic's omitted thinking looks);
 //! function calls become `tool_use` blocks whose ids carry the signature too
 //! (`toolu_<id>__thought__<signature>`), and both are read back (a `thinking` block's
 //! signature goes on the part after it), so a tool conversation with a thinking model keeps

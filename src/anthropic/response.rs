@@ -197,6 +197,10 @@ pub fn to_message(resp: &GenerateContentResponse, cx: &MessageContext) -> Result
                     b["id"].as_str().unwrap_or_default()
                 );
                 b["id"] = json!(id);
+            } else if !part.text.as_deref().unwrap_or_default().is_empty() {
+                // Text signed with no thoughts shown: a thinking block with only its signature
+                // (Anthropic's "omitted" thinking), so the signature comes back on that text.
+                blocks.push(json!({"type": "thinking", "thinking": "", "signature": sig}));
             }
         }
         let at_line_start = blocks

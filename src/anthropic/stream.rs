@@ -172,6 +172,15 @@ impl MessageStreamTranslator {
             {
                 // A signature on an empty part belongs to the last call waiting for one.
                 last.1 = Some(s.to_owned());
+            } else if !part.text.as_deref().unwrap_or_default().is_empty() {
+                // Text signed with no thoughts shown: a thinking block with only its signature
+                // (Anthropic's "omitted" thinking), so the signature comes back on that text.
+                self.open_block(
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    Open::Thinking { signed: false },
+                    out,
+                );
+                self.sign_thinking(s, out);
             }
         }
         let text = if let Some(t) = &part.text {

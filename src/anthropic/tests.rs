@@ -386,3 +386,60 @@ async fn other_routes_pass_through_and_upstream_errors_come_back_in_anthropics_s
         .unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[test]
+fn signed_text_without_thoughts_gets_a_signature_only_thinking_block_that_comes_back() {
+    let a = answer(json!({"candidates": [{"content": {"parts": [
+        {"text": "Hello", "thoughtSignature": "c2ln"},
+    ]}, "finishReason": "STOP"}]}));
+    let m = to_message(&a, &MessageContext::new("m")).unwrap();
+    assert_eq!(
+        m["content"],
+        json!([
+            {"type": "thinking", "thinking": "", "signature": "c2ln"},
+            {"type": "text", "text": "Hello"},
+        ])
+    );
+    let ev = stream(
+        &[chunk(
+            json!([{"text": "Hello", "thoughtSignature": "c2ln"}]),
+            Some("STOP"),
+        )],
+        true,
+    );
+    let kinds: Vec<String> = ev
+        .iter()
+        .map(|(n, d)| match n.as_str() {
+            "content_block_start" => {
+                format!("start:{}", d["content_block"]["type"].as_str().unwrap())
+            }
+            "content_block_delta" => d["delta"]["type"].as_str().unwrap().to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_start",
+            "start:thinking",
+            "ping",
+            "signature_delta",
+            "content_block_stop",
+            "start:text",
+            "text_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    // Sent back, the signature is on the text again.
+    let g = gemini(json!({"model": "gemini-3-pro-preview", "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": m["content"]},
+        {"role": "user", "content": "and?"},
+    ]}));
+    assert_eq!(
+        g["contents"][1]["parts"],
+        json!([{"text": "Hello", "thoughtSignature": "c2ln"}])
+    );
+}
