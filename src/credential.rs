@@ -1,8 +1,9 @@
 //! Where a credential can be in a request, how it is removed, and how the upstream key is set:
 //! one implementation for every layer (and the reqwest example), so none can drift.
 //!
-//! A client sends its token in one of three places: `Authorization: Bearer <t>` (OpenAI SDKs,
-//! curl), `x-goog-api-key: <t>` (google-genai SDKs) or `?key=<t>` (Gemini REST examples). A
+//! A client sends its token in one of four places: `Authorization: Bearer <t>` (OpenAI SDKs,
+//! curl), `x-goog-api-key: <t>` (google-genai SDKs), `x-api-key: <t>` (Anthropic SDKs, Claude
+//! Code) or `?key=<t>` (Gemini REST examples). A
 //! query parameter's name may be percent-encoded (`?k%65y=`): Google decodes it, so every
 //! function here does too. [`BearerAuth`](crate::auth::BearerAuth) reads the credential with
 //! [`credential`] and removes it with [`strip`]; `KeyRotation` and the gateway's single-key
@@ -29,6 +30,9 @@ use crate::secret::ApiKey;
 /// The `x-goog-api-key` header name.
 pub static X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
+/// The `x-api-key` header name (Anthropic's clients send their key there).
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// The query parameter that carries a key.
 const KEY_PARAM: &str = "key";
 
@@ -39,12 +43,14 @@ pub enum CredentialSource {
     Bearer,
     /// `x-goog-api-key: <token>`
     GoogApiKey,
+    /// `x-api-key: <token>` (Anthropic's clients)
+    XApiKey,
     /// `?key=<token>` (the name in any percent-encoding)
     Query,
 }
 
 /// The credential a request carries: `Authorization: Bearer`, then `x-goog-api-key`, then
-/// `?key=`.
+/// `x-api-key`, then `?key=`.
 pub fn credential<B>(req: &Request<B>) -> Option<(String, CredentialSource)> {
     if let Some(v) = req
         .headers()
@@ -69,11 +75,17 @@ pub fn credential<B>(req: &Request<B>) -> Option<(String, CredentialSource)> {
             return Some((t.to_owned(), CredentialSource::GoogApiKey));
         }
     }
+    if let Some(v) = req.headers().get(&X_API_KEY).and_then(|v| v.to_str().ok()) {
+        let t = v.trim();
+        if !t.is_empty() {
+            return Some((t.to_owned(), CredentialSource::XApiKey));
+        }
+    }
     query_param(req.uri().query()?, KEY_PARAM).map(|t| (t, CredentialSource::Query))
 }
 
-/// Removes every client credential from a request: `authorization`, `x-goog-api-key` and the
-/// `key` query parameter (all occurrences, whatever the encoding of its name).
+/// Removes every client credential from a request: `authorization`, `x-goog-api-key`,
+/// `x-api-key` and the `key` query parameter (all occurrences, whatever the encoding of its name).
 pub fn strip<B>(req: &mut Request<B>) {
     strip_headers(req.headers_mut());
     remove_query_param(req, KEY_PARAM);
@@ -91,6 +103,7 @@ pub(crate) fn strip_parts(parts: &mut http::request::Parts) {
 fn strip_headers(headers: &mut HeaderMap) {
     headers.remove(AUTHORIZATION);
     headers.remove(&X_GOOG_API_KEY);
+    headers.remove(&X_API_KEY);
 }
 
 /// Strips every client credential, then sets `key` as `x-goog-api-key` (marked sensitive, so
@@ -220,6 +233,7 @@ mod tests {
         let mut req = Request::get("/m?key=client")
             .header("authorization", "Bearer client")
             .header("x-goog-api-key", "client")
+            .header("x-api-key", "client")
             .body(())
             .unwrap();
         set_upstream_key(
@@ -227,6 +241,7 @@ mod tests {
             &ApiKey::new("AIzaSyUpstream-0000000000000000000001"),
         );
         assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert!(req.headers().get(&X_API_KEY).is_none());
         let v = &req.headers()[&X_GOOG_API_KEY];
         assert_eq!(v, "AIzaSyUpstream-0000000000000000000001");
         assert!(v.is_sensitive());
@@ -249,6 +264,14 @@ mod tests {
         assert_eq!(
             credential(&req),
             Some(("g".to_owned(), CredentialSource::GoogApiKey))
+        );
+        let req = Request::get("/m?k%65y=q%2Bq")
+            .header("x-api-key", " a ")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            credential(&req),
+            Some(("a".to_owned(), CredentialSource::XApiKey))
         );
         let req = Request::get("/m?k%65y=q%2Bq").body(()).unwrap();
         assert_eq!(

@@ -1,9 +1,10 @@
-//! The crate's error type and every error response the gateway sends, in both dialects.
+//! The crate's error type and every error response the gateway sends, in each dialect.
 //!
 //! Rejections are responses, not errors: a layer that refuses a request (401, 413, 429, 503)
 //! answers with an [`ApiError`] rendered in the dialect of the route ([`Dialect`]): Gemini's
 //! `{"error":{"code","message","status"}}` on native routes, OpenAI's
-//! `{"error":{"message","type","param","code"}}` on `/v1/...` OpenAI routes.
+//! `{"error":{"message","type","param","code"}}` on `/v1/...` OpenAI routes, Anthropic's
+//! `{"type":"error","error":{"type","message"}}` on `/v1/messages`.
 //!
 //! [`Error`] is the one opaque error type for failures that are not answers (transport errors,
 //! timeouts); its `Display` never carries a secret or a query string.
@@ -54,24 +55,34 @@ pub enum Dialect {
     Gemini,
     /// OpenAI's API (`/v1/chat/completions`, `/v1/models`, `/v1/embeddings`, ...).
     OpenAi,
+    /// Anthropic's Messages API (`/v1/messages`, `/v1/messages/count_tokens`): errors as
+    /// `{"type":"error","error":{"type","message"}}`.
+    Anthropic,
 }
 
 impl Dialect {
     /// The dialect of a request path.
     ///
-    /// `/v1/...` is OpenAI unless it names a Gemini method (`/v1/models/x:generateContent`);
-    /// everything else is Gemini.
+    /// `/v1/messages` and what is under it is Anthropic; other `/v1/...` paths are OpenAI
+    /// unless they name a Gemini method (`/v1/models/x:generateContent`); everything else is
+    /// Gemini.
     pub fn from_path(path: &str) -> Dialect {
         match path.strip_prefix("/v1/") {
+            Some(rest)
+                if rest.trim_end_matches('/') == "messages" || rest.starts_with("messages/") =>
+            {
+                Dialect::Anthropic
+            }
             Some(rest) if !rest.contains(':') => Dialect::OpenAi,
             _ => Dialect::Gemini,
         }
     }
 
     /// The dialect of a request: an explicit [`Dialect`] extension wins, else the path decides,
-    /// except for `GET /v1/models[/{id}]`, which both APIs have: a request that carries a
+    /// except for `GET /v1/models[/{id}]`, which all three APIs have: a request that carries a
     /// Gemini client's marks (`x-goog-api-key`, `?key=`, or the `x-goog-api-client` header the
-    /// google-genai SDKs send, which default to `/v1`) is Gemini's.
+    /// google-genai SDKs send, which default to `/v1`) is Gemini's, one with the
+    /// `anthropic-version` header every Anthropic client sends is Anthropic's.
     ///
     /// Layers that remove credentials (`BearerAuth`) store the dialect first, so it survives.
     pub fn of<B>(req: &Request<B>) -> Dialect {
@@ -83,10 +94,18 @@ impl Dialect {
             Dialect::OpenAi if is_models_path(path) && has_gemini_client_marks(req) => {
                 Dialect::Gemini
             }
+            Dialect::OpenAi
+                if is_models_path(path) && req.headers().contains_key(ANTHROPIC_VERSION) =>
+            {
+                Dialect::Anthropic
+            }
             d => d,
         }
     }
 }
+
+/// The header every Anthropic client sends.
+const ANTHROPIC_VERSION: &str = "anthropic-version";
 
 /// `/v1/models` or `/v1/models/{id}` (no `:method`).
 fn is_models_path(path: &str) -> bool {
@@ -237,6 +256,11 @@ impl ApiError {
         }
     }
 
+    /// Anthropic's error `type` for this HTTP status.
+    pub fn anthropic_type(&self) -> &'static str {
+        anthropic_error_type(self.status)
+    }
+
     /// The JSON body in a dialect.
     pub fn to_json(&self, dialect: Dialect) -> serde_json::Value {
         match dialect {
@@ -253,6 +277,13 @@ impl ApiError {
                     "type": self.openai_type(),
                     "param": null,
                     "code": self.openai_code,
+                }
+            }),
+            Dialect::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {
+                    "type": self.anthropic_type(),
+                    "message": self.message,
                 }
             }),
         }
@@ -285,6 +316,22 @@ impl fmt::Display for ApiError {
 }
 
 impl std::error::Error for ApiError {}
+
+/// Anthropic's error `type` for an HTTP status (the types its API documents).
+pub(crate) fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
 
 /// Gemini's (google.rpc) status name for an HTTP status.
 pub(crate) fn gemini_status_name(status: StatusCode) -> &'static str {
@@ -638,6 +685,12 @@ mod tests {
     fn dialect_follows_the_path() {
         assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
         assert_eq!(Dialect::from_path("/v1/models"), Dialect::OpenAi);
+        assert_eq!(Dialect::from_path("/v1/messages"), Dialect::Anthropic);
+        assert_eq!(
+            Dialect::from_path("/v1/messages/count_tokens"),
+            Dialect::Anthropic
+        );
+        assert_eq!(Dialect::from_path("/v1/messagesx"), Dialect::OpenAi);
         let get = |uri: &str, header: Option<&str>| {
             let mut b = Request::get(uri);
             if let Some(h) = header {
@@ -656,6 +709,14 @@ mod tests {
             Dialect::Gemini
         );
         assert_eq!(get("/v1/models?pageSize=5&key=abc", None), Dialect::Gemini);
+        assert_eq!(
+            get("/v1/models", Some("anthropic-version")),
+            Dialect::Anthropic
+        );
+        assert_eq!(
+            get("/v1/models/gemini-2.5-pro", Some("anthropic-version")),
+            Dialect::Anthropic
+        );
         assert_eq!(get("/v1/models?monkey=1", None), Dialect::OpenAi);
         assert_eq!(
             get("/v1/chat/completions", Some("x-goog-api-key")),
@@ -675,6 +736,27 @@ mod tests {
         assert_eq!(v["error"]["code"], 404);
         assert_eq!(v["error"]["status"], "NOT_FOUND");
         assert_eq!(v["error"]["message"], "no such model");
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        for (status, kind) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (404, "not_found_error"),
+            (413, "request_too_large"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (503, "overloaded_error"),
+            (529, "overloaded_error"),
+        ] {
+            let e = ApiError::new(StatusCode::from_u16(status).unwrap(), "why");
+            assert_eq!(
+                e.to_json(Dialect::Anthropic),
+                serde_json::json!({"type": "error", "error": {"type": kind, "message": "why"}})
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tower middleware for Gemini API gateways, and the pieces of a complete one.
 //!
 //! People put a gateway in front of Gemini because one API key is never enough, streams get cut
-//! off, and their tools speak OpenAI's API. `tower-gemini` gives Rust programs those pieces as
+//! off, and their tools speak OpenAI's or Anthropic's API. `tower-gemini` gives Rust programs those pieces as
 //! [tower](https://docs.rs/tower) layers: they stack onto an axum or hyper server (a gateway of
 //! your own), or onto an HTTP client (a program that calls Gemini directly with a pool of keys).
 //! `examples/full_proxy` is a ready gateway built from them: `cargo run --example full_proxy`.
@@ -11,8 +11,9 @@
 //! | Layer | What it does | Feature | Default? |
 //! |---|---|---|---|
 //! | [`request_id::RequestIdLayer`] | keeps a valid `x-request-id` or mints one; the request's span | `request-id` | yes |
-//! | [`auth::BearerAuthLayer`] | client tokens (`Authorization: Bearer`, `x-goog-api-key`, `?key=`); strips them | `bearer-auth` | yes |
+//! | [`auth::BearerAuthLayer`] | client tokens (`Authorization: Bearer`, `x-goog-api-key`, `x-api-key`, `?key=`); strips them | `bearer-auth` | yes |
 //! | [`openai::OpenAiToGeminiLayer`] | OpenAI chat completions, models and embeddings over Gemini | `openai` | no |
+//! | [`anthropic::AnthropicToGeminiLayer`] | Anthropic's Messages API (Claude Code, the Anthropic SDKs) over Gemini | `anthropic` | no |
 //! | [`policy::RequestPolicyLayer`] | aliases, allow lists, prompt injection, safety, thinking, search | `policy` | no |
 //! | [`rate_limit::RateLimitLayer`] | quotas per client, IP or model (memory or Redis) | `rate-limit` | no |
 //! | [`stream_resume::StreamResumeLayer`] | resumes a cut-off stream so the client sees one answer | `stream-resume` | no |
@@ -28,14 +29,14 @@
 //! Every feature builds alone.
 //!
 //! Always there: [`facts`] (what layers know about a request), [`credential`] (where a
-//! credential hides and how it is stripped), [`error`] (one error type, JSON errors in both
-//! dialects), [`body`], [`sse`], [`gemini`] (wire types), [`tokens`] (token counts and the one
+//! credential hides and how it is stripped), [`error`] (one error type, JSON errors in each
+//! dialect), [`body`], [`sse`], [`gemini`] (wire types), [`tokens`] (token counts and the one
 //! scanner that reads them from answers) and [`secret`] (masked keys).
 //!
 //! # The order, and why
 //!
 //! ```text
-//! Facts ─► RequestId ─► AccessLog ─► Usage ─► BearerAuth ─► BodyLimit ─► OpenAiToGemini ─► RequestPolicy
+//! Facts ─► RequestId ─► AccessLog ─► Usage ─► BearerAuth ─► BodyLimit ─► OpenAiToGemini ─► AnthropicToGemini ─► RequestPolicy
 //!   ─► RateLimit ─► StreamResume ─► KeyRotation ─► HTTP client ─► Gemini
 //! ```
 //!
@@ -43,8 +44,9 @@
 //!   [`facts::Report`]; usage and the access log read that report when the answer comes back.
 //! - RequestId before everything that can refuse, so every answer, a 401 included, has an id.
 //! - BearerAuth before anything that spends money, and it strips the client's credential.
-//! - The OpenAI front before the policy: inside it everything speaks Gemini, and the policy
-//!   resolves an alias once for both dialects (the facts carry the resolved model down).
+//! - The OpenAI and Anthropic fronts before the policy: inside them everything speaks Gemini,
+//!   and the policy resolves an alias once for every dialect (the facts carry the resolved
+//!   model down).
 //! - RateLimit after the policy (it counts the real model) and before any upstream key is spent.
 //! - StreamResume above KeyRotation, so a resumed stream may continue on another key.
 //!
@@ -145,7 +147,10 @@ pub mod access_log;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
-#[cfg(any(feature = "openai", feature = "testing"))]
+#[cfg(feature = "anthropic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "anthropic")))]
+pub mod anthropic;
+#[cfg(any(feature = "openai", feature = "anthropic", feature = "testing"))]
 mod base64;
 pub mod body;
 pub mod credential;
@@ -200,6 +205,8 @@ pub mod request_id;
 mod rfc3339;
 #[cfg(any(feature = "client", feature = "live"))]
 mod tls;
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+mod translate;
 
 #[cfg(feature = "stream-resume")]
 #[cfg_attr(docsrs, doc(cfg(feature = "stream-resume")))]

@@ -101,6 +101,7 @@ enum Cred<'a> {
     None,
     Bearer(&'a str),
     Goog(&'a str),
+    XApiKey(&'a str),
     Query(&'a str),
 }
 
@@ -114,6 +115,7 @@ fn request(method: Method, path: &str, cred: Cred<'_>, body: &str) -> Request<Bo
     match cred {
         Cred::Bearer(t) => b = b.header("authorization", format!("Bearer {t}")),
         Cred::Goog(t) => b = b.header("x-goog-api-key", t),
+        Cred::XApiKey(t) => b = b.header("x-api-key", t),
         _ => {}
     }
     if !body.is_empty() {
@@ -368,6 +370,21 @@ async fn no_key_or_token_appears_in_any_response_log_line_log_file_or_metric() {
         2,
         "the invalid key was used until disabled"
     );
+
+    // --- Anthropic's Messages API, the token in `x-api-key` as its SDKs send it. ---
+    let message = json!({"model": "gemini-2.5-flash", "max_tokens": 100,
+                         "messages": [{"role": "user", "content": "bees"}]});
+    let mut streamed = message.clone();
+    streamed["stream"] = json!(true);
+    for (cred, body) in [
+        (Cred::XApiKey(CLIENT), &message),
+        (Cred::XApiKey(CLIENT_2), &streamed),
+    ] {
+        let (s, b) = seen
+            .send(&proxy, post("/v1/messages", cred, &body.to_string()))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
 
     // --- OpenAI routes. ---
     let chat =

@@ -12,6 +12,7 @@ use axum::routing::get;
 use tower_gemini::affinity::{
     AffinityLayer, AffinityRedisStore, AffinitySqliteStore, AffinityStore, MemoryAffinityStore,
 };
+use tower_gemini::anthropic::AnthropicToGeminiLayer;
 use tower_gemini::auth::{MemoryTokenStore, mint_token};
 use tower_gemini::client::UpstreamClient;
 use tower_gemini::gateway::{Gateway, GatewayService};
@@ -216,6 +217,18 @@ impl App {
             OpenAiToGeminiLayer::new()
                 .max_body_bytes(config.max_body_bytes)
                 .max_response_bytes(max_answer),
+        );
+        // Anthropic's Messages API (Claude Code, the Anthropic SDKs) beside it; a Claude
+        // model name is served through MODEL_ALIASES, and a 404 for one says so.
+        builder = builder.layer(
+            AnthropicToGeminiLayer::new()
+                .max_body_bytes(config.max_body_bytes)
+                .max_response_bytes(max_answer)
+                .unknown_model_hint(
+                    "map it to a Gemini model in MODEL_ALIASES (e.g. \
+                     MODEL_ALIASES=claude-sonnet-4-5=gemini-2.5-pro,claude-haiku-4-5=gemini-2.5-flash), \
+                     or ask for a Gemini model by its own name",
+                ),
         );
         // What is left must be a Gemini API path; anything else is a 404 here, in the route's
         // dialect, without spending a key on it.

@@ -71,7 +71,7 @@ where
             (None, Some(identity)) => Ok(identity),
             (None, None) => Err(ApiError::unauthorized(
                 "missing client token: send `Authorization: Bearer <token>`, \
-                 `x-goog-api-key: <token>` or `?key=<token>`",
+                 `x-goog-api-key: <token>`, `x-api-key: <token>` or `?key=<token>`",
             )),
             (Some((token, _)), _) => match self.store.authenticate(&token) {
                 Some(identity) => Ok(identity),

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_core::TryFuture;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
@@ -21,17 +21,19 @@ use super::response::{
     ChatContext, copy_response_headers, embedding_response, generated_images, json_response,
     model_list, model_of, to_chat_completion, translate_error,
 };
-use super::stream::{ChunkBody, StreamTranslator};
+use super::stream::StreamTranslator;
 use super::types::{
     ChatCompletionRequest, EmbeddingInput, EmbeddingRequest, ImageGenerationRequest,
     ImagesResponse, ImagesUsage,
 };
-use crate::body::{Body, BoxError, LimitError, collect_limited};
+use crate::body::{Body, BoxError};
 use crate::error::{ApiError, Dialect};
 use crate::gemini::{
     BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
     GeminiPath, GenerateContentResponse, ListModelsResponse, Model as GeminiModel,
 };
+use crate::translate::http::{copy_request_headers, percent_encode};
+use crate::translate::stream::TranslatedBody;
 
 use crate::body::DEFAULT_MAX_BODY_BYTES;
 /// The default cap on a non-streamed upstream answer: 64 MiB.
@@ -375,7 +377,11 @@ where
         let (parts, body) = res.into_parts();
         let translator = StreamTranslator::new(cx, req.include_usage());
         let max_event_bytes = crate::sse::MaxEventBytes::of(&self.extensions);
-        let mut out = Response::new(Body::new(ChunkBody::new(body, translator, max_event_bytes)));
+        let mut out = Response::new(Body::new(TranslatedBody::new(
+            body,
+            translator,
+            max_event_bytes,
+        )));
         copy_response_headers(&parts.headers, out.headers_mut());
         let h = out.headers_mut();
         h.insert(
@@ -583,28 +589,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
-    }
-    let bytes = match collect_limited(body, max).await {
-        Ok(b) => b,
-        Err(LimitError::TooLarge { .. }) => {
-            return Err(ApiError::payload_too_large(max).into_response(Dialect::OpenAi));
-        }
-        Err(LimitError::Body(e)) => {
-            tracing::debug!(error = %e, "request body failed");
-            return Err(ApiError::bad_request("the request body could not be read")
-                .into_response(Dialect::OpenAi));
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the request body is not a valid request: {e}"))
-            .into_response(Dialect::OpenAi)
-    })
+    crate::translate::http::read_json(headers, max, body, Dialect::OpenAi).await
 }
 
 /// Reads a whole upstream answer, translating error statuses into OpenAI errors.
@@ -616,93 +601,11 @@ where
     ResBody: http_body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = res.into_parts();
-    let bytes = match collect_limited(body, max).await {
-        Ok(b) => b,
-        Err(LimitError::TooLarge { limit }) => {
-            return Err(ApiError::bad_gateway(format!(
-                "the upstream answer is larger than {limit} bytes"
-            ))
-            .into_response(Dialect::OpenAi));
-        }
-        Err(LimitError::Body(e)) => {
-            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream body failed");
-            return Err(ApiError::bad_gateway(
-                "the upstream answer broke off before it was complete",
-            )
-            .into_response(Dialect::OpenAi));
-        }
-    };
-    if !parts.status.is_success() {
-        return Err(error_answer(parts.status, &parts.headers, &bytes));
-    }
-    match serde_json::from_slice(&bytes) {
-        Ok(v) => Ok((v, parts.headers)),
-        Err(_) => Err(ApiError::bad_gateway(
-            "the upstream answered with a body that is not a Gemini response",
-        )
-        .into_response(Dialect::OpenAi)),
-    }
+    crate::translate::http::read_answer(res, max, Dialect::OpenAi, translate_error).await
 }
 
 fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
-}
-
-/// An OpenAI error answer for an upstream error status, keeping `Retry-After` (or deriving it
-/// from Gemini's `RetryInfo`).
-fn error_answer(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Response<Body> {
-    let (json, retry) = translate_error(status, body);
-    let mut res = json_response(status, &json, Some(headers));
-    if !res.headers().contains_key(header::RETRY_AFTER)
-        && let Some(secs) = retry
-    {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    }
-    res
-}
-
-/// Headers never copied onto the inner request: client credentials, hop-by-hop headers and
-/// those that describe the original body.
-const DROPPED_HEADERS: &[HeaderName] = &[
-    header::AUTHORIZATION,
-    header::PROXY_AUTHORIZATION,
-    header::COOKIE,
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::TRANSFER_ENCODING,
-    header::CONTENT_ENCODING,
-    header::ACCEPT_ENCODING,
-    header::HOST,
-    header::CONNECTION,
-    header::TE,
-    header::UPGRADE,
-    header::EXPECT,
-];
-
-fn copy_request_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if DROPPED_HEADERS.contains(name)
-            || name.as_str() == "x-goog-api-key"
-            || name.as_str() == "keep-alive"
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 // === ResponseFuture ===

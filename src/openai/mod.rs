@@ -82,7 +82,6 @@
 //! stream resume: everything below it speaks Gemini.
 
 mod layer;
-mod media;
 mod request;
 mod response;
 mod stream;

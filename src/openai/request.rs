@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::media;
 use super::types::{
     ChatCompletionRequest, ContentPart, ImageGenerationRequest, Message, MessageContent,
     ResponseFormat, Tool, ToolCall,
@@ -13,15 +12,12 @@ use crate::error::ApiError;
 use crate::gemini::{
     Content, FileData, FunctionCallingConfig, FunctionDeclaration, GenerateContentRequest,
     GenerationConfig, Part, ThinkingConfig, ThinkingKind, ThinkingLevel, Tool as GeminiTool,
-    ToolConfig, strip_models_prefix,
+    ToolConfig,
 };
 
-/// What separates the call id from the thought signature in a tool call id that carries one:
-/// `call_<id>__thought__<signature>`.
-pub(crate) const THOUGHT_SIGNATURE_SEPARATOR: &str = "__thought__";
-
-/// The placeholder Google documents for function calls in history that Gemini did not produce.
-pub(crate) const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+pub(crate) use crate::translate::SKIP_THOUGHT_SIGNATURE;
+use crate::translate::media::{self, url_part};
+use crate::translate::schema::clean_schema;
 
 // === Options ===
 
@@ -100,25 +96,7 @@ impl TranslateOptions {
 
 // === Translation ===
 
-/// Validates and returns the model id of a request: without a `models/` prefix, and safe to
-/// put in a path.
-pub(crate) fn model_id(model: &str) -> Result<&str, ApiError> {
-    let id = strip_models_prefix(model.trim());
-    if id.is_empty() {
-        return Err(ApiError::bad_request(
-            "`model` is required (e.g. \"gemini-2.5-flash\")",
-        ));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(ApiError::bad_request(format!(
-            "`model` {id:?} is not a valid model id: use letters, digits, '-', '_' and '.'"
-        )));
-    }
-    Ok(id)
-}
+pub(crate) use crate::translate::model_id;
 
 /// Translates an OpenAI chat request into a Gemini `generateContent` request body.
 ///
@@ -370,31 +348,6 @@ fn content_part(
     Ok(Some(part))
 }
 
-/// A part for a URL: data URLs become `inlineData`, http(s) URLs `fileData`.
-fn url_part(url: &str, fallback_mime: &str) -> Result<Part, String> {
-    if url.starts_with("data:") {
-        let (mime, data) = media::parse_data_url(url)?;
-        let mime = if mime.is_empty() {
-            fallback_mime.to_owned()
-        } else {
-            mime
-        };
-        return Ok(media::inline(mime, data));
-    }
-    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("gs://") {
-        let path = url.split(['?', '#']).next().unwrap_or(url);
-        return Ok(Part {
-            file_data: Some(FileData {
-                mime_type: media::mime_of_name(path).map(str::to_owned),
-                file_uri: url.to_owned(),
-                extra: Map::new(),
-            }),
-            ..Part::default()
-        });
-    }
-    Err("expected a data: URL or an http(s) URL".to_owned())
-}
-
 /// A `functionCall` part for an assistant tool call, with its thought signature.
 fn call_part(call: &ToolCall, i: usize, j: usize) -> Result<Part, ApiError> {
     if call.function.name.is_empty() {
@@ -423,13 +376,7 @@ pub(crate) fn signature_of(call: &ToolCall) -> Option<String> {
         .and_then(|e| e["google"]["thought_signature"].as_str())
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
-        .or_else(|| {
-            call.id
-                .split_once(THOUGHT_SIGNATURE_SEPARATOR)
-                .map(|(_, sig)| sig)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        })
+        .or_else(|| crate::translate::signature_in_id(&call.id).map(str::to_owned))
 }
 
 fn declaration(i: usize, tool: &Tool) -> Result<FunctionDeclaration, ApiError> {
@@ -633,75 +580,6 @@ fn thinking(
         }
     }
     Ok(Some(t))
-}
-
-// === JSON Schema cleaning ===
-
-/// Keywords Gemini's JSON Schema fields reject or that mean nothing to it.
-const DROPPED_KEYWORDS: &[&str] = &[
-    "$schema",
-    "$comment",
-    "strict",
-    "if",
-    "then",
-    "else",
-    "not",
-    "dependentSchemas",
-    "dependentRequired",
-    "patternProperties",
-    "unevaluatedProperties",
-    "unevaluatedItems",
-    "contentEncoding",
-    "contentMediaType",
-    "examples",
-];
-
-/// Cleans a JSON Schema for `parametersJsonSchema` / `responseJsonSchema`: drops keywords
-/// Gemini rejects (`$schema`, `strict`, `if`/`then`/`else`, `not`, `patternProperties`, ...),
-/// rewrites `const: x` to `enum: [x]` and `definitions` to `$defs` (with their `$ref`s).
-/// Property names are never touched.
-pub(crate) fn clean_schema(schema: &Value) -> Value {
-    let mut out = schema.clone();
-    clean_in_place(&mut out);
-    out
-}
-
-fn clean_in_place(v: &mut Value) {
-    let Value::Object(o) = v else {
-        return;
-    };
-    for k in DROPPED_KEYWORDS {
-        o.remove(*k);
-    }
-    if let Some(c) = o.remove("const") {
-        o.entry("enum").or_insert_with(|| Value::Array(vec![c]));
-    }
-    if let Some(defs) = o.remove("definitions") {
-        o.entry("$defs").or_insert(defs);
-    }
-    if let Some(Value::String(r)) = o.get_mut("$ref")
-        && let Some(rest) = r.strip_prefix("#/definitions/")
-    {
-        *r = format!("#/$defs/{rest}");
-    }
-    for key in ["properties", "$defs"] {
-        if let Some(Value::Object(map)) = o.get_mut(key) {
-            map.values_mut().for_each(clean_in_place);
-        }
-    }
-    for key in ["items", "additionalProperties", "contains", "propertyNames"] {
-        if let Some(sub) = o.get_mut(key) {
-            match sub {
-                Value::Array(a) => a.iter_mut().for_each(clean_in_place),
-                other => clean_in_place(other),
-            }
-        }
-    }
-    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
-        if let Some(Value::Array(a)) = o.get_mut(key) {
-            a.iter_mut().for_each(clean_in_place);
-        }
-    }
 }
 
 // === Images ===

@@ -1,26 +1,23 @@
 //! Gemini answers → OpenAI answers: completions, usage, finish reasons, models, embeddings and
 //! errors.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions};
+use super::request::TranslateOptions;
 use super::types::{
     ChatCompletion, Choice, CompletionTokensDetails, Embedding, EmbeddingResponse, EmbeddingUsage,
     FunctionCall, ImageData, ImageOutput, ImagesUsage, Model, ModelList, PromptTokensDetails,
     ResponseMessage, ToolCall, Usage,
 };
-use crate::body::Body;
 use crate::error::ApiError;
 use crate::gemini::{
-    BatchEmbedContentsResponse, Candidate, CodeExecutionResult, ExecutableCode, FinishReason,
-    GeminiError, GenerateContentResponse, Model as GeminiModel, Part, UsageMetadata,
+    BatchEmbedContentsResponse, Candidate, FinishReason, GeminiError, GenerateContentResponse,
+    Model as GeminiModel, Part, UsageMetadata,
 };
+use crate::translate::THOUGHT_SIGNATURE_SEPARATOR;
+pub(crate) use crate::translate::http::{copy_response_headers, json_response};
+pub(crate) use crate::translate::{code_block, result_block, unique_hex, unix_now};
 
 // === ChatContext ===
 
@@ -94,21 +91,6 @@ impl ChatContext {
     }
 }
 
-/// 24 hex digits that differ on every call (a random per-process seed and a counter).
-pub(crate) fn unique_hex() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(n);
-    format!("{:016x}{:08x}", h.finish(), n as u32)
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 // === Pieces shared with streams ===
 
 /// OpenAI's `finish_reason` for a Gemini finish reason, or the error a client should see
@@ -157,34 +139,6 @@ pub(crate) fn usage_of(u: &UsageMetadata) -> Usage {
             reasoning_tokens: u64::from(t),
         }),
     }
-}
-
-/// A fenced markdown block for generated code, on its own lines.
-pub(crate) fn code_block(code: &ExecutableCode, at_line_start: bool) -> String {
-    let lang = code.language.to_ascii_lowercase();
-    let lang = if lang == "language_unspecified" {
-        ""
-    } else {
-        &lang
-    };
-    fence(lang, &code.code, at_line_start)
-}
-
-/// A fenced markdown block for a code execution result.
-pub(crate) fn result_block(result: &CodeExecutionResult, at_line_start: bool) -> String {
-    let output = result.output.as_deref().unwrap_or_default();
-    let body = if result.outcome == "OUTCOME_OK" || result.outcome.is_empty() {
-        output.to_owned()
-    } else {
-        format!("{}\n{output}", result.outcome)
-    };
-    fence("output", &body, at_line_start)
-}
-
-fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
-    let lead = if at_line_start { "" } else { "\n" };
-    let nl = if body.ends_with('\n') { "" } else { "\n" };
-    format!("{lead}```{lang}\n{body}{nl}```\n")
 }
 
 /// A generated image (inline data with an image MIME type), as OpenAI clients read it.
@@ -494,39 +448,6 @@ pub(crate) fn translate_error(status: StatusCode, body: &[u8]) -> (Value, Option
         ),
         None,
     )
-}
-
-/// A JSON response with a status, keeping the useful headers of an upstream answer.
-pub(crate) fn json_response(
-    status: StatusCode,
-    body: &Value,
-    upstream: Option<&HeaderMap>,
-) -> Response<Body> {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut res = Response::new(Body::from(bytes));
-    *res.status_mut() = status;
-    if let Some(h) = upstream {
-        copy_response_headers(h, res.headers_mut());
-    }
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
-}
-
-/// Copies an upstream answer's headers except those that describe its body.
-pub(crate) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
-    for (name, value) in from {
-        if name == header::CONTENT_LENGTH
-            || name == header::CONTENT_TYPE
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONTENT_ENCODING
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
 }
 
 // === Images ===

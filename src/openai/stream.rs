@@ -1,14 +1,7 @@
 //! Gemini SSE chunks → OpenAI `chat.completion.chunk` events, one upstream event at a time.
 
-use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::{Bytes, BytesMut};
-use futures_core::Stream;
+use bytes::BytesMut;
 use http::StatusCode;
-use http_body::Frame;
-use pin_project_lite::pin_project;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -17,10 +10,8 @@ use super::response::{
     inline_markdown, logprobs_of, result_block, usage_of,
 };
 use super::types::{FunctionCallDelta, ImageOutput, ToolCallDelta, Usage};
-use crate::body::BoxError;
 use crate::error::ApiError;
 use crate::gemini::{Candidate, FunctionCall, GeminiError, GenerateContentResponse, UsageMetadata};
-use crate::sse::{SseError, SseStream};
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
@@ -579,88 +570,23 @@ impl std::io::Write for BytesMutWriter<'_> {
     }
 }
 
-// === ChunkBody ===
+// === EventTranslator ===
 
-pin_project! {
-    /// The OpenAI SSE body of a translated Gemini stream: each upstream event is translated as
-    /// it arrives and sent as one frame.
-    pub(crate) struct ChunkBody<B> {
-        #[pin]
-        events: SseStream<B>,
-        translator: StreamTranslator,
-        ended: bool,
+impl crate::translate::stream::EventTranslator for StreamTranslator {
+    fn translate(&mut self, data: &[u8], out: &mut BytesMut) {
+        self.push(data, out);
     }
-}
 
-impl<B> ChunkBody<B> {
-    /// Translates `body`, refusing an upstream event larger than `max_event_bytes`.
-    pub(crate) fn new(body: B, translator: StreamTranslator, max_event_bytes: usize) -> Self {
-        let decoder = crate::sse::Decoder::new().max_event_bytes(max_event_bytes);
-        Self {
-            events: SseStream::with_decoder(body, decoder),
-            translator,
-            ended: false,
-        }
+    fn end(&mut self, out: &mut BytesMut) {
+        self.finish(out);
     }
-}
 
-impl<B> fmt::Debug for ChunkBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChunkBody")
-            .field("translator", &self.translator)
-            .finish()
+    fn abort(&mut self, error: &ApiError, out: &mut BytesMut) {
+        self.fail(error, None, out);
     }
-}
 
-impl<B> http_body::Body for ChunkBody<B>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        loop {
-            if *this.ended {
-                return Poll::Ready(None);
-            }
-            let mut out = BytesMut::new();
-            match std::task::ready!(this.events.as_mut().poll_next(cx)) {
-                Some(Ok(event)) => {
-                    // About what the chunk becomes, so writing it does not grow the buffer
-                    // step by step.
-                    out.reserve(event.data.len() + 256);
-                    this.translator.push(&event.data, &mut out);
-                }
-                Some(Err(e)) => {
-                    match &e {
-                        SseError::Body(e) => {
-                            tracing::debug!(error = %crate::secret::scrub(&e.to_string()), "upstream stream failed");
-                        }
-                        refused => {
-                            tracing::warn!(error = %refused, "the upstream stream was refused by its decoder; ending it");
-                        }
-                    }
-                    this.translator.fail(
-                        &ApiError::bad_gateway(e.client_message()),
-                        None,
-                        &mut out,
-                    );
-                }
-                None => this.translator.finish(&mut out),
-            }
-            if this.translator.is_done() {
-                *this.ended = true;
-            }
-            if !out.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
-            }
-        }
+    fn done(&self) -> bool {
+        self.is_done()
     }
 }
 

@@ -202,11 +202,18 @@ fn route_and_model(req: &Request<Body>) -> (String, String) {
     let path = req.uri().path();
     let openai = match path {
         _ if crate::Dialect::of(req) == crate::Dialect::Gemini => None,
+        p if crate::Dialect::of(req) == crate::Dialect::Anthropic
+            && p.starts_with("/v1/models") =>
+        {
+            Some("anthropic.models")
+        }
         "/v1/chat/completions" => Some("openai.chat.completions"),
         "/v1/embeddings" => Some("openai.embeddings"),
         "/v1/images/generations" => Some("openai.images.generations"),
         "/v1/models" => Some("openai.models"),
         p if p.starts_with("/v1/models/") && !p.contains(':') => Some("openai.models"),
+        "/v1/messages" => Some("anthropic.messages"),
+        "/v1/messages/count_tokens" => Some("anthropic.count_tokens"),
         _ => None,
     };
     if let Some(route) = openai {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai and openai.
+# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai, openai and
+# anthropic; then Claude Code itself when npm can install it (claude_code.sh).
 # Installs them into a venv; when that is impossible the suite is skipped with a printed reason.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -9,10 +10,11 @@ venv="${SDK_VENV:-${CARGO_TARGET_DIR:-$root/target}/sdk-venv}"
 if ! command -v python3 >/dev/null 2>&1; then
   echo "sdk tests: skipped (no python3)"; exit 0
 fi
-if [ ! -x "$venv/bin/pytest" ]; then
-  python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install -q openai google-genai pytest >/tmp/sdk-pip.log 2>&1
-  if [ ! -x "$venv/bin/pytest" ]; then
-    echo "sdk tests: skipped (could not install openai/google-genai/pytest; see /tmp/sdk-pip.log)"; exit 0
+if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import anthropic" >/dev/null 2>&1; then
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >/dev/null 2>&1
+  "$venv/bin/pip" install -q openai google-genai anthropic pytest >/tmp/sdk-pip.log 2>&1
+  if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c "import anthropic" >/dev/null 2>&1; then
+    echo "sdk tests: skipped (could not install openai/google-genai/anthropic/pytest; see /tmp/sdk-pip.log)"; exit 0
   fi
 fi
 
@@ -22,7 +24,9 @@ log=$(mktemp)
 # Build first, then run the binary itself, so the signal below reaches full_proxy, not cargo.
 ( cd "$root" && cargo build -q --example full_proxy ) || { echo "could not build full_proxy"; exit 1; }
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/examples/full_proxy"
+# The Claude names Claude Code and the anthropic tests ask for are served by Gemini models.
 ( cd "$root" && exec env -u GEMINI_API_KEYS LISTEN_ADDR="127.0.0.1:0" ALLOWED_TOKENS="$token" ADMIN_TOKEN="$admin" \
+    MODEL_ALIASES="claude-sonnet-4-5=gemini-2.5-flash,claude-haiku-4-5=gemini-2.5-flash" \
     SHUTDOWN_GRACE_SECONDS=5 "$bin" >"$log" 2>&1 ) &
 pid=$!
 cleanup() { kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }
@@ -39,6 +43,8 @@ done
 GATEWAY_URL="$url" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
   "$venv/bin/pytest" -q -p no:cacheprovider "$here"
 rc=$?
+# Claude Code itself, non-interactive, when npm can install it (skipped with a reason otherwise).
+"$here/claude_code.sh" "$url" "$token" || rc=1
 if [ $rc -ne 0 ]; then echo "--- full_proxy log ---"; tail -50 "$log"; fi
 # SIGTERM: full_proxy stops taking connections, finishes what is in flight and exits 0.
 kill -TERM "$pid"

@@ -117,7 +117,7 @@ pub(super) async fn generate(
     if let Some((name, args)) = &plan.function_call {
         let call = json!({
             "functionCall": { "name": name, "args": args },
-            "thoughtSignature": "ZmFrZS10aG91Z2h0LXNpZ25hdHVyZQ==",
+            "thoughtSignature": FakeGemini::THOUGHT_SIGNATURE,
         });
         if mode == Mode::Unary {
             let mut parts = thought_parts;
@@ -279,6 +279,53 @@ pub(super) async fn generate(
         _ => {}
     }
     emit(state, &kill, candidates, mode, steps).await
+}
+
+/// Gemini 3's check of the history's thought signatures: in every model turn with function
+/// calls, the first call must carry a signature, and every signature must be one the model
+/// issued (or Google's documented placeholder for history it did not produce). Google answers
+/// 400 `INVALID_ARGUMENT` otherwise ("Function call is missing a thought_signature").
+pub(super) fn signature_check(model: &str, req: &Value) -> Option<Response<Body>> {
+    if !model.starts_with("gemini-3") {
+        return None;
+    }
+    for (i, content) in req["contents"].as_array().into_iter().flatten().enumerate() {
+        if content["role"].as_str() != Some("model") {
+            continue;
+        }
+        let parts = content["parts"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for p in parts {
+            if let Some(sig) = p["thoughtSignature"].as_str()
+                && sig != FakeGemini::THOUGHT_SIGNATURE
+                && sig != "skip_thought_signature_validator"
+            {
+                return Some(error(400, "Corrupted thought signature."));
+            }
+        }
+        if let Some((at, call)) = parts
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.get("functionCall").is_some())
+            && call.get("thoughtSignature").is_none()
+        {
+            let name = call["functionCall"]["name"].as_str().unwrap_or_default();
+            return Some(error(
+                400,
+                &format!(
+                    "Function call is missing a thought_signature in functionCall parts. This is \
+                     required for tools to work correctly, and missing thought_signature may lead \
+                     to degraded model performance. Additional data, function call \
+                     `default_api:{name}` , position {}. Please refer to \
+                     https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+                    i + at + 1
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Tokens Gemini counts for one generated image.

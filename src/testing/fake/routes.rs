@@ -136,6 +136,11 @@ async fn answer(
             if let Some(res) = super::resources::check_access(&state, &key, &request) {
                 return res;
             }
+            if matches!(m, GMethod::GenerateContent | GMethod::StreamGenerateContent)
+                && let Some(res) = super::generate::signature_check(&path.model, &request)
+            {
+                return res;
+            }
             match m {
                 GMethod::GenerateContent => {
                     generate(&state, &path.model, &request, Mode::Unary, kill).await
@@ -144,10 +149,25 @@ async fn answer(
                     let mode = if sse { Mode::Sse } else { Mode::JsonArray };
                     generate(&state, &path.model, &request, mode, kill).await
                 }
-                GMethod::CountTokens => json_response(
-                    200,
-                    &json!({ "totalTokens": passage::tokens(&all_text(&request)).max(1) }),
-                ),
+                GMethod::CountTokens => {
+                    // `contents`, or a whole `generateContentRequest` (system instruction and
+                    // tools count too).
+                    let counted = match request.get("generateContentRequest") {
+                        Some(g) => {
+                            let tools = serde_json::to_string(&g["tools"]).unwrap_or_default();
+                            format!(
+                                "{} {}",
+                                all_text(g),
+                                if g["tools"].is_null() { "" } else { &tools }
+                            )
+                        }
+                        None => all_text(&request),
+                    };
+                    json_response(
+                        200,
+                        &json!({ "totalTokens": passage::tokens(&counted).max(1) }),
+                    )
+                }
                 GMethod::EmbedContent => embed_one(&request),
                 GMethod::BatchEmbedContents => embed_batch(&request),
                 _ => error(404, "Method not found."),

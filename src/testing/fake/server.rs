@@ -239,6 +239,10 @@ impl FakeGemini {
         self.addr
     }
 
+    /// The thought signature the fake puts on the function calls it makes (Gemini 3 models
+    /// refuse history whose calls lack it, or carry another one).
+    pub const THOUGHT_SIGNATURE: &'static str = "ZmFrZS10aG91Z2h0LXNpZ25hdHVyZQ==";
+
     /// The deterministic answer text for a prompt (the first user turn's text).
     pub fn passage(prompt: &str) -> String {
         passage::passage(prompt)

@@ -2,7 +2,7 @@
 
 use serde_json::Map;
 
-use crate::gemini::{Blob, Part};
+use crate::gemini::{Blob, FileData, Part};
 
 /// An `inlineData` part.
 pub(crate) fn inline(mime_type: String, data: String) -> Part {
@@ -96,6 +96,31 @@ pub(crate) fn mime_of_name(name: &str) -> Option<&'static str> {
         "webm" => "video/webm",
         _ => return None,
     })
+}
+
+/// A part for a URL: data URLs become `inlineData`, http(s) URLs `fileData`.
+pub(crate) fn url_part(url: &str, fallback_mime: &str) -> Result<Part, String> {
+    if url.starts_with("data:") {
+        let (mime, data) = parse_data_url(url)?;
+        let mime = if mime.is_empty() {
+            fallback_mime.to_owned()
+        } else {
+            mime
+        };
+        return Ok(inline(mime, data));
+    }
+    if url.starts_with("https://") || url.starts_with("http://") || url.starts_with("gs://") {
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        return Ok(Part {
+            file_data: Some(FileData {
+                mime_type: mime_of_name(path).map(str::to_owned),
+                file_uri: url.to_owned(),
+                extra: Map::new(),
+            }),
+            ..Part::default()
+        });
+    }
+    Err("expected a data: URL or an http(s) URL".to_owned())
 }
 
 #[cfg(test)]
