@@ -49,6 +49,8 @@ mod types;
 mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use handler::Keeping;
 #[cfg(all(feature = "redis", feature = "openai"))]

@@ -525,6 +525,7 @@ impl ResponseBuilder {
             response["incomplete_details"] = json!({"reason": reason});
         }
         response["usage"] = self.usage_json();
+        response["completed_at"] = json!(unix_now());
         self.done = true;
         let kind = if incomplete.is_some() {
             "response.incomplete"

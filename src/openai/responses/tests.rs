@@ -1,0 +1,240 @@
+#![allow(clippy::unwrap_used)]
+
+use bytes::BytesMut;
+use serde_json::{Value, json};
+
+use super::output::ResponseBuilder;
+use super::request::{input_items, to_gemini};
+use super::types::CreateResponse;
+use crate::openai::TranslateOptions;
+
+fn req(v: Value) -> CreateResponse {
+    serde_json::from_value(v).unwrap()
+}
+
+/// Pushes Gemini chunks through a streaming builder; the events, parsed.
+fn stream(request: Value, chunks: &[Value], end: bool) -> (Vec<(String, Value)>, ResponseBuilder) {
+    let r = req(request);
+    let mut b = ResponseBuilder::new("resp_test".into(), &r, "gemini-3-pro-preview", true, true);
+    let mut out = BytesMut::new();
+    b.start(&mut out);
+    for c in chunks {
+        b.push(&serde_json::to_vec(c).unwrap(), &mut out);
+    }
+    if end {
+        b.finish(&mut out);
+    }
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    let events = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap().to_owned();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            (name, data)
+        })
+        .collect();
+    (events, b)
+}
+
+fn chunk(parts: Value, finish: Option<&str>) -> Value {
+    let mut c = json!({"candidates": [{"content": {"role": "model", "parts": parts}}]});
+    if let Some(f) = finish {
+        c["candidates"][0]["finishReason"] = json!(f);
+        c["usageMetadata"] = json!({"promptTokenCount": 4, "candidatesTokenCount": 6,
+            "thoughtsTokenCount": 3, "cachedContentTokenCount": 2, "totalTokenCount": 13});
+    }
+    c
+}
+
+#[test]
+fn a_signature_on_a_later_empty_part_reaches_the_call_id_and_the_reasoning_item() {
+    let (events, b) = stream(
+        json!({"model": "m", "input": "hi"}),
+        &[
+            chunk(
+                json!([{"text": "Thinking it over.", "thought": true}]),
+                None,
+            ),
+            chunk(
+                json!([{"functionCall": {"name": "f", "args": {"a": 1}}}]),
+                None,
+            ),
+            chunk(
+                json!([{"text": "", "thoughtSignature": "c2ln"}]),
+                Some("STOP"),
+            ),
+        ],
+        true,
+    );
+    let done = b.final_response().unwrap();
+    assert_eq!(done["status"], "completed");
+    let output = done["output"].as_array().unwrap();
+    assert_eq!(output[0]["type"], "reasoning");
+    assert_eq!(output[0]["summary"][0]["text"], "Thinking it over.");
+    assert_eq!(output[0]["encrypted_content"], "c2ln");
+    assert_eq!(output[1]["type"], "function_call");
+    assert!(
+        output[1]["call_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("__thought__c2ln")
+    );
+    assert_eq!(output[1]["arguments"], "{\"a\":1}");
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_summary_part.added",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_summary_text.done",
+            "response.reasoning_summary_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let usage = &done["usage"];
+    assert_eq!(usage["input_tokens"], 4);
+    assert_eq!(usage["output_tokens"], 9);
+    assert_eq!(usage["input_tokens_details"]["cached_tokens"], 2);
+    assert_eq!(usage["output_tokens_details"]["reasoning_tokens"], 3);
+    assert_eq!(usage["total_tokens"], 13);
+}
+
+#[test]
+fn an_error_event_mid_stream_fails_the_response_after_what_arrived() {
+    let (events, b) = stream(
+        json!({"model": "m", "input": "hi"}),
+        &[
+            chunk(json!([{"text": "Half an "}]), None),
+            json!({"error": {"code": 503, "message": "overloaded key=AIzaSyABCDEFGHIJKLMNOPQRSTUVWXYZ0123456", "status": "UNAVAILABLE"}}),
+        ],
+        true,
+    );
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.failed");
+    assert_eq!(last["response"]["status"], "failed");
+    assert_eq!(last["response"]["error"]["code"], "unavailable");
+    assert!(!last.to_string().contains("AIzaSyABCDEFGHIJ"));
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        "Half an "
+    );
+    assert!(b.failure().is_some());
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(n, _)| n == "response.failed")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn a_stream_cut_before_its_finish_reason_fails() {
+    let (events, _) = stream(
+        json!({"model": "m", "input": "hi"}),
+        &[chunk(json!([{"text": "Half"}]), None)],
+        true,
+    );
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.failed");
+    assert!(
+        last["response"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no finish reason")
+    );
+}
+
+#[test]
+fn a_blocked_prompt_is_an_incomplete_refusal() {
+    let (events, b) = stream(
+        json!({"model": "m", "input": "hi"}),
+        &[json!({"promptFeedback": {"blockReason": "SAFETY"}})],
+        true,
+    );
+    assert_eq!(events.last().unwrap().0, "response.incomplete");
+    let done = b.final_response().unwrap();
+    assert_eq!(done["incomplete_details"]["reason"], "content_filter");
+    assert_eq!(done["output"][0]["content"][0]["type"], "refusal");
+}
+
+#[test]
+fn without_parallel_tool_calls_only_the_first_call_is_kept() {
+    let (_, b) = stream(
+        json!({"model": "m", "input": "hi", "parallel_tool_calls": false}),
+        &[chunk(
+            json!([{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"},
+                   {"functionCall": {"name": "g", "args": {}}}]),
+            Some("STOP"),
+        )],
+        true,
+    );
+    let output = b.final_response().unwrap()["output"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0]["name"], "f");
+}
+
+#[test]
+fn a_reasoning_item_gives_its_signature_to_the_call_after_it() {
+    let r = req(json!({"model": "gemini-3-pro-preview", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "c2ln"},
+        {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": [{"type": "input_text", "text": "42"}]}
+    ], "text": {"format": {"type": "json_schema", "name": "x", "strict": true,
+        "schema": {"type": "object", "additionalProperties": false, "$schema": "x"}}}}));
+    let items = input_items(&r).unwrap();
+    let g = serde_json::to_value(to_gemini(&r, &items, 0, &TranslateOptions::default()).unwrap())
+        .unwrap();
+    assert_eq!(
+        g["contents"],
+        json!([
+            {"role": "user", "parts": [{"text": "hi"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": "c2ln"}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"result": 42}}}]}
+        ])
+    );
+    assert_eq!(
+        g["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(
+        g["generationConfig"]["responseJsonSchema"],
+        json!({"type": "object", "additionalProperties": false})
+    );
+}
+
+#[test]
+fn images_and_files_become_inline_and_file_data() {
+    let r = req(json!({"model": "m", "input": [{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "auto"},
+        {"type": "input_image", "image_url": "https://example.com/cat.jpg"},
+        {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}
+    ]}]}));
+    let items = input_items(&r).unwrap();
+    let g = serde_json::to_value(to_gemini(&r, &items, 0, &TranslateOptions::default()).unwrap())
+        .unwrap();
+    assert_eq!(
+        g["contents"][0]["parts"],
+        json!([
+            {"text": "What is this?"},
+            {"inlineData": {"mimeType": "image/png", "data": "AAAA"}},
+            {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg"}},
+            {"inlineData": {"mimeType": "application/pdf", "data": "JVBE"}}
+        ])
+    );
+}
