@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai and openai.
+# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai and openai
+# (chat completions and the Responses API), then Codex through tests/python/codex.sh.
 # Installs them into a venv; when that is impossible the suite is skipped with a printed reason.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
