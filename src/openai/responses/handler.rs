@@ -122,7 +122,7 @@ where
             Ok(new) => items.extend(new),
             Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
         }
-        let gemini = match to_gemini(&req, &items, first_new, &self.config.options) {
+        let (gemini, tools) = match to_gemini(&req, &items, first_new, &self.config.options) {
             Ok(g) => g,
             Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
         };
@@ -150,7 +150,8 @@ where
             input: items,
         });
         let signature_in_id = self.config.options.signature_in_id;
-        let mut builder = ResponseBuilder::new(id, &req, &model, stream, signature_in_id);
+        let mut builder =
+            ResponseBuilder::new(id, &req, &model, stream, signature_in_id).tools(tools);
         if !stream {
             let (answer, headers) = match read_answer::<GenerateContentResponse, _>(
                 self.config.max_response_bytes,

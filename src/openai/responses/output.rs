@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use http::StatusCode;
 use serde_json::{Map, Value, json};
 
+use super::request::ToolMap;
 use super::types::CreateResponse;
 use crate::error::ApiError;
 use crate::gemini::{
@@ -41,6 +42,7 @@ enum Open {
 #[derive(Debug)]
 pub(crate) struct ResponseBuilder {
     base: Map<String, Value>,
+    tools: ToolMap,
     streaming: bool,
     signature_in_id: bool,
     parallel: bool,
@@ -125,6 +127,7 @@ impl ResponseBuilder {
         }
         Self {
             base,
+            tools: ToolMap::default(),
             streaming,
             signature_in_id,
             parallel: req.parallel_tool_calls.unwrap_or(true),
@@ -143,6 +146,12 @@ impl ResponseBuilder {
             failure: None,
             final_response: None,
         }
+    }
+
+    /// The client's names for the functions of the request.
+    pub(crate) fn tools(mut self, tools: ToolMap) -> Self {
+        self.tools = tools;
+        self
     }
 
     /// Whether the response is over (completed, incomplete or failed).
@@ -449,29 +458,51 @@ impl ResponseBuilder {
             }
             _ => format!("call_{hex}"),
         };
-        let id = format!("fc_{hex}");
+        let tool = self.tools.client(&call.name);
         let arguments = arguments_of(call);
         let output_index = self.output.len();
+        let (id, mut item, kind) = if tool.custom {
+            // A custom tool's call carries its free text as `input`.
+            let input = call.args.as_ref().and_then(|a| a.get("input")).map_or_else(
+                || arguments.clone(),
+                |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+            );
+            let id = format!("ctc_{hex}");
+            let item = json!({"type": "custom_tool_call", "id": id, "call_id": call_id,
+                              "name": tool.name, "input": input, "status": "completed"});
+            (id, item, "custom_tool_call_input")
+        } else {
+            let id = format!("fc_{hex}");
+            let item = json!({"type": "function_call", "id": id, "call_id": call_id,
+                              "name": tool.name, "arguments": arguments, "status": "completed"});
+            (id, item, "function_call_arguments")
+        };
+        if let Some(ns) = &tool.namespace {
+            item["namespace"] = json!(ns);
+        }
+        let (field, value) = if tool.custom {
+            ("input", item["input"].clone())
+        } else {
+            ("arguments", item["arguments"].clone())
+        };
+        let mut added = item.clone();
+        added[field] = json!("");
+        added["status"] = json!("in_progress");
         self.emit(
             out,
             "response.output_item.added",
-            json!({"output_index": output_index,
-                   "item": {"type": "function_call", "id": id, "call_id": call_id,
-                            "name": call.name, "arguments": "", "status": "in_progress"}}),
+            json!({"output_index": output_index, "item": added}),
         );
         self.emit(
             out,
-            "response.function_call_arguments.delta",
-            json!({"item_id": id, "output_index": output_index, "delta": arguments}),
+            &format!("response.{kind}.delta"),
+            json!({"item_id": id, "output_index": output_index, "delta": value}),
         );
-        self.emit(
-            out,
-            "response.function_call_arguments.done",
-            json!({"item_id": id, "output_index": output_index, "name": call.name,
-                   "arguments": arguments}),
-        );
-        let item = json!({"type": "function_call", "id": id, "call_id": call_id,
-                          "name": call.name, "arguments": arguments, "status": "completed"});
+        let mut done = json!({"item_id": id, "output_index": output_index, field: value});
+        if !tool.custom {
+            done["name"] = json!(tool.name);
+        }
+        self.emit(out, &format!("response.{kind}.done"), done);
         self.emit(
             out,
             "response.output_item.done",

@@ -2,7 +2,7 @@
 //! the chat front's translation (contents, media, schema cleaning, thought signatures,
 //! reasoning effort) serves both.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -14,6 +14,40 @@ use crate::openai::types::{
     ChatCompletionRequest, ContentPart, FunctionCall, FunctionDef, JsonSchemaFormat, Message,
     MessageContent, ResponseFormat, Tool, ToolCall,
 };
+
+/// A tool as the client named it, for a Gemini function name: its namespace (a `namespace`
+/// tool's group) and whether it is a `custom` (free-text input) tool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClientTool {
+    pub(crate) name: String,
+    pub(crate) namespace: Option<String>,
+    pub(crate) custom: bool,
+}
+
+/// The client's tools by Gemini function name (only those that differ from a plain function).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ToolMap(HashMap<String, ClientTool>);
+
+impl ToolMap {
+    /// The Gemini function name of a tool: `{namespace}__{name}` inside a namespace.
+    fn gemini_name(namespace: Option<&str>, name: &str) -> String {
+        match namespace.filter(|n| !n.is_empty()) {
+            Some(ns) => format!("{ns}__{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The client's tool for a function Gemini called.
+    pub(crate) fn client(&self, gemini_name: &str) -> ClientTool {
+        self.0
+            .get(gemini_name)
+            .cloned()
+            .unwrap_or_else(|| ClientTool {
+                name: gemini_name.to_owned(),
+                ..ClientTool::default()
+            })
+    }
+}
 
 /// The input items of a request: a string input is one user message.
 pub(crate) fn input_items(req: &CreateResponse) -> Result<Vec<Value>, ApiError> {
@@ -38,7 +72,7 @@ pub(crate) fn to_gemini(
     items: &[Value],
     first_new: usize,
     options: &TranslateOptions,
-) -> Result<GenerateContentRequest, ApiError> {
+) -> Result<(GenerateContentRequest, ToolMap), ApiError> {
     if items.is_empty() {
         return Err(ApiError::bad_request(
             "`input` is required (a string or a list of input items)",
@@ -61,7 +95,10 @@ pub(crate) fn to_gemini(
         });
     }
     chat.messages.extend(messages_of(items, first_new)?);
-    let (tools, search) = tools_of(req.tools.as_deref().unwrap_or_default())?;
+    let (tools, search, map) = tools_of(req.tools.as_deref().unwrap_or_default())?;
+    // Gemini before 3 refuses Google Search beside function declarations: the functions win.
+    let model = crate::gemini::strip_models_prefix(req.model.trim());
+    let search = search && (tools.is_empty() || model.starts_with("gemini-3"));
     if !tools.is_empty() {
         chat.tools = Some(tools);
         chat.tool_choice = req.tool_choice.clone().and_then(tool_choice);
@@ -74,7 +111,7 @@ pub(crate) fn to_gemini(
             ..GeminiTool::default()
         });
     }
-    Ok(gemini)
+    Ok((gemini, map))
 }
 
 /// Where an item sits, for error messages: `input[i]` for this request's items.
@@ -119,20 +156,25 @@ fn messages_of(items: &[Value], first_new: usize) -> Result<Vec<Message>, ApiErr
                     ..Message::default()
                 });
             }
-            "function_call" => {
+            "function_call" | "custom_tool_call" => {
                 let call_id = item["call_id"].as_str().unwrap_or_default();
                 let name = item["name"].as_str().unwrap_or_default();
                 if call_id.is_empty() || name.is_empty() {
                     return Err(ApiError::bad_request(format!(
-                        "{}: a function_call needs `call_id` and `name`",
+                        "{}: a {kind} needs `call_id` and `name`",
                         at(i, first_new)
                     )));
                 }
                 call_ids.insert(call_id.to_owned());
-                let arguments = match &item["arguments"] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    other => other.to_string(),
+                let name = ToolMap::gemini_name(item["namespace"].as_str(), name);
+                let arguments = if kind == "custom_tool_call" {
+                    json!({"input": item["input"].as_str().unwrap_or_default()}).to_string()
+                } else {
+                    match &item["arguments"] {
+                        Value::String(s) => s.clone(),
+                        Value::Null => String::new(),
+                        other => other.to_string(),
+                    }
                 };
                 let extra_content = signature
                     .take()
@@ -142,22 +184,18 @@ fn messages_of(items: &[Value], first_new: usize) -> Result<Vec<Message>, ApiErr
                     tool_calls: Some(vec![ToolCall {
                         id: call_id.to_owned(),
                         kind: "function".to_owned(),
-                        function: FunctionCall {
-                            name: name.to_owned(),
-                            arguments,
-                        },
+                        function: FunctionCall { name, arguments },
                         extra_content,
                     }]),
                     ..Message::default()
                 });
             }
-            "function_call_output" => {
+            "function_call_output" | "custom_tool_call_output" => {
                 let call_id = item["call_id"].as_str().unwrap_or_default();
                 if !call_ids.contains(call_id) {
                     return Err(ApiError::bad_request(format!(
-                        "{}: function_call_output call_id {call_id:?} matches no function_call \
-                         earlier in the conversation (send the function_call item too, or use \
-                         previous_response_id)",
+                        "{}: {kind} call_id {call_id:?} matches no call earlier in the \
+                         conversation (send the call item too, or use previous_response_id)",
                         at(i, first_new)
                     )));
                 }
@@ -300,42 +338,102 @@ fn content_of(
     Ok(MessageContent::Parts(out))
 }
 
-/// Function tools as chat tools, and whether Google Search was asked for.
-fn tools_of(tools: &[Value]) -> Result<(Vec<Tool>, bool), ApiError> {
+/// Function tools as chat tools (`namespace` groups flattened, `custom` tools as functions of
+/// one `input` string), whether Google Search was asked for, and the names to map calls back.
+fn tools_of(tools: &[Value]) -> Result<(Vec<Tool>, bool, ToolMap), ApiError> {
     let mut out = Vec::new();
     let mut search = false;
+    let mut map = ToolMap::default();
     for (i, t) in tools.iter().enumerate() {
         let kind = t["type"].as_str().unwrap_or("function");
         match kind {
-            "function" => {
-                // Responses function tools are flat; accept the chat shape too.
-                let f = t.get("function").filter(|f| f.is_object()).unwrap_or(t);
-                let name = f["name"].as_str().unwrap_or_default();
-                if name.is_empty() {
+            "function" | "custom" => out.push(tool_of(t, None, &mut map, &format!("tools[{i}]"))?),
+            "namespace" => {
+                let ns = t["name"].as_str().unwrap_or_default();
+                if ns.is_empty() {
                     return Err(ApiError::bad_request(format!(
                         "tools[{i}].name is required"
                     )));
                 }
-                out.push(Tool {
-                    kind: "function".to_owned(),
-                    function: FunctionDef {
-                        name: name.to_owned(),
-                        description: f["description"].as_str().map(str::to_owned),
-                        parameters: f.get("parameters").filter(|p| p.is_object()).cloned(),
-                        strict: f["strict"].as_bool(),
-                    },
-                });
+                for (j, inner) in t["tools"].as_array().into_iter().flatten().enumerate() {
+                    let at = format!("tools[{i}].tools[{j}]");
+                    match inner["type"].as_str().unwrap_or("function") {
+                        "function" | "custom" => out.push(tool_of(inner, Some(ns), &mut map, &at)?),
+                        other => {
+                            return Err(ApiError::bad_request(format!(
+                                "{at}.type {other:?} is not supported in a namespace; use \
+                                 \"function\" or \"custom\""
+                            )));
+                        }
+                    }
+                }
             }
-            k if k.starts_with("web_search") => search = true,
+            // `external_web_access: false` asks for no live search: Google Search is live.
+            k if k.starts_with("web_search") => {
+                search |= t["external_web_access"].as_bool() != Some(false);
+            }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "tools[{i}].type {other:?} is not supported; use \"function\" or \
-                     \"web_search\" (Gemini's Google Search)"
+                    "tools[{i}].type {other:?} is not supported; use \"function\", \"custom\", \
+                     \"namespace\" or \"web_search\" (Gemini's Google Search)"
                 )));
             }
         }
     }
-    Ok((out, search))
+    Ok((out, search, map))
+}
+
+/// One function or custom tool as a chat function tool.
+fn tool_of(
+    t: &Value,
+    namespace: Option<&str>,
+    map: &mut ToolMap,
+    at: &str,
+) -> Result<Tool, ApiError> {
+    // Responses function tools are flat; accept the chat shape too.
+    let f = t.get("function").filter(|f| f.is_object()).unwrap_or(t);
+    let name = f["name"].as_str().unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::bad_request(format!("{at}.name is required")));
+    }
+    let custom = t["type"] == "custom";
+    let gemini_name = ToolMap::gemini_name(namespace, name);
+    if custom || namespace.is_some() {
+        map.0.insert(
+            gemini_name.clone(),
+            ClientTool {
+                name: name.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                custom,
+            },
+        );
+    }
+    let mut description = f["description"].as_str().map(str::to_owned);
+    let parameters = if custom {
+        // A custom tool takes free text; a grammar it names goes into the description.
+        if let Some(definition) = t["format"]["definition"].as_str() {
+            let syntax = t["format"]["syntax"].as_str().unwrap_or("grammar");
+            let d = description.get_or_insert_with(String::new);
+            d.push_str(&format!(
+                "\n\nThe `input` is free text that follows this {syntax} grammar:\n{definition}"
+            ));
+        }
+        Some(
+            json!({"type": "object", "properties": {"input": {"type": "string",
+            "description": "The tool's free-text input."}}, "required": ["input"]}),
+        )
+    } else {
+        f.get("parameters").filter(|p| p.is_object()).cloned()
+    };
+    Ok(Tool {
+        kind: "function".to_owned(),
+        function: FunctionDef {
+            name: gemini_name,
+            description,
+            parameters,
+            strict: f["strict"].as_bool(),
+        },
+    })
 }
 
 /// `tool_choice` in the chat front's terms; a hosted tool's choice (web search) is `auto`.

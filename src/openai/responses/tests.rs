@@ -197,8 +197,12 @@ fn a_reasoning_item_gives_its_signature_to_the_call_after_it() {
     ], "text": {"format": {"type": "json_schema", "name": "x", "strict": true,
         "schema": {"type": "object", "additionalProperties": false, "$schema": "x"}}}}));
     let items = input_items(&r).unwrap();
-    let g = serde_json::to_value(to_gemini(&r, &items, 0, &TranslateOptions::default()).unwrap())
-        .unwrap();
+    let g = serde_json::to_value(
+        to_gemini(&r, &items, 0, &TranslateOptions::default())
+            .unwrap()
+            .0,
+    )
+    .unwrap();
     assert_eq!(
         g["contents"],
         json!([
@@ -226,8 +230,12 @@ fn images_and_files_become_inline_and_file_data() {
         {"type": "input_file", "filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBE"}
     ]}]}));
     let items = input_items(&r).unwrap();
-    let g = serde_json::to_value(to_gemini(&r, &items, 0, &TranslateOptions::default()).unwrap())
-        .unwrap();
+    let g = serde_json::to_value(
+        to_gemini(&r, &items, 0, &TranslateOptions::default())
+            .unwrap()
+            .0,
+    )
+    .unwrap();
     assert_eq!(
         g["contents"][0]["parts"],
         json!([
@@ -237,4 +245,76 @@ fn images_and_files_become_inline_and_file_data() {
             {"inlineData": {"mimeType": "application/pdf", "data": "JVBE"}}
         ])
     );
+}
+
+#[test]
+fn namespace_and_custom_tools_round_trip_under_their_client_names() {
+    let r = req(json!({"model": "gemini-2.5-pro", "input": [
+        {"role": "user", "content": "go"},
+        {"type": "function_call", "call_id": "call_1", "namespace": "agents", "name": "spawn",
+         "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
+        {"type": "custom_tool_call", "call_id": "call_2", "name": "apply_patch", "input": "*** Begin Patch"},
+        {"type": "custom_tool_call_output", "call_id": "call_2", "output": "done"}
+    ], "tools": [
+        {"type": "namespace", "name": "agents", "description": "Sub-agents",
+         "tools": [{"type": "function", "name": "spawn", "parameters": {"type": "object"}}]},
+        {"type": "custom", "name": "apply_patch", "description": "Patch files",
+         "format": {"type": "grammar", "syntax": "lark", "definition": "start: x"}},
+        {"type": "web_search", "external_web_access": true}
+    ]}));
+    let items = input_items(&r).unwrap();
+    let (g, tools) = to_gemini(&r, &items, 0, &TranslateOptions::default()).unwrap();
+    let g = serde_json::to_value(g).unwrap();
+    let decls = &g["tools"][0]["functionDeclarations"];
+    assert_eq!(decls[0]["name"], "agents__spawn");
+    assert_eq!(decls[1]["name"], "apply_patch");
+    assert!(
+        decls[1]["description"]
+            .as_str()
+            .unwrap()
+            .contains("start: x")
+    );
+    assert_eq!(
+        decls[1]["parametersJsonSchema"]["required"],
+        json!(["input"])
+    );
+    assert_eq!(
+        g["tools"].as_array().unwrap().len(),
+        1,
+        "no search beside functions on 2.5"
+    );
+    assert_eq!(
+        g["contents"][1]["parts"][0]["functionCall"]["name"],
+        "agents__spawn"
+    );
+    assert_eq!(
+        g["contents"][3]["parts"][0]["functionCall"],
+        json!({"name": "apply_patch", "args": {"input": "*** Begin Patch"}})
+    );
+    assert_eq!(
+        g["contents"][4]["parts"][0]["functionResponse"]["name"],
+        "apply_patch"
+    );
+
+    // Gemini's calls come back under the client's names.
+    let mut b =
+        ResponseBuilder::new("resp_t".into(), &r, "gemini-2.5-pro", true, true).tools(tools);
+    let mut out = BytesMut::new();
+    let answer = chunk(
+        json!([{"functionCall": {"name": "agents__spawn", "args": {"n": 1}}, "thoughtSignature": "c2ln"},
+               {"functionCall": {"name": "apply_patch", "args": {"input": "*** Begin Patch\n"}}}]),
+        Some("STOP"),
+    );
+    b.push(&serde_json::to_vec(&answer).unwrap(), &mut out);
+    let output = b.final_response().unwrap()["output"].clone();
+    assert_eq!(output[0]["type"], "function_call");
+    assert_eq!(output[0]["name"], "spawn");
+    assert_eq!(output[0]["namespace"], "agents");
+    assert_eq!(output[1]["type"], "custom_tool_call");
+    assert_eq!(output[1]["name"], "apply_patch");
+    assert_eq!(output[1]["input"], "*** Begin Patch\n");
+    let text = String::from_utf8(out.to_vec()).unwrap();
+    assert!(text.contains("event: response.custom_tool_call_input.delta"));
+    assert!(text.contains("event: response.custom_tool_call_input.done"));
 }
