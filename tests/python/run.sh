@@ -40,6 +40,8 @@ done
 GATEWAY_URL="$url" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
   "$venv/bin/pytest" -q -p no:cacheprovider "$here"
 rc=$?
+# Codex (npm) through the Responses API; skipped with a reason when it cannot be installed.
+"$here/codex.sh" "$url" "$token" "$log" || rc=1
 if [ $rc -ne 0 ]; then echo "--- full_proxy log ---"; tail -50 "$log"; fi
 # SIGTERM: full_proxy stops taking connections, finishes what is in flight and exits 0.
 kill -TERM "$pid"
