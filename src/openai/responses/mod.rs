@@ -58,7 +58,8 @@ pub use redis::ResponseRedisStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{DEFAULT_SQLITE_CAPACITY, ResponseSqliteStore};
 pub use store::{
-    DEFAULT_MEMORY_CAPACITY, MemoryResponseStore, ResponseStore, StoreFuture, StoredResponse,
+    DEFAULT_MEMORY_BYTES, DEFAULT_MEMORY_CAPACITY, MemoryResponseStore, ResponseStore, StoreFuture,
+    StoredResponse,
 };
 pub use types::CreateResponse;
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::types::CreateResponse;
 use crate::error::ApiError;
 use crate::gemini::{GenerateContentRequest, Tool as GeminiTool};
-use crate::openai::request::{TranslateOptions, to_gemini_request};
+use crate::openai::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions, to_gemini_request};
 use crate::openai::types::{
     ChatCompletionRequest, ContentPart, FunctionCall, FunctionDef, JsonSchemaFormat, Message,
     MessageContent, ResponseFormat, Tool, ToolCall,
@@ -138,6 +138,8 @@ fn messages_of(items: &[Value], first_new: usize) -> Result<Vec<Message>, ApiErr
             });
         match kind {
             "message" => {
+                // A reasoning item's signature belongs to a call right after it, not a later one.
+                signature = None;
                 let role = item["role"].as_str().unwrap_or("user");
                 let role = match role {
                     "user" | "assistant" | "system" | "developer" => role,
@@ -176,8 +178,10 @@ fn messages_of(items: &[Value], first_new: usize) -> Result<Vec<Message>, ApiErr
                         other => other.to_string(),
                     }
                 };
-                let extra_content = signature
-                    .take()
+                // The call's own signature (in its id) wins over the reasoning item's.
+                let carried = signature.take();
+                let extra_content = carried
+                    .filter(|_| !call_id.contains(THOUGHT_SIGNATURE_SEPARATOR))
                     .map(|s| json!({"google": {"thought_signature": s}}));
                 out.push(Message {
                     role: "assistant".to_owned(),

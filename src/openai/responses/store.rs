@@ -61,18 +61,35 @@ pub trait ResponseStore: Send + Sync + fmt::Debug + 'static {
 /// The default bound of a [`MemoryResponseStore`]: 10,000 responses.
 pub const DEFAULT_MEMORY_CAPACITY: usize = 10_000;
 
+/// The default byte bound of a [`MemoryResponseStore`]: 256 MiB of stored JSON.
+pub const DEFAULT_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+
 /// Responses in this process's memory: the default, for one instance. Holds at most
-/// `capacity` responses; the oldest goes first.
+/// `capacity` responses and about `max_bytes` of them (their JSON size); the oldest go first.
 #[derive(Debug)]
 pub struct MemoryResponseStore {
     capacity: usize,
+    max_bytes: usize,
     inner: Mutex<Memory>,
 }
 
 #[derive(Debug, Default)]
 struct Memory {
-    entries: HashMap<String, StoredResponse>,
+    entries: HashMap<String, (StoredResponse, usize)>,
     order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Memory {
+    fn remove(&mut self, id: &str) -> bool {
+        match self.entries.remove(id) {
+            Some((_, size)) => {
+                self.bytes = self.bytes.saturating_sub(size);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Default for MemoryResponseStore {
@@ -91,8 +108,16 @@ impl MemoryResponseStore {
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
+            max_bytes: DEFAULT_MEMORY_BYTES,
             inner: Mutex::new(Memory::default()),
         }
+    }
+
+    /// Sets about how many bytes (of stored JSON) it holds at most (default
+    /// [`DEFAULT_MEMORY_BYTES`]); a single larger response is not kept.
+    pub fn max_bytes(mut self, max: usize) -> Self {
+        self.max_bytes = max;
+        self
     }
 
     /// How many responses it holds now (expired ones included until swept).
@@ -114,36 +139,51 @@ impl MemoryResponseStore {
         self.lock()
             .entries
             .get(id)
+            .map(|(e, _)| e)
             .filter(|e| e.expires_at > now)
             .cloned()
     }
 
     fn put_now(&self, entry: StoredResponse) {
+        let size = serde_json::to_vec(&entry).map_or(usize::MAX, |v| v.len());
         let now = super::super::response::unix_now();
         let mut m = self.lock();
+        if m.remove(&entry.id) {
+            m.order.retain(|id| *id != entry.id);
+        }
+        if size > self.max_bytes {
+            tracing::debug!(id = %entry.id, size, "a response larger than the store's bound is not kept");
+            return;
+        }
         if m.order.len() % 256 == 255 {
-            m.entries.retain(|_, e| e.expires_at > now);
-            let Memory { entries, order } = &mut *m;
+            let expired: Vec<String> = m
+                .entries
+                .iter()
+                .filter(|(_, (e, _))| e.expires_at <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                m.remove(&id);
+            }
+        }
+        // Ids removed early stay in the order until it grows well past the entries.
+        if m.order.len() > 2 * m.entries.len() + 16 {
+            let Memory { entries, order, .. } = &mut *m;
             order.retain(|id| entries.contains_key(id));
         }
-        if m.entries.insert(entry.id.clone(), entry.clone()).is_none() {
-            m.order.push_back(entry.id);
-        }
-        while m.entries.len() > self.capacity {
+        m.order.push_back(entry.id.clone());
+        m.entries.insert(entry.id.clone(), (entry, size));
+        m.bytes += size;
+        while m.entries.len() > self.capacity || m.bytes > self.max_bytes {
             let Some(oldest) = m.order.pop_front() else {
                 break;
             };
-            m.entries.remove(&oldest);
+            m.remove(&oldest);
         }
     }
 
     fn remove_now(&self, id: &str) -> bool {
-        let mut m = self.lock();
-        let had = m.entries.remove(id).is_some();
-        if had {
-            m.order.retain(|o| o != id);
-        }
-        had
+        self.lock().remove(id)
     }
 }
 
@@ -201,5 +241,19 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert!(s.get_now("resp_1").is_none());
         assert!(s.get_now("resp_3").is_some());
+    }
+
+    #[test]
+    fn holds_about_its_byte_bound() {
+        let one = serde_json::to_vec(&entry("resp_1", 60)).unwrap().len();
+        let s = MemoryResponseStore::new().max_bytes(one * 2 + one / 2);
+        for id in ["resp_1", "resp_2", "resp_3"] {
+            s.put_now(entry(id, 60));
+        }
+        assert_eq!(s.len(), 2);
+        assert!(s.get_now("resp_1").is_none());
+        let tiny = MemoryResponseStore::new().max_bytes(10);
+        tiny.put_now(entry("resp_big", 60));
+        assert!(tiny.is_empty());
     }
 }

@@ -318,3 +318,30 @@ fn namespace_and_custom_tools_round_trip_under_their_client_names() {
     assert!(text.contains("event: response.custom_tool_call_input.delta"));
     assert!(text.contains("event: response.custom_tool_call_input.done"));
 }
+
+#[test]
+fn a_reasoning_signature_does_not_reach_a_call_of_a_later_turn() {
+    let r = req(json!({"model": "gemini-2.5-flash", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "reasoning", "summary": [], "encrypted_content": "c2lnQQ=="},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]},
+        {"role": "user", "content": "call it"},
+        {"type": "reasoning", "summary": [], "encrypted_content": "c2lnQg=="},
+        {"type": "function_call", "call_id": "call_1__thought__b3du", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1__thought__b3du", "output": "ok"},
+        {"type": "function_call", "call_id": "call_2", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_2", "output": "ok"}
+    ]}));
+    let items = input_items(&r).unwrap();
+    let g = serde_json::to_value(
+        to_gemini(&r, &items, 0, &TranslateOptions::default())
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    let contents = g["contents"].as_array().unwrap();
+    assert!(contents[1]["parts"][0].get("thoughtSignature").is_none());
+    // The call's own signature wins over the reasoning item's; a later call gets neither.
+    assert_eq!(contents[3]["parts"][0]["thoughtSignature"], "b3du");
+    assert!(contents[5]["parts"][0].get("thoughtSignature").is_none());
+}
