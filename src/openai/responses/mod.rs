@@ -2,6 +2,39 @@
 //! `GET /v1/responses/{id}` (and `/input_items`), `DELETE /v1/responses/{id}`, served by
 //! [`OpenAiToGeminiLayer`](super::OpenAiToGeminiLayer) beside chat completions.
 //!
+//! # Example
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_gemini::{Body, body::collect_limited, openai::OpenAiToGeminiLayer};
+//!
+//! // A Gemini-speaking inner service.
+//! let gemini = service_fn(|req: Request<Body>| async move {
+//!     assert_eq!(req.uri().path(), "/v1beta/models/gemini-2.5-flash:generateContent");
+//!     let answer = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi!"}]},
+//!                      "finishReason":"STOP"}]}"#;
+//!     Ok::<_, std::convert::Infallible>(Response::new(Body::from(answer)))
+//! });
+//! let svc = ServiceBuilder::new().layer(OpenAiToGeminiLayer::new()).service(gemini);
+//!
+//! let req = Request::post("/v1/responses")
+//!     .body(Body::from(r#"{"model":"gemini-2.5-flash","input":"Hello"}"#))
+//!     .unwrap();
+//! let res = svc.clone().oneshot(req).await.unwrap();
+//! let body = collect_limited(res.into_body(), 1 << 20).await.unwrap();
+//! let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! assert_eq!(v["status"], "completed");
+//! assert_eq!(v["output"][0]["content"][0]["text"], "Hi!");
+//!
+//! // Stored (`store` defaults to true; clones share the store): it can be read back.
+//! let id = v["id"].as_str().unwrap();
+//! let req = Request::get(format!("/v1/responses/{id}")).body(Body::empty()).unwrap();
+//! let res = svc.clone().oneshot(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # });
+//! ```
+//!
 //! # Requests
 //! `input` is a string (one user message) or a list of items: messages (`input_text`,
 //! `input_image`, `input_file`, `input_audio` parts; `output_text` on assistant turns),
