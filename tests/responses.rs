@@ -657,3 +657,136 @@ async fn bad_input_is_a_400_in_openai_shape() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(fake.received().is_empty());
 }
+
+#[tokio::test]
+async fn an_interrupted_stream_is_one_seamless_response() {
+    let (fake, proxy) = setup(&[KEY], &[]).await;
+    fake.push_fault(Fault::DropAfter(2));
+    fake.push_fault(Fault::FinishAfter {
+        chunks: 1,
+        reason: "OTHER".into(),
+    });
+    let prompt = "a river's long journey";
+    let (status, text) = raw(
+        &proxy,
+        "POST",
+        "/v1/responses",
+        &proxy.token,
+        Some(json!({"model": MODEL, "input": prompt, "stream": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let events = events(&text);
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, FakeGemini::passage(prompt));
+    let terminal: Vec<&str> = events
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| {
+            matches!(
+                *n,
+                "response.completed" | "response.failed" | "response.incomplete"
+            )
+        })
+        .collect();
+    assert_eq!(terminal, ["response.completed"]);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(n, _)| n == "response.output_item.added")
+            .count(),
+        1
+    );
+    assert_eq!(fake.pending_faults(), 0);
+}
+
+#[tokio::test]
+async fn an_upstream_error_is_an_openai_error_with_its_status() {
+    let (fake, proxy) = setup(&[KEY], &[]).await;
+    for stream in [false, true] {
+        fake.push_fault(Fault::HttpError {
+            status: 400,
+            message: "Request contains an invalid argument.".into(),
+        });
+        let (status, text) = raw(
+            &proxy,
+            "POST",
+            "/v1/responses",
+            &proxy.token,
+            Some(json!({"model": MODEL, "input": "hi", "stream": stream})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "Request contains an invalid argument."
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}
+
+#[tokio::test]
+async fn with_database_path_a_stored_response_survives_a_restart() {
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let url = fake.url();
+    let db = std::env::temp_dir().join(format!(
+        "responses-{}-{}.db",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let db_path = db.to_str().unwrap().to_owned();
+    let vars = [
+        ("GEMINI_API_KEYS", KEY),
+        ("UPSTREAM_URL", url.as_str()),
+        ("DATABASE_PATH", db_path.as_str()),
+        ("SHUTDOWN_GRACE_SECONDS", "1"),
+    ];
+    let proxy = Proxy::start(&vars).await;
+    fake.push_fault(Fault::FunctionCall {
+        name: "weather".into(),
+        args: json!({"city": "Oslo"}),
+    });
+    let first = create(
+        &client_for(&proxy, &proxy.token),
+        json!({"model": MODEL, "input": "Weather in Oslo?", "tools": weather_tool()}),
+    )
+    .await;
+    let proxy = proxy.restart(&vars).await;
+    let id = first["id"].as_str().unwrap();
+    let (status, got) = raw(
+        &proxy,
+        "GET",
+        &format!("/v1/responses/{id}"),
+        &proxy.token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let got: Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(
+        (&got["id"], &got["output"]),
+        (&first["id"], &first["output"])
+    );
+    let second = create(
+        &client_for(&proxy, &proxy.token),
+        json!({"model": MODEL, "previous_response_id": id, "tools": weather_tool(), "input": [
+            {"type": "function_call_output", "call_id": first["output"][0]["call_id"], "output": "sunny"}]}),
+    )
+    .await;
+    assert_eq!(
+        output_text(&second),
+        "The weather tool returned {\"result\":\"sunny\"}."
+    );
+    drop(proxy);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{db_path}{suffix}"));
+    }
+}
