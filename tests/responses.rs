@@ -376,6 +376,8 @@ async fn previous_response_id_continues_on_another_instance_sharing_redis() {
         ("UPSTREAM_URL", url.as_str()),
         ("REDIS_URL", redis.as_str()),
         ("REDIS_KEY_PREFIX", prefix.as_str()),
+        // Short-lived: the test leaves nothing in Redis for long.
+        ("RESPONSES_TTL_SECONDS", "120"),
     ];
     let a = Proxy::start(&vars).await;
     let b = Proxy::start(&vars).await;
