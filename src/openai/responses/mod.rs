@@ -43,15 +43,21 @@
 //! `instructions` become the system instruction (of this request only, as on OpenAI); items
 //! go through the chat front's translation, so media, JSON schema cleaning, thought
 //! signatures and `reasoning.effort` (as `reasoning_effort`) work the same. Function tools
-//! are flat (`{"type":"function","name","parameters"}`); `web_search` (and
-//! `web_search_preview`) is Gemini's `googleSearch` tool. `text.format` `json_object` /
-//! `json_schema` is a JSON answer, `max_output_tokens` the output cap.
+//! are flat (`{"type":"function","name","parameters"}`); a `namespace` tool's functions are
+//! declared as `{namespace}__{name}` and a `custom` (free-text) tool as a function of one
+//! `input` string, both answered under the client's names (`namespace` on the call,
+//! `custom_tool_call` items); `web_search` (and `web_search_preview`) is Gemini's
+//! `googleSearch` tool (left out beside function tools before Gemini 3, which refuses the
+//! mix, and with `external_web_access: false`). `text.format` `json_object` / `json_schema` is
+//! a JSON answer, `max_output_tokens` the output cap. An `image_generation_call` item sent
+//! back is the model's own image again.
 //!
 //! # Answers
 //! Output items in Gemini's order: `reasoning` (thought text as its summary; the thought
 //! signature in `encrypted_content`), `message` with one `output_text` (`url_citation`
 //! annotations from Google Search grounding), `function_call` (the thought signature also in
-//! the `call_id`, `call_<id>__thought__<sig>`, which survives every client and is read back).
+//! the `call_id`, `call_<id>__thought__<sig>`, which survives every client and is read back),
+//! `image_generation_call` for a generated image (base64 in `result`).
 //! `status` is `completed`, or `incomplete` with `incomplete_details.reason`
 //! `max_output_tokens` / `content_filter`; usage counts reasoning and cached tokens. A stream
 //! is OpenAI's typed events with `sequence_number` from 0: `response.created`,

@@ -274,6 +274,14 @@ impl ResponseBuilder {
             return;
         }
         self.flush_pending(out);
+        if let Some(image) = part
+            .inline_data
+            .as_ref()
+            .filter(|b| b.mime_type.starts_with("image/"))
+        {
+            self.image(&image.mime_type, &image.data, out);
+            return;
+        }
         if part.is_thought() {
             self.reasoning_delta(text, part.thought_signature.as_deref(), out);
             return;
@@ -503,6 +511,35 @@ impl ResponseBuilder {
             done["name"] = json!(tool.name);
         }
         self.emit(out, &format!("response.{kind}.done"), done);
+        self.emit(
+            out,
+            "response.output_item.done",
+            json!({"output_index": output_index, "item": item}),
+        );
+        self.output.push(item);
+    }
+
+    /// A generated image: an `image_generation_call` item holding it (base64).
+    fn image(&mut self, mime_type: &str, data: &str, out: &mut BytesMut) {
+        self.close(out);
+        let id = format!("ig_{}", unique_hex());
+        let output_index = self.output.len();
+        let format = mime_type.strip_prefix("image/").unwrap_or("png");
+        let item = json!({"type": "image_generation_call", "id": id, "status": "completed",
+                          "output_format": format, "result": data});
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        added["result"] = Value::Null;
+        self.emit(
+            out,
+            "response.output_item.added",
+            json!({"output_index": output_index, "item": added}),
+        );
+        self.emit(
+            out,
+            "response.image_generation_call.completed",
+            json!({"item_id": id, "output_index": output_index}),
+        );
         self.emit(
             out,
             "response.output_item.done",

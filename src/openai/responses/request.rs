@@ -11,8 +11,8 @@ use crate::error::ApiError;
 use crate::gemini::{GenerateContentRequest, Tool as GeminiTool};
 use crate::openai::request::{THOUGHT_SIGNATURE_SEPARATOR, TranslateOptions, to_gemini_request};
 use crate::openai::types::{
-    ChatCompletionRequest, ContentPart, FunctionCall, FunctionDef, JsonSchemaFormat, Message,
-    MessageContent, ResponseFormat, Tool, ToolCall,
+    ChatCompletionRequest, ContentPart, FunctionCall, FunctionDef, ImageOutput, JsonSchemaFormat,
+    Message, MessageContent, ResponseFormat, Tool, ToolCall,
 };
 
 /// A tool as the client named it, for a Gemini function name: its namespace (a `namespace`
@@ -225,6 +225,20 @@ fn messages_of(items: &[Value], first_new: usize) -> Result<Vec<Message>, ApiErr
                     .as_str()
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned);
+            }
+            // An image the model made goes back as its own inline data, so it can edit it.
+            "image_generation_call" => {
+                if let Some(data) = item["result"].as_str().filter(|d| !d.is_empty()) {
+                    let format = item["output_format"].as_str().unwrap_or("png");
+                    out.push(Message {
+                        role: "assistant".to_owned(),
+                        images: Some(vec![ImageOutput::from_base64(
+                            &format!("image/{format}"),
+                            data,
+                        )]),
+                        ..Message::default()
+                    });
+                }
             }
             // Tool runs Gemini did itself (search) leave nothing to send back.
             "web_search_call" => {}
@@ -440,13 +454,23 @@ fn tool_of(
     })
 }
 
-/// `tool_choice` in the chat front's terms; a hosted tool's choice (web search) is `auto`.
+/// `tool_choice` in the chat front's terms: a named function or custom tool by its Gemini
+/// name, `allowed_tools` by its mode; a hosted tool's choice (web search) is `auto`.
 fn tool_choice(choice: Value) -> Option<Value> {
-    match &choice {
-        Value::String(_) => Some(choice),
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            Some(choice)
+    let o = match &choice {
+        Value::String(_) => return Some(choice),
+        Value::Object(o) => o,
+        _ => return None,
+    };
+    match o.get("type").and_then(Value::as_str) {
+        Some("function" | "custom") => {
+            let name = o.get("name").and_then(Value::as_str)?;
+            let namespace = o.get("namespace").and_then(Value::as_str);
+            Some(json!({"type": "function", "name": ToolMap::gemini_name(namespace, name)}))
         }
+        Some("allowed_tools") => Some(json!(
+            o.get("mode").and_then(Value::as_str).unwrap_or("auto")
+        )),
         _ => None,
     }
 }

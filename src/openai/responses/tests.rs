@@ -345,3 +345,44 @@ fn a_reasoning_signature_does_not_reach_a_call_of_a_later_turn() {
     assert_eq!(contents[3]["parts"][0]["thoughtSignature"], "b3du");
     assert!(contents[5]["parts"][0].get("thoughtSignature").is_none());
 }
+
+#[test]
+fn a_generated_image_is_an_image_generation_call_item() {
+    let (events, b) = stream(
+        json!({"model": "m", "input": "draw"}),
+        &[chunk(
+            json!([{"text": "Here it is."}, {"inlineData": {"mimeType": "image/png", "data": "iVBO"}}]),
+            Some("STOP"),
+        )],
+        true,
+    );
+    let output = b.final_response().unwrap()["output"].clone();
+    assert_eq!(output[0]["type"], "message");
+    assert_eq!(output[1]["type"], "image_generation_call");
+    assert_eq!(output[1]["result"], "iVBO");
+    assert_eq!(output[1]["output_format"], "png");
+    assert!(
+        events
+            .iter()
+            .any(|(n, _)| n == "response.image_generation_call.completed")
+    );
+}
+
+#[test]
+fn tool_choice_names_a_namespaced_or_custom_tool_by_its_gemini_name() {
+    let r = req(json!({"model": "m", "input": "go",
+        "tool_choice": {"type": "function", "namespace": "agents", "name": "spawn"},
+        "tools": [{"type": "namespace", "name": "agents", "description": "",
+                   "tools": [{"type": "function", "name": "spawn"}]}]}));
+    let items = input_items(&r).unwrap();
+    let g = serde_json::to_value(
+        to_gemini(&r, &items, 0, &TranslateOptions::default())
+            .unwrap()
+            .0,
+    )
+    .unwrap();
+    assert_eq!(
+        g["toolConfig"]["functionCallingConfig"],
+        json!({"mode": "ANY", "allowedFunctionNames": ["agents__spawn"]})
+    );
+}
