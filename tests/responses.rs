@@ -792,3 +792,86 @@ async fn with_database_path_a_stored_response_survives_a_restart() {
         let _ = std::fs::remove_file(format!("{db_path}{suffix}"));
     }
 }
+
+/// The shape of Codex's requests (0.171): developer messages with ids, namespace and
+/// `web_search` tools, `include`, `prompt_cache_key`, `client_metadata`, `store: false`; the
+/// whole conversation sent back with the reasoning and call items it was given.
+#[tokio::test]
+async fn a_codex_shaped_conversation_is_served() {
+    let (fake, proxy) = setup(&[KEY, KEY2], &[]).await;
+    let tools = json!([
+        {"type": "function", "name": "exec_command", "description": "Runs a command.", "strict": false,
+         "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}},
+                        "required": ["cmd"], "additionalProperties": false}},
+        {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+         "tools": [{"type": "function", "name": "close_agent", "description": "Close an agent.",
+                    "strict": false, "parameters": {"type": "object", "properties": {}}}]},
+        {"type": "web_search", "external_web_access": false}
+    ]);
+    let mut input = vec![
+        json!({"type": "message", "id": "msg_dev", "role": "developer",
+               "content": [{"type": "input_text", "text": "You are a coding agent."}]}),
+        json!({"type": "message", "id": "msg_user", "role": "user",
+               "content": [{"type": "input_text", "text": "List the files."}]}),
+    ];
+    let body = |input: &Vec<Value>| {
+        json!({"model": MODEL, "instructions": "Be careful.", "input": input, "tools": tools,
+               "tool_choice": "auto", "parallel_tool_calls": true,
+               "reasoning": {"summary": "auto"}, "store": false, "stream": true,
+               "include": ["reasoning.encrypted_content"], "prompt_cache_key": "thread-1",
+               "client_metadata": {"thread_id": "thread-1"}})
+    };
+    fake.push_fault(Fault::FunctionCall {
+        name: "exec_command".into(),
+        args: json!({"cmd": "ls"}),
+    });
+    let (status, text) = raw(
+        &proxy,
+        "POST",
+        "/v1/responses",
+        &proxy.token,
+        Some(body(&input)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let sent = fake.last_received().unwrap().json();
+    assert_eq!(
+        sent["tools"][0]["functionDeclarations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["exec_command", "multi_agent_v1__close_agent"]
+    );
+    assert_eq!(sent["tools"].as_array().unwrap().len(), 1, "no live search");
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "Be careful.");
+    let done = events(&text).pop().unwrap().1["response"].clone();
+    assert_eq!(done["status"], "completed");
+    // Codex appends the output items and the tool's result, and sends it all again.
+    input.extend(done["output"].as_array().unwrap().iter().cloned());
+    let call_id = done["output"][0]["call_id"].as_str().unwrap().to_owned();
+    input.push(
+        json!({"type": "function_call_output", "call_id": call_id, "output": "a.txt\nb.txt"}),
+    );
+    let (status, text) = raw(
+        &proxy,
+        "POST",
+        "/v1/responses",
+        &proxy.token,
+        Some(body(&input)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let sent = fake.last_received().unwrap().json();
+    let contents = sent["contents"].as_array().unwrap();
+    assert_eq!(contents[1]["parts"][0]["thoughtSignature"], SIGNATURE);
+    assert_eq!(
+        contents[2]["parts"][0]["functionResponse"],
+        json!({"name": "exec_command", "response": {"result": "a.txt\nb.txt"}})
+    );
+    assert_eq!(
+        output_text(&events(&text).pop().unwrap().1["response"]),
+        "The exec_command tool returned {\"result\":\"a.txt\\nb.txt\"}."
+    );
+}
