@@ -12,7 +12,7 @@
 //! |---|---|---|---|
 //! | [`request_id::RequestIdLayer`] | keeps a valid `x-request-id` or mints one; the request's span | `request-id` | yes |
 //! | [`auth::BearerAuthLayer`] | client tokens (`Authorization: Bearer`, `x-goog-api-key`, `?key=`); strips them | `bearer-auth` | yes |
-//! | [`openai::OpenAiToGeminiLayer`] | OpenAI chat completions, the Responses API (with a shared response store), models and embeddings over Gemini | `openai` | no |
+//! | [`openai::OpenAiToGeminiLayer`] | OpenAI chat completions, models and embeddings over Gemini | `openai` | no |
 //! | [`policy::RequestPolicyLayer`] | aliases, allow lists, prompt injection, safety, thinking, search | `policy` | no |
 //! | [`rate_limit::RateLimitLayer`] | quotas per client, IP or model (memory or Redis) | `rate-limit` | no |
 //! | [`stream_resume::StreamResumeLayer`] | resumes a cut-off stream so the client sees one answer | `stream-resume` | no |
