@@ -162,6 +162,12 @@ where
                 Ok(a) => a,
                 Err(res) => return Ok(res),
             };
+            if answer.candidates.is_empty() && answer.block_reason().is_none() {
+                return Ok(ApiError::bad_gateway(
+                    "Gemini answered without any candidate and without saying why",
+                )
+                .into_response(Dialect::OpenAi));
+            }
             let mut scratch = BytesMut::new();
             builder.push_chunk(&answer, &mut scratch);
             builder.end_whole(&mut scratch);
