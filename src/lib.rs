@@ -194,7 +194,8 @@ pub mod rate_limit;
         feature = "key-rotation",
         feature = "persist",
         feature = "rate-limit",
-        feature = "affinity"
+        feature = "affinity",
+        feature = "openai"
     )
 ))]
 mod redis_util;

@@ -8,7 +8,12 @@ use crate::Error;
 /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
 /// unreachable (2 s to connect, 2 s per response, one retry); the manager re-establishes the
 /// connection afterwards.
-#[cfg(any(feature = "key-rotation", feature = "persist", feature = "affinity"))]
+#[cfg(any(
+    feature = "key-rotation",
+    feature = "persist",
+    feature = "affinity",
+    feature = "openai"
+))]
 pub(crate) async fn connect(url: &str) -> Result<redis::aio::ConnectionManager, Error> {
     let client = redis::Client::open(url).map_err(Error::redis)?;
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -22,7 +27,7 @@ pub(crate) async fn connect(url: &str) -> Result<redis::aio::ConnectionManager, 
 
 /// Awaits one Redis call for at most `timeout`: running out is a Redis error around
 /// [`Error::timeout`], a failed call a Redis error around its cause.
-#[cfg(any(feature = "rate-limit", feature = "affinity"))]
+#[cfg(any(feature = "rate-limit", feature = "affinity", feature = "openai"))]
 pub(crate) async fn within<T>(
     timeout: Duration,
     call: impl Future<Output = redis::RedisResult<T>>,

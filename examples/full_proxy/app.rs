@@ -19,6 +19,9 @@ use tower_gemini::gateway::{Gateway, GatewayService};
 use tower_gemini::key_rotation::{KeyPool, KeyRotationLayer};
 use tower_gemini::live::{LIVE_PATHS, LiveProxy};
 use tower_gemini::openai::OpenAiToGeminiLayer;
+use tower_gemini::openai::responses::{
+    MemoryResponseStore, ResponseRedisStore, ResponseSqliteStore, ResponseStore,
+};
 use tower_gemini::policy::{PolicyConfig, PolicyHandle, RequestPolicyLayer};
 use tower_gemini::rate_limit::{ClientAddr, RateLimitLayer, Rule};
 use tower_gemini::secret::ApiKey;
@@ -216,7 +219,9 @@ impl App {
         builder = builder.layer(
             OpenAiToGeminiLayer::new()
                 .max_body_bytes(config.max_body_bytes)
-                .max_response_bytes(max_answer),
+                .max_response_bytes(max_answer)
+                .response_store(response_store(&config).await?)
+                .response_ttl(config.responses_ttl),
         );
         // Anthropic's Messages API (Claude Code, the Anthropic SDKs) beside it; a Claude
         // model name is served through MODEL_ALIASES, and a 404 for one says so.
@@ -473,6 +478,29 @@ async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, Strin
             .map(|s| Arc::new(s) as Arc<dyn AffinityStore>)
             .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display())),
         None => Ok(Arc::new(MemoryAffinityStore::new())),
+    }
+}
+
+/// Where `/v1/responses` keeps stored responses, chosen as the resource pins are: Redis with
+/// `REDIS_URL` (any instance continues any response), else `DATABASE_PATH`, else memory.
+async fn response_store(config: &Config) -> Result<Arc<dyn ResponseStore>, String> {
+    if let Some(url) = &config.redis_url {
+        match ResponseRedisStore::connect(url).await {
+            Ok(store) => {
+                let store = store.with_prefix(format!("{}:responses", config.redis_prefix));
+                return Ok(Arc::new(store));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "REDIS_URL: cannot reach Redis; stored responses stay local to this instance"
+            ),
+        }
+    }
+    match &config.persist.database_path {
+        Some(path) => ResponseSqliteStore::open(path)
+            .map(|s| Arc::new(s) as Arc<dyn ResponseStore>)
+            .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display())),
+        None => Ok(Arc::new(MemoryResponseStore::new())),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Config {
     pub max_upload_bytes: u64,
     /// `RESOURCE_TTL_SECONDS`: how long batches and operations stay pinned to their key.
     pub resource_ttl: Duration,
+    /// `RESPONSES_TTL_SECONDS`: how long a stored `/v1/responses` answer is kept.
+    pub responses_ttl: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
@@ -197,6 +199,7 @@ impl Config {
             "max_event_bytes": self.max_event_bytes,
             "max_upload_bytes": self.max_upload_bytes,
             "resource_ttl_seconds": secs(self.resource_ttl),
+            "responses_ttl_seconds": secs(self.responses_ttl),
             "log_level": self.log_level,
             "log_format": format!("{:?}", self.log_format).to_lowercase(),
             "shutdown_grace_seconds": secs(self.shutdown_grace),
@@ -355,6 +358,7 @@ impl Config {
             max_event_bytes: max_event_bytes(env)?,
             max_upload_bytes: number(env, "MAX_UPLOAD_BYTES", 2 * 1024 * 1024 * 1024)?,
             resource_ttl: seconds(env, "RESOURCE_TTL_SECONDS", 7 * 24 * 3600)?,
+            responses_ttl: seconds(env, "RESPONSES_TTL_SECONDS", 30 * 24 * 3600)?,
             log_level: get("LOG_LEVEL").unwrap_or("info").to_owned(),
             log_format,
             shutdown_grace: seconds(env, "SHUTDOWN_GRACE_SECONDS", 30)?,

@@ -51,13 +51,14 @@ pub struct OpenAiToGeminiLayer {
 }
 
 #[derive(Clone, Debug)]
-struct Config {
-    max_body_bytes: usize,
-    max_response_bytes: usize,
-    version: String,
+pub(super) struct Config {
+    pub(super) max_body_bytes: usize,
+    pub(super) max_response_bytes: usize,
+    pub(super) version: String,
     owned_by: String,
     page_size: u32,
-    options: TranslateOptions,
+    pub(super) options: TranslateOptions,
+    pub(super) responses: super::responses::Keeping,
 }
 
 impl Default for OpenAiToGeminiLayer {
@@ -77,6 +78,10 @@ impl OpenAiToGeminiLayer {
                 owned_by: "google".to_owned(),
                 page_size: 1000,
                 options: TranslateOptions::default(),
+                responses: super::responses::Keeping {
+                    store: Arc::new(super::responses::MemoryResponseStore::new()),
+                    ttl: super::responses::DEFAULT_RESPONSE_TTL,
+                },
             }),
         }
     }
@@ -117,6 +122,21 @@ impl OpenAiToGeminiLayer {
     pub fn reasoning_budgets(mut self, budgets: ReasoningBudgets) -> Self {
         let c = Arc::make_mut(&mut self.config);
         c.options = c.options.clone().reasoning_budgets(budgets);
+        self
+    }
+
+    /// Where `/v1/responses` keeps stored responses (default a
+    /// [`MemoryResponseStore`](super::responses::MemoryResponseStore) of this layer; share a
+    /// Redis or SQLite store so every instance continues every response).
+    pub fn response_store(mut self, store: Arc<dyn super::responses::ResponseStore>) -> Self {
+        Arc::make_mut(&mut self.config).responses.store = store;
+        self
+    }
+
+    /// How long a stored response is kept (default 30 days,
+    /// [`DEFAULT_RESPONSE_TTL`](super::responses::DEFAULT_RESPONSE_TTL)).
+    pub fn response_ttl(mut self, ttl: std::time::Duration) -> Self {
+        Arc::make_mut(&mut self.config).responses.ttl = ttl;
         self
     }
 
@@ -172,6 +192,9 @@ enum Route {
     Model(String),
     Embeddings,
     Images,
+    Responses,
+    Response(String),
+    ResponseInputItems(String),
 }
 
 impl Route {
@@ -181,6 +204,15 @@ impl Route {
             "/v1/models" => Some(Route::Models),
             "/v1/embeddings" => Some(Route::Embeddings),
             "/v1/images/generations" => Some(Route::Images),
+            "/v1/responses" => Some(Route::Responses),
+            p if p.starts_with("/v1/responses/") => {
+                let rest = &p["/v1/responses/".len()..];
+                match rest.split_once('/') {
+                    None => Some(Route::Response(rest.to_owned())),
+                    Some((id, "input_items")) => Some(Route::ResponseInputItems(id.to_owned())),
+                    Some(_) => None,
+                }
+            }
             p => {
                 let id = p.strip_prefix("/v1/models/")?;
                 (!id.contains(':')).then(|| Route::Model(id.to_owned()))
@@ -188,10 +220,11 @@ impl Route {
         }
     }
 
-    fn method(&self) -> Method {
+    fn methods(&self) -> &'static [Method] {
         match self {
-            Route::Chat | Route::Embeddings | Route::Images => Method::POST,
-            Route::Models | Route::Model(_) => Method::GET,
+            Route::Chat | Route::Embeddings | Route::Images | Route::Responses => &[Method::POST],
+            Route::Models | Route::Model(_) | Route::ResponseInputItems(_) => &[Method::GET],
+            Route::Response(_) => &[Method::GET, Method::DELETE],
         }
     }
 }
@@ -233,16 +266,18 @@ where
         let span = tracing::debug_span!("openai", route = ?route, path = %crate::secret::scrub(req.uri().path()));
         let future = Box::pin(tracing::Instrument::instrument(
             async move {
-                if req.method() != route.method() {
+                if !route.methods().contains(req.method()) {
+                    let allowed: Vec<&str> = route.methods().iter().map(Method::as_str).collect();
                     let msg = format!(
                         "{} is not allowed on {}; use {}",
                         req.method(),
                         req.uri().path(),
-                        route.method()
+                        allowed.join(" or ")
                     );
                     return Ok(ApiError::method_not_allowed(msg).into_response(Dialect::OpenAi));
                 }
                 let (parts, body) = req.into_parts();
+                let method = parts.method;
                 let ctx = Call {
                     inner,
                     config,
@@ -255,6 +290,12 @@ where
                     Route::Images => ctx.images(body).await,
                     Route::Models => ctx.models().await,
                     Route::Model(id) => ctx.model(&id).await,
+                    Route::Responses => ctx.create_response(body).await,
+                    Route::Response(id) if method == Method::DELETE => {
+                        ctx.delete_response(&id).await
+                    }
+                    Route::Response(id) => ctx.get_response(&id).await,
+                    Route::ResponseInputItems(id) => ctx.response_input_items(&id).await,
                 }
             },
             span,
@@ -266,14 +307,14 @@ where
 }
 
 /// One translated request's way through the inner service.
-struct Call<S> {
+pub(super) struct Call<S> {
     inner: S,
-    config: Arc<Config>,
-    headers: HeaderMap,
-    extensions: http::Extensions,
+    pub(super) config: Arc<Config>,
+    pub(super) headers: HeaderMap,
+    pub(super) extensions: http::Extensions,
 }
 
-type Answer<E> = Result<Response<Body>, E>;
+pub(super) type Answer<E> = Result<Response<Body>, E>;
 
 impl<S, ResBody> Call<S>
 where
@@ -285,7 +326,7 @@ where
 {
     /// The inner request: copied headers (never a client credential) and extensions, the
     /// parsed Gemini path, and the Gemini dialect for errors of deeper layers.
-    fn inner_request(
+    pub(super) fn inner_request(
         &self,
         method: Method,
         path_and_query: String,
@@ -310,7 +351,7 @@ where
         req
     }
 
-    async fn send(&mut self, req: Request<Body>) -> Result<Response<ResBody>, S::Error> {
+    pub(super) async fn send(&mut self, req: Request<Body>) -> Result<Response<ResBody>, S::Error> {
         self.inner.ready().await?.call(req).await
     }
 
@@ -580,7 +621,7 @@ where
 }
 
 /// Reads and parses an OpenAI request body, or answers 400/413.
-async fn read_json<T: DeserializeOwned, B>(
+pub(super) async fn read_json<T: DeserializeOwned, B>(
     headers: &HeaderMap,
     max: usize,
     body: B,
@@ -593,7 +634,7 @@ where
 }
 
 /// Reads a whole upstream answer, translating error statuses into OpenAI errors.
-async fn read_answer<T: DeserializeOwned, ResBody>(
+pub(super) async fn read_answer<T: DeserializeOwned, ResBody>(
     max: usize,
     res: Response<ResBody>,
 ) -> Result<(T, HeaderMap), Response<Body>>

@@ -10,6 +10,7 @@
 //! | `GET /v1/models` | `GET /v1beta/models?pageSize=1000&pageToken=…`, every page |
 //! | `GET /v1/models/{id}` | `GET /v1beta/models/{id}` |
 //! | `POST /v1/embeddings` | `POST /v1beta/models/{model}:batchEmbedContents` |
+//! | `POST /v1/responses` | like chat completions; `GET`/`DELETE /v1/responses/{id}` read the [`responses`] store |
 //! | `POST /v1/images/generations` | `POST /v1beta/models/{model}:generateContent` with `responseModalities: ["IMAGE"]`, once per image (`n`); answers `{"created","data":[{"b64_json"}],"usage"}` (`response_format: url` is refused: nothing hosts the image) |
 //!
 //! The inner request carries the original request's extensions and headers (except client
@@ -84,6 +85,7 @@
 mod layer;
 mod request;
 mod response;
+pub mod responses;
 mod stream;
 pub mod types;
 

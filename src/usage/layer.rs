@@ -210,6 +210,8 @@ fn route_and_model(req: &Request<Body>) -> (String, String) {
         "/v1/chat/completions" => Some("openai.chat.completions"),
         "/v1/embeddings" => Some("openai.embeddings"),
         "/v1/images/generations" => Some("openai.images.generations"),
+        "/v1/responses" => Some("openai.responses"),
+        p if p.starts_with("/v1/responses/") => Some("openai.responses"),
         "/v1/models" => Some("openai.models"),
         p if p.starts_with("/v1/models/") && !p.contains(':') => Some("openai.models"),
         "/v1/messages" => Some("anthropic.messages"),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai, openai and
-# anthropic; then Claude Code itself when npm can install it (claude_code.sh).
+# Drives a running full_proxy (demo mode) with the official Python SDKs: google-genai, openai
+# (chat completions and the Responses API) and anthropic; then Claude Code (claude_code.sh) and
+# Codex (codex.sh) themselves when npm can install them.
 # Installs them into a venv; when that is impossible the suite is skipped with a printed reason.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -45,6 +46,8 @@ GATEWAY_URL="$url" GATEWAY_TOKEN="$token" GATEWAY_ADMIN_TOKEN="$admin" \
 rc=$?
 # Claude Code itself, non-interactive, when npm can install it (skipped with a reason otherwise).
 "$here/claude_code.sh" "$url" "$token" || rc=1
+# Codex (npm) through the Responses API; skipped with a reason when it cannot be installed.
+"$here/codex.sh" "$url" "$token" "$log" || rc=1
 if [ $rc -ne 0 ]; then echo "--- full_proxy log ---"; tail -50 "$log"; fi
 # SIGTERM: full_proxy stops taking connections, finishes what is in flight and exits 0.
 kill -TERM "$pid"
