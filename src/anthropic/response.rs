@@ -53,12 +53,7 @@ impl MessageContext {
 
     /// A tool use id for a call with an optional thought signature.
     pub(crate) fn tool_use_id(&self, signature: Option<&str>) -> String {
-        match signature {
-            Some(sig) if self.signature_in_id => {
-                format!("toolu_{}{THOUGHT_SIGNATURE_SEPARATOR}{sig}", unique_hex())
-            }
-            _ => format!("toolu_{}", unique_hex()),
-        }
+        crate::translate::signed_call_id("toolu_", signature, self.signature_in_id)
     }
 }
 
@@ -72,17 +67,7 @@ pub(crate) fn stop_reason(
 ) -> Result<&'static str, ApiError> {
     match reason {
         Some(r) if r.is_blocked() => Ok("refusal"),
-        Some(r) if r.is_malformed() || *r == FinishReason::MissingThoughtSignature => {
-            Err(ApiError::bad_gateway(format!(
-                "Gemini ended the answer with {r}: {}",
-                match r {
-                    FinishReason::MissingThoughtSignature => {
-                        "a tool_use in the history lacks its thought signature"
-                    }
-                    _ => "the model produced a malformed tool call or response; retry",
-                }
-            )))
-        }
+        Some(r) if let Some(e) = crate::translate::unfinished(r) => Err(e),
         _ if saw_call => Ok("tool_use"),
         Some(FinishReason::MaxTokens) => Ok("max_tokens"),
         _ => Ok("end_turn"),

@@ -15,7 +15,6 @@ use crate::gemini::{
     BatchEmbedContentsResponse, Candidate, FinishReason, GeminiError, GenerateContentResponse,
     Model as GeminiModel, Part, UsageMetadata,
 };
-use crate::translate::THOUGHT_SIGNATURE_SEPARATOR;
 pub(crate) use crate::translate::http::{copy_response_headers, json_response};
 pub(crate) use crate::translate::{code_block, result_block, unique_hex, unix_now};
 
@@ -82,12 +81,7 @@ impl ChatContext {
 
     /// A tool call id for a call with an optional thought signature.
     pub(crate) fn tool_call_id(&self, signature: Option<&str>) -> String {
-        match signature {
-            Some(sig) if self.signature_in_id => {
-                format!("call_{}{THOUGHT_SIGNATURE_SEPARATOR}{sig}", unique_hex())
-            }
-            _ => format!("call_{}", unique_hex()),
-        }
+        crate::translate::signed_call_id("call_", signature, self.signature_in_id)
     }
 }
 
@@ -101,17 +95,7 @@ pub(crate) fn finish_reason(
 ) -> Result<&'static str, ApiError> {
     match reason {
         Some(r) if r.is_blocked() => Ok("content_filter"),
-        Some(r) if r.is_malformed() || *r == FinishReason::MissingThoughtSignature => {
-            Err(ApiError::bad_gateway(format!(
-                "Gemini ended the answer with {r}: {}",
-                match r {
-                    FinishReason::MissingThoughtSignature => {
-                        "a function call in the history lacks its thought signature"
-                    }
-                    _ => "the model produced a malformed function call or response; retry",
-                }
-            )))
-        }
+        Some(r) if let Some(e) = crate::translate::unfinished(r) => Err(e),
         _ if saw_call => Ok("tool_calls"),
         Some(FinishReason::MaxTokens) => Ok("length"),
         _ => Ok("stop"),

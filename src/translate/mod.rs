@@ -29,6 +29,34 @@ pub(crate) fn signature_in_id(id: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// A fresh tool call id, `{prefix}<hex>`, carrying `signature` when there is one and `carry`
+/// is on (`call_<hex>__thought__<signature>`).
+pub(crate) fn signed_call_id(prefix: &str, signature: Option<&str>, carry: bool) -> String {
+    match signature {
+        Some(sig) if carry => format!("{prefix}{}{THOUGHT_SIGNATURE_SEPARATOR}{sig}", unique_hex()),
+        _ => format!("{prefix}{}", unique_hex()),
+    }
+}
+
+/// The error a client should see instead of a clean stop when Gemini ends an answer with a
+/// malformed call or response, or refuses a history call that lacks its thought signature;
+/// `None` for other finish reasons.
+pub(crate) fn unfinished(reason: &crate::gemini::FinishReason) -> Option<ApiError> {
+    use crate::gemini::FinishReason;
+    if !(reason.is_malformed() || *reason == FinishReason::MissingThoughtSignature) {
+        return None;
+    }
+    Some(ApiError::bad_gateway(format!(
+        "Gemini ended the answer with {reason}: {}",
+        match reason {
+            FinishReason::MissingThoughtSignature => {
+                "a tool call in the history lacks its thought signature"
+            }
+            _ => "the model produced a malformed tool call or response; retry",
+        }
+    )))
+}
+
 /// 24 hex digits that differ on every call (a random per-process seed and a counter).
 pub(crate) fn unique_hex() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
