@@ -62,17 +62,36 @@ use crate::gemini::{GeminiPath, strip_models_prefix};
 pub struct Identity {
     name: Arc<str>,
     id: Arc<str>,
+    subject: Arc<str>,
     admin: bool,
 }
 
 impl Identity {
-    /// A client identity.
+    /// A client identity; its [`subject`](Self::subject) is `id` until
+    /// [`with_subject`](Self::with_subject) says otherwise.
     pub fn new(name: impl Into<Arc<str>>, id: impl Into<Arc<str>>, admin: bool) -> Self {
+        let id = id.into();
         Self {
             name: name.into(),
-            id: id.into(),
+            subject: id.clone(),
+            id,
             admin,
         }
+    }
+
+    /// Sets the subject: what the client's stored things (resource pins, stored responses)
+    /// are owned by.
+    pub fn with_subject(mut self, subject: impl Into<Arc<str>>) -> Self {
+        self.subject = subject.into();
+        self
+    }
+
+    /// Who owns what this client stores, across restarts and instances: for a token of a
+    /// [`MemoryTokenStore`](crate::auth::MemoryTokenStore), `sub-` and a hash of the token's
+    /// digest (no secret, and unlike the masked [`id`](Self::id) never shared by two tokens
+    /// nor handed to another token after a revocation or a reordered token list).
+    pub fn subject(&self) -> &str {
+        &self.subject
     }
 
     /// The client's name (a label, never the token).

@@ -921,3 +921,53 @@ async fn a_file_search_store_is_used_on_its_own_key_and_seen_by_its_client_only(
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_no_key_disabled(&proxy);
 }
+
+#[tokio::test]
+async fn ownership_survives_a_restart_with_the_tokens_reordered() {
+    // Short tokens all mask to the same `…`; their display ids (`…`, `…#2`) follow the order
+    // of ALLOWED_TOKENS. What a client owns must follow the token, not that order.
+    let fake = FakeGemini::start(KEYS).await.unwrap();
+    let url = fake.url();
+    let keys = KEYS.join(",");
+    let dir = std::env::temp_dir().join(format!(
+        "owners-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("gateway.db");
+    let start = |tokens: &'static str| {
+        let (keys, url, db) = (keys.clone(), url.clone(), db.clone());
+        async move {
+            Proxy::start(&[
+                ("GEMINI_API_KEYS", keys.as_str()),
+                ("UPSTREAM_URL", url.as_str()),
+                ("ALLOWED_TOKENS", tokens),
+                ("ADMIN_TOKEN", ADMIN),
+                ("DATABASE_PATH", db.to_str().unwrap()),
+            ])
+            .await
+        }
+    };
+    let proxy = start("alpha-1,bravo-2").await;
+    let file = multipart(&proxy, "alpha-1", "alpha's notes").await;
+    let path = format!("/v1beta/{}", file["name"].as_str().unwrap());
+    let (status, _) = call(&proxy, "GET", &path, "bravo-2", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(proxy);
+
+    let proxy = start("bravo-2,alpha-1").await;
+    let (status, _) = call(&proxy, "GET", &path, "bravo-2", None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "bravo must not inherit alpha's file"
+    );
+    let (status, got) = call(&proxy, "GET", &path, "alpha-1", None).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    drop(proxy);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -151,7 +151,7 @@ impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
         match req.extensions().get::<Identity>() {
             Some(i) => Asker {
-                id: i.id().to_owned(),
+                id: i.subject().to_owned(),
                 admin: i.is_admin(),
             },
             // No authentication in front: one tenant, who sees everything.

@@ -109,7 +109,7 @@ impl MemoryTokenStore {
     ) {
         let entry = Entry {
             digest,
-            identity: Identity::new(name, id, admin),
+            identity: Identity::new(name, id, admin).with_subject(subject_of(&digest)),
         };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| !e.digest.ct_eq(&digest));
@@ -183,4 +183,21 @@ pub fn mint_token(prefix: &str) -> String {
     let a = uuid::Uuid::new_v4().simple().to_string();
     let b = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}{a}{b}")
+}
+
+/// The subject of a token known by `digest`: `sub-` and 32 hex digits of a hash of the digest
+/// (stable for the token, and no help in finding it).
+fn subject_of(digest: &TokenDigest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tower-gemini subject\0");
+    h.update(digest.as_bytes());
+    let out = h.finalize();
+    let mut s = String::with_capacity(36);
+    s.push_str("sub-");
+    for b in &out[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }

@@ -41,7 +41,7 @@ pub(crate) struct Keeping {
 fn owner_of(extensions: &http::Extensions) -> String {
     extensions
         .get::<Identity>()
-        .map(|i| i.id().to_owned())
+        .map(|i| i.subject().to_owned())
         .unwrap_or_default()
 }
 
