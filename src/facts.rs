@@ -256,6 +256,34 @@ pub fn names_resource<B>(req: &Request<B>) -> bool {
         || path_names_resource(req.uri().path())
 }
 
+// === ModelResolver ===
+
+/// The model a request's model name will be served by, as a layer below the fronts will
+/// resolve it (full_proxy: the request policy's `MODEL_ALIASES`). The translating fronts use
+/// it for what depends on the real model (thinking levels and budgets, thought-signature
+/// rules, which tools may be mixed) while the request keeps the client's name for the layers
+/// below to resolve, police and count.
+#[derive(Clone)]
+pub struct ModelResolver(Arc<dyn Fn(&str) -> String + Send + Sync>);
+
+impl ModelResolver {
+    /// A resolver calling `f` with a model name (without `models/`).
+    pub fn new(f: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The model `model` will be served by.
+    pub fn resolve(&self, model: &str) -> String {
+        (self.0)(model)
+    }
+}
+
+impl fmt::Debug for ModelResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ModelResolver")
+    }
+}
+
 // === Report ===
 
 pub use crate::tokens::Tokens;

@@ -969,3 +969,49 @@ async fn anthropic_clients_list_models_in_anthropics_shape_with_the_aliases() {
     let (_, openai) = get_models(&proxy, "/v1/models", false).await;
     assert_eq!(openai["object"], "list", "{openai}");
 }
+
+#[tokio::test]
+async fn per_model_choices_follow_the_model_an_alias_is_served_by() {
+    // 2.5 Pro cannot turn thinking off (Google: "Budget 0 is invalid"), and no 2.5 model takes
+    // Google Search beside function declarations: both must fit the aliased model, not the
+    // Claude name the client sent.
+    let (fake, proxy) = setup(&[(
+        "MODEL_ALIASES",
+        "claude-opus-4-1=gemini-2.5-pro,claude-sonnet-4-5=gemini-2.5-flash",
+    )])
+    .await;
+    let off = message(
+        &proxy,
+        json!({"model": "claude-opus-4-1", "max_tokens": 64,
+               "thinking": {"type": "disabled"},
+               "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(off["type"], "message", "{off}");
+    let sent: Value = serde_json::from_slice(&fake.last_received().unwrap().body).unwrap();
+    let budget = sent["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+        .as_i64()
+        .unwrap();
+    assert!(budget >= 128, "2.5 Pro's lowest budget, not 0: {sent}");
+
+    let mixed = message(
+        &proxy,
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+               "tools": [{"name": "lookup", "input_schema": {"type": "object"}},
+                         {"type": "web_search_20250305", "name": "web_search"}],
+               "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(mixed["type"], "message", "{mixed}");
+    let sent: Value = serde_json::from_slice(&fake.last_received().unwrap().body).unwrap();
+    let tools = sent["tools"].as_array().unwrap();
+    assert!(
+        tools.iter().all(|t| t.get("googleSearch").is_none()),
+        "{sent}"
+    );
+    assert!(
+        tools
+            .iter()
+            .any(|t| t.get("functionDeclarations").is_some())
+    );
+}

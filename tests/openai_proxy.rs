@@ -932,3 +932,32 @@ async fn an_empty_unary_answer_is_retried_for_an_openai_client() {
     assert_eq!(res.choices[0].finish_reason, Some(FinishReason::Stop));
     assert_eq!(fake.received().len(), 2);
 }
+
+#[tokio::test]
+async fn reasoning_effort_fits_the_model_an_alias_is_served_by() {
+    // `reasoning_effort: "none"` turns thinking off, which 2.5 Pro refuses ("Budget 0 is
+    // invalid"): on `gpt-4o` mapped to 2.5 Pro it must become 2.5 Pro's lowest budget.
+    let (fake, _proxy, client) = setup(&[("MODEL_ALIASES", "gpt-4o=gemini-2.5-pro")]).await;
+    let answer = client
+        .chat()
+        .create(chat(json!({
+            "model": "gpt-4o",
+            "reasoning_effort": "none",
+            "messages": [{"role": "user", "content": "hello"}],
+        })))
+        .await
+        .unwrap();
+    assert!(answer.choices[0].message.content.is_some());
+    let sent: Value = serde_json::from_slice(&fake.last_received().unwrap().body).unwrap();
+    let budget = sent["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+        .as_i64()
+        .unwrap();
+    assert!(budget >= 128, "{sent}");
+    assert!(
+        fake.last_received()
+            .unwrap()
+            .path
+            .contains("gemini-2.5-pro"),
+        "the alias resolved below"
+    );
+}

@@ -173,7 +173,10 @@ impl App {
         let mut live = LiveProxy::builder(upstream_url.clone(), pool.clone())
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
-            .model_policy(live_model_policy(policy_handle.clone()))
+            .model_policy(policy_model(
+                policy_handle.clone(),
+                tower_gemini::policy::CallKind::Live,
+            ))
             .usage(ops.usage.clone())
             .max_message_bytes(config.max_body_bytes)
             .connect_timeout(
@@ -221,7 +224,8 @@ impl App {
                 .max_body_bytes(config.max_body_bytes)
                 .max_response_bytes(max_answer)
                 .response_store(response_store(&config).await?)
-                .response_ttl(config.responses_ttl),
+                .response_ttl(config.responses_ttl)
+                .model_resolver(served_model(policy_handle.clone())),
         );
         // Anthropic's Messages API (Claude Code, the Anthropic SDKs) beside it; a Claude
         // model name is served through MODEL_ALIASES, and a 404 for one says so.
@@ -233,7 +237,8 @@ impl App {
                     "map it to a Gemini model in MODEL_ALIASES (e.g. \
                      MODEL_ALIASES=claude-sonnet-4-5=gemini-2.5-pro,claude-haiku-4-5=gemini-2.5-flash), \
                      or ask for a Gemini model by its own name",
-                ),
+                )
+                .model_resolver(served_model(policy_handle.clone())),
         );
         // What is left must be a Gemini API path; anything else is a 404 here, in the route's
         // dialect, without spending a key on it.
@@ -310,19 +315,28 @@ impl App {
     }
 }
 
-/// The request policy's rules on a Live session's model: aliases resolved, `ALLOWED_MODELS`
-/// enforced, with the rules current at the session's start (admin changes apply).
-fn live_model_policy(
+/// The request policy's rules on a model name alone (no body): aliases resolved,
+/// `ALLOWED_MODELS` enforced, with the rules current at the call (admin changes apply).
+fn policy_model(
     handle: PolicyHandle,
+    kind: tower_gemini::policy::CallKind,
 ) -> impl Fn(&str) -> Result<String, tower_gemini::ApiError> + Send + Sync + 'static {
-    use tower_gemini::policy::{Call, CallKind};
+    use tower_gemini::policy::Call;
     move |model: &str| {
-        let mut call = Call::new(CallKind::Live, model, None);
+        let mut call = Call::new(kind, model, None);
         for rule in handle.rules() {
             rule.request(&mut call)?;
         }
         Ok(call.model().to_owned())
     }
+}
+
+/// The model a name is served by under the request policy's current rules (an alias
+/// resolved), for the fronts' per-model translation; a name the policy refuses stays as it is
+/// (the policy answers it below).
+fn served_model(handle: PolicyHandle) -> impl Fn(&str) -> String + Send + Sync + 'static {
+    let policy = policy_model(handle, tower_gemini::policy::CallKind::GenerateContent);
+    move |model: &str| policy(model).unwrap_or_else(|_| model.to_owned())
 }
 
 /// CORS for browser clients (tower-http's layer, outside everything: a preflight carries no

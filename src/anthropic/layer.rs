@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower::{Layer, Service, ServiceExt};
 
-use super::request::to_gemini_request;
+use super::request::translate;
 use super::response::{MessageContext, to_message, translate_error};
 use super::stream::MessageStreamTranslator;
 use super::types::MessagesRequest;
@@ -54,6 +54,7 @@ struct Config {
     version: String,
     signature_in_id: bool,
     model_hint: String,
+    resolver: Option<crate::facts::ModelResolver>,
 }
 
 impl Default for AnthropicToGeminiLayer {
@@ -72,6 +73,7 @@ impl AnthropicToGeminiLayer {
                 version: "v1beta".to_owned(),
                 signature_in_id: true,
                 model_hint: DEFAULT_MODEL_HINT.to_owned(),
+                resolver: None,
             }),
         }
     }
@@ -110,6 +112,16 @@ impl AnthropicToGeminiLayer {
     /// gateway names its own setting here (full_proxy: `MODEL_ALIASES`).
     pub fn unknown_model_hint(mut self, hint: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.config).model_hint = hint.into();
+        self
+    }
+
+    /// The model a name will be served by, when a layer below renames models (default: the
+    /// name itself): thinking, thought-signature rules and tool mixes then fit the real model
+    /// (`thinking: {"type": "disabled"}` on a Claude name mapped to 2.5 Pro, which cannot turn
+    /// thinking off, becomes its lowest budget), while the request keeps the client's name for
+    /// the layers below to resolve, police and count.
+    pub fn model_resolver(mut self, f: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Arc::make_mut(&mut self.config).resolver = Some(crate::facts::ModelResolver::new(f));
         self
     }
 }
@@ -288,7 +300,11 @@ where
             return Ok(ApiError::bad_request("max_tokens: Field required")
                 .into_response(Dialect::Anthropic));
         }
-        let (model, gemini) = match to_gemini_request(&req) {
+        let served = self.config.resolver.as_ref().and_then(|r| {
+            let name = crate::gemini::strip_models_prefix(req.model.trim());
+            Some(r.resolve(name)).filter(|s| s != name)
+        });
+        let (model, gemini) = match translate(&req, served.as_deref()) {
             Ok(g) => g,
             Err(e) => return Ok(e.into_response(Dialect::Anthropic)),
         };

@@ -22,7 +22,18 @@ use crate::translate::{SKIP_THOUGHT_SIGNATURE, model_id, signature_in_id};
 pub fn to_gemini_request(
     req: &MessagesRequest,
 ) -> Result<(String, GenerateContentRequest), ApiError> {
+    translate(req, None)
+}
+
+/// [`to_gemini_request`] for a request that `served` will serve (an alias resolved below):
+/// thinking, thought-signature rules and tool mixes fit `served`; the model returned is still
+/// the client's.
+pub(crate) fn translate(
+    req: &MessagesRequest,
+    served: Option<&str>,
+) -> Result<(String, GenerateContentRequest), ApiError> {
     let model = model_id(&req.model)?.to_owned();
+    let served = served.unwrap_or(&model).to_owned();
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("`messages` must not be empty"));
     }
@@ -37,7 +48,7 @@ pub fn to_gemini_request(
             });
         }
     }
-    out.contents = convert_messages(&req.messages, &model)?;
+    out.contents = convert_messages(&req.messages, &served)?;
     if out.contents.is_empty() {
         return Err(ApiError::bad_request(
             "`messages` holds no content Gemini can read",
@@ -61,7 +72,8 @@ pub fn to_gemini_request(
     if !declarations.is_empty() {
         out.tools.push(GeminiTool::functions(declarations));
     }
-    if search {
+    // Gemini before 3 refuses Google Search beside function declarations: the functions win.
+    if search && (declarations_sent(&out) == 0 || crate::gemini::is_gemini_3(&served)) {
         out.tools.push(GeminiTool {
             google_search: Some(json!({})),
             ..GeminiTool::default()
@@ -72,11 +84,19 @@ pub fn to_gemini_request(
     {
         out.tool_config = tool_config(choice, tools)?;
     }
-    let config = generation_config(req, &model)?;
+    let config = generation_config(req, &served)?;
     if config != GenerationConfig::default() {
         out.generation_config = Some(config);
     }
     Ok((model, out))
+}
+
+/// How many function declarations the request carries.
+fn declarations_sent(out: &GenerateContentRequest) -> usize {
+    out.tools
+        .iter()
+        .map(|t| t.function_declarations.len())
+        .sum()
 }
 
 fn system_parts(system: &MessageContent) -> Result<Vec<Part>, ApiError> {
@@ -105,7 +125,7 @@ fn convert_messages(messages: &[Message], model: &str) -> Result<Vec<Content>, A
     let mut contents: Vec<Content> = Vec::new();
     // tool_use id → function name, for tool results.
     let mut call_names: HashMap<String, String> = HashMap::new();
-    let needs_signatures = model.starts_with("gemini-3");
+    let needs_signatures = crate::gemini::is_gemini_3(model);
     for (i, m) in messages.iter().enumerate() {
         let (role, parts) = match m.role.as_str() {
             "user" => ("user", user_parts(&m.content, i, &call_names)?),

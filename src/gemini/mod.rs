@@ -151,4 +151,5 @@ pub use response::{
     BlockReason, Candidate, FinishReason, GenerateContentResponse, GroundingChunk,
     GroundingMetadata, ModalityTokenCount, PromptFeedback, SafetyRating, UsageMetadata, WebSource,
 };
+pub(crate) use thinking::is_gemini_3;
 pub use thinking::{ThinkingKind, ThinkingLevel};

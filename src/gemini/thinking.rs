@@ -166,6 +166,14 @@ impl ThinkingKind {
     }
 }
 
+/// Whether `model` is of the Gemini 3 generation, which refuses a function call in the history
+/// without its thought signature and accepts Google Search beside function declarations
+/// (earlier models refuse that mix).
+#[cfg_attr(not(any(feature = "openai", feature = "anthropic")), allow(dead_code))]
+pub(crate) fn is_gemini_3(model: &str) -> bool {
+    strip_models_prefix(model).starts_with("gemini-3")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,21 @@ pub(super) struct Config {
     page_size: u32,
     pub(super) options: TranslateOptions,
     pub(super) responses: super::responses::Keeping,
+    resolver: Option<crate::facts::ModelResolver>,
+}
+
+impl Config {
+    /// The translation options for a request naming `model`: the configured ones, told the
+    /// model that will really serve it when a resolver says it differs.
+    pub(super) fn options_for(&self, model: &str) -> std::borrow::Cow<'_, TranslateOptions> {
+        let model = crate::gemini::strip_models_prefix(model.trim());
+        match self.resolver.as_ref().map(|r| r.resolve(model)) {
+            Some(served) if served != model => {
+                std::borrow::Cow::Owned(self.options.clone().served_by(served))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.options),
+        }
+    }
 }
 
 impl Default for OpenAiToGeminiLayer {
@@ -82,6 +97,7 @@ impl OpenAiToGeminiLayer {
                     store: Arc::new(super::responses::MemoryResponseStore::new()),
                     ttl: super::responses::DEFAULT_RESPONSE_TTL,
                 },
+                resolver: None,
             }),
         }
     }
@@ -145,6 +161,16 @@ impl OpenAiToGeminiLayer {
     pub fn signature_in_tool_call_id(mut self, yes: bool) -> Self {
         let c = Arc::make_mut(&mut self.config);
         c.options = c.options.clone().signature_in_tool_call_id(yes);
+        self
+    }
+
+    /// The model a name will be served by, when a layer below renames models (default: the
+    /// name itself). Thinking levels and budgets, thought-signature rules and tool mixes then
+    /// fit the real model (`reasoning_effort: "none"` on an alias of 2.5 Pro, which cannot turn
+    /// thinking off, becomes its lowest budget), while the request keeps the client's name for
+    /// the layers below to resolve, police and count.
+    pub fn model_resolver(mut self, f: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        Arc::make_mut(&mut self.config).resolver = Some(crate::facts::ModelResolver::new(f));
         self
     }
 }
@@ -365,7 +391,8 @@ where
                 Ok(r) => r,
                 Err(res) => return Ok(res),
             };
-        let gemini = match to_gemini_request(&req, &self.config.options) {
+        let options = self.config.options_for(&req.model);
+        let gemini = match to_gemini_request(&req, &options) {
             Ok(g) => g,
             Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
         };

@@ -60,6 +60,7 @@ impl Default for ReasoningBudgets {
 pub struct TranslateOptions {
     pub(crate) budgets: ReasoningBudgets,
     pub(crate) signature_in_id: bool,
+    pub(crate) served_model: Option<String>,
 }
 
 impl Default for TranslateOptions {
@@ -67,6 +68,7 @@ impl Default for TranslateOptions {
         Self {
             budgets: ReasoningBudgets::default(),
             signature_in_id: true,
+            served_model: None,
         }
     }
 }
@@ -92,6 +94,19 @@ impl TranslateOptions {
         self.signature_in_id = yes;
         self
     }
+
+    /// The model that will serve the request when it differs from the name the client sent
+    /// (an alias a layer below resolves): thinking levels and budgets, thought-signature rules
+    /// and tool mixes follow it, while the request keeps the client's name.
+    pub fn served_by(mut self, model: impl Into<String>) -> Self {
+        self.served_model = Some(model.into());
+        self
+    }
+
+    /// The model that decides the per-model parts of a translation of a request for `model`.
+    pub(crate) fn served<'a>(&'a self, model: &'a str) -> &'a str {
+        self.served_model.as_deref().unwrap_or(model)
+    }
 }
 
 // === Translation ===
@@ -111,7 +126,8 @@ pub fn to_gemini_request(
         return Err(ApiError::bad_request("`messages` must not be empty"));
     }
     let mut out = GenerateContentRequest::default();
-    let (system, contents) = convert_messages(&req.messages, model)?;
+    let served = options.served(model);
+    let (system, contents) = convert_messages(&req.messages, served)?;
     if contents.is_empty() {
         return Err(ApiError::bad_request(
             "`messages` needs at least one user or assistant message besides system messages",
@@ -140,7 +156,7 @@ pub fn to_gemini_request(
     {
         out.tool_config = Some(tool_config(choice, req.tools.as_deref().unwrap_or(&[]))?);
     }
-    let config = generation_config(req, model, options)?;
+    let config = generation_config(req, served, options)?;
     if config != GenerationConfig::default() {
         out.generation_config = Some(config);
     }
@@ -155,7 +171,7 @@ fn convert_messages(
     let mut contents: Vec<Content> = Vec::new();
     // Tool call id → function name, for `tool` messages.
     let mut call_names: HashMap<&str, &str> = HashMap::new();
-    let needs_signatures = model.starts_with("gemini-3");
+    let needs_signatures = crate::gemini::is_gemini_3(model);
     for (i, m) in messages.iter().enumerate() {
         let (role, parts) = match m.role.as_str() {
             "system" | "developer" => {

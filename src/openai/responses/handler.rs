@@ -122,7 +122,8 @@ where
             Ok(new) => items.extend(new),
             Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
         }
-        let (gemini, tools) = match to_gemini(&req, &items, first_new, &self.config.options) {
+        let options = self.config.options_for(&req.model);
+        let (gemini, tools) = match to_gemini(&req, &items, first_new, &options) {
             Ok(g) => g,
             Err(e) => return Ok(e.into_response(Dialect::OpenAi)),
         };

@@ -98,8 +98,8 @@ pub(crate) fn to_gemini(
     chat.messages.extend(messages_of(items, first_new)?);
     let (tools, search, map) = tools_of(req.tools.as_deref().unwrap_or_default())?;
     // Gemini before 3 refuses Google Search beside function declarations: the functions win.
-    let model = crate::gemini::strip_models_prefix(req.model.trim());
-    let search = search && (tools.is_empty() || model.starts_with("gemini-3"));
+    let model = options.served(crate::gemini::strip_models_prefix(req.model.trim()));
+    let search = search && (tools.is_empty() || crate::gemini::is_gemini_3(model));
     if !tools.is_empty() {
         chat.tools = Some(tools);
         chat.tool_choice = req.tool_choice.clone().and_then(tool_choice);

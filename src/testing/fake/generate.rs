@@ -281,6 +281,42 @@ pub(super) async fn generate(
     emit(state, &kill, candidates, mode, steps).await
 }
 
+/// What Google refuses in a generation config or tool list for a model, as it answers: a
+/// thinking budget of 0 on a model that only works in thinking mode (2.5 Pro), a budget and a
+/// level together, and (before Gemini 3) Google Search beside function declarations.
+pub(super) fn config_check(model: &str, req: &Value) -> Option<Response<Body>> {
+    let thinking = &req["generationConfig"]["thinkingConfig"];
+    if model.starts_with("gemini-2.5-pro") && thinking["thinkingBudget"].as_i64() == Some(0) {
+        return Some(error(
+            400,
+            "Budget 0 is invalid. This model only works in thinking mode.",
+        ));
+    }
+    if thinking.get("thinkingBudget").is_some() && thinking.get("thinkingLevel").is_some() {
+        return Some(error(
+            400,
+            "You can only set either thinking budget or thinking level.",
+        ));
+    }
+    let tools = req["tools"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let functions = tools.iter().any(|t| {
+        t.get("functionDeclarations")
+            .and_then(Value::as_array)
+            .is_some_and(|d| !d.is_empty())
+    });
+    let search = tools.iter().any(|t| t.get("googleSearch").is_some());
+    if functions && search && !model.starts_with("gemini-3") {
+        return Some(error(
+            400,
+            "Tool use with function calling is unsupported for this model together with Google Search.",
+        ));
+    }
+    None
+}
+
 /// Gemini 3's check of the history's thought signatures: in every model turn with function
 /// calls, the first call must carry a signature, and every signature must be one the model
 /// issued (or Google's documented placeholder for history it did not produce). Google answers

@@ -138,6 +138,7 @@ async fn answer(
             }
             if matches!(m, GMethod::GenerateContent | GMethod::StreamGenerateContent)
                 && let Some(res) = super::generate::signature_check(&path.model, &request)
+                    .or_else(|| super::generate::config_check(&path.model, &request))
             {
                 return res;
             }
