@@ -875,3 +875,45 @@ async fn a_codex_shaped_conversation_is_served() {
         "The exec_command tool returned {\"result\":\"a.txt\\nb.txt\"}."
     );
 }
+
+#[tokio::test]
+async fn a_conversation_over_the_store_cap_is_answered_but_not_kept() {
+    use tower::ServiceBuilder;
+    use tower_gemini::key_rotation::KeyRotationLayer;
+    use tower_gemini::openai::OpenAiToGeminiLayer;
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(OpenAiToGeminiLayer::new().max_stored_response_bytes(4096))
+        .layer(KeyRotationLayer::round_robin([KEY]).unwrap())
+        .service(UpstreamClient::new(fake.url()).unwrap());
+    let post = |input: String| {
+        Request::post("/v1/responses")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"model": MODEL, "input": input}).to_string(),
+            ))
+            .unwrap()
+    };
+    let get = |id: &str| {
+        Request::get(format!("/v1/responses/{id}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut ids = Vec::new();
+    for input in ["A short question.".to_owned(), "long ".repeat(2000)] {
+        let res = svc.clone().oneshot(post(input)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = collect_limited(res.into_body(), 1 << 24).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "completed", "answered either way: {v}");
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let kept = svc.clone().oneshot(get(&ids[0])).await.unwrap();
+    assert_eq!(kept.status(), StatusCode::OK, "the small one is kept");
+    let dropped = svc.clone().oneshot(get(&ids[1])).await.unwrap();
+    assert_eq!(
+        dropped.status(),
+        StatusCode::NOT_FOUND,
+        "10 KB over a 4 KiB cap"
+    );
+}

@@ -96,6 +96,7 @@ impl OpenAiToGeminiLayer {
                 responses: super::responses::Keeping {
                     store: Arc::new(super::responses::MemoryResponseStore::new()),
                     ttl: super::responses::DEFAULT_RESPONSE_TTL,
+                    max_bytes: super::responses::DEFAULT_MAX_STORED_RESPONSE_BYTES,
                 },
                 resolver: None,
             }),
@@ -153,6 +154,16 @@ impl OpenAiToGeminiLayer {
     /// [`DEFAULT_RESPONSE_TTL`](super::responses::DEFAULT_RESPONSE_TTL)).
     pub fn response_ttl(mut self, ttl: std::time::Duration) -> Self {
         Arc::make_mut(&mut self.config).responses.ttl = ttl;
+        self
+    }
+
+    /// The largest conversation one stored response keeps (its history and answer as JSON;
+    /// default 32 MiB,
+    /// [`DEFAULT_MAX_STORED_RESPONSE_BYTES`](super::responses::DEFAULT_MAX_STORED_RESPONSE_BYTES)).
+    /// A larger one is answered but not stored (a warning says so): a client continues it by
+    /// sending the history itself.
+    pub fn max_stored_response_bytes(mut self, max: usize) -> Self {
+        Arc::make_mut(&mut self.config).responses.max_bytes = max;
         self
     }
 

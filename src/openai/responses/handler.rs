@@ -35,6 +35,8 @@ use crate::sse::{SseError, SseStream};
 pub(crate) struct Keeping {
     pub(crate) store: Arc<dyn ResponseStore>,
     pub(crate) ttl: Duration,
+    /// The largest conversation (history and answer, as JSON) one stored response keeps.
+    pub(crate) max_bytes: usize,
 }
 
 /// Who may reach a stored response: the client's identity id (empty when no auth layer ran).
@@ -76,8 +78,24 @@ impl Saver {
             input: self.input,
             response,
         };
-        let store = self.keeping.store;
-        async move { store.put(entry).await }
+        // Each stored response holds its whole conversation; a cap keeps a long chain of
+        // large turns from filling the shared store.
+        let size = serde_json::to_vec(&entry.input).map_or(usize::MAX, |v| v.len())
+            + entry.response.to_string().len();
+        let store = (size <= self.keeping.max_bytes).then_some(self.keeping.store);
+        if store.is_none() {
+            tracing::warn!(
+                response = %entry.id,
+                bytes = size,
+                max = self.keeping.max_bytes,
+                "response not stored: its conversation is over the cap; it cannot be continued by previous_response_id"
+            );
+        }
+        async move {
+            if let Some(store) = store {
+                store.put(entry).await;
+            }
+        }
     }
 }
 

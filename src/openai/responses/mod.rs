@@ -102,6 +102,10 @@ pub use store::{
 };
 pub use types::CreateResponse;
 
+/// The largest conversation (history and answer, as JSON) one stored response keeps by
+/// default: 32 MiB.
+pub const DEFAULT_MAX_STORED_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
 /// How long a stored response is kept by default: 30 days, as on OpenAI.
 pub const DEFAULT_RESPONSE_TTL: std::time::Duration =
     std::time::Duration::from_secs(30 * 24 * 3600);

@@ -18,8 +18,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct StoredResponse {
     /// The response id (`resp_…`).
     pub id: String,
-    /// The id of the client that created it ([`Identity::id`](crate::facts::Identity::id));
-    /// no other client reaches it.
+    /// Who created it ([`Identity::subject`](crate::facts::Identity::subject)); no other
+    /// client reaches it.
     pub owner: String,
     /// The model it was asked of.
     pub model: String,
