@@ -1015,3 +1015,31 @@ async fn per_model_choices_follow_the_model_an_alias_is_served_by() {
             .any(|t| t.get("functionDeclarations").is_some())
     );
 }
+
+#[tokio::test]
+async fn a_prompt_over_the_window_is_anthropics_prompt_is_too_long() {
+    // Claude Code compacts its history when it reads this wording.
+    let (fake, proxy) = setup(&[]).await;
+    fake.push_fault(tower_gemini::testing::Fault::HttpError {
+        status: 400,
+        message: "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).".into(),
+    });
+    let (status, _, text) = post(
+        &proxy,
+        "/v1/messages",
+        &proxy.token,
+        json!({"model": MODEL, "max_tokens": 64,
+               "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("prompt is too long: 1200000 tokens > 1048576 maximum"),
+        "{v}"
+    );
+}

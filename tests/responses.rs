@@ -917,3 +917,23 @@ async fn a_conversation_over_the_store_cap_is_answered_but_not_kept() {
         "10 KB over a 4 KiB cap"
     );
 }
+
+#[tokio::test]
+async fn a_prompt_over_the_window_is_context_length_exceeded() {
+    let (fake, proxy) = setup(&[KEY], &[]).await;
+    fake.push_fault(Fault::HttpError {
+        status: 400,
+        message: "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).".into(),
+    });
+    let (status, body) = raw(
+        &proxy,
+        "POST",
+        "/v1/responses",
+        &proxy.token,
+        Some(json!({"model": MODEL, "input": "hello"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+}

@@ -253,6 +253,10 @@ pub(crate) fn translate_error(
         } else {
             message
         };
+        // Claude Code compacts its history on Anthropic's wording of this refusal.
+        if let Some((tokens, max)) = crate::translate::context_overflow(err.message()) {
+            message = format!("prompt is too long: {tokens} tokens > {max} maximum ({message})");
+        }
         if status == StatusCode::NOT_FOUND
             && !requested_model.is_empty()
             && err

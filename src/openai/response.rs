@@ -400,6 +400,9 @@ pub(crate) fn translate_error(status: StatusCode, body: &[u8]) -> (Value, Option
         };
         let code = match (status.as_u16(), err.status()) {
             (429, _) => "rate_limit_exceeded".to_owned(),
+            _ if crate::translate::context_overflow(err.message()).is_some() => {
+                "context_length_exceeded".to_owned()
+            }
             (404, _) if err.message().contains("models/") => "model_not_found".to_owned(),
             _ if err.is_api_key_invalid() => "invalid_api_key".to_owned(),
             (_, "") => status.as_u16().to_string(),

@@ -57,6 +57,24 @@ pub(crate) fn unfinished(reason: &crate::gemini::FinishReason) -> Option<ApiErro
     )))
 }
 
+/// The token counts of Gemini's refusal of a prompt longer than the model's window ("The input
+/// token count (1200000) exceeds the maximum number of tokens allowed (1048576)."): `(tokens,
+/// maximum)`. The fronts answer it in the words their clients act on (OpenAI's
+/// `context_length_exceeded`, Anthropic's "prompt is too long"), which agents read to compact
+/// their history.
+pub(crate) fn context_overflow(message: &str) -> Option<(u64, u64)> {
+    let lower = message.to_ascii_lowercase();
+    if !(lower.contains("input token count") && lower.contains("exceeds")) {
+        return None;
+    }
+    let mut numbers = message
+        .split(['(', ')'])
+        .skip(1)
+        .step_by(2)
+        .filter_map(|n| n.trim().parse::<u64>().ok());
+    Some((numbers.next()?, numbers.next()?))
+}
+
 /// 24 hex digits that differ on every call (a random per-process seed and a counter).
 pub(crate) fn unique_hex() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -120,4 +138,22 @@ fn fence(lang: &str, body: &str, at_line_start: bool) -> String {
     let lead = if at_line_start { "" } else { "\n" };
     let nl = if body.ends_with('\n') { "" } else { "\n" };
     format!("{lead}```{lang}\n{body}{nl}```\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_context_overflow_is_read_from_geminis_message() {
+        let m = "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).";
+        assert_eq!(super::context_overflow(m), Some((1_200_000, 1_048_576)));
+        assert_eq!(
+            super::context_overflow("Request contains an invalid argument."),
+            None
+        );
+        assert_eq!(
+            super::context_overflow("The input token count exceeds the maximum"),
+            None,
+            "no numbers, no claim"
+        );
+    }
 }

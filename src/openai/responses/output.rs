@@ -672,7 +672,14 @@ impl ResponseBuilder {
                     .filter(|s| s.is_client_error() || s.is_server_error())
                     .unwrap_or(StatusCode::BAD_GATEWAY);
                 let message = crate::secret::scrub(g.message()).into_owned();
-                let code = (!g.status().is_empty()).then(|| g.status().to_ascii_lowercase());
+                // The codes Codex acts on first (retry later, compact the history).
+                let code = if status == StatusCode::TOO_MANY_REQUESTS {
+                    Some("rate_limit_exceeded".to_owned())
+                } else if crate::translate::context_overflow(g.message()).is_some() {
+                    Some("context_length_exceeded".to_owned())
+                } else {
+                    (!g.status().is_empty()).then(|| g.status().to_ascii_lowercase())
+                };
                 (ApiError::new(status, message), code)
             }
             None => (
