@@ -147,6 +147,17 @@ impl MessageStreamTranslator {
             }
             return;
         }
+        // Content after unsigned calls: the calls came first in the answer, so they go out
+        // first (as a whole answer orders them), whether or not a signature follows.
+        let content = part.is_thought()
+            || part.text.as_deref().is_some_and(|t| !t.is_empty())
+            || part.executable_code.is_some()
+            || part.code_execution_result.is_some();
+        if content {
+            for (c, s) in pending.drain(..) {
+                self.tool_use(&c, s.as_deref(), out);
+            }
+        }
         if part.is_thought() {
             let text = part.text.as_deref().unwrap_or_default();
             if !matches!(self.open, Some(Open::Thinking { .. })) {

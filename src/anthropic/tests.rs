@@ -142,13 +142,23 @@ fn what_gemini_cannot_express_is_a_400_that_says_why() {
 
 #[test]
 fn tool_choice_and_web_search_map_to_geminis() {
-    let g = gemini(json!({"model": "gemini-2.5-flash",
-        "tools": [{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search_20250305", "name": "web_search"}],
+    let tools = json!([{"name": "f", "input_schema": {"type": "object"}}, {"type": "web_search_20250305", "name": "web_search"}]);
+    let g = gemini(json!({"model": "gemini-3-pro-preview", "tools": tools,
         "tool_choice": {"type": "none"},
         "messages": [{"role": "user", "content": "hi"}]}));
     assert_eq!(g["tools"][0]["functionDeclarations"][0]["name"], "f");
     assert_eq!(g["tools"][1], json!({"googleSearch": {}}));
     assert_eq!(g["toolConfig"]["functionCallingConfig"]["mode"], "NONE");
+    // Before Gemini 3, search beside function declarations is refused: the functions win.
+    let g = gemini(json!({"model": "gemini-2.5-flash", "tools": tools,
+        "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(g["tools"].as_array().unwrap().len(), 1, "{g}");
+    assert_eq!(g["tools"][0]["functionDeclarations"][0]["name"], "f");
+    // Search alone is kept on any model.
+    let g = gemini(json!({"model": "gemini-2.5-flash",
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        "messages": [{"role": "user", "content": "hi"}]}));
+    assert_eq!(g["tools"], json!([{"googleSearch": {}}]));
 }
 
 fn answer(v: Value) -> GenerateContentResponse {
@@ -288,6 +298,39 @@ fn a_signature_arriving_after_its_call_is_still_in_the_tool_use_id() {
     let stop = ev.iter().find(|(n, _)| n == "message_delta").unwrap();
     assert_eq!(stop.1["delta"]["stop_reason"], "tool_use");
     assert_eq!(ev.last().unwrap().0, "message_stop");
+}
+
+#[test]
+fn an_unsigned_call_goes_out_before_the_text_after_it_as_in_a_whole_answer() {
+    let ev = stream(
+        &[
+            chunk(json!([{"functionCall": {"name": "f", "args": {}}}]), None),
+            chunk(json!([{"text": "Looking it up."}]), Some("STOP")),
+        ],
+        true,
+    );
+    let kinds: Vec<&str> = ev
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["tool_use", "text"]);
+    let whole = to_message(
+        &answer(
+            json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "f", "args": {}}}, {"text": "Looking it up."}]},
+            "finishReason": "STOP"}]}),
+        ),
+        &MessageContext::new("m"),
+    )
+    .unwrap();
+    let whole: Vec<&str> = whole["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(whole, kinds, "streamed and whole answers agree");
 }
 
 #[test]
