@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -24,8 +24,9 @@ pub const DEFAULT_SQLITE_CAPACITY: usize = 100_000;
 
 /// Stored responses in a SQLite file (feature `sqlite`), at most `capacity` of them (the ones
 /// expiring first go first). A failing statement is logged; a read then answers a miss.
+#[derive(Clone)]
 pub struct ResponseSqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     capacity: usize,
 }
 
@@ -43,7 +44,7 @@ impl ResponseSqliteStore {
         let conn = crate::persist::sqlite::open(path.as_ref())?;
         conn.execute_batch(SCHEMA).map_err(Error::store)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             capacity: DEFAULT_SQLITE_CAPACITY,
         })
     }
@@ -113,19 +114,36 @@ fn warn(e: rusqlite::Error) {
     tracing::warn!(error = %e, "response store (SQLite) failed");
 }
 
-// A local file answers in well under a millisecond: the statements run in place.
+// A stored response may be megabytes of JSON: the statements run on the blocking pool, never
+// on a runtime worker.
+impl ResponseSqliteStore {
+    fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ResponseSqliteStore) -> T + Send + 'static,
+        fallback: T,
+    ) -> StoreFuture<'static, T> {
+        let store = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&store))
+                .await
+                .unwrap_or(fallback)
+        })
+    }
+}
+
 impl ResponseStore for ResponseSqliteStore {
     fn get<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<StoredResponse>> {
-        Box::pin(std::future::ready(self.get_now(id)))
+        let id = id.to_owned();
+        self.off_runtime(move |s| s.get_now(&id), None)
     }
 
     fn put(&self, entry: StoredResponse) -> StoreFuture<'_, ()> {
-        self.put_now(&entry);
-        Box::pin(std::future::ready(()))
+        self.off_runtime(move |s| s.put_now(&entry), ())
     }
 
     fn remove<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(std::future::ready(self.remove_now(id)))
+        let id = id.to_owned();
+        self.off_runtime(move |s| s.remove_now(&id), false)
     }
 }
 
