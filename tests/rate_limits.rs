@@ -188,3 +188,48 @@ async fn clients_whose_tokens_mask_alike_have_their_own_limits() {
     let res = send(&proxy, generate("gemini-2.5-flash", "team-beta-2024")).await;
     assert_eq!(res.status(), StatusCode::OK, "beta has a limit of its own");
 }
+
+/// Instances whose token lists differ in order (a rolling change of `ALLOWED_TOKENS`) still
+/// keep one quota per token: buckets follow the token, not its display id (`…`, `…#2`).
+#[tokio::test]
+async fn a_token_has_one_shared_quota_whatever_the_order_of_tokens_on_each_instance() {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("skipping: no redis at REDIS_URL (unset)");
+        return;
+    };
+    let fake = FakeGemini::start([KEY]).await.unwrap();
+    let upstream = fake.url();
+    let prefix = format!("tower-gemini-test-{}", uuid_like());
+    let instance = |tokens: &'static str| {
+        let (upstream, url, prefix) = (upstream.clone(), url.clone(), prefix.clone());
+        async move {
+            Proxy::start(&[
+                ("GEMINI_API_KEYS", KEY),
+                ("UPSTREAM_URL", upstream.as_str()),
+                ("ALLOWED_TOKENS", tokens),
+                ("MAX_REQUESTS_PER_MINUTE", "4"),
+                ("REDIS_URL", url.as_str()),
+                ("REDIS_KEY_PREFIX", prefix.as_str()),
+            ])
+            .await
+        }
+    };
+    let a = instance("ann-1,bob-2").await;
+    let b = instance("bob-2,ann-1").await;
+    let mut allowed = 0;
+    for i in 0..8 {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        match send(proxy, generate("gemini-2.5-flash", "ann-1"))
+            .await
+            .status()
+        {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(allowed, 4, "one quota for ann on both instances");
+    // Bob's own quota is untouched by ann's.
+    let res = send(&b, generate("gemini-2.5-flash", "bob-2")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+}

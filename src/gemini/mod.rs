@@ -151,5 +151,6 @@ pub use response::{
     BlockReason, Candidate, FinishReason, GenerateContentResponse, GroundingChunk,
     GroundingMetadata, ModalityTokenCount, PromptFeedback, SafetyRating, UsageMetadata, WebSource,
 };
+#[cfg(any(feature = "openai", feature = "anthropic"))]
 pub(crate) use thinking::is_gemini_3;
 pub use thinking::{ThinkingKind, ThinkingLevel};

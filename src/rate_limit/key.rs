@@ -143,7 +143,8 @@ impl Subject {
         let client = req
             .extensions()
             .get::<Identity>()
-            .map(|i| i.id().to_owned());
+            // The subject, not the display id: one token is one bucket on every instance.
+            .map(|i| i.subject().to_owned());
         // The Gemini call as the layers above resolved it (an alias already renamed).
         let (model, method) = match crate::facts::gemini_call(req) {
             Some(p) if !p.model.is_empty() => (

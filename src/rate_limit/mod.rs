@@ -6,7 +6,7 @@
 //! | constructor | one bucket per |
 //! |---|---|
 //! | [`Rule::global`] | gateway |
-//! | [`Rule::per_client`] | authenticated client ([`Identity::id`](crate::facts::Identity::id), from `BearerAuth`) |
+//! | [`Rule::per_client`] | authenticated client ([`Identity::subject`](crate::facts::Identity::subject), from `BearerAuth`: one bucket per token on every instance) |
 //! | [`Rule::per_ip`] | client IP ([`ClientAddr`] / `SocketAddr` extension, or a trusted forwarding header) |
 //! | [`Rule::per_model`]`("m")` | model `m` (requests for other models are not counted) |
 //! | [`Rule::per_each_model`] | model named in the Gemini path |
