@@ -514,3 +514,45 @@ async fn the_request_policy_resolves_aliases_and_refuses_models_for_live_session
     assert!(close.reason.contains("not allowed"), "{close:?}");
     assert_eq!(live_keys(&fake).len(), before, "no upstream session");
 }
+
+#[tokio::test]
+async fn sessions_and_their_turns_count_against_the_clients_rate_limit() {
+    let fake = FakeGemini::start(KEYS).await.unwrap();
+    let url = fake.url();
+    let keys = KEYS.join(",");
+    let proxy = Proxy::start(&[
+        ("GEMINI_API_KEYS", keys.as_str()),
+        ("UPSTREAM_URL", url.as_str()),
+        ("MAX_REQUESTS_PER_MINUTE", "2"),
+    ])
+    .await;
+    // The opening is one request and the first turn another: both within the limit.
+    let mut ws = open(&proxy).await;
+    let (text, _) = text_turn(&mut ws, "Tell me about rivers").await;
+    assert!(!text.is_empty());
+    // The second turn is answered, then the session ends: the client is over its limit.
+    let (text, _) = text_turn(&mut ws, "And lakes?").await;
+    assert!(!text.is_empty(), "the turn that went over is still relayed");
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Again, "{close:?}");
+    assert!(close.reason.contains("rate limit"), "{close:?}");
+    // A new session is refused at its opening, before any upstream connection.
+    let handshakes = live_keys(&fake).len();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(CLIENT)))
+        .await
+        .unwrap();
+    let setup = json!({"setup": {"model": format!("models/{MODEL}")}});
+    ws.send(Message::text(setup.to_string())).await.unwrap();
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Again, "{close:?}");
+    assert_eq!(live_keys(&fake).len(), handshakes, "no upstream session");
+    // The REST routes share the same quota: this client is out for the minute there too.
+    let req = http::Request::post(format!("/v1beta/models/{MODEL}:generateContent"))
+        .header("x-goog-api-key", CLIENT)
+        .body(tower_gemini::Body::from(
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).to_string(),
+        ))
+        .unwrap();
+    let (status, _) = status_and_text(send(&proxy, req).await).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}

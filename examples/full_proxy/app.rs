@@ -170,6 +170,8 @@ impl App {
         admin::restore_policy(&mut policy, &saved.settings);
         let policy_handle = PolicyHandle::new(&policy.layer());
         // The Live API: same upstream, keys, tokens and usage sinks as the REST routes.
+        // One set of quotas (one store) for the REST routes and the Live sessions.
+        let limits = rate_limits(&config)?;
         let mut live = LiveProxy::builder(upstream_url.clone(), pool.clone())
             .token_store(tokens.clone())
             .client_key_passthrough(config.client_key_passthrough)
@@ -186,6 +188,9 @@ impl App {
             );
         if let Some(pem) = &config.upstream_ca_pem {
             live = live.add_root_certificates_pem(pem.clone());
+        }
+        if let Some(limits) = &limits {
+            live = live.quota(live_quota(limits.clone()));
         }
         let live = live.build().map_err(|e| e.to_string())?;
         {
@@ -254,7 +259,7 @@ impl App {
         builder = builder.affinity(
             AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
         );
-        if let Some(limits) = rate_limits(&config)? {
+        if let Some(limits) = limits {
             builder = builder.rate_limit(limits);
         }
         let gateway = builder.build(client);
@@ -328,6 +333,71 @@ fn policy_model(
             rule.request(&mut call)?;
         }
         Ok(call.model().to_owned())
+    }
+}
+
+/// The gateway's rate limits on Live sessions: the opening and each turn go through the same
+/// `RateLimitLayer` as a REST call for the session's model would (per client, per IP, per
+/// model), a turn with its `usageMetadata` as the answer so its tokens are charged.
+fn live_quota(
+    limits: RateLimitLayer,
+) -> impl Fn(
+    tower_gemini::live::QuotaCheck,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tower_gemini::ApiError>> + Send>,
+> + Send
++ Sync
++ 'static {
+    use tower::{Layer, ServiceExt};
+    move |check: tower_gemini::live::QuotaCheck| {
+        let answer = check.usage.clone().unwrap_or_else(|| "{}".into());
+        let svc = limits.layer(tower::service_fn(
+            move |_req: http::Request<tower_gemini::Body>| {
+                let answer = answer.clone();
+                async move {
+                    let mut res = http::Response::new(tower_gemini::Body::from(answer));
+                    res.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            },
+        ));
+        let mut req = http::Request::new(tower_gemini::Body::empty());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = format!("/v1beta/models/{}:generateContent", check.model)
+            .parse()
+            .unwrap_or_else(|_| http::Uri::from_static("/v1beta/models/live:generateContent"));
+        if let Some(client) = check.client {
+            req.extensions_mut().insert(client);
+        }
+        if let Some(addr) = check.addr {
+            req.extensions_mut().insert(ClientAddr(addr));
+        }
+        Box::pin(async move {
+            let Ok(res) = svc.oneshot(req).await;
+            if res.status() != http::StatusCode::TOO_MANY_REQUESTS {
+                return Ok(());
+            }
+            let retry = res
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1);
+            let body = tower_gemini::body::collect_limited(res.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "rate limit exceeded".to_owned());
+            Err(tower_gemini::ApiError::too_many_requests(
+                message,
+                std::time::Duration::from_secs(retry),
+            ))
+        })
     }
 }
 

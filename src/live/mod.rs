@@ -38,7 +38,10 @@
 //!   refused (close `1008` saying why, no upstream connection) or renamed (an alias; the
 //!   `setup` sent upstream names the real model).
 //!
-//! Rate limits and stream resume do not apply to sessions.
+//! - **Quotas** ([`LiveProxyBuilder::quota`]): a session may be refused at its opening and
+//!   closed after a turn (`1013`, saying why) by the gateway's limits.
+//!
+//! Stream resume does not apply to sessions.
 //!
 //! # Example
 //! ```
@@ -75,4 +78,6 @@ mod proxy;
 mod session;
 mod upstream;
 
-pub use proxy::{LIVE_PATHS, LiveProxy, LiveProxyBuilder, ModelPolicy, is_live_path};
+pub use proxy::{
+    LIVE_PATHS, LiveProxy, LiveProxyBuilder, ModelPolicy, QuotaCheck, QuotaPolicy, is_live_path,
+};

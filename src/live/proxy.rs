@@ -48,7 +48,35 @@ pub struct LiveProxyBuilder {
     extra_roots_pem: Vec<Vec<u8>>,
     client_key_passthrough: bool,
     model_policy: Option<ModelPolicy>,
+    quota: Option<QuotaPolicy>,
 }
+
+/// What a [`LiveProxyBuilder::quota`] check is asked about: a session about to open
+/// (`usage: None`) or one of its turns just answered (`usage`: the server's `usageMetadata`
+/// message).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct QuotaCheck {
+    /// The client, when a token store authenticated it.
+    pub client: Option<Identity>,
+    /// The client's address, when the server put a [`ClientAddr`](crate::facts::ClientAddr)
+    /// in the handshake's extensions.
+    pub addr: Option<std::net::SocketAddr>,
+    /// The session's model (after the [model policy](LiveProxyBuilder::model_policy)).
+    pub model: String,
+    /// The turn's `usageMetadata` message, to charge its tokens; `None` at the opening.
+    pub usage: Option<bytes::Bytes>,
+}
+
+/// Checks a [`QuotaCheck`]: `Err` refuses the opening or ends the session after the turn.
+pub type QuotaPolicy = Arc<
+    dyn Fn(
+            QuotaCheck,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Decides a session's model from the one its `setup` names: the model to use (renamed, for
 /// an alias) or the refusal to close the session with.
@@ -67,6 +95,7 @@ impl fmt::Debug for LiveProxyBuilder {
             .field("extra_roots", &self.extra_roots_pem.len())
             .field("client_key_passthrough", &self.client_key_passthrough)
             .field("model_policy", &self.model_policy.is_some())
+            .field("quota", &self.quota.is_some())
             .finish()
     }
 }
@@ -130,6 +159,20 @@ impl LiveProxyBuilder {
         self
     }
 
+    /// Puts sessions under the gateway's quotas (default: none): `f` is asked before a session
+    /// opens (a refusal closes it with `1013` and the reason, before any upstream connection)
+    /// and after each turn with the turn's `usageMetadata` (a refusal closes the session with
+    /// `1013` once that turn has been relayed). full_proxy runs its rate limits here: opening
+    /// a session and each turn count as a request, and a turn's tokens as tokens.
+    pub fn quota<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(QuotaCheck) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
+    {
+        self.quota = Some(Arc::new(move |q| Box::pin(f(q))));
+        self
+    }
+
     /// Trusts the certificates of a PEM bundle for a `wss://` upstream, beside the webpki
     /// roots: a private CA, or an egress proxy that inspects TLS. The same bundle as
     /// [`UpstreamClientBuilder::add_root_certificates_pem`](crate::client::UpstreamClientBuilder::add_root_certificates_pem)'s
@@ -152,6 +195,7 @@ impl LiveProxyBuilder {
                 tokens: self.tokens,
                 client_key_passthrough: self.client_key_passthrough,
                 model_policy: self.model_policy,
+                quota: self.quota,
                 usage: self.usage,
                 setup_timeout: self.setup_timeout,
                 max_message_bytes: self.max_message_bytes,
@@ -175,6 +219,7 @@ pub(super) struct Inner {
     tokens: Option<Arc<dyn TokenStore>>,
     client_key_passthrough: bool,
     pub(super) model_policy: Option<ModelPolicy>,
+    pub(super) quota: Option<QuotaPolicy>,
     pub(super) usage: Option<UsageLayer>,
     pub(super) setup_timeout: Duration,
     pub(super) max_message_bytes: usize,
@@ -209,6 +254,7 @@ impl LiveProxy {
             extra_roots_pem: Vec::new(),
             client_key_passthrough: false,
             model_policy: None,
+            quota: None,
         }
     }
 
@@ -276,7 +322,13 @@ impl LiveProxy {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let addr = req
+            .extensions()
+            .get::<crate::facts::ClientAddr>()
+            .map(|a| a.0)
+            .or_else(|| req.extensions().get::<std::net::SocketAddr>().copied());
         let session = Session {
+            addr,
             proxy: self.inner.clone(),
             path: req.uri().path().to_owned(),
             request_id,

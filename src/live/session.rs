@@ -37,6 +37,8 @@ pub(super) struct Session {
     pub(super) client: Option<Identity>,
     /// Own-key mode: the client's own Gemini key serves the session instead of a pool key.
     pub(super) own_key: Option<ClientKey>,
+    /// The client's address, for per-IP quotas.
+    pub(super) addr: Option<std::net::SocketAddr>,
 }
 
 /// The key a session runs on: a lease from the pool, or the client's own.
@@ -157,6 +159,10 @@ impl Session {
             },
         };
         tracing::Span::current().record("gemini.model", model.as_str());
+        if let Err(e) = self.check_quota(&model, None).await {
+            tracing::info!(reason = e.message(), "Live session refused by a quota");
+            return close(&mut client, CloseCode::Again, e.message()).await;
+        }
 
         let opened = match self.own_key.clone() {
             Some(own) => self.connect_own(&mut client, own).await,
@@ -366,13 +372,22 @@ impl Session {
                         Some(Ok(Message::Frame(_))) => {}
                         Some(Ok(m)) => {
                             down += 1;
+                            let mut over_quota = None;
                             if let Message::Text(_) | Message::Binary(_) = &m {
                                 answered = true;
-                                self.count_usage(payload(&m), model, key_id.as_deref(), turn_started);
+                                if self.count_usage(payload(&m), model, key_id.as_deref(), turn_started) {
+                                    let usage = bytes::Bytes::copy_from_slice(payload(&m));
+                                    over_quota = self.check_quota(model, Some(usage)).await.err();
+                                }
                             }
                             if c_tx.send(m).await.is_err() {
                                 let _ = u_tx.send(close_msg(CloseCode::Away, "the client went away")).await;
                                 break "client gone";
+                            }
+                            if let Some(e) = over_quota {
+                                let _ = c_tx.send(close_msg(CloseCode::Again, e.message())).await;
+                                let _ = u_tx.send(close_msg(CloseCode::Away, "the client went away")).await;
+                                break "over quota";
                             }
                         }
                         Some(Err(_)) | None => {
@@ -434,23 +449,24 @@ impl Session {
     }
 
     /// Records one usage record for a server message that carries `usageMetadata`.
+    /// Records the turn's usage when `payload` carries `usageMetadata`; returns whether it did.
     fn count_usage(
         &self,
         payload: &[u8],
         model: &str,
         key_id: Option<&str>,
         turn_started: Instant,
-    ) {
-        let Some(usage) = &self.proxy.usage else {
-            return;
-        };
+    ) -> bool {
         if memchr::memmem::find(payload, b"usageMetadata").is_none() {
-            return;
+            return false;
         }
         let mut scanner = TokenScanner::new();
         scanner.feed(payload);
         let Some(tokens) = scanner.tokens() else {
-            return;
+            return false;
+        };
+        let Some(usage) = &self.proxy.usage else {
+            return true;
         };
         let mut record = UsageRecord::new(ROUTE, model)
             .with_status(200)
@@ -466,6 +482,25 @@ impl Session {
         record.latency = turn_started.elapsed();
         record.duration = record.latency;
         usage.record(&record);
+        true
+    }
+
+    /// Asks the proxy's quota, if any, about the opening (`usage: None`) or a turn.
+    async fn check_quota(
+        &self,
+        model: &str,
+        usage: Option<bytes::Bytes>,
+    ) -> Result<(), crate::error::ApiError> {
+        let Some(quota) = &self.proxy.quota else {
+            return Ok(());
+        };
+        quota(super::proxy::QuotaCheck {
+            client: self.client.clone(),
+            addr: self.addr,
+            model: model.to_owned(),
+            usage,
+        })
+        .await
     }
 }
 
