@@ -1,16 +1,11 @@
 //! `OpenAiToGeminiLayer`, the `OpenAiToGemini` service and its response future.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_core::TryFuture;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use pin_project_lite::pin_project;
 use serde::de::DeserializeOwned;
 use tower::{Layer, Service, ServiceExt};
 
@@ -291,11 +286,7 @@ where
             !matches!(r, Route::Models | Route::Model(_)) || Dialect::of(&req) == Dialect::OpenAi
         });
         let Some(route) = route else {
-            return ResponseFuture {
-                kind: Kind::Passthrough {
-                    future: self.inner.call(req.map(Body::new)),
-                },
-            };
+            return ResponseFuture::passthrough(self.inner.call(req.map(Body::new)));
         };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -337,9 +328,7 @@ where
             },
             span,
         ));
-        ResponseFuture {
-            kind: Kind::Translate { future },
-        }
+        ResponseFuture::translate(future)
     }
 }
 
@@ -689,49 +678,4 @@ fn to_value<T: serde::Serialize>(v: &T) -> serde_json::Value {
 
 // === ResponseFuture ===
 
-pin_project! {
-    /// The response future of [`OpenAiToGemini`]: the inner future unchanged for routes the
-    /// layer does not own, a translation otherwise.
-    pub struct ResponseFuture<F>
-    where
-        F: TryFuture,
-    {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-type Translation<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F>
-    where
-        F: TryFuture,
-    {
-        Passthrough { #[pin] future: F },
-        Translate { future: Translation<F::Error> },
-    }
-}
-
-impl<F: TryFuture> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
-
-impl<F, ResBody, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    type Output = Result<Response<Body>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future } => future.poll(cx).map_ok(|r| r.map(Body::new)),
-            KindProj::Translate { future } => future.as_mut().poll(cx),
-        }
-    }
-}
+pub use crate::translate::future::ResponseFuture;

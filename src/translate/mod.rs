@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::ApiError;
 use crate::gemini::{CodeExecutionResult, ExecutableCode, strip_models_prefix};
 
+pub(crate) mod future;
 pub(crate) mod http;
 pub(crate) mod media;
 pub(crate) mod schema;
