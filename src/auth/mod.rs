@@ -53,6 +53,8 @@ pub use credentials::client_key_id;
 pub use future::ResponseFuture;
 pub use layer::BearerAuthLayer;
 pub use service::BearerAuth;
+#[cfg(feature = "live")]
+pub(crate) use service::{INVALID_TOKEN, MISSING_TOKEN, identify};
 pub use store::{MemoryTokenStore, TokenInfo, TokenStore, mint_token};
 
 #[cfg(test)]

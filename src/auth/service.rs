@@ -14,6 +14,35 @@ use crate::credential::strip as strip_credentials;
 use crate::error::{ApiError, Dialect};
 use crate::secret::ClientKey;
 
+/// The 401's message for a request without any client credential.
+pub(crate) const MISSING_TOKEN: &str = "missing client token: send `Authorization: Bearer <token>`, \
+     `x-goog-api-key: <token>`, `x-api-key: <token>` or `?key=<token>`";
+
+/// The 401's message for a credential that is no client's.
+pub(crate) const INVALID_TOKEN: &str = "invalid client token";
+
+/// Who presents `token`: a client of `store`, or in own-key mode (`passthrough`) the holder of
+/// that Gemini key (identified by [`client_key_id`], with the key to send upstream for it);
+/// `None` for an unknown token. The one decision for every route that authenticates (the
+/// REST routes' [`BearerAuth`] and the Live API's handshake).
+pub(crate) fn identify(
+    store: &dyn TokenStore,
+    token: &str,
+    passthrough: bool,
+) -> Option<(Identity, Option<ClientKey>)> {
+    match store.authenticate(token) {
+        Some(identity) => Some((identity, None)),
+        None if passthrough => {
+            let id = client_key_id(token);
+            Some((
+                Identity::new(id.as_str(), id.as_str(), false),
+                Some(ClientKey::new(token)),
+            ))
+        }
+        None => None,
+    }
+}
+
 /// Authenticates clients by token; see the [module docs](super).
 #[derive(Clone)]
 pub struct BearerAuth<S> {
@@ -69,18 +98,13 @@ where
             .map(|p| p.0.clone());
         let identity = match (credential(&req), pre) {
             (None, Some(identity)) => Ok(identity),
-            (None, None) => Err(ApiError::unauthorized(
-                "missing client token: send `Authorization: Bearer <token>`, \
-                 `x-goog-api-key: <token>`, `x-api-key: <token>` or `?key=<token>`",
-            )),
-            (Some((token, _)), _) => match self.store.authenticate(&token) {
-                Some(identity) => Ok(identity),
-                None if self.passthrough => {
-                    let id = client_key_id(&token);
-                    own_key = Some(ClientKey::new(token));
-                    Ok(Identity::new(id.as_str(), id.as_str(), false))
+            (None, None) => Err(ApiError::unauthorized(MISSING_TOKEN)),
+            (Some((token, _)), _) => match identify(&*self.store, &token, self.passthrough) {
+                Some((identity, own)) => {
+                    own_key = own;
+                    Ok(identity)
                 }
-                None => Err(ApiError::unauthorized("invalid client token")),
+                None => Err(ApiError::unauthorized(INVALID_TOKEN)),
             },
         };
         match identity {

@@ -20,7 +20,6 @@ use crate::credential::credential;
 use crate::error::{ApiError, Dialect, Error};
 use crate::facts::Identity;
 use crate::key_rotation::KeyPool;
-use crate::secret::ClientKey;
 use crate::usage::UsageLayer;
 
 /// The Live API's WebSocket paths (`v1beta`, `v1alpha`, and `v1`, which google-genai 3.x
@@ -279,21 +278,17 @@ impl LiveProxy {
         let client = match &self.inner.tokens {
             None => None,
             Some(store) => match credential(&req) {
-                None => {
-                    return refuse(ApiError::unauthorized(
-                        "missing client token: send `Authorization: Bearer <token>`, \
-                         `x-goog-api-key: <token>` or `?key=<token>`",
-                    ));
-                }
-                Some((token, _)) => match store.authenticate(&token) {
-                    Some(identity) => Some(identity),
-                    None if self.inner.client_key_passthrough => {
-                        let id = crate::auth::client_key_id(&token);
-                        own_key = Some(ClientKey::new(&token));
-                        Some(Identity::new(id.as_str(), id.as_str(), false))
+                None => return refuse(ApiError::unauthorized(crate::auth::MISSING_TOKEN)),
+                Some((token, _)) => {
+                    match crate::auth::identify(&**store, &token, self.inner.client_key_passthrough)
+                    {
+                        Some((identity, own)) => {
+                            own_key = own;
+                            Some(identity)
+                        }
+                        None => return refuse(ApiError::unauthorized(crate::auth::INVALID_TOKEN)),
                     }
-                    None => return refuse(ApiError::unauthorized("invalid client token")),
-                },
+                }
             },
         };
         let Some(accept) = websocket_accept(req.method(), req.headers()) else {
