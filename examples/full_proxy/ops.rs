@@ -96,6 +96,8 @@ pub struct Ops {
     pub started: Instant,
     /// The admin store and request log (for `/status` and `/metrics`).
     pub persist: Option<super::persist::Persist>,
+    /// The follower of the shared admin state (for `/status` and `/metrics`).
+    pub fleet: Option<Arc<super::fleet::Fleet>>,
 }
 
 impl Ops {
@@ -111,6 +113,7 @@ impl Ops {
             server,
             started: Instant::now(),
             persist: None,
+            fleet: None,
         }
     }
 }
@@ -142,6 +145,15 @@ async fn metrics(State(ops): State<Ops>) -> Response {
     if let Some(p) = &ops.persist {
         text.push_str(&p.metrics());
     }
+    if let Some(f) = &ops.fleet {
+        text.push_str(&f.metrics());
+    }
+    text.push_str(&format!(
+        "# HELP gemini_gateway_key_state_writes_dropped_total Key state changes not sent to the shared store because its queue was full (the whole state is resent once it keeps up).\n\
+         # TYPE gemini_gateway_key_state_writes_dropped_total counter\n\
+         gemini_gateway_key_state_writes_dropped_total {}\n",
+        ops.pool.store_writes_dropped()
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -176,6 +188,8 @@ async fn status(State(ops): State<Ops>) -> Response {
         "usable_keys": ops.pool.usable_count(),
         "total_keys": ops.pool.len(),
         "persistence": ops.persist.as_ref().map(|p| p.status()),
+        "fleet": ops.fleet.as_ref().map(|f| f.status()),
+        "key_state_writes_dropped": ops.pool.store_writes_dropped(),
     }))
     .into_response()
 }

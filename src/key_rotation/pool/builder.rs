@@ -175,6 +175,11 @@ impl KeyPoolBuilder {
                 pool.add_weighted(key, weight);
             }
         }
+        // With a store, its task starts now when there is a runtime (else with the first
+        // request), so the shared view is current before any request asks.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            pool.maybe_sync();
+        }
         Ok(pool)
     }
 }
