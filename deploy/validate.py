@@ -226,8 +226,11 @@ def consistency(docs: list[dict]) -> None:
         if name not in documented:
             error(f"gateway environment: {name} is not a variable in README.md's configuration table")
     for name in ("GEMINI_API_KEYS", "ALLOWED_TOKENS", "ADMIN_TOKEN", "REDIS_URL"):
-        if env.get(name) not in ("(secret)",):
+        if env.get(name) != "(secret)":
             error(f"gateway environment: {name} must come from the Secret")
+        for cm in configmaps.values():
+            if name in (cm.get("data") or {}):
+                error(f"ConfigMap/{cm['metadata']['name']}: {name} is a secret; keep it in the Secret only")
 
 
 def kustomization(manifests: list[Path]) -> None:
