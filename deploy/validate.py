@@ -68,7 +68,7 @@ def schema_check(label: str, docs: list[dict]) -> None:
                 continue
             except kv.SchemaNotFoundError:
                 error(f"{label}: {kind}/{name}: no schema for kind {kind} in "
-                      f"{doc.get('apiVersion')!r} (Kubernetes {v}): a typo, or an API this "
+                      f"{doc.get('apiVersion')!r} (Kubernetes {kv.major_minor(v)}): a typo, or an API this "
                       "version does not serve")
                 continue
             except (kv.VersionNotSupportedError, kv.InvalidSchemaError, KeyError, TypeError) as e:
