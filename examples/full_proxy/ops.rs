@@ -171,6 +171,19 @@ async fn stats(State(ops): State<Ops>) -> Response {
     if let Some(o) = stats.as_object_mut() {
         let models = o.get("models").cloned().unwrap_or_else(|| json!({}));
         o.insert("usage_stats".to_owned(), models);
+        // Rolling windows are kept in memory: what this instance served. A fleet's totals
+        // are the sum of every instance's `/metrics` (docs/scaling.md).
+        let shared = ops
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.status()["shared"] == true);
+        o.insert("scope".to_owned(), json!("instance"));
+        if shared {
+            o.insert(
+                "scope_note".to_owned(),
+                json!("these counts are this instance's; rate limits and quotas count across the fleet in Redis; sum /metrics over every instance for fleet totals"),
+            );
+        }
     }
     axum::Json(stats).into_response()
 }
