@@ -144,6 +144,9 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(feature = "accounts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "accounts")))]
+pub mod accounts;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
@@ -202,7 +205,7 @@ mod redis_util;
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
-#[cfg(any(feature = "testing", feature = "affinity"))]
+#[allow(dead_code)] // each function is used by some features only
 mod rfc3339;
 #[cfg(any(feature = "client", feature = "live"))]
 mod tls;

@@ -12,7 +12,8 @@ use crate::Error;
     feature = "key-rotation",
     feature = "persist",
     feature = "affinity",
-    feature = "openai"
+    feature = "openai",
+    feature = "accounts"
 ))]
 pub(crate) async fn connect(url: &str) -> Result<redis::aio::ConnectionManager, Error> {
     let client = redis::Client::open(url).map_err(Error::redis)?;

@@ -42,6 +42,8 @@ struct StoredToken {
     name: String,
     admin: bool,
     revoked: bool,
+    #[serde(default, skip_serializing_if = "crate::facts::Account::is_empty")]
+    account: crate::facts::Account,
 }
 
 impl AdminRedisStore {
@@ -143,6 +145,7 @@ impl AdminStore for AdminRedisStore {
                     name: t.name,
                     admin: t.admin,
                     digest,
+                    account: t.account,
                 };
                 if t.revoked {
                     state.revoked_tokens.push(record);
@@ -185,6 +188,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: false,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
@@ -195,6 +199,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: true,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
