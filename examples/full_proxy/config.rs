@@ -96,6 +96,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// `FLEET_SYNC_MS`: how often the shared admin state's version is checked.
     pub fleet_sync: Duration,
+    /// `TOKENS_FILE`: client tokens and their accounts, seeded from TOML.
+    pub tokens_file: Option<std::path::PathBuf>,
     // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
@@ -169,6 +171,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_fail_open", &self.rate_limit_fail_open)
             .field("redis_timeout", &self.redis_timeout)
             .field("fleet_sync", &self.fleet_sync)
+            .field("tokens_file", &self.tokens_file)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
             .field("client_key_passthrough", &self.client_key_passthrough)
@@ -231,7 +234,10 @@ impl Config {
             "redis_key_prefix": self.redis_prefix,
             "rate_limit_fail_open": self.rate_limit_fail_open,
             "redis_timeout_ms": self.redis_timeout.as_millis() as u64,
-            "fleet_sync_ms": self.fleet_sync.as_millis() as u64,
+            "fleet": {
+                "sync_ms": self.fleet_sync.as_millis() as u64,
+                "tokens_file": self.tokens_file.as_ref().map(|p| p.display().to_string()),
+            },
             "log_files": format!("{:?}", self.ops),
             "persistence": format!("{:?}", self.persist),
             "old_variable_names": self.alias_notes,
@@ -406,6 +412,7 @@ impl Config {
             rate_limit_fail_open: boolean(env, "RATE_LIMIT_FAIL_OPEN", true)?,
             redis_timeout: Duration::from_millis(bounded(env, "REDIS_TIMEOUT_MS", 50, 1, 60_000)?),
             fleet_sync: Duration::from_millis(bounded(env, "FLEET_SYNC_MS", 200, 10, 60_000)?),
+            tokens_file: get("TOKENS_FILE").map(std::path::PathBuf::from),
         })
     }
 

@@ -359,6 +359,15 @@ impl AdminStore for LazyRedis {
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async move { self.get().await?.version().await })
     }
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.report_applied(instance, version).await })
+    }
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(async move { self.get().await?.applied().await })
+    }
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.forget_instance(instance).await })
+    }
     fn kind(&self) -> &'static str {
         "redis"
     }

@@ -208,6 +208,23 @@ pub trait AdminStore: Send + Sync + 'static {
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+    /// Records that `instance` (a gateway process sharing the store) has applied the state up
+    /// to `version`: a fleet's heartbeat, so that an admin change can wait until every live
+    /// instance has it in force. Default: nothing is kept (a store for one process).
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        let _ = (instance, version);
+        done()
+    }
+    /// Every instance's last [`report_applied`](Self::report_applied): `(instance, version,
+    /// Unix milliseconds of the report)`.
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+    /// Forgets an instance's reports (one gone for good).
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        let _ = instance;
+        done()
+    }
     /// What kind of store this is (`memory`, `sqlite`, `redis`), for logs and status pages.
     fn kind(&self) -> &'static str;
     /// Whether what it holds survives a restart of the process.
@@ -240,6 +257,15 @@ impl<T: AdminStore + ?Sized> AdminStore for Arc<T> {
     }
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         (**self).version()
+    }
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        (**self).report_applied(instance, version)
+    }
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        (**self).applied()
+    }
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        (**self).forget_instance(instance)
     }
     fn kind(&self) -> &'static str {
         (**self).kind()

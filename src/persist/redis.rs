@@ -21,7 +21,9 @@ const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 /// JSON `{"key", "removed"}`), `{prefix}:tokens` (token digest → JSON `{"id", "name",
 /// "admin", "revoked"}`) and `{prefix}:settings` (name → JSON), and a counter
 /// `{prefix}:version` that every write increments in the same transaction, so that instances
-/// sharing the store notice a change with one `GET` (see [`AdminStore::version`]). The keys hash holds upstream
+/// sharing the store notice a change with one `GET` (see [`AdminStore::version`]), and a hash
+/// `{prefix}:instances` of each instance's last applied version (see
+/// [`AdminStore::report_applied`]). The keys hash holds upstream
 /// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
 /// stored as SHA-256 digests only.
 #[derive(Clone)]
@@ -236,6 +238,54 @@ impl AdminStore for AdminRedisStore {
                 .map_err(Error::redis)?;
             // A store written before versions existed (or emptied) reads as version 0.
             Ok(Some(v.unwrap_or(0)))
+        })
+    }
+
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            redis::cmd("HSET")
+                .arg(self.hash("instances"))
+                .arg(instance)
+                .arg(format!("{version} {now}"))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
+        })
+    }
+
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let all: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(self.hash("instances"))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::redis)?;
+            let mut out: Vec<(String, u64, u64)> = all
+                .into_iter()
+                .filter_map(|(instance, v)| {
+                    let (version, at) = v.split_once(' ')?;
+                    Some((instance, version.parse().ok()?, at.parse().ok()?))
+                })
+                .collect();
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("HDEL")
+                .arg(self.hash("instances"))
+                .arg(instance)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
         })
     }
 

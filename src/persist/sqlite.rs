@@ -402,6 +402,11 @@ impl AdminStore for AdminSqliteStore {
     }
 }
 
+/// A token's account settings as stored (`NULL` when it has none).
+fn account_json(a: &crate::facts::Account) -> Option<String> {
+    (!a.is_empty()).then(|| serde_json::to_string(a).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,9 +419,4 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
-}
-
-/// A token's account settings as stored (`NULL` when it has none).
-fn account_json(a: &crate::facts::Account) -> Option<String> {
-    (!a.is_empty()).then(|| serde_json::to_string(a).unwrap_or_default())
 }
