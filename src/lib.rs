@@ -199,6 +199,18 @@ pub mod rate_limit;
     )
 ))]
 mod redis_util;
+#[cfg(all(
+    feature = "redis",
+    any(
+        feature = "key-rotation",
+        feature = "persist",
+        feature = "rate-limit",
+        feature = "affinity",
+        feature = "openai"
+    )
+))]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_util::{RedisConfig, RedisConnection};
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;

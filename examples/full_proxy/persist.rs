@@ -88,7 +88,7 @@ impl Persist {
     /// that cannot be opened stops the start; an unreachable Redis falls back to memory.
     pub async fn open(
         config: &PersistConfig,
-        redis_url: Option<&str>,
+        redis: Option<&tower_gemini::RedisConfig>,
         redis_prefix: &str,
         log_retention_days: u64,
     ) -> Result<Persist, String> {
@@ -114,8 +114,8 @@ impl Persist {
                 request_log: Some(request_log),
             });
         }
-        if let Some(url) = redis_url {
-            match AdminRedisStore::connect(url).await {
+        if let Some(redis) = redis {
+            match redis.connect().await.map(AdminRedisStore::from_connection) {
                 Ok(store) => {
                     tracing::info!("admin changes are kept in Redis");
                     return Ok(Persist {
