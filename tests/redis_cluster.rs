@@ -462,3 +462,149 @@ async fn a_stalled_cluster_costs_a_rate_limit_check_at_most_its_budget() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// === full_proxy: REDIS_URL forms and REDIS_CA_FILE ===
+
+mod full_proxy {
+    use http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tower_gemini::Body;
+    use tower_gemini::testing::FakeGemini;
+
+    use super::support::redis_servers::{RedisCluster, RedisOptions};
+    use super::support::{Config, Proxy, send, status_and_text};
+
+    const KEY: &str = "AIzaSyCluster-proxy-test-key-0000001";
+    const KEY2: &str = "AIzaSyCluster-proxy-test-key-0000002";
+    const ADMIN: &str = "cluster-admin-token-1";
+
+    fn generate(token: &str) -> Request<Body> {
+        Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(
+                json!({"contents": [{"parts": [{"text": "hello"}]}]}).to_string(),
+            ))
+            .unwrap()
+    }
+
+    fn vars(map: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        map.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn redis_variables_are_checked_at_start_and_never_echo_a_password() {
+        let bad =
+            Config::from_map(&vars(&[("REDIS_URL", "redis://:hunter2@a:1,http://b")])).unwrap_err();
+        assert!(bad.0.starts_with("REDIS_URL: "), "{}", bad.0);
+        assert!(!bad.0.contains("hunter2"), "{}", bad.0);
+        let alone = Config::from_map(&vars(&[("REDIS_CA_FILE", "/nonexistent.pem")])).unwrap_err();
+        assert!(alone.0.starts_with("REDIS_CA_FILE: "), "{}", alone.0);
+        let missing = Config::from_map(&vars(&[
+            ("REDIS_URL", "rediss://a:1"),
+            ("REDIS_CA_FILE", "/nonexistent/ca.pem"),
+        ]))
+        .unwrap_err();
+        assert!(missing.0.starts_with("REDIS_CA_FILE: "), "{}", missing.0);
+
+        let dir = std::env::temp_dir().join(format!("tg-redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["a".to_owned()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let ca = ca.display().to_string();
+        let plain = Config::from_map(&vars(&[
+            ("REDIS_URL", "redis://a:1"),
+            ("REDIS_CA_FILE", ca.as_str()),
+        ]))
+        .unwrap_err();
+        assert!(
+            plain.0.starts_with("REDIS_CA_FILE: ") && plain.0.contains("rediss://"),
+            "{}",
+            plain.0
+        );
+        let seeds = "rediss://:hunter2@a:1,rediss://:hunter2@b:2";
+        let ok = Config::from_map(&vars(&[
+            ("REDIS_URL", seeds),
+            ("REDIS_CA_FILE", ca.as_str()),
+        ]))
+        .unwrap();
+        let redis = ok.redis.as_ref().unwrap();
+        assert!(redis.is_cluster() && redis.is_tls());
+        let view = ok.to_json().to_string();
+        assert!(!view.contains("hunter2"), "{view}");
+        assert!(!format!("{ok:?}").contains("hunter2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two full_proxy instances on a password-protected TLS Cluster whose CA is given by
+    /// REDIS_CA_FILE: one per-client quota, and admin changes kept in the Cluster.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_a_tls_cluster_through_redis_ca_file() {
+        let Some(cluster) = RedisCluster::start_with(RedisOptions {
+            password: Some("proxy-cluster-secret".to_owned()),
+            tls: true,
+        }) else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("tg-redis-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cluster.ca_pem().unwrap()).unwrap();
+        let ca = ca.display().to_string();
+        let fake = FakeGemini::start([KEY, KEY2]).await.unwrap();
+        let upstream = fake.url();
+        let seeds = cluster.url();
+        let vars = [
+            ("GEMINI_API_KEYS", KEY),
+            ("UPSTREAM_URL", upstream.as_str()),
+            ("ALLOWED_TOKENS", "client-token-alice"),
+            ("ADMIN_TOKEN", ADMIN),
+            ("MAX_REQUESTS_PER_MINUTE", "3"),
+            ("REDIS_URL", seeds.as_str()),
+            ("REDIS_CA_FILE", ca.as_str()),
+            ("REDIS_KEY_PREFIX", "tg-proxy"),
+        ];
+        let a = Proxy::start(&vars).await;
+        let b = Proxy::start(&vars).await;
+        let mut allowed = 0;
+        for i in 0..8 {
+            let proxy = if i % 2 == 0 { &a } else { &b };
+            match send(proxy, generate("client-token-alice")).await.status() {
+                StatusCode::OK => allowed += 1,
+                StatusCode::TOO_MANY_REQUESTS => {}
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(allowed, 3, "one quota for both instances");
+
+        let add = Request::post("/admin/keys")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "key": KEY2 }).to_string()))
+            .unwrap();
+        let (status, text) = status_and_text(send(&a, add).await).await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        let status = Request::get("/status")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        let (_, text) = status_and_text(send(&b, status).await).await;
+        let s: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(s["persistence"]["store"], "redis", "{s}");
+        // In the Cluster, under the tagged admin prefix.
+        let redis = tower_gemini::RedisConfig::from_url(&seeds)
+            .unwrap()
+            .with_root_certificates(cluster.ca_pem().unwrap())
+            .unwrap();
+        let mut conn = redis.connect().await.unwrap();
+        let keys: u64 = redis::cmd("HLEN")
+            .arg("{tg-proxy:admin}:keys")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(keys, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
