@@ -3,7 +3,6 @@
 //! hash tag that keeps a store's keys in one Cluster slot, and one way to bound a call.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -327,6 +326,12 @@ impl ConnectionLike for RedisConnection {
 }
 
 /// Whether `key` has a Redis Cluster hash tag: a `{` followed, not at once, by a `}`.
+#[cfg(any(
+    feature = "key-rotation",
+    feature = "persist",
+    feature = "rate-limit",
+    feature = "affinity"
+))]
 fn has_hash_tag(key: &str) -> bool {
     key.find('{')
         .and_then(|open| key[open + 1..].find('}'))
@@ -343,11 +348,11 @@ fn has_hash_tag(key: &str) -> bool {
     feature = "rate-limit",
     feature = "affinity"
 ))]
-pub(crate) fn store_prefix(cluster: bool, prefix: &str) -> Arc<str> {
+pub(crate) fn store_prefix(cluster: bool, prefix: &str) -> std::sync::Arc<str> {
     if cluster && !has_hash_tag(prefix) {
-        Arc::from(format!("{{{prefix}}}"))
+        std::sync::Arc::from(format!("{{{prefix}}}"))
     } else {
-        Arc::from(prefix)
+        std::sync::Arc::from(prefix)
     }
 }
 
