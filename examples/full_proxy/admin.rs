@@ -33,6 +33,10 @@ pub fn router(shared: Shared) -> Router {
         .route("/config/inject-prompt", post(compat_inject_prompt))
         .route_layer(axum::middleware::from_fn_with_state(
             shared.clone(),
+            one_change_at_a_time,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
             admin_only,
         ))
         // After `route_layer`, so the page itself needs no credential.
@@ -75,6 +79,16 @@ pub async fn admin_only(State(s): State<Shared>, req: Request, next: Next) -> Re
         Some(refused) => refused,
         None => next.run(req).await,
     }
+}
+
+/// Admin changes run one at a time, and never beside a reload of the shared state: a reload
+/// in between a change's local effect and its write to the store would undo it.
+async fn one_change_at_a_time(State(s): State<Shared>, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
+        return next.run(req).await;
+    }
+    let _one = s.fleet.lock.lock().await;
+    next.run(req).await
 }
 
 /// Why this request may not use the admin API, as the response; `None` for the admin token.
@@ -171,7 +185,11 @@ async fn remove_key(State(s): State<Shared>, Path(id): Path<String>) -> Response
     if s.pool.remove_key(&id) {
         // Removed at once; then remembered, so GEMINI_API_KEYS does not bring it back.
         if let Err(e) = s.persist.store.remove_key(&id).await {
-            return super::persist::unsaved("the key is removed for this run", &e);
+            s.fleet.pending_removal(&id);
+            return super::persist::unsaved(
+                "the key is removed on this instance and saved as soon as the store answers",
+                &e,
+            );
         }
         StatusCode::NO_CONTENT.into_response()
     } else {
@@ -235,7 +253,11 @@ async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Respon
         for t in removed {
             let record = tower_gemini::persist::TokenRecord::from(t);
             if let Err(e) = s.persist.store.revoke_token(&record).await {
-                return super::persist::unsaved("the token is revoked for this run", &e);
+                s.fleet.pending_revocation(record);
+                return super::persist::unsaved(
+                    "the token is revoked on this instance and saved as soon as the store answers",
+                    &e,
+                );
             }
         }
         StatusCode::NO_CONTENT.into_response()

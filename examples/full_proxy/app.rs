@@ -30,6 +30,7 @@ use tower_gemini::testing::FakeGemini;
 
 use super::admin;
 use super::config::Config;
+use super::fleet;
 use super::ops::{self, Ops};
 use super::persist::{self, Persist};
 use super::server::ServerStats;
@@ -69,6 +70,10 @@ pub struct Shared {
     pub persist: Persist,
     /// The start-up configuration, secrets masked, for `GET /admin/config`.
     pub config_view: Arc<serde_json::Value>,
+    /// This instance's follower of the shared admin state.
+    pub fleet: Arc<fleet::Fleet>,
+    /// The server's counters (and whether it drains, for readiness).
+    pub server_stats: Arc<ServerStats>,
 }
 
 impl App {
@@ -84,7 +89,9 @@ impl App {
             config.ops.log_retention_days,
         )
         .await?;
-        let saved = persist.load().await;
+        let loaded = persist.load().await;
+        let started_on = loaded.as_ref().map(|(_, version)| *version);
+        let saved = loaded.map(|(state, _)| state).unwrap_or_default();
         // Keys added through the admin API count as configured keys; keys removed through it
         // stay out even when GEMINI_API_KEYS still lists them.
         let saved_keys: Vec<ApiKey> = saved.keys.iter().map(|k| k.key.clone()).collect();
@@ -110,6 +117,17 @@ impl App {
             (config.upstream_url.clone(), keys, None)
         };
 
+        // What the configuration gives, before admin changes: what every reload of the shared
+        // state starts from.
+        let mut base = fleet::Base {
+            keys: if demo.is_some() {
+                keys.clone()
+            } else {
+                config.gemini_api_keys.iter().map(ApiKey::new).collect()
+            },
+            policy: config.policy.clone(),
+            ..fleet::Base::default()
+        };
         let tokens = Arc::new(MemoryTokenStore::new());
         for t in &saved.tokens {
             tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
@@ -120,24 +138,29 @@ impl App {
         } else if config.allowed_tokens.is_empty() && saved.tokens.is_empty() {
             let t = mint_token("sk-");
             tokens.insert(&t, "minted", false);
+            base.tokens.push((t.clone(), "minted".to_owned()));
             Some(t)
         } else {
             for (i, t) in config.allowed_tokens.iter().enumerate() {
+                let name = format!("client-{}", i + 1);
+                base.tokens.push((t.clone(), name.clone()));
                 if saved.is_token_revoked(t) {
                     continue; // revoked through the admin API
                 }
-                tokens.insert(t, format!("client-{}", i + 1), false);
+                tokens.insert(t, name, false);
             }
             None
         };
         let minted_admin_token = match &config.admin_token {
             Some(t) => {
                 tokens.insert(t, "admin", true);
+                base.admin_token = t.clone();
                 None
             }
             None => {
                 let t = mint_token("sk-admin-");
                 tokens.insert(&t, "admin", true);
+                base.admin_token = t.clone();
                 Some(t)
             }
         };
@@ -264,16 +287,33 @@ impl App {
         }
         let gateway = builder.build(client);
 
+        let policy = Arc::new(Mutex::new(policy));
+        // Admin changes made on other instances (and revocations made while this one was cut
+        // off) reach this one through the shared store.
+        let fleet = fleet::Fleet::new(
+            persist.store.clone(),
+            base,
+            pool.clone(),
+            tokens.clone(),
+            policy.clone(),
+            policy_handle.clone(),
+            config.fleet_sync,
+            started_on,
+        );
+        fleet.spawn();
+        ops.fleet = Some(fleet.clone());
         let shared = Shared {
             demo: demo.is_some(),
             pool: pool.clone(),
             tokens: tokens.clone(),
             started: Instant::now(),
             client_key_passthrough: config.client_key_passthrough,
-            policy: Arc::new(Mutex::new(policy)),
+            policy,
             config_view: Arc::new(config.to_json()),
             policy_handle,
             persist,
+            fleet,
+            server_stats: server_stats.clone(),
         };
         let live_route = {
             let live = live.clone();
@@ -281,6 +321,7 @@ impl App {
         };
         let router = Router::new()
             .route("/health", get(health))
+            .route("/health/live", get(liveness))
             .with_state(shared.clone())
             .route(LIVE_PATHS[0], live_route.clone())
             .route(LIVE_PATHS[1], live_route.clone())
@@ -621,7 +662,8 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
     }
     if let Some(redis) = &config.redis {
         let store = tower_gemini::rate_limit::RateLimitRedisStore::from_config(redis)
-            .key_prefix(format!("{}:rl:", config.redis_prefix));
+            .key_prefix(format!("{}:rl:", config.redis_prefix))
+            .timeout(config.redis_timeout);
         builder = builder.store(store);
     }
     builder.build().map(Some).map_err(|e| e.to_string())
@@ -635,7 +677,16 @@ async fn client_addr(mut req: Request) -> Request {
     req
 }
 
-async fn health(State(s): State<Shared>) -> impl IntoResponse {
+/// `GET /health/live`: liveness, 200 as long as the process serves requests at all.
+async fn liveness() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "live" }))
+}
+
+/// `GET /health`: readiness. 200 while the gateway takes requests (`"degraded"` when no key is
+/// usable: it still answers every client, with a clear 429 or 503); 503 `"draining"` once
+/// shutdown began, so a load balancer still probing sends no new requests.
+async fn health(State(s): State<Shared>) -> axum::response::Response {
+    let draining = s.server_stats.is_draining();
     let usable = s.pool.usable_count();
     let mode = if s.demo {
         "demo"
@@ -644,13 +695,28 @@ async fn health(State(s): State<Shared>) -> impl IntoResponse {
     } else {
         "upstream"
     };
-    axum::Json(serde_json::json!({
+    let status = if draining {
+        "draining"
+    } else if usable > 0 || s.client_key_passthrough {
         // In own-key mode the clients bring the keys: no pool key is needed to serve.
-        "status": if usable > 0 || s.client_key_passthrough { "ok" } else { "degraded" },
+        "ok"
+    } else {
+        "degraded"
+    };
+    let code = if draining {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        axum::http::StatusCode::OK
+    };
+    let body = axum::Json(serde_json::json!({
+        "status": status,
         "mode": mode,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "keys": { "total": s.pool.len(), "usable": usable },
         "available_keys": usable,
-    }))
+        // Milliseconds since the shared admin state (a fleet's Redis) last answered.
+        "fleet_sync_age_ms": s.fleet.age_ms(),
+    }));
+    (code, body).into_response()
 }

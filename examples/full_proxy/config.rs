@@ -95,6 +95,11 @@ pub struct Config {
     pub redis_prefix: String,
     /// When the rate limit store (Redis) fails: let requests through (`true`) or answer 503.
     pub rate_limit_fail_open: bool,
+    /// `REDIS_TIMEOUT_MS`: the most a request waits on Redis (a rate-limit check) before
+    /// `RATE_LIMIT_FAIL_OPEN` decides.
+    pub redis_timeout: Duration,
+    /// `FLEET_SYNC_MS`: how often the shared admin state's version is checked.
+    pub fleet_sync: Duration,
     // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
@@ -167,6 +172,8 @@ impl fmt::Debug for Config {
             .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_prefix", &self.redis_prefix)
             .field("rate_limit_fail_open", &self.rate_limit_fail_open)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("fleet_sync", &self.fleet_sync)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
             .field("client_key_passthrough", &self.client_key_passthrough)
@@ -191,7 +198,14 @@ impl Config {
         use tower_gemini::secret::mask;
         let masked = |list: &[String]| list.iter().map(|k| mask(k)).collect::<Vec<_>>();
         let secs = |d: Duration| d.as_secs_f64();
-        serde_json::json!({
+        // A Cluster's seed list: every URL may hold the password.
+        let redis_url = self.redis_url.as_deref().map(|url| {
+            url.split(',')
+                .map(without_userinfo)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let mut view = serde_json::json!({
             "listen_addr": self.listen_addr.to_string(),
             "upstream_url": without_userinfo(&self.upstream_url),
             "upstream_ca_file": self.upstream_ca_file,
@@ -225,17 +239,18 @@ impl Config {
             "model_limits": self.model_limits.as_ref().map(|m| format!("{m:?}")),
             "trusted_proxies": self.trusted_proxies,
             "cors_allowed_origins": self.cors_allowed_origins,
-            "redis_url": self.redis_url.as_deref().map(|url| {
-                // A Cluster's seed list: every URL may hold the password.
-                url.split(',').map(without_userinfo).collect::<Vec<_>>().join(",")
-            }),
-            "redis_ca_file": self.redis_ca_file,
+            "redis_url": redis_url,
             "redis_key_prefix": self.redis_prefix,
             "rate_limit_fail_open": self.rate_limit_fail_open,
+            "redis_timeout_ms": self.redis_timeout.as_millis() as u64,
+            "fleet_sync_ms": self.fleet_sync.as_millis() as u64,
             "log_files": format!("{:?}", self.ops),
             "persistence": format!("{:?}", self.persist),
             "old_variable_names": self.alias_notes,
-        })
+        });
+        // Past json!'s recursion limit for one object.
+        view["redis_ca_file"] = serde_json::json!(self.redis_ca_file);
+        view
     }
 }
 
@@ -431,6 +446,8 @@ impl Config {
             policy: policy_from_env(env)?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
             rate_limit_fail_open: boolean(env, "RATE_LIMIT_FAIL_OPEN", true)?,
+            redis_timeout: Duration::from_millis(bounded(env, "REDIS_TIMEOUT_MS", 50, 1, 60_000)?),
+            fleet_sync: Duration::from_millis(bounded(env, "FLEET_SYNC_MS", 200, 10, 60_000)?),
         })
     }
 
@@ -547,6 +564,23 @@ pub fn strip_api_version(url: &str) -> String {
 /// A variable's value trimmed of whitespace; `None` when it is unset or blank.
 pub fn env_value<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())
+}
+
+/// A number between `min` and `max` (inclusive), `default` when unset.
+pub fn bounded(
+    env: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let n = number(env, name, default)?;
+    if n < min || n > max {
+        return Err(ConfigError(format!(
+            "{name}: `{n}` is outside {min}..={max}"
+        )));
+    }
+    Ok(n)
 }
 
 /// A whole number, or the default when unset.

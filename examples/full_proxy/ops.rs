@@ -96,6 +96,8 @@ pub struct Ops {
     pub started: Instant,
     /// The admin store and request log (for `/status` and `/metrics`).
     pub persist: Option<super::persist::Persist>,
+    /// The follower of the shared admin state (for `/status` and `/metrics`).
+    pub fleet: Option<Arc<super::fleet::Fleet>>,
 }
 
 impl Ops {
@@ -111,6 +113,7 @@ impl Ops {
             server,
             started: Instant::now(),
             persist: None,
+            fleet: None,
         }
     }
 }
@@ -142,6 +145,15 @@ async fn metrics(State(ops): State<Ops>) -> Response {
     if let Some(p) = &ops.persist {
         text.push_str(&p.metrics());
     }
+    if let Some(f) = &ops.fleet {
+        text.push_str(&f.metrics());
+    }
+    text.push_str(&format!(
+        "# HELP gemini_gateway_key_state_writes_dropped_total Key state changes not sent to the shared store because its queue was full (the whole state is resent once it keeps up).\n\
+         # TYPE gemini_gateway_key_state_writes_dropped_total counter\n\
+         gemini_gateway_key_state_writes_dropped_total {}\n",
+        ops.pool.store_writes_dropped()
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -159,6 +171,19 @@ async fn stats(State(ops): State<Ops>) -> Response {
     if let Some(o) = stats.as_object_mut() {
         let models = o.get("models").cloned().unwrap_or_else(|| json!({}));
         o.insert("usage_stats".to_owned(), models);
+        // Rolling windows are kept in memory: what this instance served. A fleet's totals
+        // are the sum of every instance's `/metrics` (docs/scaling.md).
+        let shared = ops
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.status()["shared"] == true);
+        o.insert("scope".to_owned(), json!("instance"));
+        if shared {
+            o.insert(
+                "scope_note".to_owned(),
+                json!("these counts are this instance's; rate limits and quotas count across the fleet in Redis; sum /metrics over every instance for fleet totals"),
+            );
+        }
     }
     axum::Json(stats).into_response()
 }
@@ -176,6 +201,8 @@ async fn status(State(ops): State<Ops>) -> Response {
         "usable_keys": ops.pool.usable_count(),
         "total_keys": ops.pool.len(),
         "persistence": ops.persist.as_ref().map(|p| p.status()),
+        "fleet": ops.fleet.as_ref().map(|f| f.status()),
+        "key_state_writes_dropped": ops.pool.store_writes_dropped(),
     }))
     .into_response()
 }

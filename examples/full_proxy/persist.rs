@@ -1,6 +1,7 @@
 //! What full_proxy keeps across restarts: admin changes (keys added or removed, client tokens
-//! created or revoked) in SQLite (`DATABASE_PATH`), else Redis (`REDIS_URL`), else memory with a
-//! start-up warning; and, with `DATABASE_PATH`, one row per request plus `POST /admin/backup`.
+//! created or revoked, policy settings) in Redis (`REDIS_URL`: the one view of a fleet), else
+//! SQLite (`DATABASE_PATH`), else memory with a start-up warning; and, with `DATABASE_PATH`,
+//! one row per request plus `POST /admin/backup`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,10 +13,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use serde_json::Value;
 use serde_json::json;
 use tower_gemini::error::{ApiError, Dialect};
 use tower_gemini::persist::{
-    AdminMemoryStore, AdminRedisStore, AdminSqliteStore, AdminState, AdminStore, RequestLog,
+    AdminMemoryStore, AdminRedisStore, AdminSqliteStore, AdminState, AdminStore, KeyRecord,
+    RequestLog, StoreFuture, TokenRecord,
 };
 
 use super::admin::admin_only;
@@ -85,57 +88,68 @@ pub struct Persist {
 
 impl Persist {
     /// Opens the admin store and the request log the configuration asks for. A SQLite file
-    /// that cannot be opened stops the start; an unreachable Redis falls back to memory.
+    /// that cannot be opened stops the start. With `REDIS_URL`, admin changes live in Redis
+    /// (the one view of a fleet; connected lazily, so a Redis that is down at start is
+    /// followed once it answers) and `DATABASE_PATH` keeps the request log; the admin changes
+    /// a SQLite file held before are copied into a Redis that holds none yet.
     pub async fn open(
         config: &PersistConfig,
         redis: Option<&tower_gemini::RedisConfig>,
         redis_prefix: &str,
         log_retention_days: u64,
     ) -> Result<Persist, String> {
+        let mut sqlite = None;
+        let mut request_log = None;
         if let Some(path) = &config.database_path {
-            let sqlite = AdminSqliteStore::open(path)
+            let db = AdminSqliteStore::open(path)
                 .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
             let retention = (log_retention_days > 0)
                 .then(|| Duration::from_secs(log_retention_days.saturating_mul(86_400)));
-            let request_log = RequestLog::builder(path)
-                .queue(config.request_log_queue)
-                .retention(retention)
-                .cleanup_interval(config.log_cleanup_interval)
-                .log_bodies(config.log_request_bodies)
-                .open()
-                .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?;
+            request_log = Some(
+                RequestLog::builder(path)
+                    .queue(config.request_log_queue)
+                    .retention(retention)
+                    .cleanup_interval(config.log_cleanup_interval)
+                    .log_bodies(config.log_request_bodies)
+                    .open()
+                    .map_err(|e| format!("DATABASE_PATH: `{}`: {e}", path.display()))?,
+            );
+            sqlite = Some(db);
+        }
+        if let Some(redis) = redis {
+            let redis = LazyRedis::new(redis, format!("{redis_prefix}:admin"));
+            if let Some(db) = &sqlite {
+                redis.adopt(db).await;
+            }
+            tracing::info!(
+                "admin changes are kept in Redis and followed by every instance sharing it{}",
+                if sqlite.is_some() {
+                    "; DATABASE_PATH keeps the request log"
+                } else {
+                    ""
+                }
+            );
+            return Ok(Persist {
+                store: Arc::new(redis),
+                sqlite,
+                request_log,
+            });
+        }
+        if let (Some(db), Some(path)) = (&sqlite, &config.database_path) {
             tracing::info!(
                 path = %path.display(),
                 "admin changes and the request log are kept in SQLite"
             );
             return Ok(Persist {
-                store: Arc::new(sqlite.clone()),
-                sqlite: Some(sqlite),
-                request_log: Some(request_log),
+                store: Arc::new(db.clone()),
+                sqlite,
+                request_log,
             });
         }
-        if let Some(redis) = redis {
-            match redis.connect().await.map(AdminRedisStore::from_connection) {
-                Ok(store) => {
-                    tracing::info!("admin changes are kept in Redis");
-                    return Ok(Persist {
-                        store: Arc::new(store.with_prefix(format!("{redis_prefix}:admin"))),
-                        sqlite: None,
-                        request_log: None,
-                    });
-                }
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "REDIS_URL: cannot reach Redis; admin changes (keys, tokens) are kept in \
-                     memory only and LOST ON RESTART"
-                ),
-            }
-        } else {
-            tracing::warn!(
-                "admin changes (keys, tokens) are kept in memory only and LOST ON RESTART; \
-                 set DATABASE_PATH (SQLite) or REDIS_URL to keep them"
-            );
-        }
+        tracing::warn!(
+            "admin changes (keys, tokens) are kept in memory only and LOST ON RESTART; \
+             set DATABASE_PATH (SQLite) or REDIS_URL to keep them"
+        );
         Ok(Persist {
             store: Arc::new(AdminMemoryStore::new()),
             sqlite: None,
@@ -143,10 +157,16 @@ impl Persist {
         })
     }
 
-    /// What the store holds; empty (after a warning) when it cannot be read.
-    pub async fn load(&self) -> AdminState {
-        match self.store.load().await {
-            Ok(state) => {
+    /// What the store holds and its version, or `None` (after a warning) when it cannot be
+    /// read: the gateway then starts on its configuration alone.
+    pub async fn load(&self) -> Option<(AdminState, Option<u64>)> {
+        // The version first: a write landing between the two reads is seen again next poll.
+        let loaded = match self.store.version().await {
+            Ok(version) => self.store.load().await.map(|s| (s, version)),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok((state, version)) => {
                 tracing::info!(
                     keys = state.keys.len(),
                     tokens = state.tokens.len(),
@@ -155,11 +175,15 @@ impl Persist {
                     store = self.store.kind(),
                     "admin changes restored"
                 );
-                state
+                Some((state, version))
             }
             Err(e) => {
-                tracing::warn!(error = %e, store = self.store.kind(), "cannot read saved admin changes");
-                AdminState::default()
+                tracing::warn!(
+                    error = %e,
+                    store = self.store.kind(),
+                    "cannot read saved admin changes: starting on the configuration alone"
+                );
+                None
             }
         }
     }
@@ -243,5 +267,100 @@ async fn backup(State(s): State<Shared>) -> Response {
                 .into_response(Dialect::Gemini)
                 .into_response()
         }
+    }
+}
+
+/// The admin store in Redis, connected on first use and again after a failed attempt, so a
+/// gateway that starts while Redis is down follows the shared state once it is up.
+struct LazyRedis {
+    redis: tower_gemini::RedisConfig,
+    prefix: String,
+    store: tokio::sync::OnceCell<AdminRedisStore>,
+}
+
+impl LazyRedis {
+    fn new(redis: &tower_gemini::RedisConfig, prefix: String) -> LazyRedis {
+        LazyRedis {
+            redis: redis.clone(),
+            prefix,
+            store: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn get(&self) -> Result<&AdminRedisStore, tower_gemini::Error> {
+        self.store
+            .get_or_try_init(|| async {
+                self.redis
+                    .connect()
+                    .await
+                    .map(|c| AdminRedisStore::from_connection(c).with_prefix(&self.prefix))
+            })
+            .await
+    }
+
+    /// Copies the admin changes of a SQLite store (a gateway that kept them there before it
+    /// had Redis) into a Redis that holds none yet.
+    async fn adopt(&self, db: &AdminSqliteStore) {
+        let Ok(old) = db.load().await else { return };
+        if old == AdminState::default() || self.version().await.ok().flatten() != Some(0) {
+            return;
+        }
+        let copied: Result<(), tower_gemini::Error> = async {
+            for k in &old.keys {
+                self.put_key(k).await?;
+            }
+            for id in &old.removed_keys {
+                self.remove_key(id).await?;
+            }
+            for t in &old.tokens {
+                self.put_token(t).await?;
+            }
+            for t in &old.revoked_tokens {
+                self.revoke_token(t).await?;
+            }
+            for (name, value) in &old.settings {
+                self.put_setting(name, value).await?;
+            }
+            Ok(())
+        }
+        .await;
+        match copied {
+            Ok(()) => tracing::info!(
+                keys = old.keys.len(),
+                tokens = old.tokens.len(),
+                "admin changes copied from DATABASE_PATH into Redis, which now holds them"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not copy admin changes into Redis"),
+        }
+    }
+}
+
+impl AdminStore for LazyRedis {
+    fn load(&self) -> StoreFuture<'_, AdminState> {
+        Box::pin(async move { self.get().await?.load().await })
+    }
+    fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.put_key(key).await })
+    }
+    fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.remove_key(id).await })
+    }
+    fn put_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.put_token(token).await })
+    }
+    fn revoke_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.revoke_token(token).await })
+    }
+    fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.put_setting(name, value).await })
+    }
+    fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.delete_setting(name).await })
+    }
+    fn version(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move { self.get().await?.version().await })
+    }
+    fn kind(&self) -> &'static str {
+        "redis"
     }
 }

@@ -54,6 +54,8 @@ pub struct ServerStats {
     pub connections_shed: AtomicU64,
     /// What must end before the server stops, started when shutdown begins.
     drain_hooks: DrainHooks,
+    /// Shutdown began: readiness answers 503 from now on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// A future to await when the server drains.
@@ -79,6 +81,11 @@ impl ServerStats {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(hook));
+    }
+
+    /// Whether shutdown began (in-flight requests and streams are finishing).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     fn take_drain_hooks(&self) -> Vec<Box<dyn FnOnce() -> Drain + Send>> {
@@ -206,6 +213,7 @@ pub async fn serve(
         });
     }
 
+    stats.draining.store(true, Ordering::Relaxed);
     drop(listener);
     let _ = stopping_tx.send(true);
     let mut drains = tokio::task::JoinSet::new();

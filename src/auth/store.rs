@@ -132,6 +132,15 @@ impl MemoryTokenStore {
         removed.iter().map(Entry::info).collect()
     }
 
+    /// Revokes the token with this digest (as a shared store names a token revoked elsewhere).
+    /// Returns whether one was removed.
+    pub fn remove_digest(&self, digest: &TokenDigest) -> bool {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|e| !e.digest.ct_eq(digest));
+        entries.len() != before
+    }
+
     /// The tokens, masked.
     pub fn list(&self) -> Vec<TokenInfo> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());

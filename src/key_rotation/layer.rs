@@ -273,7 +273,7 @@ impl Attempts {
             *served = Some((1, None));
             return self.run_own_key(inner, body, own.key()).await;
         }
-        self.pool.maybe_sync().await;
+        self.pool.maybe_sync();
         let budget = if body.as_bytes().is_some() {
             self.config
                 .max_attempts

@@ -627,6 +627,7 @@ async fn pools_sharing_a_store_share_cooldowns_and_disabled_flags() {
     let mut l = lease(&a, MODEL); // key 1
     a.report(&mut l, MODEL, &key_failure(), None).await;
 
+    a.flush().await;
     b.sync().await.unwrap();
     let snap = b.snapshot();
     assert_eq!(snap[0].cooling.len(), 1);
@@ -637,8 +638,82 @@ async fn pools_sharing_a_store_share_cooldowns_and_disabled_flags() {
     // An operator enabling the key on one instance enables it everywhere.
     assert!(a.enable(snap[1].id.as_str()).await);
     tokio::time::advance(Duration::from_secs(5)).await;
+    a.flush().await;
     b.sync().await.unwrap();
     assert_eq!(state(&b, 1).state, KeyState::Enabled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rest_after_repeated_failures_is_shared_too() {
+    let store = Arc::new(KeyStateMemoryStore::new());
+    let build = || {
+        KeyPool::builder()
+            .keys(keys(1))
+            .max_transient_failures(3)
+            .cooldown(Duration::from_secs(10))
+            .store(store.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(), build());
+    for _ in 0..3 {
+        report_on(&a, 0, Outcome::Transient).await;
+    }
+    assert!(state(&a, 0).resting.is_some());
+    a.flush().await;
+    b.sync().await.unwrap();
+    let s = state(&b, 0);
+    assert!(
+        s.resting.is_some_and(|r| r > Duration::from_secs(8)),
+        "{s:?}"
+    );
+    assert!(
+        s.cooling.is_empty(),
+        "a rest is not a model's cool-down: {s:?}"
+    );
+    assert!(matches!(unavailable(&b, MODEL), Unavailable::AllResting(_)));
+}
+
+/// A store whose calls never finish (a Redis that stalls).
+#[derive(Debug, Default)]
+struct StalledStore;
+
+impl KeyStateStore for StalledStore {
+    fn cool_down<'a>(&'a self, _: &'a KeyId, _: &'a str, _: SystemTime) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn disable<'a>(&'a self, _: &'a KeyId, _: &'a str, _: SystemTime) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn enable<'a>(&'a self, _: &'a KeyId) -> StoreFuture<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn load(&self) -> StoreFuture<'_, std::collections::HashMap<KeyId, SharedKeyState>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_store_never_holds_up_a_request() {
+    let pool = KeyPool::builder()
+        .keys(keys(2))
+        .store(Arc::new(StalledStore))
+        .build()
+        .unwrap();
+    pool.maybe_sync();
+    // Thousands of state changes while the store answers nothing: each report returns at
+    // once, the key state is right locally, and what the queue could not hold is counted.
+    for i in 0..3000 {
+        let model = format!("gemini-test-{i}");
+        let mut l = lease(&pool, &model);
+        let outcome = exhausted(Some(Duration::from_secs(60)));
+        let report = pool.report(&mut l, &model, &outcome, None);
+        tokio::time::timeout(Duration::from_secs(5), report)
+            .await
+            .expect("report never waits on the store");
+    }
+    assert!(pool.store_writes_dropped() > 0);
+    assert!(pool.store_writes_dropped() < 3000);
 }
 
 /// A shared store that can go down and come back empty (a Redis restarted without persistence).
@@ -719,6 +794,7 @@ async fn state_learnt_while_the_store_was_down_is_shared_once_it_is_back() {
     .await;
     let mut l = lease(&a, MODEL); // key 1
     a.report(&mut l, MODEL, &key_failure(), None).await;
+    a.flush().await;
     assert!(b.sync().await.is_err());
     assert_eq!(b.usable_count(), 2, "b heard nothing");
 
@@ -728,6 +804,7 @@ async fn state_learnt_while_the_store_was_down_is_shared_once_it_is_back() {
     tokio::time::advance(Duration::from_secs(5)).await;
     a.sync().await.unwrap();
     assert!(matches!(state(&a, 1).state, KeyState::Disabled { .. }));
+    a.flush().await;
     b.sync().await.unwrap();
     let snap = b.snapshot();
     assert_eq!(snap[0].cooling.len(), 1, "{snap:?}");
@@ -1366,6 +1443,7 @@ mod redis_store {
         let mut l = lease(&a, MODEL);
         a.report(&mut l, MODEL, &key_failure(), None).await;
 
+        a.flush().await;
         b.sync().await.unwrap();
         let snap = b.snapshot();
         assert_eq!(snap[0].cooling.len(), 1, "{snap:?}");

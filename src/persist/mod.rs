@@ -35,8 +35,10 @@
 //! ```
 //!
 //! # Several instances
-//! Instances sharing a Redis or SQLite store see each other's changes when they start, not
-//! while they run: each applies its own admin changes at once and writes them through.
+//! Each instance applies its own admin changes at once and writes them through. Instances
+//! sharing a store see each other's changes by polling [`AdminStore::version`] and loading
+//! the state again when it moved (full_proxy does so every `FLEET_SYNC_MS`); a store without
+//! a version (SQLite) is only seen at start and by a periodic full load.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -185,6 +187,15 @@ pub trait AdminStore: Send + Sync + 'static {
     fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()>;
     /// Removes a named setting.
     fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()>;
+    /// The store's version: a number that changes with every write, from any process sharing
+    /// the store. Instances of a fleet poll it to notice each other's admin changes with one
+    /// cheap read, and [`load`](Self::load) the whole state only when it moved (a version
+    /// that goes *down* means the store lost writes, e.g. a Redis failover: reload too).
+    /// `None` (the default): the store cannot tell; only a periodic full load sees changes
+    /// made elsewhere.
+    fn version(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// What kind of store this is (`memory`, `sqlite`, `redis`), for logs and status pages.
     fn kind(&self) -> &'static str;
     /// Whether what it holds survives a restart of the process.
@@ -215,6 +226,9 @@ impl<T: AdminStore + ?Sized> AdminStore for Arc<T> {
     fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
         (**self).delete_setting(name)
     }
+    fn version(&self) -> StoreFuture<'_, Option<u64>> {
+        (**self).version()
+    }
     fn kind(&self) -> &'static str {
         (**self).kind()
     }
@@ -238,6 +252,8 @@ struct Tables {
     /// digest → (record, revoked)
     tokens: HashMap<TokenDigest, (TokenRecord, bool)>,
     settings: BTreeMap<String, Value>,
+    /// Incremented by every write.
+    version: u64,
 }
 
 impl AdminMemoryStore {
@@ -248,6 +264,13 @@ impl AdminMemoryStore {
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tables, for a write: the version moves.
+    fn write(&self) -> MutexGuard<'_, Tables> {
+        let mut t = self.lock();
+        t.version += 1;
+        t
     }
 }
 
@@ -290,39 +313,44 @@ impl AdminStore for AdminMemoryStore {
     }
 
     fn put_key<'a>(&'a self, key: &'a KeyRecord) -> StoreFuture<'a, ()> {
-        self.lock()
+        self.write()
             .keys
             .insert(key.id.clone(), Some(key.key.clone()));
         done()
     }
 
     fn remove_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, ()> {
-        self.lock().keys.insert(id.to_owned(), None);
+        self.write().keys.insert(id.to_owned(), None);
         done()
     }
 
     fn put_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
-        self.lock()
+        self.write()
             .tokens
             .insert(token.digest, (token.clone(), false));
         done()
     }
 
     fn revoke_token<'a>(&'a self, token: &'a TokenRecord) -> StoreFuture<'a, ()> {
-        self.lock()
+        self.write()
             .tokens
             .insert(token.digest, (token.clone(), true));
         done()
     }
 
     fn put_setting<'a>(&'a self, name: &'a str, value: &'a Value) -> StoreFuture<'a, ()> {
-        self.lock().settings.insert(name.to_owned(), value.clone());
+        self.write().settings.insert(name.to_owned(), value.clone());
         done()
     }
 
     fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
-        self.lock().settings.remove(name);
+        self.write().settings.remove(name);
         done()
+    }
+
+    fn version(&self) -> StoreFuture<'_, Option<u64>> {
+        let v = self.lock().version;
+        Box::pin(std::future::ready(Ok(Some(v))))
     }
 
     fn kind(&self) -> &'static str {

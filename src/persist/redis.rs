@@ -20,7 +20,9 @@ const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 ///
 /// Layout under the prefix (default `tower-gemini:admin`): hashes `{prefix}:keys` (key id →
 /// JSON `{"key", "removed"}`), `{prefix}:tokens` (token digest → JSON `{"id", "name",
-/// "admin", "revoked"}`) and `{prefix}:settings` (name → JSON). The keys hash holds upstream
+/// "admin", "revoked"}`) and `{prefix}:settings` (name → JSON), and a counter
+/// `{prefix}:version` that every write increments in the same transaction, so that instances
+/// sharing the store notice a change with one `GET` (see [`AdminStore::version`]). The keys hash holds upstream
 /// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
 /// stored as SHA-256 digests only.
 ///
@@ -83,10 +85,16 @@ impl AdminRedisStore {
     fn hset<'a>(&'a self, hash: &'static str, field: String, value: String) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            redis::cmd("HSET")
+            redis::pipe()
+                .atomic()
+                .cmd("HSET")
                 .arg(self.hash(hash))
                 .arg(field)
                 .arg(value)
+                .ignore()
+                .cmd("INCR")
+                .arg(self.hash("version"))
+                .ignore()
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(Error::redis)
@@ -211,12 +219,31 @@ impl AdminStore for AdminRedisStore {
     fn delete_setting<'a>(&'a self, name: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            redis::cmd("HDEL")
+            redis::pipe()
+                .atomic()
+                .cmd("HDEL")
                 .arg(self.hash("settings"))
                 .arg(name)
+                .ignore()
+                .cmd("INCR")
+                .arg(self.hash("version"))
+                .ignore()
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(Error::redis)
+        })
+    }
+
+    fn version(&self) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let v: Option<u64> = redis::cmd("GET")
+                .arg(self.hash("version"))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::redis)?;
+            // A store written before versions existed (or emptied) reads as version 0.
+            Ok(Some(v.unwrap_or(0)))
         })
     }
 

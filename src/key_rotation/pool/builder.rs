@@ -151,7 +151,7 @@ impl KeyPoolBuilder {
                 check_key(key)?;
             }
         }
-        let pool = Arc::new(KeyPool {
+        let pool = Arc::new_cyclic(|this| KeyPool {
             keys: RwLock::new(Arc::new(KeyList::new(Vec::new()))),
             selector: self.selector.unwrap_or_else(|| self.strategy.selector()),
             strategy_name: self.strategy.as_str(),
@@ -166,11 +166,19 @@ impl KeyPoolBuilder {
             probe_lock: Mutex::new(()),
             last_sync: AtomicU64::new(0),
             store_stale: AtomicBool::new(false),
+            writer: std::sync::OnceLock::new(),
+            store_dropped: AtomicU64::new(0),
+            this: this.clone(),
         });
         for (key, weight) in self.keys {
             if !key.expose().is_empty() {
                 pool.add_weighted(key, weight);
             }
+        }
+        // With a store, its task starts now when there is a runtime (else with the first
+        // request), so the shared view is current before any request asks.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            pool.maybe_sync();
         }
         Ok(pool)
     }

@@ -40,6 +40,12 @@ pub struct KeyPool {
     /// A store call failed: the store may have missed changes, or lost everything (a Redis
     /// restarted empty). The local state is sent again once the store answers.
     pub(super) store_stale: AtomicBool,
+    /// The queue to the task that talks to the store (started with the first request).
+    pub(super) writer: std::sync::OnceLock<tokio::sync::mpsc::Sender<super::sync::StoreOp>>,
+    /// State changes not sent to the store because its queue was full.
+    pub(super) store_dropped: AtomicU64,
+    /// This pool, for the store task (which must not keep it alive).
+    pub(super) this: std::sync::Weak<KeyPool>,
 }
 
 impl fmt::Debug for KeyPool {
@@ -181,6 +187,8 @@ impl KeyPool {
             entry.update_clean(&h);
         }
         tracing::info!(key.id = %entry.id, "key enabled by operator");
+        // Sent at once (not queued): the operator's change must hold on every instance, and
+        // the admin path may wait for the store.
         if let Some(store) = &self.store {
             self.store_outcome(store.enable(&entry.id).await);
         }

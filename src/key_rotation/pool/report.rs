@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::entry::{Cooling, Disabled};
-use super::sync::to_system;
+use super::sync::{REST, StoreOp, to_system};
 use super::{KeyPool, Lease};
 use crate::key_rotation::classify::Outcome;
 use crate::key_rotation::strategy::random_fraction;
@@ -161,6 +161,7 @@ impl KeyPool {
                         // sends the key back to rest; any other answer ends the streak.
                         let until = now + self.cooldown;
                         h.resting_until = Some(h.resting_until.map_or(until, |t| t.max(until)));
+                        publish = Publish::Rest(until);
                         if h.transient == limit {
                             tracing::warn!(
                                 key.id = %entry.id,
@@ -189,20 +190,23 @@ impl KeyPool {
         if let Some(at) = probe_again {
             self.schedule_probe(at);
         }
-        let Some(store) = &self.store else { return };
         let id = &entry.id;
+        // Queued for the store task: the shared store is never waited on here.
         match publish {
             Publish::Nothing => {}
-            Publish::Enable => self.store_outcome(store.enable(id).await),
+            Publish::Enable => self.publish(StoreOp::Enable(id.clone())),
             Publish::Cool(until) => {
-                self.store_outcome(store.cool_down(id, model, to_system(until)).await);
+                self.publish(StoreOp::Cool(id.clone(), model.into(), to_system(until)));
             }
             Publish::EnableAndCool(until) => {
-                self.store_outcome(store.enable(id).await);
-                self.store_outcome(store.cool_down(id, model, to_system(until)).await);
+                self.publish(StoreOp::Enable(id.clone()));
+                self.publish(StoreOp::Cool(id.clone(), model.into(), to_system(until)));
+            }
+            Publish::Rest(until) => {
+                self.publish(StoreOp::Cool(id.clone(), REST.into(), to_system(until)));
             }
             Publish::Disable(reason, at) => {
-                self.store_outcome(store.disable(id, &reason, to_system(at)).await);
+                self.publish(StoreOp::Disable(id.clone(), reason, to_system(at)));
             }
         }
     }
@@ -213,6 +217,8 @@ enum Publish {
     Enable,
     Cool(Instant),
     EnableAndCool(Instant),
+    /// Out of rotation for every model (shared as a cool-down for [`REST`]).
+    Rest(Instant),
     Disable(String, Instant),
 }
 

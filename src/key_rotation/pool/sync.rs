@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::entry::{Cooling, Disabled};
@@ -13,37 +14,103 @@ use super::{KeyId, KeyPool};
 use crate::Error;
 use crate::key_rotation::store::{KeyStateStore, SharedKeyState};
 
+/// The model name under which a key's rest (out of rotation for every model, after repeated
+/// transient failures) is shared as a cool-down: not a model name Gemini uses.
+pub(crate) const REST: &str = "*";
+
+/// State changes waiting for the store task at most; past it they are dropped (counted) and
+/// the whole local state is sent again once the store keeps up.
+const QUEUE: usize = 1024;
+
+/// A change for the shared store, sent by the store task.
+pub(crate) enum StoreOp {
+    Cool(KeyId, Box<str>, SystemTime),
+    Disable(KeyId, String, SystemTime),
+    Enable(KeyId),
+    /// Answered once every change queued before it was sent.
+    Flush(oneshot::Sender<()>),
+}
+
 impl KeyPool {
-    /// Pulls the shared state from the store when a sync is due (at most once per interval).
-    pub(crate) async fn maybe_sync(&self) {
-        let Some(store) = &self.store else { return };
-        let now = Instant::now();
-        let now_ms = self.now_ms(now) + 1;
-        let last = self.last_sync.load(Ordering::Acquire);
-        let interval_ms = self.sync_interval.as_millis() as u64;
-        if last != 0 && now_ms < last.saturating_add(interval_ms) {
-            return;
-        }
-        if self
-            .last_sync
-            .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return; // another request is syncing
-        }
-        if let Err(e) = self.load_and_merge(store).await {
-            self.store_outcome(Err(e));
+    /// Makes sure the task that shares state with the store runs (started lazily, with the
+    /// first request, because building a pool needs no runtime). The request path never
+    /// waits on the store: changes are queued, the shared view is pulled by that task every
+    /// [sync interval](super::KeyPoolBuilder::sync_interval).
+    pub(crate) fn maybe_sync(&self) {
+        let _ = self.writer();
+    }
+
+    /// Queues a change for the store; a full queue drops it (counted) and marks the store
+    /// stale, so the local state is sent again whole once the store keeps up.
+    pub(super) fn publish(&self, op: StoreOp) {
+        let Some(tx) = self.writer() else { return };
+        if tx.try_send(op).is_err() {
+            self.store_dropped.fetch_add(1, Ordering::Relaxed);
+            self.store_stale.store(true, Ordering::Release);
         }
     }
 
-    /// Syncs with the store now, whatever the interval.
+    /// State changes that were not sent to the store because its queue was full (a store
+    /// that stalls); the pool sent its whole state again once the store answered.
+    pub fn store_writes_dropped(&self) -> u64 {
+        self.store_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every state change queued for the store so far has been sent (or failed).
+    pub async fn flush(&self) {
+        let Some(tx) = self.writer() else { return };
+        let (done, wait) = oneshot::channel();
+        if tx.send(StoreOp::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    fn writer(&self) -> Option<&mpsc::Sender<StoreOp>> {
+        let store = self.store.as_ref()?;
+        Some(self.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(store_task(
+                        self.this.clone(),
+                        rx,
+                        store.clone(),
+                        self.sync_interval,
+                    ));
+                }
+                // Without a runtime the queue has no reader: changes are dropped, counted.
+                Err(_) => {
+                    tracing::warn!("key pool used outside a tokio runtime: state is not shared")
+                }
+            }
+            tx
+        }))
+    }
+
+    /// Syncs with the store now: sends what is queued, then pulls the shared view.
     pub async fn sync(&self) -> Result<(), Error> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        self.flush().await;
+        self.last_sync
+            .store(self.now_ms(Instant::now()) + 1, Ordering::Release);
         self.load_and_merge(store).await.inspect_err(|_| {
             self.store_stale.store(true, Ordering::Release);
         })
+    }
+
+    async fn send(&self, store: &Arc<dyn KeyStateStore>, op: StoreOp) {
+        let r = match op {
+            StoreOp::Cool(id, model, until) => store.cool_down(&id, &model, until).await,
+            StoreOp::Disable(id, reason, at) => store.disable(&id, &reason, at).await,
+            StoreOp::Enable(id) => store.enable(&id).await,
+            StoreOp::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        self.store_outcome(r);
     }
 
     /// Pulls the shared state and merges it. After a store failure, the first answer first
@@ -75,6 +142,11 @@ impl KeyPool {
                     .iter()
                     .filter(|(_, c)| c.until > now)
                     .map(|(model, c)| (model.clone(), c.until))
+                    .chain(
+                        h.resting_until
+                            .filter(|t| *t > now)
+                            .map(|t| (Box::from(REST), t)),
+                    )
                     .collect();
                 let disabled = h
                     .disabled
@@ -142,6 +214,13 @@ impl KeyPool {
                 if until <= now {
                     continue;
                 }
+                if model == REST {
+                    if h.resting_until.is_none_or(|t| t < until) {
+                        tracing::debug!(key.id = %e.id, "key rests after another instance's failures");
+                        h.resting_until = Some(until);
+                    }
+                    continue;
+                }
                 let c = h.cooling.entry(model.as_str().into()).or_insert(Cooling {
                     until,
                     strikes: 1,
@@ -156,4 +235,33 @@ impl KeyPool {
 
 pub(super) fn to_system(at: Instant) -> SystemTime {
     SystemTime::now() + at.saturating_duration_since(Instant::now())
+}
+
+/// The store task: sends queued changes in order and pulls the shared view every `every`.
+/// Ends when the pool is dropped.
+async fn store_task(
+    pool: std::sync::Weak<KeyPool>,
+    mut rx: mpsc::Receiver<StoreOp>,
+    store: Arc<dyn KeyStateStore>,
+    every: std::time::Duration,
+) {
+    let mut next = Instant::now();
+    loop {
+        match tokio::time::timeout_at(next, rx.recv()).await {
+            Ok(Some(op)) => {
+                let Some(pool) = pool.upgrade() else { return };
+                pool.send(&store, op).await;
+            }
+            Ok(None) => return,
+            Err(_) => {
+                next = Instant::now() + every;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.last_sync
+                    .store(pool.now_ms(Instant::now()) + 1, Ordering::Release);
+                if let Err(e) = pool.load_and_merge(&store).await {
+                    pool.store_outcome(Err(e));
+                }
+            }
+        }
+    }
 }
