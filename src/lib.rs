@@ -145,6 +145,9 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(feature = "accounts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "accounts")))]
+pub mod accounts;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
@@ -196,7 +199,8 @@ pub mod rate_limit;
         feature = "persist",
         feature = "rate-limit",
         feature = "affinity",
-        feature = "openai"
+        feature = "openai",
+        feature = "accounts"
     )
 ))]
 mod redis_util;
@@ -207,7 +211,8 @@ mod redis_util;
         feature = "persist",
         feature = "rate-limit",
         feature = "affinity",
-        feature = "openai"
+        feature = "openai",
+        feature = "accounts"
     )
 ))]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -215,7 +220,7 @@ pub use redis_util::{RedisConfig, RedisConnection};
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
-#[cfg(any(feature = "testing", feature = "affinity"))]
+#[allow(dead_code)] // each function is used by some features only
 mod rfc3339;
 #[cfg(any(feature = "client", feature = "live"))]
 mod tls;

@@ -330,7 +330,8 @@ impl ConnectionLike for RedisConnection {
     feature = "key-rotation",
     feature = "persist",
     feature = "rate-limit",
-    feature = "affinity"
+    feature = "affinity",
+    feature = "accounts"
 ))]
 fn has_hash_tag(key: &str) -> bool {
     key.find('{')
@@ -346,7 +347,8 @@ fn has_hash_tag(key: &str) -> bool {
     feature = "key-rotation",
     feature = "persist",
     feature = "rate-limit",
-    feature = "affinity"
+    feature = "affinity",
+    feature = "accounts"
 ))]
 pub(crate) fn store_prefix(cluster: bool, prefix: &str) -> std::sync::Arc<str> {
     if cluster && !has_hash_tag(prefix) {

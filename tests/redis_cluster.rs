@@ -10,7 +10,8 @@
     feature = "key-rotation",
     feature = "rate-limit",
     feature = "affinity",
-    feature = "openai"
+    feature = "openai",
+    feature = "accounts"
 ))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use support::redis_servers::{RedisCluster, RedisOptions, TlsRedis};
+use tower_gemini::accounts::{BudgetRedisStore, BudgetStore, Period};
 use tower_gemini::affinity::{AffinityRedisStore, AffinityStore, Pinned};
 use tower_gemini::key_rotation::{KeyId, KeyStateRedisStore, KeyStateStore};
 use tower_gemini::openai::responses::{ResponseRedisStore, ResponseStore, StoredResponse};
@@ -284,7 +286,27 @@ async fn response_store(redis: &RedisConfig) {
     }
 }
 
+/// Token budgets count across instances, both periods in one round trip.
+async fn budget_store(redis: &RedisConfig) {
+    let prefix = "tg-test:budget";
+    let a = BudgetRedisStore::from_connection(redis.connect().await.unwrap()).with_prefix(prefix);
+    let b = BudgetRedisStore::from_connection(redis.connect().await.unwrap()).with_prefix(prefix);
+    let now = unix_now();
+    a.record("tok-1", 100, now).await.unwrap();
+    b.record("tok-1", 50, now).await.unwrap();
+    let usage = a.usage("tok-1", now).await.unwrap();
+    assert_eq!((usage.day.requests, usage.day.tokens), (2, 150));
+    assert_eq!((usage.month.requests, usage.month.tokens), (2, 150));
+    assert_eq!(b.usage("tok-2", now).await.unwrap().day.requests, 0);
+
+    let mut conn = raw(redis).await;
+    let rest = format!(":tok-1:d{}", Period::Day.label(now));
+    let name = named(redis.is_cluster(), prefix, &rest);
+    assert!(exists(&mut conn, &name).await, "{name}");
+}
+
 async fn every_store(redis: &RedisConfig) {
+    budget_store(redis).await;
     admin_store(redis).await;
     key_state_store(redis).await;
     rate_limit_store(redis).await;

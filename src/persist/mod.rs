@@ -4,7 +4,7 @@
 //! what it reads back on start to merge with its configuration:
 //! - **keys**: upstream keys added (kept *as they are*, since the gateway must use them after a
 //!   restart) and tombstones of keys removed (the key itself is erased);
-//! - **tokens**: client tokens created, as a [`TokenDigest`] (SHA-256) with their masked id,
+//! - **tokens**: client tokens created, as a [`TokenDigest`] (SHA-256) with their id,
 //!   name and admin flag, never the token itself, and tombstones of tokens revoked;
 //! - **settings**: named JSON values, for run-time policy changes.
 //!
@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::Error;
+use crate::secret::ApiKey;
 use crate::secret::TokenDigest;
-use crate::secret::{ApiKey, mask};
 
 #[cfg(feature = "redis")]
 mod redis;
@@ -103,7 +103,8 @@ impl KeyRecord {
 /// A client token, known by its digest: the token itself is never stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
-    /// The masked token, the token's id in listings.
+    /// The token's id in listings ([`TokenDigest::id`]; records written by earlier versions
+    /// hold the masked token).
     pub id: String,
     /// The client's name.
     pub name: String,
@@ -111,17 +112,27 @@ pub struct TokenRecord {
     pub admin: bool,
     /// The token's SHA-256 digest.
     pub digest: TokenDigest,
+    /// What the token may do beyond the global settings (models, limits, budgets, expiry).
+    pub account: crate::facts::Account,
 }
 
 impl TokenRecord {
-    /// A record for `token` (which is hashed and masked here, and not kept).
+    /// A record for `token` (which is hashed here, and not kept).
     pub fn new(token: &str, name: impl Into<String>, admin: bool) -> Self {
+        let digest = TokenDigest::of(token);
         Self {
-            id: mask(token),
+            id: digest.id(),
             name: name.into(),
             admin,
-            digest: TokenDigest::of(token),
+            digest,
+            account: crate::facts::Account::default(),
         }
+    }
+
+    /// Sets the token's account settings.
+    pub fn with_account(mut self, account: crate::facts::Account) -> Self {
+        self.account = account;
+        self
     }
 }
 
@@ -133,6 +144,7 @@ impl From<crate::auth::TokenInfo> for TokenRecord {
             name: t.name,
             admin: t.admin,
             digest: t.digest,
+            account: t.account.map(|a| (*a).clone()).unwrap_or_default(),
         }
     }
 }

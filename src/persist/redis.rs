@@ -48,6 +48,8 @@ struct StoredToken {
     name: String,
     admin: bool,
     revoked: bool,
+    #[serde(default, skip_serializing_if = "crate::facts::Account::is_empty")]
+    account: crate::facts::Account,
 }
 
 impl AdminRedisStore {
@@ -156,6 +158,7 @@ impl AdminStore for AdminRedisStore {
                     name: t.name,
                     admin: t.admin,
                     digest,
+                    account: t.account,
                 };
                 if t.revoked {
                     state.revoked_tokens.push(record);
@@ -198,6 +201,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: false,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
@@ -208,6 +212,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: true,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
