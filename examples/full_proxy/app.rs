@@ -86,7 +86,7 @@ impl App {
         config.log_alias_notes();
         let persist = Persist::open(
             &config.persist,
-            config.redis_url.as_deref(),
+            config.redis.as_ref(),
             &config.redis_prefix,
             config.ops.log_retention_days,
         )
@@ -595,8 +595,9 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .max_transient_failures(config.max_transient_failures)
         .cooldown(config.key_cooldown)
         .reprobe_after(config.key_reprobe);
-    if let Some(url) = &config.redis_url {
-        match tower_gemini::key_rotation::KeyStateRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        let store = redis.connect().await;
+        match store.map(tower_gemini::key_rotation::KeyStateRedisStore::from_connection) {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:keys", config.redis_prefix));
                 builder = builder.store(Arc::new(store));
@@ -631,8 +632,12 @@ async fn budget_store(config: &Config) -> Arc<dyn tower_gemini::accounts::Budget
 /// them), else next to the admin changes in `DATABASE_PATH` (kept across restarts), else in
 /// memory.
 async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
-    if let Some(url) = &config.redis_url {
-        match AffinityRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        match redis
+            .connect()
+            .await
+            .map(AffinityRedisStore::from_connection)
+        {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:affinity", config.redis_prefix));
                 return Ok(Arc::new(store));
@@ -654,8 +659,12 @@ async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, Strin
 /// Where `/v1/responses` keeps stored responses, chosen as the resource pins are: Redis with
 /// `REDIS_URL` (any instance continues any response), else `DATABASE_PATH`, else memory.
 async fn response_store(config: &Config) -> Result<Arc<dyn ResponseStore>, String> {
-    if let Some(url) = &config.redis_url {
-        match ResponseRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        match redis
+            .connect()
+            .await
+            .map(ResponseRedisStore::from_connection)
+        {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:responses", config.redis_prefix));
                 return Ok(Arc::new(store));
@@ -695,9 +704,8 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
     if !config.trusted_proxies.is_empty() {
         builder = builder.forwarded_header("x-forwarded-for");
     }
-    if let Some(url) = &config.redis_url {
-        let store = tower_gemini::rate_limit::RateLimitRedisStore::new(url)
-            .map_err(|e| e.to_string())?
+    if let Some(redis) = &config.redis {
+        let store = tower_gemini::rate_limit::RateLimitRedisStore::from_config(redis)
             .key_prefix(format!("{}:rl:", config.redis_prefix))
             .timeout(config.redis_timeout);
         builder = builder.store(store);

@@ -94,7 +94,7 @@ impl Persist {
     /// a SQLite file held before are copied into a Redis that holds none yet.
     pub async fn open(
         config: &PersistConfig,
-        redis_url: Option<&str>,
+        redis: Option<&tower_gemini::RedisConfig>,
         redis_prefix: &str,
         log_retention_days: u64,
     ) -> Result<Persist, String> {
@@ -116,8 +116,8 @@ impl Persist {
             );
             sqlite = Some(db);
         }
-        if let Some(url) = redis_url {
-            let redis = LazyRedis::new(url, format!("{redis_prefix}:admin"));
+        if let Some(redis) = redis {
+            let redis = LazyRedis::new(redis, format!("{redis_prefix}:admin"));
             if let Some(db) = &sqlite {
                 redis.adopt(db).await;
             }
@@ -273,15 +273,15 @@ async fn backup(State(s): State<Shared>) -> Response {
 /// The admin store in Redis, connected on first use and again after a failed attempt, so a
 /// gateway that starts while Redis is down follows the shared state once it is up.
 struct LazyRedis {
-    url: String,
+    redis: tower_gemini::RedisConfig,
     prefix: String,
     store: tokio::sync::OnceCell<AdminRedisStore>,
 }
 
 impl LazyRedis {
-    fn new(url: &str, prefix: String) -> LazyRedis {
+    fn new(redis: &tower_gemini::RedisConfig, prefix: String) -> LazyRedis {
         LazyRedis {
-            url: url.to_owned(),
+            redis: redis.clone(),
             prefix,
             store: tokio::sync::OnceCell::new(),
         }
@@ -290,9 +290,10 @@ impl LazyRedis {
     async fn get(&self) -> Result<&AdminRedisStore, tower_gemini::Error> {
         self.store
             .get_or_try_init(|| async {
-                AdminRedisStore::connect(&self.url)
+                self.redis
+                    .connect()
                     .await
-                    .map(|s| s.with_prefix(&self.prefix))
+                    .map(|c| AdminRedisStore::from_connection(c).with_prefix(&self.prefix))
             })
             .await
     }

@@ -7,6 +7,7 @@ use redis::aio::ConnectionManager;
 
 use super::{BudgetStore, Period, PeriodUsage, StoreFuture, Usage};
 use crate::Error;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 
 const DEFAULT_PREFIX: &str = "tower-gemini:budget";
 
@@ -16,30 +17,41 @@ const DEFAULT_PREFIX: &str = "tower-gemini:budget";
 /// Layout: a hash `{prefix}:{id}:{label}` per token and period (`label`: `d20261203`,
 /// `m202612`) with fields `requests` and `tokens`, expiring a day after its period ends. One
 /// round trip to read both periods, one to count.
+///
+/// On a Redis Cluster the prefix is wrapped in a hash tag (`{tower-gemini:budget}:...`) so
+/// that both periods' hashes share one slot and each round trip is one pipeline; on one node
+/// the names are as written above (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct BudgetRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
 impl BudgetRedisStore {
-    /// Connects to `url`, failing within a few seconds when Redis is unreachable; the
-    /// connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable;
+    /// the connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            prefix: Arc::from(DEFAULT_PREFIX),
-        }
+        Self::from_connection(conn.into())
     }
 
-    /// Sets the key prefix. Default: `tower-gemini:budget`.
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let prefix = redis_util::store_prefix(conn.is_cluster(), DEFAULT_PREFIX);
+        Self { conn, prefix }
+    }
+
+    /// Sets the key prefix. Default: `tower-gemini:budget` (`{tower-gemini:budget}` on a
+    /// Cluster, where a prefix without a hash tag gets one).
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        self.prefix = Arc::from(prefix.as_ref());
+        self.prefix = redis_util::store_prefix(self.conn.is_cluster(), prefix.as_ref());
         self
     }
 

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord};
 use crate::Error;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 use crate::secret::ApiKey;
 use crate::secret::TokenDigest;
 
@@ -26,9 +27,14 @@ const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 /// [`AdminStore::report_applied`]). The keys hash holds upstream
 /// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
 /// stored as SHA-256 digests only.
+///
+/// On a Redis Cluster the prefix is wrapped in a hash tag (`{tower-gemini:admin}:keys`, ...)
+/// so that the hashes share one slot and `load` reads them in one pipeline; on one node the
+/// names are the untagged ones earlier versions wrote, so an upgrade keeps the keys, tokens and
+/// settings added at run time (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct AdminRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
@@ -49,23 +55,30 @@ struct StoredToken {
 }
 
 impl AdminRedisStore {
-    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
-    /// unreachable. The connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable.
+    /// The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            prefix: Arc::from(DEFAULT_PREFIX),
-        }
+        Self::from_connection(conn.into())
     }
 
-    /// Sets the key prefix. Default: `tower-gemini:admin`.
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let prefix = redis_util::store_prefix(conn.is_cluster(), DEFAULT_PREFIX);
+        Self { conn, prefix }
+    }
+
+    /// Sets the key prefix. Default: `tower-gemini:admin` (`{tower-gemini:admin}` on a
+    /// Cluster, where a prefix without a hash tag gets one).
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        self.prefix = Arc::from(prefix.as_ref());
+        self.prefix = redis_util::store_prefix(self.conn.is_cluster(), prefix.as_ref());
         self
     }
 
