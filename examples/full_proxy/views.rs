@@ -55,23 +55,23 @@ fn bad_request(message: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The query's parameters, each at most once, none but `allowed`.
+/// The query's parameters, each at most once, none but `allowed`; or why not.
 fn params(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     allowed: &[&str],
-) -> Result<HashMap<String, String>, Response> {
-    let Query(pairs) = query.map_err(|e| bad_request(format!("bad query string: {e}")))?;
+) -> Result<HashMap<String, String>, String> {
+    let Query(pairs) = query.map_err(|e| format!("bad query string: {e}"))?;
     let mut out = HashMap::new();
     for (name, value) in pairs {
         if !allowed.contains(&name.as_str()) {
-            return Err(bad_request(format!(
+            return Err(format!(
                 "unknown parameter `{}`; this route takes {}",
                 scrub(&name),
                 allowed.join(", ")
-            )));
+            ));
         }
         if out.insert(name.clone(), value).is_some() {
-            return Err(bad_request(format!("`{}` is given twice", scrub(&name))));
+            return Err(format!("`{}` is given twice", scrub(&name)));
         }
     }
     Ok(out)
@@ -79,25 +79,25 @@ fn params(
 
 /// A filter value: `None` when empty (an empty form field), else at most
 /// [`MAX_FILTER_CHARS`] characters.
-fn filter<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<Option<&'a str>, Response> {
+fn filter<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<Option<&'a str>, String> {
     match p.get(name).map(|v| v.trim()) {
         None | Some("") => Ok(None),
-        Some(v) if v.chars().count() > MAX_FILTER_CHARS => Err(bad_request(format!(
+        Some(v) if v.chars().count() > MAX_FILTER_CHARS => Err(format!(
             "`{name}` is longer than {MAX_FILTER_CHARS} characters"
-        ))),
+        )),
         Some(v) => Ok(Some(v)),
     }
 }
 
 /// `limit`: a whole number from 1 to `max`, else `default`.
-fn limit(p: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Response> {
+fn limit(p: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, String> {
     match filter(p, "limit")? {
         None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| bad_request(format!("`limit` must be a number from 1 to {max}"))),
+            .ok_or_else(|| format!("`limit` must be a number from 1 to {max}")),
     }
 }
 
@@ -132,28 +132,16 @@ async fn timeseries(
 ) -> Response {
     let p = match params(query, &["range", "key", "account", "limit"]) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(why) => return bad_request(why),
     };
-    let span = match filter(&p, "range") {
-        Ok(None) => Span::Hour,
-        Ok(Some(name)) => match Span::parse(name) {
-            Some(span) => span,
-            None => {
-                return bad_request(format!(
-                    "`range` must be `hour` or `day`, not {:?}",
-                    scrub(name)
-                ));
-            }
-        },
-        Err(refused) => return refused,
-    };
-    let (key, account, limit) = match (
-        filter(&p, "key"),
-        filter(&p, "account"),
-        limit(&p, DEFAULT_SERIES_LIMIT, 1000),
-    ) {
-        (Ok(k), Ok(a), Ok(l)) => (k, a, l),
-        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    let SeriesQuery {
+        span,
+        key,
+        account,
+        limit,
+    } = match series_query(&p) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
     };
     let mut view = v.series.view(span);
     let (keys_total, accounts_total) = (view.keys.len(), view.accounts.len());
@@ -181,6 +169,31 @@ async fn timeseries(
     axum::Json(out).into_response()
 }
 
+/// What `/admin/timeseries` asks for.
+struct SeriesQuery<'a> {
+    span: Span,
+    /// Only this key id.
+    key: Option<&'a str>,
+    /// Only this account id.
+    account: Option<&'a str>,
+    /// Else this many keys and accounts, the busiest.
+    limit: usize,
+}
+
+fn series_query(p: &HashMap<String, String>) -> Result<SeriesQuery<'_>, String> {
+    let span = match filter(p, "range")? {
+        None => Span::Hour,
+        Some(name) => Span::parse(name)
+            .ok_or_else(|| format!("`range` must be `hour` or `day`, not {:?}", scrub(name)))?,
+    };
+    Ok(SeriesQuery {
+        span,
+        key: filter(p, "key")?,
+        account: filter(p, "account")?,
+        limit: limit(p, DEFAULT_SERIES_LIMIT, 1000)?,
+    })
+}
+
 /// `GET /admin/requests?limit=&status=&model=&key=&account=&errors=&before=`: the request
 /// log's rows, newest first. `status` is a status (`429`) or a class (`5xx`); `errors` is
 /// `true` (every status of 400 or more), `upstream` (5xx, and 429 not from the gateway's own
@@ -197,11 +210,11 @@ async fn requests(
         ],
     ) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(why) => return bad_request(why),
     };
     let q = match request_query(&p) {
         Ok(q) => q,
-        Err(refused) => return refused,
+        Err(why) => return bad_request(why),
     };
     let Some(log) = v.shared.persist.request_log.clone() else {
         return axum::Json(json!({
@@ -250,15 +263,15 @@ async fn requests(
 }
 
 /// The request log query the parameters ask for, and its limit.
-fn request_query(p: &HashMap<String, String>) -> Result<(RequestQuery, usize), Response> {
+fn request_query(p: &HashMap<String, String>) -> Result<(RequestQuery, usize), String> {
     let limit = limit(p, 100, RequestQuery::MAX_LIMIT)?;
     let mut q = RequestQuery::new().limit(limit);
     if let Some(status) = filter(p, "status")? {
         let status = StatusFilter::parse(status).ok_or_else(|| {
-            bad_request(format!(
+            format!(
                 "`status` must be a status such as 429 or a class such as 5xx, not {:?}",
                 scrub(status)
-            ))
+            )
         })?;
         q = q.status(status);
     }
@@ -267,10 +280,10 @@ fn request_query(p: &HashMap<String, String>) -> Result<(RequestQuery, usize), R
         Some("true") => q = q.errors(ErrorFilter::Any),
         Some("upstream") => q = q.errors(ErrorFilter::Upstream),
         Some(other) => {
-            return Err(bad_request(format!(
+            return Err(format!(
                 "`errors` must be true, upstream or false, not {:?}",
                 scrub(other)
-            )));
+            ));
         }
     }
     if let Some(before) = filter(p, "before")? {
@@ -278,7 +291,7 @@ fn request_query(p: &HashMap<String, String>) -> Result<(RequestQuery, usize), R
             .parse::<i64>()
             .ok()
             .filter(|id| *id > 0)
-            .ok_or_else(|| bad_request("`before` must be a row id (a positive number)"))?;
+            .ok_or("`before` must be a row id (a positive number)")?;
         q = q.before(id);
     }
     if let Some(model) = filter(p, "model")? {
