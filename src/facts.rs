@@ -64,6 +64,7 @@ pub struct Identity {
     id: Arc<str>,
     subject: Arc<str>,
     admin: bool,
+    account: Option<Arc<Account>>,
 }
 
 impl Identity {
@@ -76,7 +77,20 @@ impl Identity {
             subject: id.clone(),
             id,
             admin,
+            account: None,
         }
+    }
+
+    /// Sets what this client may do (models, limits, budgets, expiry).
+    pub fn with_account(mut self, account: Option<Arc<Account>>) -> Self {
+        self.account = account.filter(|a| !a.is_empty());
+        self
+    }
+
+    /// What this client may do, when its token carries settings of its own; `None`: the
+    /// gateway's global settings apply.
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_deref()
     }
 
     /// Sets the subject: what the client's stored things (resource pins, stored responses)
@@ -99,7 +113,9 @@ impl Identity {
         &self.name
     }
 
-    /// A stable id for the client: the masked token. Safe for logs and stats.
+    /// A stable id for the client (for a [`MemoryTokenStore`](crate::auth::MemoryTokenStore)
+    /// token, [`TokenDigest::id`](crate::auth::TokenDigest::id): `tok_` and 12 hex digits).
+    /// Safe for logs, stats and URLs.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -118,6 +134,103 @@ impl fmt::Debug for Identity {
             .field("admin", &self.admin)
             .finish()
     }
+}
+
+// === Account ===
+
+/// What one client token may do, beyond the gateway's global settings: the models it may use,
+/// limits of its own, token budgets, an expiry and free-form labels. Every field is optional;
+/// an unset one falls back to the global setting.
+///
+/// ```
+/// use tower_gemini::facts::Account;
+/// let a = Account {
+///     models: Some(vec!["gemini-2.5-*".into()]),
+///     daily_token_budget: Some(1_000),
+///     ..Account::default()
+/// };
+/// assert!(a.allows_model("gemini-2.5-flash") && a.allows_model("models/gemini-2.5-pro"));
+/// assert!(!a.allows_model("gemini-3-pro-preview"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Account {
+    /// Models the token may use: names, or patterns where `*` stands for any run of
+    /// characters. `None`: every model the gateway serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Requests per minute of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    /// Tokens per minute of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Requests per day of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
+    /// Tokens (prompt + output + thoughts) per calendar day (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_token_budget: Option<u64>,
+    /// Tokens (prompt + output + thoughts) per calendar month (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_token_budget: Option<u64>,
+    /// When the token stops working, in seconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Free-form labels (team, project, owner...).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Account {
+    /// Whether nothing is set: the global settings apply in full.
+    pub fn is_empty(&self) -> bool {
+        *self == Account::default()
+    }
+
+    /// Whether the token may use `model` (with or without a `models/` prefix).
+    pub fn allows_model(&self, model: &str) -> bool {
+        let model = strip_models_prefix(model);
+        self.models
+            .as_ref()
+            .is_none_or(|pats| pats.iter().any(|p| glob(strip_models_prefix(p), model)))
+    }
+
+    /// Reads an RFC 3339 time (`2027-01-01T00:00:00Z`, an offset, or fractions) as seconds
+    /// since the Unix epoch, for [`expires_at`](Self::expires_at).
+    pub fn parse_time(s: &str) -> Option<u64> {
+        crate::rfc3339::parse(s)
+    }
+
+    /// Seconds since the Unix epoch as an RFC 3339 UTC time (`2027-01-01T00:00:00Z`).
+    pub fn format_time(unix: u64) -> String {
+        crate::rfc3339::format_seconds(unix)
+    }
+
+    /// Whether the token has expired at `now` (seconds since the Unix epoch).
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// A request that carries no client credential but a capability a layer in front of

@@ -4,7 +4,7 @@
 //! (usually [`UpstreamClient`](crate::client::UpstreamClient), or a `FakeGemini` in tests):
 //!
 //! ```text
-//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► [UploadSessions] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► [Affinity] ─► RateLimit
+//! Facts ─► RequestId ─► AccessLog ─► [Usage] ─► [UploadSessions] ─► BearerAuth ─► BodyLimit ─► [extra layers] ─► [Affinity] ─► [Accounts] ─► RateLimit
 //!   ─► StreamResume ─► errors as responses ─► KeyRotation (or one upstream key) ─► client
 //! ```
 //!
@@ -80,6 +80,8 @@ pub struct GatewayBuilder {
     extra: Vec<Arc<dyn Fn(GatewayService) -> GatewayService + Send + Sync>>,
     #[cfg(feature = "rate-limit")]
     rate_limit: Option<crate::rate_limit::RateLimitLayer>,
+    #[cfg(feature = "accounts")]
+    accounts: Option<crate::accounts::AccountLayer>,
     #[cfg(feature = "stream-resume")]
     stream_resume: Option<crate::stream_resume::StreamResumeLayer>,
     #[cfg(feature = "key-rotation")]
@@ -191,6 +193,8 @@ impl Default for GatewayBuilder {
             extra: Vec::new(),
             #[cfg(feature = "rate-limit")]
             rate_limit: None,
+            #[cfg(feature = "accounts")]
+            accounts: None,
             #[cfg(feature = "stream-resume")]
             stream_resume: None,
             #[cfg(feature = "key-rotation")]
@@ -295,6 +299,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// Per-token models and token budgets ([`AccountLayer`](crate::accounts::AccountLayer)),
+    /// checked after the extra layers resolved the model and before the rate limit.
+    #[cfg(feature = "accounts")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "accounts")))]
+    pub fn accounts(mut self, layer: crate::accounts::AccountLayer) -> Self {
+        self.accounts = Some(layer);
+        self
+    }
+
     /// Quotas per client, IP or model, checked before any upstream key is spent.
     #[cfg(feature = "rate-limit")]
     #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
@@ -377,6 +390,10 @@ impl GatewayBuilder {
         }
         #[cfg(feature = "rate-limit")]
         if let Some(layer) = self.rate_limit {
+            svc = GatewayService::new(layer.layer(svc));
+        }
+        #[cfg(feature = "accounts")]
+        if let Some(layer) = self.accounts {
             svc = GatewayService::new(layer.layer(svc));
         }
         #[cfg(feature = "affinity")]

@@ -22,7 +22,8 @@
 //! | [`live::LiveProxy`] | the Live API's WebSocket, relayed frame by frame on one pool key per session | `live` | no |
 //! | [`gateway::Gateway`] | all of the above, stacked in the one order that works | `request-id` + `bearer-auth` | yes |
 //!
-//! More features: `redis` (shared limits and key state for many instances), `client` (a pooled
+//! More features: `redis` (shared limits, key state, pins and admin changes for many instances,
+//! on one Redis, over TLS or on a Redis Cluster: `RedisConfig`), `client` (a pooled
 //! hyper client with rustls, the leaf of a gateway), `metrics` (a Prometheus sink for usage),
 //! `persist` and `sqlite` (admin changes across restarts, a request log), `testing`
 //! ([`testing::FakeGemini`], a faithful fake upstream with fault injection), `full` (all).
@@ -144,6 +145,9 @@
 mod macros;
 
 pub mod access_log;
+#[cfg(feature = "accounts")]
+#[cfg_attr(docsrs, doc(cfg(feature = "accounts")))]
+pub mod accounts;
 #[cfg(feature = "affinity")]
 #[cfg_attr(docsrs, doc(cfg(feature = "affinity")))]
 pub mod affinity;
@@ -195,14 +199,28 @@ pub mod rate_limit;
         feature = "persist",
         feature = "rate-limit",
         feature = "affinity",
-        feature = "openai"
+        feature = "openai",
+        feature = "accounts"
     )
 ))]
 mod redis_util;
+#[cfg(all(
+    feature = "redis",
+    any(
+        feature = "key-rotation",
+        feature = "persist",
+        feature = "rate-limit",
+        feature = "affinity",
+        feature = "openai",
+        feature = "accounts"
+    )
+))]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis_util::{RedisConfig, RedisConnection};
 #[cfg(feature = "request-id")]
 #[cfg_attr(docsrs, doc(cfg(feature = "request-id")))]
 pub mod request_id;
-#[cfg(any(feature = "testing", feature = "affinity"))]
+#[allow(dead_code)] // each function is used by some features only
 mod rfc3339;
 #[cfg(any(feature = "client", feature = "live"))]
 mod tls;

@@ -53,6 +53,28 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The UTC date (year, month, day) holding Unix seconds `unix`.
+pub(crate) fn civil(unix: u64) -> (i64, u32, u32) {
+    civil_from_days((unix / 86_400) as i64)
+}
+
+/// Unix seconds of midnight UTC on a date.
+pub(crate) fn unix_of_date(y: i64, m: u32, d: u32) -> u64 {
+    u64::try_from(days_from_civil(y, m, d) * 86_400).unwrap_or(0)
+}
+
+/// The RFC 3339 UTC form of Unix seconds, whole seconds (`2027-01-01T00:00:00Z`).
+pub(crate) fn format_seconds(unix: u64) -> String {
+    let (y, m, d) = civil(unix);
+    let rem = unix % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 // Howard Hinnant's algorithms.
 #[cfg_attr(not(feature = "affinity"), allow(dead_code))]
 fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
@@ -65,7 +87,6 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

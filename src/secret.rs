@@ -253,6 +253,31 @@ impl TokenDigest {
         Self(sha2::Sha256::digest(token.as_bytes()).into())
     }
 
+    /// The token's id: `tok_` and 12 hex digits of a hash of the digest. Plain ASCII that
+    /// needs no escaping in a URL path, stable for the token, unique in practice, and no help
+    /// in finding the token (unlike a masked token, which shows 8 of its characters and
+    /// which two tokens can share).
+    ///
+    /// ```
+    /// use tower_gemini::auth::TokenDigest;
+    /// let id = TokenDigest::of("sk-client-token-1").id();
+    /// assert!(id.starts_with("tok_") && id.len() == 16 && id.is_ascii());
+    /// ```
+    pub fn id(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tower-gemini token id\0");
+        h.update(self.0);
+        let out = h.finalize();
+        let mut s = String::with_capacity(16);
+        s.push_str("tok_");
+        for b in &out[..6] {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+
     /// The digest as 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()

@@ -246,6 +246,7 @@ const VARIABLES: &[&str] = &[
     "PASSWORD",
     "PORT",
     "RATE_LIMIT_FAIL_OPEN",
+    "REDIS_CA_FILE",
     "REDIS_KEY_PREFIX",
     "REDIS_URL",
     "REQUEST_LOG_QUEUE_SIZE",

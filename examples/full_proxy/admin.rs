@@ -23,8 +23,14 @@ pub fn router(shared: Shared) -> Router {
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{id}", delete(remove_key))
         .route("/keys/{id}/enable", post(enable_key))
-        .route("/tokens", get(list_tokens).post(add_token))
-        .route("/tokens/{id}", delete(revoke_token))
+        .route(
+            "/tokens",
+            get(super::accounts::list_tokens).post(super::accounts::add_token),
+        )
+        .route(
+            "/tokens/{id}",
+            delete(revoke_token).patch(super::accounts::patch_token),
+        )
         .route("/config", get(config_view))
         // Compatibility routes of other Gemini proxies (README: "Coming from another Gemini proxy").
         .route("/config/gemini-key", post(compat_add_key))
@@ -87,8 +93,15 @@ async fn one_change_at_a_time(State(s): State<Shared>, req: Request, next: Next)
     if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD {
         return next.run(req).await;
     }
-    let _one = s.fleet.lock.lock().await;
-    next.run(req).await
+    let res = {
+        let _one = s.fleet.lock.lock().await;
+        next.run(req).await
+    };
+    // A change answered is a change in force on every instance of the fleet.
+    if res.status().is_success() {
+        s.fleet.wait_everywhere().await;
+    }
+    res
 }
 
 /// Why this request may not use the admin API, as the response; `None` for the admin token.
@@ -206,44 +219,10 @@ async fn enable_key(State(s): State<Shared>, Path(id): Path<String>) -> Response
     }
 }
 
-async fn list_tokens(State(s): State<Shared>) -> Response {
-    let tokens: Vec<Value> = s
-        .tokens
-        .list()
-        .into_iter()
-        .map(|t| json!({ "id": t.id, "name": t.name, "admin": t.admin }))
-        .collect();
-    axum::Json(json!({ "tokens": tokens })).into_response()
-}
-
-/// `POST /admin/tokens {"name": "..."}` → `{"token", "id", "name"}`; the token is shown once.
-async fn add_token(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
-    match add_token_from_body(&s, &body).await {
-        Ok(created) => (StatusCode::CREATED, axum::Json(created)).into_response(),
-        Err(refused) => refused,
-    }
-}
-
-/// Mints a client token for the name in a `{"name": "..."}` body: `{"token", "id", "name"}`
-/// (the only time the token is shown), or the refusal. Every route that creates a client token
-/// goes through here.
+/// Mints a client token for a `{"name": "...", ...settings}` body: the token (shown only here)
+/// and its listing, or the refusal. Every route that creates a client token goes through here.
 async fn add_token_from_body(s: &Shared, body: &[u8]) -> Result<Value, Response> {
-    let name = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("name")?.as_str().map(|n| n.trim().to_owned()))
-        .filter(|n| !n.is_empty());
-    let Some(name) = name else {
-        return Err(error(ApiError::bad_request(
-            "expected a JSON body like {\"name\": \"my-app\"}",
-        )));
-    };
-    let token = mint_token("sk-");
-    let record = tower_gemini::persist::TokenRecord::new(&token, name.as_str(), false);
-    if let Err(e) = s.persist.store.put_token(&record).await {
-        return Err(super::persist::unsaved("no token was created", &e));
-    }
-    let id = s.tokens.insert(&token, name.as_str(), false);
-    Ok(json!({ "token": token, "id": id, "name": name }))
+    super::accounts::create(s, body).await
 }
 
 async fn revoke_token(State(s): State<Shared>, Path(id): Path<String>) -> Response {

@@ -74,6 +74,8 @@ pub struct Shared {
     pub fleet: Arc<fleet::Fleet>,
     /// The server's counters (and whether it drains, for readiness).
     pub server_stats: Arc<ServerStats>,
+    /// Where token budgets are counted.
+    pub budgets: Arc<dyn tower_gemini::accounts::BudgetStore>,
 }
 
 impl App {
@@ -84,7 +86,7 @@ impl App {
         config.log_alias_notes();
         let persist = Persist::open(
             &config.persist,
-            config.redis_url.as_deref(),
+            config.redis.as_ref(),
             &config.redis_prefix,
             config.ops.log_retention_days,
         )
@@ -128,38 +130,44 @@ impl App {
             policy: config.policy.clone(),
             ..fleet::Base::default()
         };
+        // Tokens seeded from TOKENS_FILE count as configured ones (a malformed file stops
+        // the start, naming the line).
+        let seeded = match &config.tokens_file {
+            Some(path) => super::tokens_file::load(path)?,
+            None => Vec::new(),
+        };
+        base.tokens.extend(seeded.iter().cloned());
         let tokens = Arc::new(MemoryTokenStore::new());
-        for t in &saved.tokens {
-            tokens.insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
-        }
         let minted_token = if config.allowed_tokens.is_empty() && config.client_key_passthrough {
             // Own-key mode: every credential is a client's Gemini key; nothing to mint.
             None
-        } else if config.allowed_tokens.is_empty() && saved.tokens.is_empty() {
+        } else if config.allowed_tokens.is_empty() && saved.tokens.is_empty() && seeded.is_empty() {
             let t = mint_token("sk-");
-            tokens.insert(&t, "minted", false);
-            base.tokens.push((t.clone(), "minted".to_owned()));
+            base.tokens.push(fleet::BaseToken {
+                digest: tower_gemini::auth::TokenDigest::of(&t),
+                name: "minted".to_owned(),
+                account: tower_gemini::facts::Account::default(),
+                source: "config",
+            });
             Some(t)
         } else {
             for (i, t) in config.allowed_tokens.iter().enumerate() {
-                let name = format!("client-{}", i + 1);
-                base.tokens.push((t.clone(), name.clone()));
-                if saved.is_token_revoked(t) {
-                    continue; // revoked through the admin API
-                }
-                tokens.insert(t, name, false);
+                base.tokens.push(fleet::BaseToken {
+                    digest: tower_gemini::auth::TokenDigest::of(t),
+                    name: format!("client-{}", i + 1),
+                    account: tower_gemini::facts::Account::default(),
+                    source: "config",
+                });
             }
             None
         };
         let minted_admin_token = match &config.admin_token {
             Some(t) => {
-                tokens.insert(t, "admin", true);
                 base.admin_token = t.clone();
                 None
             }
             None => {
                 let t = mint_token("sk-admin-");
-                tokens.insert(&t, "admin", true);
                 base.admin_token = t.clone();
                 Some(t)
             }
@@ -176,6 +184,13 @@ impl App {
             ops.usage = usage;
         }
         ops.persist = Some(persist.clone());
+        // Token budgets count each answer's usage: in Redis for a fleet, else in memory.
+        let budgets = budget_store(&config).await;
+        ops.usage = ops
+            .usage
+            .clone()
+            .sink(tower_gemini::accounts::BudgetRecorder::new(budgets.clone()));
+        ops.budgets = Some(budgets.clone());
         let mut client = UpstreamClient::builder()
             .base_url(upstream_url.clone())
             .timeout(config.request_timeout);
@@ -282,6 +297,12 @@ impl App {
         builder = builder.affinity(
             AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
         );
+        // A client token's models and token budgets, after the policy resolved the model.
+        builder = builder.accounts(
+            tower_gemini::accounts::AccountLayer::new(budgets)
+                .timeout(config.redis_timeout)
+                .fail_open(config.rate_limit_fail_open),
+        );
         if let Some(limits) = limits {
             builder = builder.rate_limit(limits);
         }
@@ -300,6 +321,9 @@ impl App {
             config.fleet_sync,
             started_on,
         );
+        // The tokens in force: the configured ones, then what the store says over them
+        // (created, changed, revoked at run time).
+        fleet.apply(&saved);
         fleet.spawn();
         ops.fleet = Some(fleet.clone());
         let shared = Shared {
@@ -314,6 +338,10 @@ impl App {
             persist,
             fleet,
             server_stats: server_stats.clone(),
+            budgets: ops
+                .budgets
+                .clone()
+                .unwrap_or_else(|| Arc::new(tower_gemini::accounts::MemoryBudgetStore::new())),
         };
         let live_route = {
             let live = live.clone();
@@ -568,8 +596,9 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .max_transient_failures(config.max_transient_failures)
         .cooldown(config.key_cooldown)
         .reprobe_after(config.key_reprobe);
-    if let Some(url) = &config.redis_url {
-        match tower_gemini::key_rotation::KeyStateRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        let store = redis.connect().await;
+        match store.map(tower_gemini::key_rotation::KeyStateRedisStore::from_connection) {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:keys", config.redis_prefix));
                 builder = builder.store(Arc::new(store));
@@ -583,12 +612,33 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
     builder.build().map_err(|e| format!("GEMINI_API_KEYS: {e}"))
 }
 
+/// Where token budgets are counted: Redis with `REDIS_URL` (one count for the fleet), else
+/// memory (this instance; lost on restart).
+async fn budget_store(config: &Config) -> Arc<dyn tower_gemini::accounts::BudgetStore> {
+    if let Some(url) = &config.redis_url {
+        match tower_gemini::accounts::BudgetRedisStore::connect(url).await {
+            Ok(store) => {
+                return Arc::new(store.with_prefix(format!("{}:budget", config.redis_prefix)));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "REDIS_URL: cannot reach Redis; token budgets count on this instance only"
+            ),
+        }
+    }
+    Arc::new(tower_gemini::accounts::MemoryBudgetStore::new())
+}
+
 /// Where resource → key pins live: in Redis with `REDIS_URL` (every instance of a fleet sees
 /// them), else next to the admin changes in `DATABASE_PATH` (kept across restarts), else in
 /// memory.
 async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, String> {
-    if let Some(url) = &config.redis_url {
-        match AffinityRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        match redis
+            .connect()
+            .await
+            .map(AffinityRedisStore::from_connection)
+        {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:affinity", config.redis_prefix));
                 return Ok(Arc::new(store));
@@ -610,8 +660,12 @@ async fn affinity_store(config: &Config) -> Result<Arc<dyn AffinityStore>, Strin
 /// Where `/v1/responses` keeps stored responses, chosen as the resource pins are: Redis with
 /// `REDIS_URL` (any instance continues any response), else `DATABASE_PATH`, else memory.
 async fn response_store(config: &Config) -> Result<Arc<dyn ResponseStore>, String> {
-    if let Some(url) = &config.redis_url {
-        match ResponseRedisStore::connect(url).await {
+    if let Some(redis) = &config.redis {
+        match redis
+            .connect()
+            .await
+            .map(ResponseRedisStore::from_connection)
+        {
             Ok(store) => {
                 let store = store.with_prefix(format!("{}:responses", config.redis_prefix));
                 return Ok(Arc::new(store));
@@ -642,9 +696,8 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
     if let Some(limits) = &config.model_limits {
         rules.extend(limits.rules());
     }
-    if rules.is_empty() {
-        return Ok(None);
-    }
+    // Mounted even without a global limit: a client token's own `rpm`/`tpm`/`rpd` (its
+    // account) are enforced here too. A request with no quota to check passes straight on.
     let mut builder = RateLimitLayer::builder()
         .rules(rules)
         .trusted_proxies(config.trusted_proxies.iter().cloned())
@@ -652,9 +705,8 @@ fn rate_limits(config: &Config) -> Result<Option<RateLimitLayer>, String> {
     if !config.trusted_proxies.is_empty() {
         builder = builder.forwarded_header("x-forwarded-for");
     }
-    if let Some(url) = &config.redis_url {
-        let store = tower_gemini::rate_limit::RateLimitRedisStore::new(url)
-            .map_err(|e| e.to_string())?
+    if let Some(redis) = &config.redis {
+        let store = tower_gemini::rate_limit::RateLimitRedisStore::from_config(redis)
             .key_prefix(format!("{}:rl:", config.redis_prefix))
             .timeout(config.redis_timeout);
         builder = builder.store(store);

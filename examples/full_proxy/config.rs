@@ -18,12 +18,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Reads `UPSTREAM_CA_FILE`: a regular file (never a device or a pipe that would block the
-/// start), of at most 4 MiB (Mozilla's whole bundle is about 200 KiB).
-fn read_ca_file(path: &str) -> Result<Vec<u8>, ConfigError> {
+/// Reads a CA file (`UPSTREAM_CA_FILE`, `REDIS_CA_FILE`): a regular file (never a device or a
+/// pipe that would block the start), of at most 4 MiB (Mozilla's whole bundle is about 200 KiB).
+fn read_ca_file(var: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
     use std::io::Read;
     const MAX: u64 = 4 << 20;
-    let refuse = |why: String| ConfigError(format!("UPSTREAM_CA_FILE: `{path}` {why}"));
+    let refuse = |why: String| ConfigError(format!("{var}: `{path}` {why}"));
     let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
     let meta = file
         .metadata()
@@ -88,6 +88,10 @@ pub struct Config {
     /// `CORS_ALLOWED_ORIGINS`: origins a browser may call from (`*` for any); empty: no CORS.
     pub cors_allowed_origins: Vec<String>,
     pub redis_url: Option<String>,
+    /// `REDIS_CA_FILE`: a private CA (PEM) trusted for a `rediss://` `REDIS_URL`.
+    pub redis_ca_file: Option<String>,
+    /// `REDIS_URL` parsed (one node, or a Cluster's seed nodes), with `REDIS_CA_FILE`'s roots.
+    pub redis: Option<tower_gemini::RedisConfig>,
     pub redis_prefix: String,
     /// When the rate limit store (Redis) fails: let requests through (`true`) or answer 503.
     pub rate_limit_fail_open: bool,
@@ -96,6 +100,8 @@ pub struct Config {
     pub redis_timeout: Duration,
     /// `FLEET_SYNC_MS`: how often the shared admin state's version is checked.
     pub fleet_sync: Duration,
+    /// `TOKENS_FILE`: client tokens and their accounts, seeded from TOML.
+    pub tokens_file: Option<std::path::PathBuf>,
     // Log files (LOG_DIR, LOG_ROTATION, MAX_LOG_SIZE, MAX_LOG_BACKUPS, LOG_RETENTION_DAYS).
     pub ops: super::ops::OpsConfig,
     // Request policy (INJECT_PROMPT, MODEL_ALIASES, ...; see tower_gemini::policy).
@@ -165,10 +171,12 @@ impl fmt::Debug for Config {
             .field("cors_allowed_origins", &self.cors_allowed_origins)
             // A Redis URL may hold a password.
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_prefix", &self.redis_prefix)
             .field("rate_limit_fail_open", &self.rate_limit_fail_open)
             .field("redis_timeout", &self.redis_timeout)
             .field("fleet_sync", &self.fleet_sync)
+            .field("tokens_file", &self.tokens_file)
             .field("ops", &self.ops)
             .field("policy", &self.policy)
             .field("client_key_passthrough", &self.client_key_passthrough)
@@ -193,7 +201,14 @@ impl Config {
         use tower_gemini::secret::mask;
         let masked = |list: &[String]| list.iter().map(|k| mask(k)).collect::<Vec<_>>();
         let secs = |d: Duration| d.as_secs_f64();
-        serde_json::json!({
+        // A Cluster's seed list: every URL may hold the password.
+        let redis_url = self.redis_url.as_deref().map(|url| {
+            url.split(',')
+                .map(without_userinfo)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let mut view = serde_json::json!({
             "listen_addr": self.listen_addr.to_string(),
             "upstream_url": without_userinfo(&self.upstream_url),
             "upstream_ca_file": self.upstream_ca_file,
@@ -227,15 +242,21 @@ impl Config {
             "model_limits": self.model_limits.as_ref().map(|m| format!("{m:?}")),
             "trusted_proxies": self.trusted_proxies,
             "cors_allowed_origins": self.cors_allowed_origins,
-            "redis_url": self.redis_url.as_deref().map(without_userinfo),
+            "redis_url": redis_url,
             "redis_key_prefix": self.redis_prefix,
             "rate_limit_fail_open": self.rate_limit_fail_open,
             "redis_timeout_ms": self.redis_timeout.as_millis() as u64,
-            "fleet_sync_ms": self.fleet_sync.as_millis() as u64,
+            "fleet": {
+                "sync_ms": self.fleet_sync.as_millis() as u64,
+                "tokens_file": self.tokens_file.as_ref().map(|p| p.display().to_string()),
+            },
             "log_files": format!("{:?}", self.ops),
             "persistence": format!("{:?}", self.persist),
             "old_variable_names": self.alias_notes,
-        })
+        });
+        // Past json!'s recursion limit for one object.
+        view["redis_ca_file"] = serde_json::json!(self.redis_ca_file);
+        view
     }
 }
 
@@ -249,6 +270,31 @@ fn without_userinfo(url: &str) -> String {
         Some(at) => format!("{scheme}://<redacted>{}", &rest[at..]),
         None => url.to_owned(),
     }
+}
+
+/// `REDIS_URL` (one node, or a Redis Cluster's comma-separated seed nodes, or one seed with
+/// `?cluster=true`) and `REDIS_CA_FILE` (a private CA for `rediss://`), checked at start.
+fn redis_config(
+    url: Option<&str>,
+    ca_file: Option<&str>,
+) -> Result<Option<tower_gemini::RedisConfig>, ConfigError> {
+    let Some(url) = url else {
+        return match ca_file {
+            Some(_) => Err(ConfigError("REDIS_CA_FILE: set without REDIS_URL".into())),
+            None => Ok(None),
+        };
+    };
+    // The error never repeats the URL: it may hold a password.
+    let redis = tower_gemini::RedisConfig::from_url(url)
+        .map_err(|e| ConfigError(format!("REDIS_URL: {e}")))?;
+    let Some(path) = ca_file else {
+        return Ok(Some(redis));
+    };
+    let pem = read_ca_file("REDIS_CA_FILE", path)?;
+    redis
+        .with_root_certificates(pem)
+        .map(Some)
+        .map_err(|e| ConfigError(format!("REDIS_CA_FILE: `{path}`: {e}")))
 }
 
 /// A start-up error that names the variable at fault.
@@ -294,7 +340,7 @@ impl Config {
         }
         let upstream_ca_file = get("UPSTREAM_CA_FILE").map(str::to_owned);
         let upstream_ca_pem = match &upstream_ca_file {
-            Some(path) => Some(read_ca_file(path)?),
+            Some(path) => Some(read_ca_file("UPSTREAM_CA_FILE", path)?),
             None => None,
         };
         let log_format = match get("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
@@ -401,11 +447,14 @@ impl Config {
             trusted_proxies: list(env, "TRUSTED_PROXIES")?,
             cors_allowed_origins: origins(env)?,
             redis_url: get("REDIS_URL").map(str::to_owned),
+            redis_ca_file: get("REDIS_CA_FILE").map(str::to_owned),
+            redis: redis_config(get("REDIS_URL"), get("REDIS_CA_FILE"))?,
             policy: policy_from_env(env)?,
             redis_prefix: get("REDIS_KEY_PREFIX").unwrap_or("tower-gemini").to_owned(),
             rate_limit_fail_open: boolean(env, "RATE_LIMIT_FAIL_OPEN", true)?,
             redis_timeout: Duration::from_millis(bounded(env, "REDIS_TIMEOUT_MS", 50, 1, 60_000)?),
             fleet_sync: Duration::from_millis(bounded(env, "FLEET_SYNC_MS", 200, 10, 60_000)?),
+            tokens_file: get("TOKENS_FILE").map(std::path::PathBuf::from),
         })
     }
 

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tower_gemini::auth::MemoryTokenStore;
+use tower_gemini::auth::{MemoryTokenStore, TokenInfo};
+use tower_gemini::facts::Account;
 use tower_gemini::key_rotation::KeyPool;
 use tower_gemini::persist::{AdminState, AdminStore, TokenRecord};
 use tower_gemini::policy::{PolicyConfig, PolicyHandle};
@@ -36,12 +37,25 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 pub struct Base {
     /// `GEMINI_API_KEYS` (or the demo key).
     pub keys: Vec<ApiKey>,
-    /// Client tokens from `ALLOWED_TOKENS` (or the one minted at start), with their names.
-    pub tokens: Vec<(String, String)>,
+    /// Client tokens from `ALLOWED_TOKENS`, `TOKENS_FILE` (or the one minted at start).
+    pub tokens: Vec<BaseToken>,
     /// The admin token: never revoked by a reload.
     pub admin_token: String,
     /// The request policy from the variables.
     pub policy: PolicyConfig,
+}
+
+/// A client token the configuration gives.
+#[derive(Clone, Debug)]
+pub struct BaseToken {
+    /// The token's digest (`TOKENS_FILE` may give only that).
+    pub digest: TokenDigest,
+    /// Its name.
+    pub name: String,
+    /// What it may do beyond the global settings.
+    pub account: Account,
+    /// Where it comes from: `config` (`ALLOWED_TOKENS`, a minted one) or `file`.
+    pub source: &'static str,
 }
 
 /// What this instance knows of the shared state, for `/status` and `/metrics`.
@@ -84,7 +98,16 @@ pub struct Fleet {
     pending: Mutex<Pending>,
     /// Whether other instances may share the store (Redis): only then is it followed.
     shared: bool,
+    /// This instance's name in the fleet's heartbeats (`HOSTNAME` and a random suffix).
+    instance: String,
 }
+
+/// An instance whose heartbeat is older than this is not waited for (gone, or cut off).
+const ALIVE: Duration = Duration::from_secs(3);
+/// An instance silent for this long is forgotten.
+const FORGET: Duration = Duration::from_secs(600);
+/// The most an admin change waits for every live instance to have it in force.
+const WAIT_EVERYWHERE: Duration = Duration::from_secs(2);
 
 impl Fleet {
     /// A follower of `store` for this instance's pool, tokens and policy; `loaded` is the
@@ -121,6 +144,11 @@ impl Fleet {
             view: Mutex::new(view),
             pending: Mutex::new(Pending::default()),
             shared,
+            instance: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+                &tower_gemini::auth::mint_token("")[..8]
+            ),
         })
     }
 
@@ -157,8 +185,12 @@ impl Fleet {
                 || view.last_load.is_none_or(|t| t.elapsed() >= RESYNC_EVERY)
         };
         if !due {
-            self.lock_view().last_ok = Some(Instant::now());
-            self.lock_view().error = None;
+            {
+                let mut view = self.lock_view();
+                view.last_ok = Some(Instant::now());
+                view.error = None;
+            }
+            self.heartbeat(version).await;
             return;
         }
         let _guard = self.lock.lock().await;
@@ -178,8 +210,97 @@ impl Fleet {
                 view.reloads += 1;
                 view.changes += changes;
             }
-            Err(e) => self.failed(&e),
+            Err(e) => return self.failed(&e),
         }
+        drop(_guard);
+        self.heartbeat(version).await;
+        if self.lock_view().reloads % 100 == 1 {
+            self.forget_the_gone().await;
+        }
+    }
+
+    /// Tells the fleet which version this instance has in force.
+    async fn heartbeat(&self, version: Option<u64>) {
+        if let Some(v) = version {
+            if let Err(e) = self.store.report_applied(&self.instance, v).await {
+                tracing::debug!(error = %e, "fleet heartbeat not sent");
+            }
+        }
+    }
+
+    async fn forget_the_gone(&self) {
+        let Ok(all) = self.store.applied().await else {
+            return;
+        };
+        let now = unix_ms();
+        for (instance, _, at) in all {
+            if now.saturating_sub(at) > FORGET.as_millis() as u64 {
+                let _ = self.store.forget_instance(&instance).await;
+            }
+        }
+    }
+
+    /// Waits (at most 2 s) until every live instance of the fleet has the store's current
+    /// version in force, so an admin change answered after this holds on the very next
+    /// request anywhere. False when some instance did not confirm in time (cut off from the
+    /// store, or slow); the change still reaches it as soon as it polls.
+    pub async fn wait_everywhere(&self) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let Ok(Some(target)) = self.store.version().await else {
+            return false;
+        };
+        let deadline = Instant::now() + WAIT_EVERYWHERE;
+        let pause = (self.every / 4).max(Duration::from_millis(10));
+        loop {
+            if let Ok(all) = self.store.applied().await {
+                let now = unix_ms();
+                let alive = |at: u64| now.saturating_sub(at) < ALIVE.as_millis() as u64;
+                let me = all
+                    .iter()
+                    .any(|(i, v, _)| *i == self.instance && *v >= target);
+                let lagging: Vec<&str> = all
+                    .iter()
+                    .filter(|(_, v, at)| alive(*at) && *v < target)
+                    .map(|(i, _, _)| i.as_str())
+                    .collect();
+                if me && lagging.is_empty() {
+                    return true;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        lagging = ?lagging,
+                        "admin change saved, but not yet confirmed in force on every instance"
+                    );
+                    return false;
+                }
+            } else if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The instances of the fleet as their heartbeats tell: `[{instance, version, age_ms}]`.
+    pub async fn instances(&self) -> Value {
+        let Ok(all) = self.store.applied().await else {
+            return Value::Null;
+        };
+        let now = unix_ms();
+        Value::Array(
+            all.into_iter()
+                .filter(|(_, _, at)| now.saturating_sub(*at) < FORGET.as_millis() as u64)
+                .map(|(instance, version, at)| {
+                    json!({
+                        "instance": instance,
+                        "version": version,
+                        "age_ms": now.saturating_sub(at),
+                        "this": instance == self.instance,
+                    })
+                })
+                .collect(),
+        )
     }
 
     fn failed(&self, e: &tower_gemini::Error) {
@@ -309,41 +430,68 @@ impl Fleet {
             .map(|t| t.digest)
             .chain(pending_revoked.iter().copied())
             .collect();
+        // digest → (name, admin, account): the base, then what the store says over it.
+        let mut wanted: HashMap<TokenDigest, (String, bool, Account)> = HashMap::new();
         let admin = TokenDigest::of(&self.base.admin_token);
-        let mut wanted: HashSet<TokenDigest> = HashSet::from([admin]);
-        let current: HashSet<TokenDigest> =
-            self.tokens.list().into_iter().map(|t| t.digest).collect();
-        let mut changes = 0;
-        for (token, name) in &self.base.tokens {
-            let digest = TokenDigest::of(token);
-            if revoked.contains(&digest) {
-                continue;
-            }
-            wanted.insert(digest);
-            if !current.contains(&digest) {
-                self.tokens.insert(token, name.as_str(), false);
-                changes += 1;
+        wanted.insert(admin, ("admin".to_owned(), true, Account::default()));
+        for t in &self.base.tokens {
+            if !revoked.contains(&t.digest) {
+                wanted.insert(t.digest, (t.name.clone(), false, t.account.clone()));
             }
         }
         for t in &state.tokens {
-            if revoked.contains(&t.digest) {
-                continue;
+            if !revoked.contains(&t.digest) && t.digest != admin {
+                wanted.insert(t.digest, (t.name.clone(), t.admin, t.account.clone()));
             }
-            wanted.insert(t.digest);
-            if !current.contains(&t.digest) {
-                self.tokens
-                    .insert_digest(t.digest, t.id.as_str(), t.name.as_str(), t.admin);
-                tracing::info!(token.id = %t.id, "client token created by another instance");
+        }
+        let current: HashMap<TokenDigest, TokenInfo> = self
+            .tokens
+            .list()
+            .into_iter()
+            .map(|t| (t.digest, t))
+            .collect();
+        let mut changes = 0;
+        for (digest, (name, admin, account)) in &wanted {
+            let same = current.get(digest).is_some_and(|c| {
+                c.name == *name
+                    && c.admin == *admin
+                    && c.account.as_deref().cloned().unwrap_or_default() == *account
+            });
+            if !same {
+                self.tokens.insert_account(
+                    *digest,
+                    digest.id(),
+                    name.as_str(),
+                    *admin,
+                    Some(Arc::new(account.clone())),
+                );
+                if current.contains_key(digest) {
+                    tracing::info!(token.id = %digest.id(), "client token changed");
+                } else {
+                    tracing::info!(token.id = %digest.id(), "client token created elsewhere");
+                }
                 changes += 1;
             }
         }
-        for digest in current.difference(&wanted) {
-            if self.tokens.remove_digest(digest) {
-                tracing::info!("client token revoked by another instance");
+        for digest in current.keys() {
+            if !wanted.contains_key(digest) && self.tokens.remove_digest(digest) {
+                tracing::info!(token.id = %digest.id(), "client token revoked");
                 changes += 1;
             }
         }
         changes
+    }
+
+    /// Where a token comes from, for listings: `config`, `file` or `admin`.
+    pub fn source_of(&self, digest: &TokenDigest) -> &'static str {
+        if *digest == TokenDigest::of(&self.base.admin_token) {
+            return "config";
+        }
+        self.base
+            .tokens
+            .iter()
+            .find(|t| t.digest == *digest)
+            .map_or("admin", |t| t.source)
     }
 
     fn apply_policy(&self, state: &AdminState) -> u64 {
@@ -382,6 +530,7 @@ impl Fleet {
             "reloads": view.reloads,
             "changes_applied": view.changes,
             "pending_writes": pending.revoked.len() + pending.removed_keys.len(),
+            "instance": self.instance,
         })
     }
 
@@ -402,4 +551,10 @@ impl Fleet {
             view.reloads
         )
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

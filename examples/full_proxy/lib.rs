@@ -6,6 +6,7 @@
 //! (`persist`), following the shared state of a fleet (`fleet`) and the HTTP server (`server`)
 //! live here, on top of `tower_gemini`'s layers. Run it with `cargo run --example full_proxy`.
 
+pub mod accounts;
 pub mod admin;
 pub mod app;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod fleet;
 pub mod ops;
 pub mod persist;
 pub mod server;
+pub mod tokens_file;
 pub mod views;

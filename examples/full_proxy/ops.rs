@@ -12,7 +12,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rolling_file::{BasicRollingFileAppender, RollingConditionBasic};
-use serde_json::json;
+use serde_json::{Value, json};
 use tower_gemini::key_rotation::KeyPool;
 use tower_gemini::usage::{MetricsSink, UsageLayer, UsageSeries, UsageStats};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
@@ -100,6 +100,8 @@ pub struct Ops {
     pub persist: Option<super::persist::Persist>,
     /// The follower of the shared admin state (for `/status` and `/metrics`).
     pub fleet: Option<Arc<super::fleet::Fleet>>,
+    /// Where token budgets are counted (for `/admin/stats` and `/admin/tokens`).
+    pub budgets: Option<Arc<dyn tower_gemini::accounts::BudgetStore>>,
 }
 
 impl Ops {
@@ -120,6 +122,7 @@ impl Ops {
             started: Instant::now(),
             persist: None,
             fleet: None,
+            budgets: None,
         }
     }
 }
@@ -184,6 +187,27 @@ async fn stats(State(ops): State<Ops>) -> Response {
             .as_ref()
             .is_some_and(|f| f.status()["shared"] == true);
         o.insert("scope".to_owned(), json!("instance"));
+        // Each client's current month (and day), counted where budgets are: for the whole
+        // fleet when that is Redis.
+        if let (Some(budgets), Some(Value::Object(clients))) = (&ops.budgets, o.get_mut("clients"))
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for (id, v) in clients.iter_mut() {
+                let usage = tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    budgets.usage(id, now),
+                )
+                .await;
+                if let (Ok(Ok(u)), Value::Object(v)) = (usage, v) {
+                    v.insert(
+                        "month".to_owned(),
+                        json!({ "requests": u.month.requests, "tokens": u.month.tokens, "scope": budgets.kind() }),
+                    );
+                }
+            }
+        }
         if shared {
             o.insert(
                 "scope_note".to_owned(),
@@ -196,6 +220,14 @@ async fn stats(State(ops): State<Ops>) -> Response {
 
 async fn status(State(ops): State<Ops>) -> Response {
     let memory = resident_memory_bytes();
+    let fleet = match &ops.fleet {
+        Some(f) => {
+            let mut v = f.status();
+            v["instances"] = f.instances().await;
+            Some(v)
+        }
+        None => None,
+    };
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": ops.started.elapsed().as_secs(),
@@ -207,7 +239,7 @@ async fn status(State(ops): State<Ops>) -> Response {
         "usable_keys": ops.pool.usable_count(),
         "total_keys": ops.pool.len(),
         "persistence": ops.persist.as_ref().map(|p| p.status()),
-        "fleet": ops.fleet.as_ref().map(|f| f.status()),
+        "fleet": fleet,
         "key_state_writes_dropped": ops.pool.store_writes_dropped(),
     }))
     .into_response()

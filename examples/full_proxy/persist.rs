@@ -94,7 +94,7 @@ impl Persist {
     /// a SQLite file held before are copied into a Redis that holds none yet.
     pub async fn open(
         config: &PersistConfig,
-        redis_url: Option<&str>,
+        redis: Option<&tower_gemini::RedisConfig>,
         redis_prefix: &str,
         log_retention_days: u64,
     ) -> Result<Persist, String> {
@@ -116,8 +116,8 @@ impl Persist {
             );
             sqlite = Some(db);
         }
-        if let Some(url) = redis_url {
-            let redis = LazyRedis::new(url, format!("{redis_prefix}:admin"));
+        if let Some(redis) = redis {
+            let redis = LazyRedis::new(redis, format!("{redis_prefix}:admin"));
             if let Some(db) = &sqlite {
                 redis.adopt(db).await;
             }
@@ -273,15 +273,15 @@ async fn backup(State(s): State<Shared>) -> Response {
 /// The admin store in Redis, connected on first use and again after a failed attempt, so a
 /// gateway that starts while Redis is down follows the shared state once it is up.
 struct LazyRedis {
-    url: String,
+    redis: tower_gemini::RedisConfig,
     prefix: String,
     store: tokio::sync::OnceCell<AdminRedisStore>,
 }
 
 impl LazyRedis {
-    fn new(url: &str, prefix: String) -> LazyRedis {
+    fn new(redis: &tower_gemini::RedisConfig, prefix: String) -> LazyRedis {
         LazyRedis {
-            url: url.to_owned(),
+            redis: redis.clone(),
             prefix,
             store: tokio::sync::OnceCell::new(),
         }
@@ -290,9 +290,10 @@ impl LazyRedis {
     async fn get(&self) -> Result<&AdminRedisStore, tower_gemini::Error> {
         self.store
             .get_or_try_init(|| async {
-                AdminRedisStore::connect(&self.url)
+                self.redis
+                    .connect()
                     .await
-                    .map(|s| s.with_prefix(&self.prefix))
+                    .map(|c| AdminRedisStore::from_connection(c).with_prefix(&self.prefix))
             })
             .await
     }
@@ -358,6 +359,15 @@ impl AdminStore for LazyRedis {
     }
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async move { self.get().await?.version().await })
+    }
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.report_applied(instance, version).await })
+    }
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(async move { self.get().await?.applied().await })
+    }
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.get().await?.forget_instance(instance).await })
     }
     fn kind(&self) -> &'static str {
         "redis"

@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 
 use super::store::{AffinityStore, Pinned, StoreFuture};
 use crate::Error;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 
 const DEFAULT_PREFIX: &str = "tower-gemini:affinity";
 /// The longest a request waits on Redis for one pin call; past it the call is a miss.
@@ -17,9 +18,14 @@ const BUDGET: Duration = Duration::from_millis(500);
 /// entry as JSON and expires with the resource; `{prefix}:idx:{collection}` is a sorted set of
 /// names by creation time, for lists. A call that fails or takes longer than 500 ms is
 /// logged and treated as a miss (the request goes on without a pin).
+///
+/// On a Redis Cluster the prefix is wrapped in a hash tag (`{tower-gemini:affinity}:pin:...`)
+/// so that a pin and its index change in one transaction and a list reads its pins in one
+/// `MGET`; on one node the names are the untagged ones earlier versions wrote, so pins survive
+/// an upgrade (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct AffinityRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
@@ -32,23 +38,30 @@ impl fmt::Debug for AffinityRedisStore {
 }
 
 impl AffinityRedisStore {
-    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
-    /// unreachable; the connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable;
+    /// the connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            prefix: Arc::from(DEFAULT_PREFIX),
-        }
+        Self::from_connection(conn.into())
     }
 
-    /// Sets the key prefix (default `tower-gemini:affinity`).
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let prefix = redis_util::store_prefix(conn.is_cluster(), DEFAULT_PREFIX);
+        Self { conn, prefix }
+    }
+
+    /// Sets the key prefix (default `tower-gemini:affinity`; `{tower-gemini:affinity}` on a
+    /// Cluster, where a prefix without a hash tag gets one).
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        self.prefix = Arc::from(prefix.as_ref());
+        self.prefix = redis_util::store_prefix(self.conn.is_cluster(), prefix.as_ref());
         self
     }
 

@@ -54,7 +54,7 @@ pub use future::ResponseFuture;
 pub use layer::BearerAuthLayer;
 pub use service::BearerAuth;
 #[cfg(feature = "live")]
-pub(crate) use service::{INVALID_TOKEN, MISSING_TOKEN, identify};
+pub(crate) use service::{MISSING_TOKEN, identify};
 pub use store::{MemoryTokenStore, TokenInfo, TokenStore, mint_token};
 
 #[cfg(test)]

@@ -22,25 +22,37 @@ pub(crate) const MISSING_TOKEN: &str = "missing client token: send `Authorizatio
 pub(crate) const INVALID_TOKEN: &str = "invalid client token";
 
 /// Who presents `token`: a client of `store`, or in own-key mode (`passthrough`) the holder of
-/// that Gemini key (identified by [`client_key_id`], with the key to send upstream for it);
-/// `None` for an unknown token. The one decision for every route that authenticates (the
-/// REST routes' [`BearerAuth`] and the Live API's handshake).
+/// that Gemini key (identified by [`client_key_id`], with the key to send upstream for it); the
+/// 401 to answer for an unknown or expired token. The one decision for every route that
+/// authenticates (the REST routes' [`BearerAuth`] and the Live API's handshake).
 pub(crate) fn identify(
     store: &dyn TokenStore,
     token: &str,
     passthrough: bool,
-) -> Option<(Identity, Option<ClientKey>)> {
+) -> Result<(Identity, Option<ClientKey>), ApiError> {
     match store.authenticate(token) {
-        Some(identity) => Some((identity, None)),
+        Some(identity) => match identity.account().and_then(|a| a.expires_at) {
+            Some(at) if now_unix() >= at => Err(ApiError::unauthorized(format!(
+                "this client token expired at {}",
+                crate::facts::Account::format_time(at)
+            ))),
+            _ => Ok((identity, None)),
+        },
         None if passthrough => {
             let id = client_key_id(token);
-            Some((
+            Ok((
                 Identity::new(id.as_str(), id.as_str(), false),
                 Some(ClientKey::new(token)),
             ))
         }
-        None => None,
+        None => Err(ApiError::unauthorized(INVALID_TOKEN)),
     }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Authenticates clients by token; see the [module docs](super).
@@ -100,11 +112,11 @@ where
             (None, Some(identity)) => Ok(identity),
             (None, None) => Err(ApiError::unauthorized(MISSING_TOKEN)),
             (Some((token, _)), _) => match identify(&*self.store, &token, self.passthrough) {
-                Some((identity, own)) => {
+                Ok((identity, own)) => {
                     own_key = own;
                     Ok(identity)
                 }
-                None => Err(ApiError::unauthorized(INVALID_TOKEN)),
+                Err(refused) => Err(refused),
             },
         };
         match identity {

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use crate::facts::Identity;
-use crate::secret::{TokenDigest, mask};
+use crate::facts::{Account, Identity};
+use crate::secret::TokenDigest;
 
 /// Looks up client tokens: the plug point for token databases.
 pub trait TokenStore: Send + Sync + 'static {
@@ -19,10 +19,10 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     }
 }
 
-/// One entry of a [`MemoryTokenStore`] listing (the token masked).
+/// One entry of a [`MemoryTokenStore`] listing (never the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenInfo {
-    /// The masked token, also the token's id.
+    /// The token's id ([`TokenDigest::id`] for tokens inserted by the token itself).
     pub id: String,
     /// The client's name.
     pub name: String,
@@ -30,6 +30,8 @@ pub struct TokenInfo {
     pub admin: bool,
     /// The token's SHA-256 digest (what is stored instead of the token).
     pub digest: TokenDigest,
+    /// What the token may do beyond the global settings, if anything.
+    pub account: Option<Arc<Account>>,
 }
 
 struct Entry {
@@ -44,6 +46,7 @@ impl Entry {
             name: self.identity.name().to_owned(),
             admin: self.identity.is_admin(),
             digest: self.digest,
+            account: self.identity.account().cloned().map(Arc::new),
         }
     }
 }
@@ -73,33 +76,16 @@ impl MemoryTokenStore {
         self
     }
 
-    /// Adds (or replaces) a token. Returns its id: the masked token, made unique with a `#2`,
-    /// `#3`, ... suffix when another token masks the same way (`team-a-2024` and `team-b-2024`
-    /// both mask to `team…2024`), so rate limits and stats never mix two clients up.
+    /// Adds (or replaces) a token. Returns its id, [`TokenDigest::id`]: `tok_` and 12 hex
+    /// digits, plain ASCII that never shows part of the token.
     pub fn insert(&self, token: &str, name: impl Into<Arc<str>>, admin: bool) -> String {
         let digest = TokenDigest::of(token);
-        let masked = mask(token);
-        let id = {
-            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-            let taken = |id: &str| {
-                entries
-                    .iter()
-                    .any(|e| e.identity.id() == id && !e.digest.ct_eq(&digest))
-            };
-            let mut id = masked.clone();
-            let mut n = 1;
-            while taken(&id) {
-                n += 1;
-                id = format!("{masked}#{n}");
-            }
-            id
-        };
+        let id = digest.id();
         self.insert_digest(digest, id.as_str(), name, admin);
         id
     }
 
-    /// Adds (or replaces) a token known only by its digest and id (the masked token), as a
-    /// database restores it.
+    /// Adds (or replaces) a token known only by its digest and id, as a database restores it.
     pub fn insert_digest(
         &self,
         digest: TokenDigest,
@@ -107,9 +93,24 @@ impl MemoryTokenStore {
         name: impl Into<Arc<str>>,
         admin: bool,
     ) {
+        self.insert_account(digest, id, name, admin, None);
+    }
+
+    /// Adds (or replaces) a token known by its digest, with what it may do beyond the global
+    /// settings (`None` or an empty [`Account`]: nothing of its own).
+    pub fn insert_account(
+        &self,
+        digest: TokenDigest,
+        id: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        admin: bool,
+        account: Option<Arc<Account>>,
+    ) {
         let entry = Entry {
             digest,
-            identity: Identity::new(name, id, admin).with_subject(subject_of(&digest)),
+            identity: Identity::new(name, id, admin)
+                .with_subject(subject_of(&digest))
+                .with_account(account),
         };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| !e.digest.ct_eq(&digest));

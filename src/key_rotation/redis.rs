@@ -10,6 +10,7 @@ use redis::aio::ConnectionManager;
 use super::pool::KeyId;
 use super::store::{KeyStateStore, SharedKeyState, StoreFuture};
 use crate::Error;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 
 const DEFAULT_PREFIX: &str = "tower-gemini:keys";
 const SEP: char = '\t';
@@ -20,31 +21,42 @@ const SEP: char = '\t';
 /// whose members are `"{key id}\t{model}"` scored by the cool-down's end (Unix ms), and a hash
 /// `{prefix}:disabled` from key id to `"{re-probe Unix ms} {reason}"`. No secret is stored:
 /// keys are known by their fingerprint ids. Instances should have roughly synchronised clocks.
+///
+/// On a Redis Cluster the prefix is wrapped in a hash tag (`{tower-gemini:keys}:cooling`) so
+/// that both keys share one slot and `load` reads them in one pipeline; on one node the names
+/// are the untagged ones earlier versions wrote (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct KeyStateRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
 impl KeyStateRedisStore {
-    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
-    /// unreachable. The connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable.
+    /// The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            prefix: Arc::from(DEFAULT_PREFIX),
-        }
+        Self::from_connection(conn.into())
+    }
+
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let prefix = redis_util::store_prefix(conn.is_cluster(), DEFAULT_PREFIX);
+        Self { conn, prefix }
     }
 
     /// Sets the key prefix, to keep several pools (or test runs) apart.
-    /// Default: `tower-gemini:keys`.
+    /// Default: `tower-gemini:keys` (`{tower-gemini:keys}` on a Cluster, where a prefix
+    /// without a hash tag gets one).
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        self.prefix = Arc::from(prefix.as_ref());
+        self.prefix = redis_util::store_prefix(self.conn.is_cluster(), prefix.as_ref());
         self
     }
 

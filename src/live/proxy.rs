@@ -282,11 +282,11 @@ impl LiveProxy {
                 Some((token, _)) => {
                     match crate::auth::identify(&**store, &token, self.inner.client_key_passthrough)
                     {
-                        Some((identity, own)) => {
+                        Ok((identity, own)) => {
                             own_key = own;
                             Some(identity)
                         }
-                        None => return refuse(ApiError::unauthorized(crate::auth::INVALID_TOKEN)),
+                        Err(refused) => return refuse(refused),
                     }
                 }
             },

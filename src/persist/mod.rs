@@ -4,7 +4,7 @@
 //! what it reads back on start to merge with its configuration:
 //! - **keys**: upstream keys added (kept *as they are*, since the gateway must use them after a
 //!   restart) and tombstones of keys removed (the key itself is erased);
-//! - **tokens**: client tokens created, as a [`TokenDigest`] (SHA-256) with their masked id,
+//! - **tokens**: client tokens created, as a [`TokenDigest`] (SHA-256) with their id,
 //!   name and admin flag, never the token itself, and tombstones of tokens revoked;
 //! - **settings**: named JSON values, for run-time policy changes.
 //!
@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde_json::Value;
 
 use crate::Error;
+use crate::secret::ApiKey;
 use crate::secret::TokenDigest;
-use crate::secret::{ApiKey, mask};
 
 #[cfg(feature = "redis")]
 mod redis;
@@ -106,7 +106,8 @@ impl KeyRecord {
 /// A client token, known by its digest: the token itself is never stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
-    /// The masked token, the token's id in listings.
+    /// The token's id in listings ([`TokenDigest::id`]; records written by earlier versions
+    /// hold the masked token).
     pub id: String,
     /// The client's name.
     pub name: String,
@@ -114,17 +115,27 @@ pub struct TokenRecord {
     pub admin: bool,
     /// The token's SHA-256 digest.
     pub digest: TokenDigest,
+    /// What the token may do beyond the global settings (models, limits, budgets, expiry).
+    pub account: crate::facts::Account,
 }
 
 impl TokenRecord {
-    /// A record for `token` (which is hashed and masked here, and not kept).
+    /// A record for `token` (which is hashed here, and not kept).
     pub fn new(token: &str, name: impl Into<String>, admin: bool) -> Self {
+        let digest = TokenDigest::of(token);
         Self {
-            id: mask(token),
+            id: digest.id(),
             name: name.into(),
             admin,
-            digest: TokenDigest::of(token),
+            digest,
+            account: crate::facts::Account::default(),
         }
+    }
+
+    /// Sets the token's account settings.
+    pub fn with_account(mut self, account: crate::facts::Account) -> Self {
+        self.account = account;
+        self
     }
 }
 
@@ -136,6 +147,7 @@ impl From<crate::auth::TokenInfo> for TokenRecord {
             name: t.name,
             admin: t.admin,
             digest: t.digest,
+            account: t.account.map(|a| (*a).clone()).unwrap_or_default(),
         }
     }
 }
@@ -199,6 +211,23 @@ pub trait AdminStore: Send + Sync + 'static {
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         Box::pin(std::future::ready(Ok(None)))
     }
+    /// Records that `instance` (a gateway process sharing the store) has applied the state up
+    /// to `version`: a fleet's heartbeat, so that an admin change can wait until every live
+    /// instance has it in force. Default: nothing is kept (a store for one process).
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        let _ = (instance, version);
+        done()
+    }
+    /// Every instance's last [`report_applied`](Self::report_applied): `(instance, version,
+    /// Unix milliseconds of the report)`.
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+    /// Forgets an instance's reports (one gone for good).
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        let _ = instance;
+        done()
+    }
     /// What kind of store this is (`memory`, `sqlite`, `redis`), for logs and status pages.
     fn kind(&self) -> &'static str;
     /// Whether what it holds survives a restart of the process.
@@ -231,6 +260,15 @@ impl<T: AdminStore + ?Sized> AdminStore for Arc<T> {
     }
     fn version(&self) -> StoreFuture<'_, Option<u64>> {
         (**self).version()
+    }
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        (**self).report_applied(instance, version)
+    }
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        (**self).applied()
+    }
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        (**self).forget_instance(instance)
     }
     fn kind(&self) -> &'static str {
         (**self).kind()

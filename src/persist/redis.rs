@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{AdminState, AdminStore, KeyRecord, StoreFuture, TokenRecord};
 use crate::Error;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 use crate::secret::ApiKey;
 use crate::secret::TokenDigest;
 
@@ -21,12 +22,19 @@ const DEFAULT_PREFIX: &str = "tower-gemini:admin";
 /// JSON `{"key", "removed"}`), `{prefix}:tokens` (token digest → JSON `{"id", "name",
 /// "admin", "revoked"}`) and `{prefix}:settings` (name → JSON), and a counter
 /// `{prefix}:version` that every write increments in the same transaction, so that instances
-/// sharing the store notice a change with one `GET` (see [`AdminStore::version`]). The keys hash holds upstream
+/// sharing the store notice a change with one `GET` (see [`AdminStore::version`]), and a hash
+/// `{prefix}:instances` of each instance's last applied version (see
+/// [`AdminStore::report_applied`]). The keys hash holds upstream
 /// keys in clear: protect the Redis (password, TLS, network) accordingly. Client tokens are
 /// stored as SHA-256 digests only.
+///
+/// On a Redis Cluster the prefix is wrapped in a hash tag (`{tower-gemini:admin}:keys`, ...)
+/// so that the hashes share one slot and `load` reads them in one pipeline; on one node the
+/// names are the untagged ones earlier versions wrote, so an upgrade keeps the keys, tokens and
+/// settings added at run time (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct AdminRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
@@ -42,26 +50,35 @@ struct StoredToken {
     name: String,
     admin: bool,
     revoked: bool,
+    #[serde(default, skip_serializing_if = "crate::facts::Account::is_empty")]
+    account: crate::facts::Account,
 }
 
 impl AdminRedisStore {
-    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
-    /// unreachable. The connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable.
+    /// The connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
-        Self {
-            conn,
-            prefix: Arc::from(DEFAULT_PREFIX),
-        }
+        Self::from_connection(conn.into())
     }
 
-    /// Sets the key prefix. Default: `tower-gemini:admin`.
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let prefix = redis_util::store_prefix(conn.is_cluster(), DEFAULT_PREFIX);
+        Self { conn, prefix }
+    }
+
+    /// Sets the key prefix. Default: `tower-gemini:admin` (`{tower-gemini:admin}` on a
+    /// Cluster, where a prefix without a hash tag gets one).
     pub fn with_prefix(mut self, prefix: impl AsRef<str>) -> Self {
-        self.prefix = Arc::from(prefix.as_ref());
+        self.prefix = redis_util::store_prefix(self.conn.is_cluster(), prefix.as_ref());
         self
     }
 
@@ -143,6 +160,7 @@ impl AdminStore for AdminRedisStore {
                     name: t.name,
                     admin: t.admin,
                     digest,
+                    account: t.account,
                 };
                 if t.revoked {
                     state.revoked_tokens.push(record);
@@ -185,6 +203,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: false,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
@@ -195,6 +214,7 @@ impl AdminStore for AdminRedisStore {
             name: t.name.clone(),
             admin: t.admin,
             revoked: true,
+            account: t.account.clone(),
         });
         self.hset("tokens", t.digest.to_hex(), value)
     }
@@ -231,6 +251,54 @@ impl AdminStore for AdminRedisStore {
                 .map_err(Error::redis)?;
             // A store written before versions existed (or emptied) reads as version 0.
             Ok(Some(v.unwrap_or(0)))
+        })
+    }
+
+    fn report_applied<'a>(&'a self, instance: &'a str, version: u64) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            redis::cmd("HSET")
+                .arg(self.hash("instances"))
+                .arg(instance)
+                .arg(format!("{version} {now}"))
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
+        })
+    }
+
+    fn applied(&self) -> StoreFuture<'_, Vec<(String, u64, u64)>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let all: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(self.hash("instances"))
+                .query_async(&mut conn)
+                .await
+                .map_err(Error::redis)?;
+            let mut out: Vec<(String, u64, u64)> = all
+                .into_iter()
+                .filter_map(|(instance, v)| {
+                    let (version, at) = v.split_once(' ')?;
+                    Some((instance, version.parse().ok()?, at.parse().ok()?))
+                })
+                .collect();
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn forget_instance<'a>(&'a self, instance: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("HDEL")
+                .arg(self.hash("instances"))
+                .arg(instance)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(Error::redis)
         })
     }
 

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS admin_tokens (
     name TEXT NOT NULL,
     admin INTEGER NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    account TEXT
 );
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
@@ -81,7 +82,10 @@ pub(crate) fn open(path: &Path) -> Result<Connection, Error> {
 
 /// Columns added after a release, with their types: a file made by an older version gains
 /// them (SQLite has no `ADD COLUMN IF NOT EXISTS`).
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("requests", "model_version", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("requests", "model_version", "TEXT"),
+    ("admin_tokens", "account", "TEXT"),
+];
 
 fn migrate(conn: &Connection) -> Result<(), Error> {
     for (table, column, kind) in ADDED_COLUMNS {
@@ -265,7 +269,7 @@ fn load(conn: &Connection) -> Result<AdminState, Error> {
         }
     }
     let mut stmt = conn
-        .prepare("SELECT digest, id, name, admin, revoked FROM admin_tokens ORDER BY id")
+        .prepare("SELECT digest, id, name, admin, revoked, account FROM admin_tokens ORDER BY id")
         .map_err(Error::store)?;
     let rows = stmt
         .query_map([], |r| {
@@ -275,20 +279,30 @@ fn load(conn: &Connection) -> Result<AdminState, Error> {
                 r.get::<_, String>(2)?,
                 r.get::<_, bool>(3)?,
                 r.get::<_, bool>(4)?,
+                r.get::<_, Option<String>>(5)?,
             ))
         })
         .map_err(Error::store)?;
     for row in rows {
-        let (digest, id, name, admin, revoked) = row.map_err(Error::store)?;
+        let (digest, id, name, admin, revoked, account) = row.map_err(Error::store)?;
         let Some(digest) = TokenDigest::from_hex(&digest) else {
             tracing::warn!(token = %id, "admin_tokens: skipping a row with a malformed digest");
             continue;
+        };
+        let account = match account.as_deref().map(serde_json::from_str) {
+            None => crate::facts::Account::default(),
+            Some(Ok(a)) => a,
+            Some(Err(_)) => {
+                tracing::warn!(token = %id, "admin_tokens: unreadable account settings ignored");
+                crate::facts::Account::default()
+            }
         };
         let record = TokenRecord {
             id,
             name,
             admin,
             digest,
+            account,
         };
         if revoked {
             state.revoked_tokens.push(record);
@@ -341,16 +355,17 @@ impl AdminStore for AdminSqliteStore {
 
     fn put_token<'a>(&'a self, t: &'a TokenRecord) -> StoreFuture<'a, ()> {
         self.execute(
-            "INSERT INTO admin_tokens (digest, id, name, admin, revoked, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 0, ?5)
+            "INSERT INTO admin_tokens (digest, id, name, admin, revoked, updated_at, account)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)
              ON CONFLICT (digest) DO UPDATE SET id = ?2, name = ?3, admin = ?4, revoked = 0,
-                 updated_at = ?5",
+                 updated_at = ?5, account = ?6",
             (
                 t.digest.to_hex(),
                 t.id.clone(),
                 t.name.clone(),
                 t.admin,
                 now(),
+                account_json(&t.account),
             ),
         )
     }
@@ -385,6 +400,11 @@ impl AdminStore for AdminSqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// A token's account settings as stored (`NULL` when it has none).
+fn account_json(a: &crate::facts::Account) -> Option<String> {
+    (!a.is_empty()).then(|| serde_json::to_string(a).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -136,15 +136,22 @@ pub(crate) struct Subject {
     pub(crate) spends_tokens: bool,
     /// Whether the call streams (`:streamGenerateContent`).
     pub(crate) streams: bool,
+    /// The client token's own quotas (its account's `rpm`, `tpm`, `rpd`).
+    pub(crate) account_quotas: Vec<super::rule::Quota>,
 }
 
 impl Subject {
     pub(crate) fn of<B>(req: &Request<B>, ip: &IpSource) -> Subject {
-        let client = req
-            .extensions()
-            .get::<Identity>()
-            // The subject, not the display id: one token is one bucket on every instance.
-            .map(|i| i.subject().to_owned());
+        let identity = req.extensions().get::<Identity>();
+        // The subject, not the display id: one token is one bucket on every instance.
+        let client = identity.map(|i| i.subject().to_owned());
+        let mut account_quotas = Vec::new();
+        if let Some(a) = identity.and_then(Identity::account) {
+            use super::rule::Quota;
+            account_quotas.extend(a.rpm.filter(|n| *n > 0).map(Quota::requests_per_minute));
+            account_quotas.extend(a.tpm.filter(|n| *n > 0).map(Quota::tokens_per_minute));
+            account_quotas.extend(a.rpd.filter(|n| *n > 0).map(Quota::requests_per_day));
+        }
         // The Gemini call as the layers above resolved it (an alias already renamed).
         let (model, method) = match crate::facts::gemini_call(req) {
             Some(p) if !p.model.is_empty() => (
@@ -159,6 +166,7 @@ impl Subject {
             model,
             spends_tokens: method.is_some_and(|m| m != crate::gemini::Method::CountTokens),
             streams: method == Some(crate::gemini::Method::StreamGenerateContent),
+            account_quotas,
         }
     }
 

@@ -272,9 +272,13 @@ impl RateLimitLayerBuilder {
 // === Plan: the buckets of one request ===
 
 struct Planned<'r> {
-    rule: &'r CompiledRule,
-    quota: &'r CompiledQuota,
+    /// Who the bucket counts, for the refusal's message (`per client`, ...).
+    scope: &'r (dyn fmt::Display + Sync),
+    quota: Quota,
 }
+
+/// How a token's own quotas are named in a refusal.
+const ACCOUNT_SCOPE: &str = "of this client token";
 
 struct Plan<'r> {
     checks: Vec<Check>,
@@ -296,6 +300,15 @@ impl Shared {
                 continue;
             }
             for quota in &rule.quotas {
+                // A token's own quota of the same kind and period replaces the global
+                // per-client one.
+                if rule.scope.is_client_only()
+                    && subject.account_quotas.iter().any(|q| {
+                        q.kind() == quota.quota.kind() && q.period() == quota.quota.period()
+                    })
+                {
+                    continue;
+                }
                 let cost = match quota.quota.kind() {
                     QuotaKind::Requests => 1,
                     QuotaKind::Tokens if subject.spends_tokens => {
@@ -314,7 +327,38 @@ impl Shared {
                     capacity: quota.capacity,
                     cost,
                 });
-                plan.planned.push(Planned { rule, quota });
+                plan.planned.push(Planned {
+                    scope: &rule.scope,
+                    quota: quota.quota,
+                });
+            }
+        }
+        if let Some(client) = &subject.client {
+            for quota in &subject.account_quotas {
+                let cost = match quota.kind() {
+                    QuotaKind::Requests => 1,
+                    QuotaKind::Tokens if subject.spends_tokens => estimate.min(quota.burst()),
+                    QuotaKind::Tokens => continue,
+                };
+                let kind = match quota.kind() {
+                    QuotaKind::Requests => 'r',
+                    QuotaKind::Tokens => 't',
+                };
+                plan.checks.push(Check {
+                    // The amount is part of the bucket: a changed limit starts a fresh one.
+                    key: format!(
+                        "acct:{kind}{}/{}ms|c={client}",
+                        quota.amount(),
+                        quota.period().as_millis()
+                    ),
+                    interval: quota.interval(),
+                    capacity: quota.burst(),
+                    cost,
+                });
+                plan.planned.push(Planned {
+                    scope: &ACCOUNT_SCOPE,
+                    quota: *quota,
+                });
             }
         }
         plan
@@ -341,7 +385,7 @@ impl Plan<'_> {
     }
 
     fn headers(&self, i: usize, outcome: &Outcome, headers: &mut HeaderMap) {
-        let amount = self.planned[i].quota.quota.amount();
+        let amount = self.planned[i].quota.amount();
         headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(amount));
         headers.insert(
             X_RATELIMIT_REMAINING.clone(),
@@ -358,7 +402,7 @@ impl Plan<'_> {
             .checks
             .iter()
             .zip(&self.planned)
-            .filter(|(_, p)| p.quota.quota.kind() == QuotaKind::Tokens)
+            .filter(|(_, p)| p.quota.kind() == QuotaKind::Tokens)
             .map(|(c, _)| (c.key.clone(), c.interval, c.cost))
             .collect();
         (!charged.is_empty()).then(|| Settler {
@@ -480,7 +524,7 @@ where
                 let wait = ceil_secs(o.retry_after).max(1);
                 let message = format!(
                     "rate limit of {} {} exceeded; retry in {wait} s",
-                    p.quota.quota, p.rule.scope
+                    p.quota, p.scope
                 );
                 tracing::debug!(limit = %message, "request refused");
                 if let Some(report) = crate::facts::Report::of(&req) {

@@ -1,14 +1,12 @@
 //! The Redis store: one limit shared by every gateway instance.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::store::{Check, Outcome, RateLimitStore, Settlement, StoreFuture};
 use crate::Error;
-use crate::redis_util;
+use crate::redis_util::{self, RedisConfig, RedisConnection};
 
 /// GCRA for every bucket of a request, all or nothing, in one round trip.
 ///
@@ -82,12 +80,18 @@ return 1
 /// Each check is **one** `EVALSHA` of a Lua script that runs GCRA for every bucket of the
 /// request atomically (the script is loaded on first use and after a Redis restart). Time is
 /// the Redis server's `TIME`, so the instances' clocks need not agree. Buckets expire when
-/// idle. Every call is bounded by a timeout (default 250 ms); a failure or timeout is an
-/// [`Error`] the layer turns into fail-open or fail-closed.
+/// idle.
 ///
-/// The connection is made on first use (inside the Tokio runtime) and re-made in the
-/// background when it breaks. The keys of one request must live on one node: use a single
-/// Redis (or a `{hash tag}` in the key prefix on a cluster).
+/// Every call, whatever Redis does (down, unreachable, or stalled mid-answer), takes at most
+/// the store's timeout (default 50 ms): nothing on the request path waits longer, and no retry
+/// runs past it. A failure or timeout is an [`Error`] the layer turns into fail-open or
+/// fail-closed. The connection is made in the background on first use (inside the Tokio
+/// runtime) and re-made when it breaks.
+///
+/// One node, TLS (`rediss://`) or a Redis Cluster (several comma-separated seed URLs, or
+/// `?cluster=true`): see [`RedisConfig`]. On a Cluster the key prefix is wrapped in a hash tag
+/// (`{tower-gemini:rl:}...`, unless it has one already), so that the buckets one script
+/// touches share a slot; on one node the names are those earlier versions used.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), tower_gemini::Error> {
@@ -96,7 +100,7 @@ return 1
 ///
 /// let store = RateLimitRedisStore::new("redis://127.0.0.1:6379")?
 ///     .key_prefix("gateway:rl:")
-///     .timeout(Duration::from_millis(250));
+///     .timeout(Duration::from_millis(50));
 /// let layer = RateLimitLayer::builder()
 ///     .rule(Rule::per_client().requests_per_minute(60))
 ///     .store(store)
@@ -105,58 +109,98 @@ return 1
 /// # let _ = layer; Ok(()) }
 /// ```
 pub struct RateLimitRedisStore {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
-    prefix: String,
+    config: Option<RedisConfig>,
+    conn: OnceLock<RedisConnection>,
+    cluster: bool,
+    prefix: Arc<str>,
     timeout: Duration,
     check: redis::Script,
     settle: redis::Script,
 }
 
+const DEFAULT_PREFIX: &str = "tower-gemini:rl:";
+
 impl RateLimitRedisStore {
-    /// A store for a `redis://` (or `rediss://`, `unix://`) URL. Only parses the URL; the
-    /// connection is made on first use.
+    /// A store for a Redis URL (one node, `rediss://`, `unix://`, or a Cluster's seed nodes:
+    /// see [`RedisConfig`]). Only parses the URL; the connection is made on first use.
     pub fn new(url: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|_| {
-            // The URL may hold a password: never echo it.
-            Error::config("REDIS_URL is not a valid redis:// URL")
-        })?;
-        Ok(Self {
-            client,
-            conn: OnceLock::new(),
-            prefix: "tower-gemini:rl:".to_owned(),
-            timeout: Duration::from_millis(250),
-            check: redis::Script::new(CHECK),
-            settle: redis::Script::new(SETTLE),
-        })
+        Ok(Self::from_config(&RedisConfig::from_url(url)?))
     }
 
-    /// The prefix of every key (default `tower-gemini:rl:`).
+    /// A store for this Redis (with its CA, if any); the connection is made on first use.
+    pub fn from_config(config: &RedisConfig) -> Self {
+        Self::with(Some(config.clone()), OnceLock::new(), config.is_cluster())
+    }
+
+    /// A store on an existing connection (its calls are still bounded by [`Self::timeout`]).
+    pub fn from_connection(conn: RedisConnection) -> Self {
+        let cluster = conn.is_cluster();
+        Self::with(None, OnceLock::from(conn), cluster)
+    }
+
+    fn with(config: Option<RedisConfig>, conn: OnceLock<RedisConnection>, cluster: bool) -> Self {
+        Self {
+            config,
+            conn,
+            cluster,
+            prefix: redis_util::store_prefix(cluster, DEFAULT_PREFIX),
+            timeout: DEFAULT_TIMEOUT,
+            check: redis::Script::new(CHECK),
+            settle: redis::Script::new(SETTLE),
+        }
+    }
+
+    /// The prefix of every key (default `tower-gemini:rl:`; on a Cluster a prefix without a
+    /// hash tag is wrapped in one: `{tower-gemini:rl:}`).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = redis_util::store_prefix(self.cluster, &prefix.into());
         self
     }
 
-    /// The longest a Redis call may take before it counts as a failure (default 250 ms).
+    /// The longest a Redis call may take before it counts as a failure (default 50 ms). It
+    /// bounds the whole call: connecting, a script reload, a Cluster redirect included.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    fn connection(&self) -> Result<ConnectionManager, Error> {
+    fn connection(&self) -> Result<RedisConnection, Error> {
         if let Some(c) = self.conn.get() {
             return Ok(c.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(Error::redis)?;
-        Ok(self.conn.get_or_init(|| conn).clone())
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::redis("the rate limit store has no Redis connection"))?;
+        let conn = config.connect_lazy(self.timeout)?;
+        let conn = self.conn.get_or_init(|| conn).clone();
+        self.warm_up(conn.clone());
+        Ok(conn)
+    }
+
+    /// Connects and loads both scripts in the background, so that the first requests' budget
+    /// is not spent on connecting (the connection is otherwise made when first awaited).
+    fn warm_up(&self, mut conn: RedisConnection) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let scripts = [self.check.clone(), self.settle.clone()];
+        runtime.spawn(async move {
+            for script in scripts {
+                let load = script.load_async(&mut conn);
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(5), load).await,
+                    Ok(Ok(_))
+                ) {
+                    return;
+                }
+            }
+        });
     }
 }
+
+/// The default bound on one call: a limiter check is on every request's path.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 
 fn micros(d: Duration) -> String {
     // Fractions of a microsecond matter for large token quotas; Lua reads the decimal.

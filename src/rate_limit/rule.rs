@@ -167,6 +167,13 @@ pub(crate) struct Scope {
     pub(crate) model: ModelScope,
 }
 
+impl Scope {
+    /// Per client and nothing else (what a token's own quotas replace).
+    pub(crate) fn is_client_only(&self) -> bool {
+        self.client && !self.ip && matches!(self.model, ModelScope::Any)
+    }
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut per = Vec::new();

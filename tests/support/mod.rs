@@ -17,6 +17,8 @@ use tower_gemini::client::UpstreamClient;
 #[allow(unused_imports, reason = "each test file uses its own few of them")]
 pub use full_proxy::{admin, app, config, ops, persist, server};
 
+pub mod redis_servers;
+
 pub use app::App;
 pub use config::Config;
 

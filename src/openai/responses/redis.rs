@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 
 use super::store::{ResponseStore, StoreFuture, StoredResponse};
 use crate::Error;
+use crate::redis_util::{RedisConfig, RedisConnection};
 
 const DEFAULT_PREFIX: &str = "tower-gemini:responses";
 /// The longest a request waits on Redis for one call; past it a read is a miss.
@@ -16,9 +17,12 @@ const BUDGET: Duration = Duration::from_millis(1000);
 /// Stored responses in Redis (features `openai` and `redis`): `{prefix}:resp:{id}` holds the
 /// entry as JSON and expires with it. A call that fails or takes longer than a second is
 /// logged; a read then answers a miss.
+///
+/// Every call touches one key, so on a Redis Cluster the names need no hash tag and the
+/// responses spread over the nodes (see [`RedisConfig`] for the URL forms).
 #[derive(Clone)]
 pub struct ResponseRedisStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     prefix: Arc<str>,
 }
 
@@ -31,14 +35,22 @@ impl fmt::Debug for ResponseRedisStore {
 }
 
 impl ResponseRedisStore {
-    /// Connects to `url` (`redis://host:port/db`), failing within a few seconds when Redis is
-    /// unreachable; the connection is re-established automatically afterwards.
+    /// Connects to `url` (one node, `rediss://` for TLS, or a Cluster's comma-separated seed
+    /// nodes: see [`RedisConfig`]), failing within a few seconds when Redis is unreachable;
+    /// the connection is re-established automatically afterwards.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        Ok(Self::from_manager(crate::redis_util::connect(url).await?))
+        Ok(Self::from_connection(
+            RedisConfig::from_url(url)?.connect().await?,
+        ))
     }
 
-    /// Uses an existing connection manager.
+    /// Uses an existing connection manager (one node).
     pub fn from_manager(conn: ConnectionManager) -> Self {
+        Self::from_connection(conn.into())
+    }
+
+    /// Uses an existing connection (one node or a Cluster).
+    pub fn from_connection(conn: RedisConnection) -> Self {
         Self {
             conn,
             prefix: Arc::from(DEFAULT_PREFIX),
