@@ -360,6 +360,7 @@ impl App {
                 "/admin",
                 admin::router(shared.clone())
                     .merge(persist::admin_routes(shared.clone()))
+                    .merge(super::views::routes(shared.clone(), ops.clone()))
                     .merge(ops::admin_routes(shared, ops)),
             )
             // The gateway's own routes get what the gateway stack gives the proxied ones: an

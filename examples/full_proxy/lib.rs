@@ -2,8 +2,8 @@
 //! load bench all use this one build of the gateway instead of compiling its source again each.
 //!
 //! It is the product, not the library: environment parsing (`config`), the admin API and page
-//! (`admin`), operations (`ops`), persistence wiring (`persist`), following the shared state of a
-//! fleet (`fleet`) and the HTTP server (`server`)
+//! (`admin`) and what the page shows over time (`views`), operations (`ops`), persistence wiring
+//! (`persist`), following the shared state of a fleet (`fleet`) and the HTTP server (`server`)
 //! live here, on top of `tower_gemini`'s layers. Run it with `cargo run --example full_proxy`.
 
 pub mod accounts;
@@ -15,3 +15,4 @@ pub mod ops;
 pub mod persist;
 pub mod server;
 pub mod tokens_file;
+pub mod views;

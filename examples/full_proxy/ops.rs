@@ -14,7 +14,7 @@ use axum::routing::get;
 use rolling_file::{BasicRollingFileAppender, RollingConditionBasic};
 use serde_json::{Value, json};
 use tower_gemini::key_rotation::KeyPool;
-use tower_gemini::usage::{MetricsSink, UsageLayer, UsageStats};
+use tower_gemini::usage::{MetricsSink, UsageLayer, UsageSeries, UsageStats};
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 use super::admin::admin_only;
@@ -89,6 +89,8 @@ impl OpsConfig {
 #[derive(Clone)]
 pub struct Ops {
     pub stats: Arc<UsageStats>,
+    /// Requests, errors and tokens over time, for `/admin/timeseries`.
+    pub series: Arc<UsageSeries>,
     pub metrics: Arc<MetricsSink>,
     pub usage: UsageLayer,
     pub pool: Arc<KeyPool>,
@@ -106,9 +108,13 @@ impl Ops {
     pub fn new(pool: Arc<KeyPool>, server: Arc<ServerStats>) -> Ops {
         let stats = Arc::new(UsageStats::new());
         let metrics = Arc::new(MetricsSink::prometheus());
-        let usage = UsageLayer::new(stats.clone()).sink(metrics.clone());
+        let series = Arc::new(UsageSeries::new());
+        let usage = UsageLayer::new(stats.clone())
+            .sink(metrics.clone())
+            .sink(series.clone());
         Ops {
             stats,
+            series,
             metrics,
             usage,
             pool,

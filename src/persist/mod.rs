@@ -64,7 +64,10 @@ pub(crate) mod sqlite;
 pub use redis::AdminRedisStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use request_log::{RequestLog, RequestLogBuilder, RequestLogStats};
+pub use request_log::{
+    ErrorFilter, LoggedRequest, RequestLog, RequestLogBuilder, RequestLogStats, RequestQuery,
+    StatusFilter,
+};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::AdminSqliteStore;

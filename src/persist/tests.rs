@@ -347,6 +347,141 @@ mod sqlite {
         locker.execute_batch("ROLLBACK").unwrap();
         std::fs::remove_dir_all(dir).ok();
     }
+
+    /// Waits until the log has written `n` rows.
+    async fn written(log: &RequestLog, n: u64) {
+        for _ in 0..200 {
+            if log.stats().written >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("only {:?} rows written", log.stats());
+    }
+
+    #[tokio::test]
+    async fn query_reads_rows_newest_first_filtered_and_paged() {
+        use crate::persist::{ErrorFilter, RequestQuery, StatusFilter};
+        let dir = temp_dir("request-log-query");
+        let path = dir.join("gateway.db");
+        let log = RequestLog::builder(&path)
+            .flush_interval(Duration::from_millis(10))
+            .log_bodies(true)
+            .open()
+            .unwrap();
+        // 1..=3: 200s on flash by client-1 with key k1; 4: an upstream 429 on pro by client-2
+        // with key k2, with its message; 5: the gateway's own 429; 6: a 401 without a client.
+        for n in 1..=3 {
+            log.record(&record(n));
+        }
+        let mut upstream = UsageRecord::new("generateContent", "gemini-2.5-pro")
+            .with_status(429)
+            .with_client("client-2", "sk-b…0002")
+            .with_key("k2");
+        upstream.error = Some("RESOURCE_EXHAUSTED: quota".to_owned());
+        log.record(&upstream);
+        let mut limited = UsageRecord::new("generateContent", "gemini-2.5-pro")
+            .with_status(429)
+            .with_client("client-2", "sk-b…0002");
+        limited.rate_limited = true;
+        log.record(&limited);
+        log.record(&UsageRecord::new("generateContent", "gemini-2.5-flash").with_status(401));
+        written(&log, 6).await;
+
+        let all = log.query(&RequestQuery::new()).unwrap();
+        assert_eq!(all.len(), 6);
+        let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [401, 429, 429, 200, 200, 200], "newest first");
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+        let first = &all[5];
+        assert_eq!(first.request_id.as_deref(), Some("req-1"));
+        assert_eq!(first.client_id.as_deref(), Some("sk-a…0001"));
+        assert_eq!(first.tokens.unwrap().total, 6);
+        assert_eq!(
+            (first.resumes, first.upstream_attempts, first.key_retries),
+            (1, 3, 1)
+        );
+        assert_eq!(
+            first.model_version.as_deref(),
+            Some("gemini-2.5-flash-preview-09-2025")
+        );
+        // Never the request body, even when the log keeps it.
+        let json = first.to_json().to_string();
+        assert!(!json.contains("secret plans"), "{json}");
+        assert_eq!(all[2].error.as_deref(), Some("RESOURCE_EXHAUSTED: quota"));
+        assert_eq!(all[2].to_json()["account"]["name"], "client-2");
+        assert_eq!(all[0].to_json()["account"], Value::Null);
+
+        let ids = |q: RequestQuery| -> Vec<u16> {
+            log.query(&q).unwrap().iter().map(|r| r.status).collect()
+        };
+        assert_eq!(
+            ids(RequestQuery::new().status(StatusFilter::Exact(429))),
+            [429, 429]
+        );
+        assert_eq!(
+            ids(RequestQuery::new().status(StatusFilter::Class(4))),
+            [401, 429, 429]
+        );
+        assert_eq!(
+            ids(RequestQuery::new().status(StatusFilter::Class(2))).len(),
+            3
+        );
+        assert_eq!(
+            ids(RequestQuery::new().errors(ErrorFilter::Any)),
+            [401, 429, 429]
+        );
+        let upstream_only = log
+            .query(&RequestQuery::new().errors(ErrorFilter::Upstream))
+            .unwrap();
+        assert_eq!(upstream_only.len(), 1);
+        assert_eq!(upstream_only[0].key_id.as_deref(), Some("k2"));
+        assert_eq!(ids(RequestQuery::new().model("gemini-2.5-pro")), [429, 429]);
+        assert_eq!(ids(RequestQuery::new().key("0badf00d")).len(), 3);
+        assert_eq!(ids(RequestQuery::new().account("sk-b…0002")), [429, 429]);
+        assert!(
+            ids(RequestQuery::new().account("client-2")).is_empty(),
+            "ids, not names"
+        );
+        assert_eq!(
+            ids(RequestQuery::new()
+                .model("gemini-2.5-flash")
+                .errors(ErrorFilter::Any)),
+            [401]
+        );
+        // Paging: two at a time, each page older than the last row of the one before.
+        let page1 = log.query(&RequestQuery::new().limit(2)).unwrap();
+        let page2 = log
+            .query(&RequestQuery::new().limit(2).before(page1[1].id))
+            .unwrap();
+        let page3 = log
+            .query(&RequestQuery::new().limit(2).before(page2[1].id))
+            .unwrap();
+        let page4 = log
+            .query(&RequestQuery::new().limit(2).before(page3[1].id))
+            .unwrap();
+        let paged: Vec<i64> = [page1, page2, page3]
+            .iter()
+            .flatten()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(paged, all.iter().map(|r| r.id).collect::<Vec<_>>());
+        assert!(page4.is_empty());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn status_filters_parse_strictly() {
+        use crate::persist::StatusFilter;
+        assert_eq!(StatusFilter::parse("429"), Some(StatusFilter::Exact(429)));
+        assert_eq!(StatusFilter::parse("5xx"), Some(StatusFilter::Class(5)));
+        assert_eq!(StatusFilter::parse("4XX"), Some(StatusFilter::Class(4)));
+        for bad in [
+            "", "42", "4290", "600", "099", "6xx", "xx", "abc", "-1", "4x",
+        ] {
+            assert_eq!(StatusFilter::parse(bad), None, "{bad}");
+        }
+    }
 }
 
 #[cfg(feature = "redis")]

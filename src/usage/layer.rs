@@ -185,6 +185,7 @@ where
         let pending = Recording {
             record,
             body,
+            error_body: None,
             handle,
             start: Instant::now(),
             sinks: self.layer.sinks.clone(),
@@ -270,6 +271,8 @@ struct Recording {
     record: UsageRecord,
     /// The copy of the request body's start, when asked for.
     body: Option<BodyCopy>,
+    /// The start of an error answer (status 400 or more), for [`UsageRecord::error`].
+    error_body: Option<Vec<u8>>,
     handle: Report,
     start: Instant,
     sinks: Arc<[Arc<dyn UsageSink>]>,
@@ -277,7 +280,18 @@ struct Recording {
     guard: InFlight,
 }
 
+/// Bytes of an error answer read for its message.
+const ERROR_BODY_BYTES: usize = 16 * 1024;
+
 impl Recording {
+    /// Keeps the start of an error answer as it passes.
+    fn capture(&mut self, data: &[u8]) {
+        if let Some(buf) = &mut self.error_body {
+            let room = ERROR_BODY_BYTES.saturating_sub(buf.len());
+            buf.extend_from_slice(&data[..room.min(data.len())]);
+        }
+    }
+
     /// Completes the record with what deeper layers reported and what the body showed.
     fn finish(mut self, scanned: Option<&TokenScanner>, completed: bool) {
         let Reported {
@@ -321,6 +335,9 @@ impl Recording {
             .map(|v| crate::secret::scrub(&v).into_owned());
         if let Some(body) = &self.body {
             r.request_body = Some(body.take());
+        }
+        if let Some(answer) = self.error_body.take() {
+            r.error = error_message(&answer);
         }
         for sink in self.sinks.iter() {
             sink.record(&self.record);
@@ -446,6 +463,9 @@ where
             Pending::Tap(handle) => Sink::Tap(handle),
             Pending::Record(mut rec) => {
                 rec.record.status = parts.status.as_u16();
+                if rec.record.status >= 400 {
+                    rec.error_body = Some(Vec::new());
+                }
                 rec.record.stream = stream;
                 rec.record.latency = rec.start.elapsed();
                 let (key_id, tapped) = rec.handle.with(|r| (r.key_id.clone(), r.tapped));
@@ -464,6 +484,8 @@ where
         };
         if let Some(bytes) = body.as_bytes() {
             // A buffered answer: read it now and keep the body as it is.
+            let mut sink = sink;
+            sink.capture(bytes);
             let scanner = scan.then(|| {
                 let mut scanner = TokenScanner::new();
                 scanner.feed(bytes);
@@ -481,6 +503,50 @@ where
     }
 }
 
+/// The message of an error answer: `error.message` (after `error.status` when there is one)
+/// of a Gemini, OpenAI or Anthropic error body (or the first of a JSON array of them), else the
+/// start of a text answer; whitespace collapsed, cut to
+/// [`MAX_ERROR_CHARS`](super::record::MAX_ERROR_CHARS), anything like a key masked.
+pub(crate) fn error_message(answer: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(answer);
+    let parsed = serde_json::from_str::<serde_json::Value>(text.trim()).ok();
+    let parsed = match parsed {
+        Some(serde_json::Value::Array(mut items)) if !items.is_empty() => Some(items.remove(0)),
+        other => other,
+    };
+    let message = match &parsed {
+        Some(v) => {
+            let e = &v["error"];
+            let message = e["message"]
+                .as_str()
+                .or_else(|| e.as_str())
+                .or_else(|| v["message"].as_str())?;
+            match e["status"].as_str().or_else(|| e["type"].as_str()) {
+                Some(status) if !status.is_empty() => format!("{status}: {message}"),
+                _ => message.to_owned(),
+            }
+        }
+        // Not JSON (a proxy's HTML page, a cut-off body): its text, if it has any.
+        None if text.trim_start().starts_with('<') => return None,
+        None => text.into_owned(),
+    };
+    // Masked before it is cut, so no cut can leave part of a key unrecognised.
+    let collapsed = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let collapsed = crate::secret::scrub(&collapsed).into_owned();
+    if collapsed.is_empty() {
+        return None;
+    }
+    let max = super::record::MAX_ERROR_CHARS;
+    let cut: String = if collapsed.chars().count() > max {
+        let mut s: String = collapsed.chars().take(max - 1).collect();
+        s.push('…');
+        s
+    } else {
+        collapsed
+    };
+    Some(cut)
+}
+
 fn is_stream<B>(res: &Response<B>) -> bool {
     res.headers()
         .get(http::header::CONTENT_TYPE)
@@ -495,6 +561,12 @@ enum Sink {
 }
 
 impl Sink {
+    fn capture(&mut self, data: &[u8]) {
+        if let Sink::Record(rec) = self {
+            rec.capture(data);
+        }
+    }
+
     fn finish(self, scanned: Option<&TokenScanner>, completed: bool) {
         match self {
             Sink::Record(rec) => rec.finish(scanned, completed),
@@ -543,8 +615,13 @@ impl http_body::Body for ResponseBody {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let (Some(data), Some(scanner)) = (f.data_ref(), &mut self.scanner) {
-                    scanner.feed(data);
+                if let Some(data) = f.data_ref() {
+                    if let Some(scanner) = &mut self.scanner {
+                        scanner.feed(data);
+                    }
+                    if let Some(sink) = &mut self.sink {
+                        sink.capture(data);
+                    }
                 }
                 if self.inner.is_end_stream() {
                     self.finish(true);

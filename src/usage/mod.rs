@@ -4,7 +4,9 @@
 //! model, route, status, latency, prompt/output/thought/cached tokens, resumes, upstream
 //! attempts) and hands it to its [`UsageSink`]s once the response body has ended.
 //! [`UsageStats`] is the in-memory sink behind `/admin/stats`: per model, key and client over
-//! the last minute, hour and day. With the `metrics` feature, `MetricsSink` feeds the same
+//! the last minute, hour and day; [`UsageSeries`] the sink behind `/admin/timeseries`: requests,
+//! errors and tokens per minute over the last hour and per hour over the last day, per key and
+//! per account. With the `metrics` feature, `MetricsSink` feeds the same
 //! records to Prometheus.
 //!
 //! # Example
@@ -68,13 +70,15 @@ mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod record;
+mod series;
 mod stats;
 
 pub use layer::{ResponseFuture, Usage, UsageLayer};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::MetricsSink;
-pub use record::{Client, Tokens, UsageRecord, UsageSink};
+pub use record::{Client, MAX_ERROR_CHARS, Tokens, UsageRecord, UsageSink};
+pub use series::{Named, Point, SeriesView, Span, UsageSeries};
 pub use stats::{Dimension, OTHER, Totals, UsageStats, Window};
 
 #[cfg(test)]

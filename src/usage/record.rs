@@ -49,7 +49,14 @@ pub struct UsageRecord {
     pub rate_limited: bool,
     /// False when the body ended early: the client went away or the stream failed.
     pub completed: bool,
+    /// For an answer with a status of 400 or more: the message of its error body
+    /// (`error.message`, with `error.status` before it when there is one), at most
+    /// [`MAX_ERROR_CHARS`] characters, anything that looks like a key masked.
+    pub error: Option<String>,
 }
+
+/// The longest [`UsageRecord::error`] kept, in characters.
+pub const MAX_ERROR_CHARS: usize = 300;
 
 impl UsageRecord {
     /// An empty record for `route` and `model` (status 0); used by tests and custom layers.
@@ -71,6 +78,7 @@ impl UsageRecord {
             resumes: 0,
             rate_limited: false,
             completed: true,
+            error: None,
         }
     }
 

@@ -508,3 +508,98 @@ async fn request_bodies_are_kept_only_when_asked_and_capped() {
     assert_eq!(seen[0].request_id.as_deref(), Some("req-1"));
     assert_eq!(seen[1].request_body, None);
 }
+
+/// The record of one request whose answer is `status` with `body`, streamed in two frames
+/// when `streamed`.
+async fn error_record(status: u16, body: &'static str, streamed: bool) -> UsageRecord {
+    let sink = Collect::default();
+    let upstream = service_fn(move |_req: Request<Body>| async move {
+        let body = if streamed {
+            let (head, tail) = body.split_at(body.len() / 2);
+            let (tx, body) = channel_body();
+            tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+                head.as_bytes(),
+            ))))
+            .await
+            .unwrap();
+            tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+                tail.as_bytes(),
+            ))))
+            .await
+            .unwrap();
+            body
+        } else {
+            Body::from(body)
+        };
+        Ok::<_, Infallible>(Response::builder().status(status).body(body).unwrap())
+    });
+    let svc = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()))
+        .service(upstream);
+    let res = svc.oneshot(post(FLASH)).await.unwrap();
+    // The client reads the answer whole, as it was.
+    let got = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, body.as_bytes());
+    sink.all().pop().unwrap()
+}
+
+#[tokio::test]
+async fn an_error_answer_is_recorded_with_its_message_and_never_a_key() {
+    let gemini = r#"{"error":{"code":429,"message":"Quota exceeded for quota metric 'generate_content' (key AIzaSyAbcdefghijklmnopqrstuvwxyz0123456)","status":"RESOURCE_EXHAUSTED"}}"#;
+    for streamed in [false, true] {
+        let r = error_record(429, gemini, streamed).await;
+        let e = r.error.expect("an error message");
+        assert!(
+            e.starts_with("RESOURCE_EXHAUSTED: Quota exceeded for quota metric"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("AIzaSyAbcdefghijklmnopqrstuvwxyz0123456"),
+            "{e}"
+        );
+    }
+    // OpenAI's and Anthropic's shapes, and a JSON array of Gemini errors.
+    let openai = r#"{"error":{"message":"model not found","type":"invalid_request_error"}}"#;
+    assert_eq!(
+        error_record(404, openai, false).await.error.as_deref(),
+        Some("invalid_request_error: model not found")
+    );
+    let array =
+        r#"[{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}]"#;
+    assert_eq!(
+        error_record(503, array, true).await.error.as_deref(),
+        Some("UNAVAILABLE: The model is overloaded.")
+    );
+    // A text answer is kept (whitespace collapsed), an HTML page is not.
+    assert_eq!(
+        error_record(502, "bad\n  gateway ", false)
+            .await
+            .error
+            .as_deref(),
+        Some("bad gateway")
+    );
+    assert_eq!(
+        error_record(502, "<html><body>502</body></html>", false)
+            .await
+            .error,
+        None
+    );
+    // Success answers carry none.
+    assert_eq!(error_record(200, UNARY_ANSWER, false).await.error, None);
+}
+
+#[tokio::test]
+async fn a_long_error_message_is_cut() {
+    const LONG: &str = concat!(
+        r#"{"error":{"message":""#,
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+        r#""}}"#
+    );
+    let e = error_record(400, LONG, false).await.error.unwrap();
+    assert_eq!(e.chars().count(), MAX_ERROR_CHARS);
+    assert!(e.ends_with('…'));
+}
