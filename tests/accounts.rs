@@ -38,7 +38,10 @@ fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {
 
 async fn json_of(proxy: &Proxy, req: Request<Body>) -> (StatusCode, Value) {
     let (status, text) = status_and_text(send(proxy, req).await).await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn native(model: &str, token: &str, stream: bool) -> Request<Body> {
@@ -95,26 +98,49 @@ async fn a_token_limited_to_one_model_gets_a_403_naming_another_in_every_dialect
     .await;
     assert_eq!(created["models"], json!(["gemini-2.5-flash"]));
 
-    let (status, _) = status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
     assert_eq!(status, StatusCode::OK);
     let upstream = fake.total_requests();
 
     let (status, body) = json_of(&proxy, native("gemini-2.5-pro", &token, false)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["error"]["status"], "PERMISSION_DENIED", "Gemini's shape: {body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("gemini-2.5-pro"));
+    assert_eq!(
+        body["error"]["status"], "PERMISSION_DENIED",
+        "Gemini's shape: {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-2.5-pro")
+    );
 
     let (status, body) = json_of(&proxy, openai("gemini-2.5-pro", &token)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body["error"]["type"].is_string(), "OpenAI's shape: {body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("gemini-2.5-pro"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-2.5-pro")
+    );
 
     let (status, body) = json_of(&proxy, anthropic("gemini-2.5-pro", &token)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["type"], "error", "Anthropic's shape: {body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("gemini-2.5-pro"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gemini-2.5-pro")
+    );
 
-    assert_eq!(fake.total_requests(), upstream, "no refused request reached upstream");
+    assert_eq!(
+        fake.total_requests(),
+        upstream,
+        "no refused request reached upstream"
+    );
     let (status, _) = status_and_text(send(&proxy, openai("gemini-2.5-flash", &token)).await).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -123,10 +149,16 @@ async fn a_token_limited_to_one_model_gets_a_403_naming_another_in_every_dialect
 async fn the_admin_api_refuses_what_it_does_not_understand_and_ids_are_plain_ascii() {
     let (_fake, proxy) = setup().await;
     for (body, field) in [
-        (json!({"name": "x", "modles": ["gemini-2.5-flash"]}), "modles"),
+        (
+            json!({"name": "x", "modles": ["gemini-2.5-flash"]}),
+            "modles",
+        ),
         (json!({"name": "x", "rpm": "sixty"}), "rpm"),
         (json!({"name": "x", "rpm": 0}), "rpm"),
-        (json!({"name": "x", "expires_at": "next tuesday"}), "expires_at"),
+        (
+            json!({"name": "x", "expires_at": "next tuesday"}),
+            "expires_at",
+        ),
         (json!({"name": "x", "labels": {"team": 7}}), "labels"),
         (json!({"models": ["gemini-2.5-flash"]}), "name"),
     ] {
@@ -137,7 +169,11 @@ async fn the_admin_api_refuses_what_it_does_not_understand_and_ids_are_plain_asc
     }
     let (_, listed) = json_of(&proxy, admin("GET", "/tokens", None)).await;
     assert!(
-        listed["tokens"].as_array().unwrap().iter().all(|t| t["name"] != "x"),
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["name"] != "x"),
         "nothing was created: {listed}"
     );
 
@@ -147,10 +183,17 @@ async fn the_admin_api_refuses_what_it_does_not_understand_and_ids_are_plain_asc
         id.len() == 16 && id.starts_with("tok_") && id[4..].chars().all(|c| c.is_ascii_hexdigit()),
         "{id}"
     );
-    assert!(!id.contains(&token[3..7]), "the id shows nothing of the token");
+    assert!(
+        !id.contains(&token[3..7]),
+        "the id shows nothing of the token"
+    );
     let (status, answer) = json_of(
         &proxy,
-        admin("PATCH", &format!("/tokens/{id}"), Some(json!({"rpm": 5, "tmp": 9}))),
+        admin(
+            "PATCH",
+            &format!("/tokens/{id}"),
+            Some(json!({"rpm": 5, "tmp": 9})),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
@@ -168,9 +211,11 @@ async fn the_admin_api_refuses_what_it_does_not_understand_and_ids_are_plain_asc
     assert_eq!(patched["rpm"], 5);
     assert_eq!(patched["labels"]["team"], "bees");
     assert_eq!(patched["expires_at"], "2098-12-31T22:00:00Z");
-    let (status, _) = status_and_text(send(&proxy, admin("DELETE", &format!("/tokens/{id}"), None)).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, admin("DELETE", &format!("/tokens/{id}"), None)).await).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
@@ -190,25 +235,37 @@ async fn an_expired_token_gets_a_401_saying_so() {
     ] {
         let (status, body) = json_of(&proxy, req).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-        assert!(body.to_string().contains("expired at 2020-01-01T00:00:00Z"), "{body}");
+        assert!(
+            body.to_string().contains("expired at 2020-01-01T00:00:00Z"),
+            "{body}"
+        );
     }
     assert_eq!(fake.total_requests(), 0);
     // Extended: works again on the next request.
     let id = created["id"].as_str().unwrap();
     let (status, _) = json_of(
         &proxy,
-        admin("PATCH", &format!("/tokens/{id}"), Some(json!({"expires_at": null}))),
+        admin(
+            "PATCH",
+            &format!("/tokens/{id}"),
+            Some(json!({"expires_at": null})),
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
+    let (status, _) =
+        status_and_text(send(&proxy, native("gemini-2.5-flash", &token, false)).await).await;
     assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_daily_budget_counts_real_usage_streams_included_and_refuses_until_midnight() {
     let (fake, proxy) = setup().await;
-    let (token, created) = create(&proxy, json!({"name": "budget", "daily_token_budget": 1000})).await;
+    let (token, created) = create(
+        &proxy,
+        json!({"name": "budget", "daily_token_budget": 1000}),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let mut served = 0;
     let mut refused = None;
@@ -227,7 +284,10 @@ async fn a_daily_budget_counts_real_usage_streams_included_and_refuses_until_mid
     }
     let refused = refused.expect("the budget ran out");
     let message = refused["error"]["message"].as_str().unwrap();
-    assert!(message.contains("daily token budget") && message.contains("resets at"), "{message}");
+    assert!(
+        message.contains("daily token budget") && message.contains("resets at"),
+        "{message}"
+    );
     let (_, listed) = json_of(&proxy, admin("GET", "/tokens", None)).await;
     let me = listed["tokens"]
         .as_array()
@@ -240,11 +300,18 @@ async fn a_daily_budget_counts_real_usage_streams_included_and_refuses_until_mid
     assert!(used >= 1000, "{me}");
     assert_eq!(me["remaining"]["day"], 0, "{me}");
     assert_eq!(me["usage"]["day"]["requests"], served, "{me}");
-    assert!(served >= 2, "a stream and a unary answer were both counted: {served}");
+    assert!(
+        served >= 2,
+        "a stream and a unary answer were both counted: {served}"
+    );
     let upstream = fake.total_requests();
     let res = send(&proxy, openai("gemini-2.5-flash", &token)).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=86_400).contains(&retry), "until midnight UTC: {retry}");
     assert_eq!(fake.total_requests(), upstream);
 }
@@ -263,14 +330,22 @@ async fn a_tokens_own_rpm_replaces_the_global_one() {
     let (plain, _) = create(&proxy, json!({"name": "plain"})).await;
     let mut ok = 0;
     for _ in 0..8 {
-        if send(&proxy, native("gemini-2.5-flash", &generous, false)).await.status() == StatusCode::OK {
+        if send(&proxy, native("gemini-2.5-flash", &generous, false))
+            .await
+            .status()
+            == StatusCode::OK
+        {
             ok += 1;
         }
     }
     assert_eq!(ok, 5, "its own 5 per minute, not the global 2");
     let mut ok = 0;
     for _ in 0..4 {
-        if send(&proxy, native("gemini-2.5-flash", &plain, false)).await.status() == StatusCode::OK {
+        if send(&proxy, native("gemini-2.5-flash", &plain, false))
+            .await
+            .status()
+            == StatusCode::OK
+        {
             ok += 1;
         }
     }

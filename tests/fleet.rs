@@ -18,6 +18,8 @@
 #![cfg(all(feature = "redis", feature = "testing"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -301,6 +303,7 @@ async fn admin(
         "GET" => client.get(url),
         "POST" => client.post(url),
         "DELETE" => client.delete(url),
+        "PATCH" => client.patch(url),
         other => panic!("{other}"),
     }
     .bearer_auth(ADMIN);
@@ -751,6 +754,289 @@ async fn redis_paused_then_killed_never_stalls_requests_and_state_converges_afte
         "{status}"
     );
     for i in f.instances.iter_mut() {
+        i.assert_healthy();
+    }
+}
+
+// === Accounts across the fleet ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_spent_on_one_instance_is_spent_on_the_others() {
+    let Some(mut f) = fleet(2, &[K1], &[]).await else {
+        return;
+    };
+    let c = http();
+    let (status, created) = admin(
+        &c,
+        &f.instances[0],
+        "POST",
+        "/tokens",
+        Some(json!({"name": "budget", "daily_token_budget": 1000})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    // Spent on A, unary answers and streams alike.
+    let mut served = 0;
+    loop {
+        let status = if served % 2 == 0 {
+            generate(&c, &f.instances[0], &token).await
+        } else {
+            c.post(format!(
+                "{}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                f.instances[0].url()
+            ))
+            .header("x-goog-api-key", &token)
+            .json(&json!({"contents": [{"parts": [{"text": "a long story"}]}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        };
+        match status {
+            200 => served += 1,
+            429 => break,
+            other => panic!("{other}"),
+        }
+        assert!(served < 200, "the budget never ran out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served >= 2, "{served}");
+    // B refuses at once: the count is the fleet's.
+    let upstream = f.fake.total_requests();
+    let res = c
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-flash:generateContent",
+            f.instances[1].url()
+        ))
+        .header("x-goog-api-key", &token)
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    let body = res.text().await.unwrap();
+    assert!(body.contains("daily token budget"), "{body}");
+    assert_eq!(f.fake.total_requests(), upstream);
+    for i in f.instances.iter_mut() {
+        i.assert_healthy();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_a_tokens_limits_holds_on_the_very_next_request_elsewhere() {
+    let Some(mut f) = fleet(3, &[K1], &[]).await else {
+        return;
+    };
+    let c = http();
+    let (status, created) = admin(
+        &c,
+        &f.instances[0],
+        "POST",
+        "/tokens",
+        Some(json!({"name": "team"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = created["token"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    for i in 1..3 {
+        assert_eq!(generate(&c, &f.instances[i], &token).await, 200);
+    }
+    // Changed on A; the very next request on B and C (no waiting) sees it.
+    let (status, patched) = admin(
+        &c,
+        &f.instances[0],
+        "PATCH",
+        &format!("/tokens/{id}"),
+        Some(json!({"models": ["gemini-2.0-flash"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    for i in 1..3 {
+        assert_eq!(
+            generate(&c, &f.instances[i], &token).await,
+            403,
+            "instance {i}"
+        );
+    }
+    let (status, _) = admin(
+        &c,
+        &f.instances[2],
+        "PATCH",
+        &format!("/tokens/{id}"),
+        Some(json!({"models": null, "rpm": 1})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(generate(&c, &f.instances[0], &token).await, 200);
+    assert_eq!(
+        generate(&c, &f.instances[1], &token).await,
+        429,
+        "rpm 1 across the fleet"
+    );
+    for i in f.instances.iter_mut() {
+        i.assert_healthy();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_file_seeds_its_tokens_and_a_malformed_one_stops_start_up() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let fake = FakeGemini::builder().keys([K1]).start().await.unwrap();
+    let logs = tempfile_dir::Dir::new("fleet-tokens-file");
+    let file = logs.path().join("tokens.toml");
+    std::fs::write(
+        &file,
+        "# seeded\n[[token]]\nname = \"ci\"\ntoken = \"sk-seeded-ci-token-0001\"\nmodels = [\"gemini-2.5-flash\"]\n\n[[token]]\nname = \"nightly\"\ntoken_sha256 = \"4ca5fee4bbd2ff4a5a2c46cd8eb3b8046fd35ebf1b9fc4d8f20db7d3d1f0b4e7\"\nexpires_at = 2020-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let vars: Vec<(&str, String)> = vec![
+        ("UPSTREAM_URL", fake.url()),
+        ("GEMINI_API_KEYS", K1.to_owned()),
+        ("ADMIN_TOKEN", ADMIN.to_owned()),
+        ("REDIS_URL", redis.url()),
+        ("TOKENS_FILE", file.display().to_string()),
+    ];
+    let mut a = Instance::start(&vars, logs.path()).await;
+    let c = http();
+    assert_eq!(generate(&c, &a, "sk-seeded-ci-token-0001").await, 200);
+    let res = c
+        .post(format!(
+            "{}/v1beta/models/gemini-2.5-pro:generateContent",
+            a.url()
+        ))
+        .header("x-goog-api-key", "sk-seeded-ci-token-0001")
+        .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "the file's model list holds");
+    let (_, listed) = admin(&c, &a, "GET", "/tokens", None).await;
+    let sources: Vec<&str> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["source"] == "file")
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["ci", "nightly"], "{listed}");
+    assert!(
+        !listed.to_string().contains("sk-seeded"),
+        "no token in a listing"
+    );
+    a.assert_healthy();
+
+    // A typo on line 5 stops the start, naming the line.
+    std::fs::write(
+        &file,
+        "[[token]]\nname = \"ci\"\ntoken = \"sk-seeded-ci-token-0001\"\n\nmodles = [\"x\"]\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(full_proxy_binary())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("UPSTREAM_URL", fake.url())
+        .env("GEMINI_API_KEYS", K1)
+        .env("TOKENS_FILE", &file)
+        .current_dir(logs.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("TOKENS_FILE") && text.contains("line 5") && text.contains("modles"),
+        "{text}"
+    );
+}
+
+// === On a real Redis Cluster ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_a_redis_cluster_behave_as_one() {
+    let Some(cluster) = tokio::task::spawn_blocking(support::redis_servers::RedisCluster::start)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let fake = FakeGemini::builder().keys([K1, K2]).start().await.unwrap();
+    let logs = tempfile_dir::Dir::new("fleet-cluster");
+    let vars: Vec<(&str, String)> = vec![
+        ("UPSTREAM_URL", fake.url()),
+        ("GEMINI_API_KEYS", K1.to_owned()),
+        ("ALLOWED_TOKENS", CLIENT.to_owned()),
+        ("ADMIN_TOKEN", ADMIN.to_owned()),
+        ("REDIS_URL", cluster.url()),
+        ("MAX_REQUESTS_PER_MINUTE", "6".to_owned()),
+    ];
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Instance::start(&vars, logs.path()).await);
+    }
+    let c = http();
+    // A token created on one is accepted by the others within 1 s; revoked, refused by all.
+    let (status, created) = admin(
+        &c,
+        &instances[0],
+        "POST",
+        "/tokens",
+        Some(json!({"name": "cl"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    for i in 1..3 {
+        let at = &instances[i];
+        eventually(WITHIN, "token accepted on the cluster fleet", || async {
+            generate(&c, at, &token).await == 200
+        })
+        .await;
+    }
+    let (status, _) = admin(
+        &c,
+        &instances[2],
+        "DELETE",
+        &format!("/tokens/{token}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    for at in &instances {
+        assert_eq!(
+            generate(&c, at, &token).await,
+            401,
+            "refused at once everywhere"
+        );
+    }
+    // A key added on one serves on another.
+    let (status, _) = admin(&c, &instances[1], "POST", "/keys", Some(json!({"key": K2}))).await;
+    assert_eq!(status, 201);
+    // The shared per-token quota: 6 a minute for CLIENT across the three.
+    let mut ok = 0;
+    for _ in 0..4 {
+        for at in &instances {
+            if generate(&c, at, CLIENT).await == 200 {
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 6, "exactly the limit across the cluster fleet");
+    assert!(fake.requests_for(K2) > 0, "the key added on B served");
+    for i in instances.iter_mut() {
         i.assert_healthy();
     }
 }

@@ -14,7 +14,8 @@ use http::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use support::{Captured, Proxy, redis_url, send, status_and_text};
 use tower_gemini::Body;
-use tower_gemini::secret::{ApiKey, mask};
+use tower_gemini::auth::TokenDigest;
+use tower_gemini::secret::ApiKey;
 use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
 const KEY: &str = "AIzaSyPersist-test-key-number-one-0001";
@@ -291,7 +292,7 @@ async fn a_revoked_token_stays_revoked_after_restart() {
 
     let (token, id) = create_token(&proxy, "short-lived").await;
     let (kept, _) = create_token(&proxy, "kept").await;
-    for revoke in [id, mask(CLIENT)] {
+    for revoke in [id, TokenDigest::of(CLIENT).id()] {
         let res = send(
             &proxy,
             admin("DELETE", &format!("/admin/tokens/{revoke}"), None),
@@ -401,7 +402,7 @@ async fn request_rows_have_the_right_counts_and_tokens_and_no_secret() {
     assert_eq!(first["status"], 200);
     assert_eq!(first["route"], "generateContent");
     assert_eq!(first["model"], "gemini-2.5-flash");
-    assert_eq!(first["client_id"], mask(CLIENT).as_str());
+    assert_eq!(first["client_id"], TokenDigest::of(CLIENT).id().as_str());
     assert_eq!(first["client_name"], "client-1");
     assert_eq!(first["key_id"], ApiKey::new(KEY).fingerprint().as_str());
     assert_eq!(first["prompt_tokens"], usage["promptTokenCount"]);

@@ -124,12 +124,12 @@ pub fn apply_fields(
     Ok(())
 }
 
-fn json_object(body: &[u8]) -> Result<Map<String, Value>, Response> {
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, &'static str> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(o)) => Ok(o),
-        _ => Err(bad_request(
+        _ => Err(
             "expected a JSON object like {\"name\": \"my-app\", \"models\": [\"gemini-2.5-*\"]}",
-        )),
+        ),
     }
 }
 
@@ -197,7 +197,7 @@ pub async fn list_tokens(State(s): State<Shared>) -> Response {
 /// Creates a client token from a body with `name` and optional settings: the token (shown
 /// only here) and its listing, or the refusal.
 pub async fn create(s: &Shared, body: &[u8]) -> Result<Value, Response> {
-    let body = json_object(body)?;
+    let body = json_object(body).map_err(bad_request)?;
     let mut name = None;
     let mut account = Account::default();
     apply_fields(&body, &mut name, &mut account).map_err(bad_request)?;
@@ -264,7 +264,7 @@ pub async fn patch_token(
     }
     let body = match json_object(&body) {
         Ok(b) => b,
-        Err(refused) => return refused,
+        Err(why) => return bad_request(why),
     };
     let mut name = Some(current.name.clone());
     let mut account = current.account.as_deref().cloned().unwrap_or_default();

@@ -229,7 +229,7 @@ pub fn budget_tokens(t: &crate::facts::Tokens) -> u64 {
 
 /// A usage sink that counts each client's requests and tokens in a [`BudgetStore`] (off the
 /// request path: each record is sent by a task). Records without a client (refused before
-/// authentication) are not counted.
+/// authentication) or refused before any upstream call are not counted.
 #[derive(Clone)]
 pub struct BudgetRecorder {
     store: Arc<dyn BudgetStore>,
@@ -254,6 +254,11 @@ impl UsageSink for BudgetRecorder {
     fn record(&self, record: &UsageRecord) {
         let Some(client) = &record.client else { return };
         let tokens = record.tokens.as_ref().map_or(0, budget_tokens);
+        // Requests refused before any upstream call (a limit, a budget, a model) used
+        // nothing: they are not the token's usage.
+        if record.upstream_attempts == 0 && tokens == 0 {
+            return;
+        }
         let store = self.store.clone();
         let id = client.id.clone();
         let now = now_unix();
