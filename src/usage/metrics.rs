@@ -37,6 +37,12 @@ pub(crate) const RESUMES_TOTAL: &str = "gemini_gateway_stream_resumes_total";
 pub(crate) const RATE_LIMITED_TOTAL: &str = "gemini_gateway_rate_limited_total";
 /// Responses whose body did not end normally (client gone, stream failed), by `route`.
 pub(crate) const INCOMPLETE_TOTAL: &str = "gemini_gateway_incomplete_responses_total";
+/// Requests of each client token, by `account` (the token id, `tok_…`; never the token).
+pub(crate) const ACCOUNT_REQUESTS_TOTAL: &str = "gemini_gateway_account_requests_total";
+/// Tokens (prompt + output + thoughts) used by each client token, by `account`.
+pub(crate) const ACCOUNT_TOKENS_TOTAL: &str = "gemini_gateway_account_tokens_total";
+/// Distinct account labels kept; further accounts are labelled `other`.
+const MAX_ACCOUNT_LABELS: usize = 1024;
 /// Upstream keys, by `state` (`enabled`, `cooling`, `disabled`, `probing`).
 #[cfg(feature = "key-rotation")]
 pub(crate) const KEYS: &str = "gemini_gateway_keys";
@@ -51,7 +57,8 @@ enum Target {
 /// A [`UsageSink`] that turns each record into Prometheus metrics: request counters and a
 /// duration histogram by route/model/status, token counters, per-key counters, resumes,
 /// rate-limit refusals. Labels never hold a secret: keys appear as their id (a fingerprint),
-/// clients not at all, and model names are checked and capped.
+/// client tokens as their id (`tok_…`, a hash; anything else is `other`), and model names are
+/// checked and capped.
 ///
 /// | metric | labels |
 /// |---|---|
@@ -59,6 +66,7 @@ enum Target {
 /// | `gemini_gateway_request_duration_seconds` (histogram, until the body ended) | `route`, `model`, `status` |
 /// | `gemini_gateway_tokens_total` | `model`, `type` (`prompt`, `output`, `thoughts`, `cached`, `total`) |
 /// | `gemini_gateway_key_requests_total`, `gemini_gateway_upstream_attempts_total` | `key` (the id) |
+/// | `gemini_gateway_account_requests_total`, `gemini_gateway_account_tokens_total` (prompt + output + thoughts) | `account` (the token id `tok_…`, at most 1024, then `other`) |
 /// | `gemini_gateway_stream_resumes_total` | `model` |
 /// | `gemini_gateway_rate_limited_total`, `gemini_gateway_incomplete_responses_total` | `route` |
 /// | `gemini_gateway_keys` (gauge, [`set_key_states`](Self::set_key_states)) | `state` |
@@ -94,6 +102,8 @@ struct Handles {
     real_models: usize,
     /// By key label: requests, upstream attempts.
     keys: HashMap<String, Arc<[Counter; 2]>>,
+    /// By account label: requests, tokens.
+    accounts: HashMap<String, Arc<[Counter; 2]>>,
     /// By route: rate limited, incomplete.
     routes: HashMap<String, Arc<[Counter; 2]>>,
 }
@@ -298,6 +308,35 @@ impl MetricsSink {
         h
     }
 
+    /// The requests and tokens counters of a client token id (`other` past the cap, or for
+    /// an id that is not a token id).
+    fn account_handles(&self, id: &str) -> Arc<[Counter; 2]> {
+        let is_token_id = id.len() == 16
+            && id.starts_with("tok_")
+            && id[4..].bytes().all(|b| b.is_ascii_hexdigit());
+        let label = if is_token_id { id } else { "other" };
+        if let Some(h) = read(&self.handles).accounts.get(label) {
+            return h.clone();
+        }
+        let mut handles = write(&self.handles);
+        let label = if handles.accounts.len() >= MAX_ACCOUNT_LABELS {
+            "other"
+        } else {
+            label
+        };
+        if let Some(h) = handles.accounts.get(label) {
+            return h.clone();
+        }
+        let h = self.with(|| {
+            Arc::new([
+                counter!(ACCOUNT_REQUESTS_TOTAL, "account" => label.to_owned()),
+                counter!(ACCOUNT_TOKENS_TOTAL, "account" => label.to_owned()),
+            ])
+        });
+        handles.accounts.insert(label.to_owned(), h.clone());
+        h
+    }
+
     /// The rate-limited and incomplete counters of a route.
     fn route_handles(&self, route: &str) -> Arc<[Counter; 2]> {
         if let Some(h) = read(&self.handles).routes.get(route) {
@@ -350,6 +389,13 @@ impl UsageSink for MetricsSink {
             let [requests, attempts] = &*self.key_handles(key_label(key));
             requests.increment(1);
             attempts.increment(u64::from(r.upstream_attempts));
+        }
+        if let Some(client) = &r.client {
+            let [requests, tokens] = &*self.account_handles(&client.id);
+            requests.increment(1);
+            if let Some(t) = &r.tokens {
+                tokens.increment(t.prompt.saturating_add(t.output).saturating_add(t.thoughts));
+            }
         }
         if r.resumes > 0 {
             model.resumes.increment(u64::from(r.resumes));

@@ -478,6 +478,41 @@ fn metrics_count_each_record_once_and_hold_no_secret() {
     assert!(text.contains(r#"model="invalid""#), "{text}");
     assert!(!text.contains("AIza"), "{text}");
     assert!(!text.contains("alice"), "{text}");
+    // Ids that are not token ids (old masked ids) count as `other`.
+    assert!(
+        text.contains(r#"gemini_gateway_account_requests_total{account="other"} 3"#),
+        "{text}"
+    );
+}
+
+#[cfg(feature = "metrics")]
+#[test]
+fn metrics_count_per_account_by_token_id() {
+    let m = MetricsSink::prometheus();
+    let used = |prompt, output, thoughts| {
+        UsageRecord::new("generateContent", "gemini-2.5-flash")
+            .with_status(200)
+            .with_client("team-x", "tok_0123456789ab")
+            .with_tokens(Tokens {
+                prompt,
+                output,
+                thoughts,
+                total: prompt + output + thoughts,
+                ..Tokens::default()
+            })
+    };
+    m.record(&used(10, 20, 5));
+    m.record(&used(1, 2, 0));
+    let text = m.render().unwrap();
+    assert!(
+        text.contains(r#"gemini_gateway_account_requests_total{account="tok_0123456789ab"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"gemini_gateway_account_tokens_total{account="tok_0123456789ab"} 38"#),
+        "{text}"
+    );
+    assert!(!text.contains("team-x"), "names are not labels: {text}");
 }
 
 #[tokio::test]
