@@ -999,8 +999,7 @@ async fn three_instances_on_a_redis_cluster_behave_as_one() {
     .await;
     assert_eq!(status, 201, "{created}");
     let token = created["token"].as_str().unwrap().to_owned();
-    for i in 1..3 {
-        let at = &instances[i];
+    for at in &instances[1..] {
         eventually(WITHIN, "token accepted on the cluster fleet", || async {
             generate(&c, at, &token).await == 200
         })
