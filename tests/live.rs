@@ -8,13 +8,14 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
+use http::{Request, StatusCode};
 use serde_json::{Value, json};
 use support::{Proxy, get, send, status_and_text};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tower_gemini::Body;
 use tower_gemini::testing::{FakeGemini, KeyBehavior};
 
 const KEYS: [&str; 3] = [
@@ -555,4 +556,58 @@ async fn sessions_and_their_turns_count_against_the_clients_rate_limit() {
         .unwrap();
     let (status, _) = status_and_text(send(&proxy, req).await).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_tokens_models_and_expiry_hold_for_live_sessions() {
+    let (fake, proxy) = setup().await;
+    let create = |body: Value| {
+        Request::post("/admin/tokens")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let (status, text) = status_and_text(
+        send(
+            &proxy,
+            create(json!({"name": "text-only", "models": ["gemini-2.5-flash"]})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let text_only: Value = serde_json::from_str(&text).unwrap();
+    let token = text_only["token"].as_str().unwrap();
+    let before = live_keys(&fake).len();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&proxy, PATH, Some(token)))
+        .await
+        .unwrap();
+    let setup = json!({"setup": {"model": format!("models/{MODEL}")}});
+    ws.send(Message::text(setup.to_string())).await.unwrap();
+    let close = close_frame(&mut ws).await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy, "{close:?}");
+    assert!(close.reason.contains(MODEL), "names the model: {close:?}");
+    assert_eq!(live_keys(&fake).len(), before, "no upstream session");
+
+    // An expired token is refused at the handshake, saying so.
+    let (_, text) = status_and_text(
+        send(
+            &proxy,
+            create(json!({"name": "old", "expires_at": "2001-01-01T00:00:00Z"})),
+        )
+        .await,
+    )
+    .await;
+    let old: Value = serde_json::from_str(&text).unwrap();
+    let refused = tokio_tungstenite::connect_async(ws_url(
+        &proxy,
+        PATH,
+        Some(old["token"].as_str().unwrap()),
+    ))
+    .await;
+    match refused {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
+        other => panic!("expected a 401 at the handshake, got {other:?}"),
+    }
 }

@@ -191,6 +191,10 @@ impl App {
             .clone()
             .sink(tower_gemini::accounts::BudgetRecorder::new(budgets.clone()));
         ops.budgets = Some(budgets.clone());
+        // A client token's models and token budgets (REST routes and Live sessions alike).
+        let account_layer = tower_gemini::accounts::AccountLayer::new(budgets.clone())
+            .timeout(config.redis_timeout)
+            .fail_open(config.rate_limit_fail_open);
         let mut client = UpstreamClient::builder()
             .base_url(upstream_url.clone())
             .timeout(config.request_timeout);
@@ -228,7 +232,7 @@ impl App {
             live = live.add_root_certificates_pem(pem.clone());
         }
         if let Some(limits) = &limits {
-            live = live.quota(live_quota(limits.clone()));
+            live = live.quota(live_quota(limits.clone(), account_layer.clone()));
         }
         let live = live.build().map_err(|e| e.to_string())?;
         {
@@ -298,11 +302,7 @@ impl App {
             AffinityLayer::new(affinity_store(&config).await?).default_ttl(config.resource_ttl),
         );
         // A client token's models and token budgets, after the policy resolved the model.
-        builder = builder.accounts(
-            tower_gemini::accounts::AccountLayer::new(budgets)
-                .timeout(config.redis_timeout)
-                .fail_open(config.rate_limit_fail_open),
-        );
+        builder = builder.accounts(account_layer);
         if let Some(limits) = limits {
             builder = builder.rate_limit(limits);
         }
@@ -411,6 +411,7 @@ fn policy_model(
 /// model), a turn with its `usageMetadata` as the answer so its tokens are charged.
 fn live_quota(
     limits: RateLimitLayer,
+    accounts: tower_gemini::accounts::AccountLayer,
 ) -> impl Fn(
     tower_gemini::live::QuotaCheck,
 ) -> std::pin::Pin<
@@ -421,7 +422,8 @@ fn live_quota(
     use tower::{Layer, ServiceExt};
     move |check: tower_gemini::live::QuotaCheck| {
         let answer = check.usage.clone().unwrap_or_else(|| "{}".into());
-        let svc = limits.layer(tower::service_fn(
+        // The token's own models and budgets first, as on the REST routes.
+        let svc = accounts.layer(limits.layer(tower::service_fn(
             move |_req: http::Request<tower_gemini::Body>| {
                 let answer = answer.clone();
                 async move {
@@ -433,7 +435,7 @@ fn live_quota(
                     Ok::<_, std::convert::Infallible>(res)
                 }
             },
-        ));
+        )));
         let mut req = http::Request::new(tower_gemini::Body::empty());
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = format!("/v1beta/models/{}:generateContent", check.model)
@@ -447,7 +449,8 @@ fn live_quota(
         }
         Box::pin(async move {
             let Ok(res) = svc.oneshot(req).await;
-            if res.status() != http::StatusCode::TOO_MANY_REQUESTS {
+            let status = res.status();
+            if status.is_success() {
                 return Ok(());
             }
             let retry = res
@@ -463,10 +466,14 @@ fn live_quota(
                 .ok()
                 .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| "rate limit exceeded".to_owned());
-            Err(tower_gemini::ApiError::too_many_requests(
-                message,
-                std::time::Duration::from_secs(retry),
-            ))
+            if status == http::StatusCode::TOO_MANY_REQUESTS {
+                Err(tower_gemini::ApiError::too_many_requests(
+                    message,
+                    std::time::Duration::from_secs(retry),
+                ))
+            } else {
+                Err(tower_gemini::ApiError::new(status, message))
+            }
         })
     }
 }

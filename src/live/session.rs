@@ -161,7 +161,13 @@ impl Session {
         tracing::Span::current().record("gemini.model", model.as_str());
         if let Err(e) = self.check_quota(&model, None).await {
             tracing::info!(reason = e.message(), "Live session refused by a quota");
-            return close(&mut client, CloseCode::Again, e.message()).await;
+            // A model the client may not use is a policy refusal; a quota, a wait.
+            let code = if e.status() == http::StatusCode::FORBIDDEN {
+                CloseCode::Policy
+            } else {
+                CloseCode::Again
+            };
+            return close(&mut client, code, e.message()).await;
         }
 
         let opened = match self.own_key.clone() {
