@@ -183,7 +183,10 @@ pub fn view(t: &TokenInfo, source: &str, usage: Option<PeriodUsage>) -> Value {
 /// `GET /admin/tokens`.
 pub async fn list_tokens(State(s): State<Shared>) -> Response {
     let mut tokens = Vec::new();
-    for t in s.tokens.list() {
+    let mut list = s.tokens.list();
+    // A stable order for operators and scripts: by name, then id.
+    list.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    for t in list {
         let usage = if t.admin {
             None
         } else {
