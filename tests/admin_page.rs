@@ -630,9 +630,9 @@ async fn views(c: &Client, proxy: &Proxy, tokens: u64) -> Result<(), String> {
     let listed: serde_json::Value = serde_json::from_str(&listed).map_err(|e| e.to_string())?;
     let client_id = listed["tokens"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["admin"] == false))
+        .and_then(|t| t.iter().find(|t| t["name"] == "client-1"))
         .and_then(|t| t["id"].as_str())
-        .ok_or("no client token listed")?
+        .ok_or("the configured client token is not listed")?
         .to_owned();
     // Charts, in total: what the gateway counted (the browser's own `/favicon.ico`, a 401,
     // is traffic too).

@@ -605,11 +605,10 @@ async fn build_pool(config: &Config, keys: Vec<ApiKey>) -> Result<Arc<KeyPool>, 
         .reprobe_after(config.key_reprobe)
         // Key health is one view for a fleet: pulled as often as the admin state (off the
         // request path; at most once a second).
-        .sync_interval(
-            config
-                .fleet_sync
-                .clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(1)),
-        );
+        .sync_interval(config.fleet_sync.clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(1),
+        ));
     if let Some(redis) = &config.redis {
         let store = redis.connect().await;
         match store.map(tower_gemini::key_rotation::KeyStateRedisStore::from_connection) {
