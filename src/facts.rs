@@ -93,6 +93,12 @@ impl Identity {
         self.account.as_deref()
     }
 
+    /// The account, shared (no copy).
+    #[cfg_attr(not(feature = "bearer-auth"), allow(dead_code))]
+    pub(crate) fn account_arc(&self) -> Option<Arc<Account>> {
+        self.account.clone()
+    }
+
     /// Sets the subject: what the client's stored things (resource pins, stored responses)
     /// are owned by.
     pub fn with_subject(mut self, subject: impl Into<Arc<str>>) -> Self {

@@ -388,7 +388,7 @@ where
             let account = req
                 .extensions()
                 .get::<Identity>()
-                .and_then(|i| Some((i.id().to_owned(), Arc::new(i.account()?.clone()))));
+                .and_then(|i| Some((i.id().to_owned(), i.account_arc()?)));
             if let Some((id, account)) = account {
                 let model = crate::facts::model(&req).map(str::to_owned);
                 let report = crate::facts::Report::of(&req).cloned();

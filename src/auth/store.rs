@@ -46,7 +46,7 @@ impl Entry {
             name: self.identity.name().to_owned(),
             admin: self.identity.is_admin(),
             digest: self.digest,
-            account: self.identity.account().cloned().map(Arc::new),
+            account: self.identity.account_arc(),
         }
     }
 }
