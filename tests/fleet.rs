@@ -1039,3 +1039,73 @@ async fn three_instances_on_a_redis_cluster_behave_as_one() {
         i.assert_healthy();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_disabled_by_an_operator_is_out_everywhere_until_enabled() {
+    let Some(mut f) = fleet(3, &[K1, K2], &[]).await else {
+        return;
+    };
+    let c = http();
+    let (_, keys) = admin(&c, &f.instances[0], "GET", "/keys", None).await;
+    let id2 = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| {
+            k["key"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(&K2[K2.len() - 4..]))
+        })
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    let (status, body) = admin(
+        &c,
+        &f.instances[0],
+        "POST",
+        &format!("/keys/{id2}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for at in &f.instances {
+        eventually(WITHIN, "operator's disable seen everywhere", || async {
+            key_state(&admin(&c, at, "GET", "/keys", None).await.1, &id2).starts_with("disabled")
+        })
+        .await;
+    }
+    let before = f.fake.requests_for(K2);
+    for _ in 0..4 {
+        for at in &f.instances {
+            assert_eq!(generate(&c, at, CLIENT).await, 200);
+        }
+    }
+    assert_eq!(
+        f.fake.requests_for(K2),
+        before,
+        "no instance used the disabled key"
+    );
+    let (status, _) = admin(
+        &c,
+        &f.instances[2],
+        "POST",
+        &format!("/keys/{id2}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    for at in &f.instances {
+        eventually(WITHIN, "re-enabled everywhere", || async {
+            key_state(&admin(&c, at, "GET", "/keys", None).await.1, &id2) == "enabled"
+        })
+        .await;
+    }
+    for _ in 0..2 {
+        for at in &f.instances {
+            assert_eq!(generate(&c, at, CLIENT).await, 200);
+        }
+    }
+    assert!(f.fake.requests_for(K2) > before, "the key serves again");
+    for i in f.instances.iter_mut() {
+        i.assert_healthy();
+    }
+}

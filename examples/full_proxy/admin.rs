@@ -23,6 +23,7 @@ pub fn router(shared: Shared) -> Router {
         .route("/keys", get(list_keys).post(add_key))
         .route("/keys/{id}", delete(remove_key))
         .route("/keys/{id}/enable", post(enable_key))
+        .route("/keys/{id}/disable", post(disable_key))
         .route(
             "/tokens",
             get(super::accounts::list_tokens).post(super::accounts::add_token),
@@ -205,6 +206,16 @@ async fn remove_key(State(s): State<Shared>, Path(id): Path<String>) -> Response
             );
         }
         StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(ApiError::not_found(format!("no key with id `{id}`")))
+    }
+}
+
+/// `POST /admin/keys/{id}/disable`: out of rotation on every instance until enabled again.
+async fn disable_key(State(s): State<Shared>, Path(id): Path<String>) -> Response {
+    if s.pool.disable(&id).await {
+        let snap = s.pool.snapshot().into_iter().find(|k| k.id.as_str() == id);
+        axum::Json(snap.map_or_else(|| json!({ "id": id }), |k| k.to_json())).into_response()
     } else {
         error(ApiError::not_found(format!("no key with id `{id}`")))
     }

@@ -14,6 +14,9 @@ use crate::key_rotation::store::KeyStateStore;
 use crate::key_rotation::strategy::SelectKey;
 use crate::secret::ApiKey;
 
+/// The reason of a key an operator disabled.
+const DISABLED_BY_OPERATOR: &str = "disabled by operator";
+
 /// Length of the "recent requests" window used by
 /// [`Strategy::LeastUsed`](crate::key_rotation::Strategy::LeastUsed).
 const RECENT_WINDOW_MS: u64 = 60_000;
@@ -191,6 +194,33 @@ impl KeyPool {
         // the admin path may wait for the store.
         if let Some(store) = &self.store {
             self.store_outcome(store.enable(&entry.id).await);
+        }
+        true
+    }
+
+    /// Takes a key out of rotation until an operator [enables](Self::enable) it again: it is
+    /// never re-probed. Shared through the store at once, so every pool sharing it skips the
+    /// key too, and a restart keeps it out. Returns false when no key has this id.
+    pub async fn disable(&self, id: &str) -> bool {
+        let Some(entry) = self.entry(id) else {
+            return false;
+        };
+        let now = Instant::now();
+        let reprobe_at = super::report::later(now, Duration::MAX);
+        {
+            let mut h = entry.health();
+            h.disabled = Some(super::entry::Disabled {
+                reason: DISABLED_BY_OPERATOR.to_owned(),
+                since: now,
+                reprobe_at,
+            });
+            h.probing = false;
+            entry.update_clean(&h);
+        }
+        tracing::info!(key.id = %entry.id, "key disabled by operator");
+        if let Some(store) = &self.store {
+            let at = super::sync::to_system(reprobe_at);
+            self.store_outcome(store.disable(&entry.id, DISABLED_BY_OPERATOR, at).await);
         }
         true
     }
