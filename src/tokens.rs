@@ -17,6 +17,16 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The tokens an answer is charged for (token budgets, per-account metrics): prompt +
+    /// output + thoughts, or the total when the parts are unknown.
+    pub fn billable(&self) -> u64 {
+        let parts = self
+            .prompt
+            .saturating_add(self.output)
+            .saturating_add(self.thoughts);
+        if parts == 0 { self.total } else { parts }
+    }
+
     /// Adds `other` into `self`, saturating.
     pub fn add(&mut self, other: &Tokens) {
         self.prompt = self.prompt.saturating_add(other.prompt);

@@ -213,18 +213,6 @@ impl BudgetStore for MemoryBudgetStore {
     }
 }
 
-/// Unix seconds now.
-fn now_unix() -> u64 {
-    crate::rfc3339::now()
-}
-
-/// The tokens an answer used, as budgets count them: prompt + output + thoughts (the total
-/// when the parts are unknown).
-pub fn budget_tokens(t: &crate::facts::Tokens) -> u64 {
-    let parts = t.prompt.saturating_add(t.output).saturating_add(t.thoughts);
-    if parts == 0 { t.total } else { parts }
-}
-
 // === BudgetRecorder ===
 
 /// A usage sink that counts each client's requests and tokens in a [`BudgetStore`] (off the
@@ -253,7 +241,10 @@ impl fmt::Debug for BudgetRecorder {
 impl UsageSink for BudgetRecorder {
     fn record(&self, record: &UsageRecord) {
         let Some(client) = &record.client else { return };
-        let tokens = record.tokens.as_ref().map_or(0, budget_tokens);
+        let tokens = record
+            .tokens
+            .as_ref()
+            .map_or(0, crate::facts::Tokens::billable);
         // Requests refused before any upstream call (a limit, a budget, a model) used
         // nothing: they are not the token's usage.
         if record.upstream_attempts == 0 && tokens == 0 {
@@ -261,7 +252,7 @@ impl UsageSink for BudgetRecorder {
         }
         let store = self.store.clone();
         let id = client.id.clone();
-        let now = now_unix();
+        let now = crate::rfc3339::now();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -429,7 +420,7 @@ impl Shared {
         if budgets.iter().all(|(_, b)| b.is_none()) {
             return None;
         }
-        let now = now_unix();
+        let now = crate::rfc3339::now();
         let usage = match tokio::time::timeout(self.timeout, self.store.usage(id, now)).await {
             Ok(Ok(usage)) => usage,
             failed => {

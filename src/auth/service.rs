@@ -32,7 +32,7 @@ pub(crate) fn identify(
 ) -> Result<(Identity, Option<ClientKey>), ApiError> {
     match store.authenticate(token) {
         Some(identity) => match identity.account().and_then(|a| a.expires_at) {
-            Some(at) if now_unix() >= at => Err(ApiError::unauthorized(format!(
+            Some(at) if crate::rfc3339::now() >= at => Err(ApiError::unauthorized(format!(
                 "this client token expired at {}",
                 crate::facts::Account::format_time(at)
             ))),
@@ -47,12 +47,6 @@ pub(crate) fn identify(
         }
         None => Err(ApiError::unauthorized(INVALID_TOKEN)),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Authenticates clients by token; see the [module docs](super).

@@ -394,7 +394,7 @@ impl UsageSink for MetricsSink {
             let [requests, tokens] = &*self.account_handles(&client.id);
             requests.increment(1);
             if let Some(t) = &r.tokens {
-                tokens.increment(t.prompt.saturating_add(t.output).saturating_add(t.thoughts));
+                tokens.increment(t.billable());
             }
         }
         if r.resumes > 0 {
