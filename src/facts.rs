@@ -17,6 +17,7 @@
 //! | the path logs may show | [`LogPath`](crate::access_log::LogPath) | the router | access log, request span |
 //! | the cap on one event of the streamed answer | [`MaxEventBytes`](crate::sse::MaxEventBytes) | [`FactsLayer::max_event_bytes`] (the gateway's `max_event_bytes`) | every decoder of the answer: stream resume, the OpenAI translation, the request policy |
 //! | the key a request must use | [`KeyPin`] | the affinity layer (a resource the request names lives in that key's project) | key rotation |
+//! | the pool key this attempt carries | [`UpstreamKey`] | key rotation, on each attempt | the client below it (where and how to send that key) |
 //! | what happened | [`Report`] | [`FactsLayer`] or `UsageLayer` | written by `BearerAuth` (client), `KeyRotation` (serving key, attempts), `StreamResume` (resumes), `RateLimit` (refusal), the fronts and the policy (model); read by usage and the access log |
 //!
 //! A layer used alone (key rotation around a reqwest client) finds no facts and works them
@@ -344,6 +345,30 @@ impl KeyPin {
     /// The resource that pins it, e.g. `files/abc`.
     pub fn resource(&self) -> &str {
         &self.resource
+    }
+}
+
+// === UpstreamKey ===
+
+/// The pool key one upstream attempt carries, put in by key rotation on the request it sends
+/// to the service below it (absent in own-key mode and without key rotation).
+///
+/// The layers and the client below key rotation read it to treat a key by what it is and where
+/// it must go: the client uses it to choose the upstream and the way out for that key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamKey {
+    id: Arc<str>,
+}
+
+impl UpstreamKey {
+    /// The attempt carries the pool key of id `id`.
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self { id: id.into() }
+    }
+
+    /// The key's id (a fingerprint, as the pool lists it).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
 

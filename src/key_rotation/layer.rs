@@ -328,7 +328,9 @@ impl Attempts {
             } else {
                 body.as_ref().and_then(Body::try_clone)
             };
-            let Some(req) = self.request(req_body.unwrap_or_default(), lease.key()) else {
+            let Some(req) =
+                self.request(req_body.unwrap_or_default(), lease.key(), Some(lease.id()))
+            else {
                 // A key that cannot be sent in a header: count it, try another.
                 let outcome = Outcome::KeyFailure {
                     reason: "key is not a valid header value".to_owned(),
@@ -477,7 +479,7 @@ impl Attempts {
         let span = self.span.clone();
         span.record("attempt", 1);
         span.record("key.id", "client");
-        let Some(req) = self.request(body, key) else {
+        let Some(req) = self.request(body, key, None) else {
             return Ok(
                 ApiError::bad_request("the API key is not a valid header value")
                     .into_response(self.dialect),
@@ -519,7 +521,9 @@ impl Attempts {
         }
     }
 
-    fn request(&self, body: Body, key: &ApiKey) -> Option<Request<Body>> {
+    /// The attempt's request: the client's parts with `key` as the upstream credential and,
+    /// for a pool key, its [`UpstreamKey`](crate::facts::UpstreamKey) fact.
+    fn request(&self, body: Body, key: &ApiKey, pool_key: Option<&KeyId>) -> Option<Request<Body>> {
         let value = crate::credential::upstream_key_value(key)?;
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
@@ -528,6 +532,10 @@ impl Attempts {
         *req.headers_mut() = self.parts.headers.clone();
         *req.extensions_mut() = self.parts.extensions.clone();
         req.headers_mut().insert(X_GOOG_API_KEY.clone(), value);
+        if let Some(id) = pool_key {
+            req.extensions_mut()
+                .insert(crate::facts::UpstreamKey::new(id));
+        }
         Some(req)
     }
 

@@ -1577,3 +1577,54 @@ async fn a_pinned_request_whose_key_is_disabled_or_gone_names_the_resource() {
     let body = collect_limited(res.into_body(), 4096).await.unwrap();
     assert!(String::from_utf8_lossy(&body).contains("cachedContents/c"));
 }
+
+#[tokio::test]
+async fn each_attempt_tells_the_service_below_which_pool_key_it_carries() {
+    use crate::facts::UpstreamKey;
+    let pool = pool_of(2);
+    let ids = pool.ids();
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let log = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(KeyRotationLayer::new(pool.clone()))
+        .service(service_fn(move |req: Request<Body>| {
+            let log = log.clone();
+            async move {
+                let fact = req
+                    .extensions()
+                    .get::<UpstreamKey>()
+                    .unwrap()
+                    .id()
+                    .to_owned();
+                let header = req.headers()["x-goog-api-key"].to_str().unwrap().to_owned();
+                let first = log.lock().unwrap().is_empty();
+                log.lock().unwrap().push((fact, header));
+                // The first attempt's key is refused: the retry must carry the other one.
+                let status = if first {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::OK
+                };
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from("{}"))
+                        .unwrap(),
+                )
+            }
+        }));
+    let req = Request::post("/v1beta/models/gemini-2.5-flash:generateContent")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(svc.oneshot(req).await.unwrap().status(), StatusCode::OK);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0].0, seen[1].0);
+    for (id, header) in seen {
+        let i = ids
+            .iter()
+            .position(|k| k.as_str() == id)
+            .expect("a pool id");
+        assert_eq!(header, key(i), "the fact names the key the header carries");
+    }
+}

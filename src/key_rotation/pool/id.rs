@@ -21,6 +21,13 @@ impl KeyId {
     }
 }
 
+impl From<&KeyId> for Arc<str> {
+    /// The id's shared string, without copying it.
+    fn from(id: &KeyId) -> Self {
+        id.0.clone()
+    }
+}
+
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyId({})", self.0)
