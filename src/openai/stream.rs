@@ -20,8 +20,10 @@ mod fast {
     use serde::Deserialize;
     use serde_json::value::RawValue;
 
-    use crate::gemini::peek::{Only, Parts, present};
+    use crate::gemini::peek::{Only, Parts, borrowed_str, present};
 
+    /// Fields the full reading types strictly are read (or seen) here too, so a malformed one
+    /// sends the chunk to the full reading, which answers it with an upstream error.
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     pub(super) struct Chunk<'a> {
@@ -33,6 +35,21 @@ mod fast {
         pub(super) prompt_feedback: bool,
         #[serde(default, deserialize_with = "present")]
         pub(super) error: bool,
+        // Type checks only: a string (or null), as the full reading wants.
+        #[serde(
+            default,
+            borrow,
+            rename = "modelVersion",
+            deserialize_with = "borrowed_str"
+        )]
+        _model_version: Option<std::borrow::Cow<'a, str>>,
+        #[serde(
+            default,
+            borrow,
+            rename = "responseId",
+            deserialize_with = "borrowed_str"
+        )]
+        _response_id: Option<std::borrow::Cow<'a, str>>,
     }
 
     #[derive(Deserialize)]
@@ -46,6 +63,15 @@ mod fast {
         pub(super) index: Option<i32>,
         #[serde(default, deserialize_with = "present")]
         pub(super) logprobs_result: bool,
+        /// Safety ratings, grounding, a finish message or token counts: rare on a plain text
+        /// chunk and strictly typed by the full reading, which takes such a chunk.
+        #[serde(default, alias = "groundingMetadata", alias = "finishMessage")]
+        #[serde(
+            alias = "tokenCount",
+            alias = "avgLogprobs",
+            deserialize_with = "present"
+        )]
+        pub(super) safety_ratings: bool,
     }
 
     #[derive(Deserialize)]
@@ -72,40 +98,10 @@ pub struct StreamTranslator {
     cx: ChatContext,
     include_usage: bool,
     choices: Vec<ChoiceState>,
-    usage: LastUsage,
+    /// The last `usageMetadata` seen.
+    usage: Option<UsageMetadata>,
     done: bool,
     scratch: String,
-}
-
-/// The last `usageMetadata` seen: read, or kept as the raw JSON of a chunk that took the fast
-/// path (read only if the usage chunk is asked for).
-#[derive(Debug, Default)]
-enum LastUsage {
-    #[default]
-    None,
-    Read(UsageMetadata),
-    Raw(Vec<u8>),
-}
-
-impl LastUsage {
-    fn get(&self) -> Option<std::borrow::Cow<'_, UsageMetadata>> {
-        match self {
-            LastUsage::None => None,
-            LastUsage::Read(u) => Some(std::borrow::Cow::Borrowed(u)),
-            LastUsage::Raw(raw) => serde_json::from_slice(raw)
-                .ok()
-                .map(std::borrow::Cow::Owned),
-        }
-    }
-
-    fn set_raw(&mut self, raw: &[u8]) {
-        if let LastUsage::Raw(buf) = self {
-            buf.clear();
-            buf.extend_from_slice(raw);
-        } else {
-            *self = LastUsage::Raw(raw.to_vec());
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -164,7 +160,7 @@ impl StreamTranslator {
             cx,
             include_usage,
             choices,
-            usage: LastUsage::None,
+            usage: None,
             done: false,
             scratch: String::new(),
         }
@@ -205,7 +201,12 @@ impl StreamTranslator {
             return false;
         };
         let c = &chunk.candidates.0;
-        if chunk.error || chunk.prompt_feedback || c.finish_reason || c.logprobs_result {
+        if chunk.error
+            || chunk.prompt_feedback
+            || c.finish_reason
+            || c.logprobs_result
+            || c.safety_ratings
+        {
             return false;
         }
         let parts = c.content.as_ref().map(|c| &c.parts);
@@ -222,10 +223,12 @@ impl StreamTranslator {
             return false;
         }
         if let Some(u) = chunk.usage_metadata {
-            if !u.get().starts_with('{') {
-                return false;
+            // Read now, as the full reading does: malformed usage is an upstream error, not
+            // a stream that reports zero tokens at its end.
+            match serde_json::from_str::<UsageMetadata>(u.get()) {
+                Ok(read) => self.usage = Some(read),
+                Err(_) => return false,
             }
-            self.usage.set_raw(u.get().as_bytes());
         }
         let state = self.state(index);
         if state.finished {
@@ -257,7 +260,7 @@ impl StreamTranslator {
             return;
         }
         if let Some(u) = &chunk.usage_metadata {
-            self.usage = LastUsage::Read(u.clone());
+            self.usage = Some(u.clone());
         }
         if chunk.candidates.is_empty() {
             if let Some(reason) = chunk.block_reason() {
@@ -479,7 +482,7 @@ impl StreamTranslator {
             return self.fail(&e, None, out);
         }
         if self.include_usage {
-            let usage = self.usage.get().map(|u| usage_of(&u)).unwrap_or_default();
+            let usage = self.usage.as_ref().map(usage_of).unwrap_or_default();
             let chunk = ChunkOut {
                 id: &self.cx.id,
                 object: "chat.completion.chunk",
@@ -680,6 +683,61 @@ mod tests {
         }
         out.push_str(rest);
         out
+    }
+
+    /// A chunk the full reading refuses (a malformed usage, safety or other typed field) ends
+    /// the stream with an upstream error on either reading, never with zero usage.
+    #[test]
+    fn malformed_typed_fields_are_upstream_errors_on_the_fast_reading_too() {
+        let bad = [
+            ("usageMetadata", json!({"promptTokenCount": "five"})),
+            ("usageMetadata", json!({"candidatesTokenCount": -1})),
+            ("usageMetadata", json!({"promptTokensDetails": 3})),
+            ("usageMetadata", json!(7)),
+            ("modelVersion", json!(12)),
+            ("responseId", json!({"a": 1})),
+        ];
+        let bad_candidate = [
+            ("safetyRatings", json!("HARM")),
+            ("safetyRatings", json!([{"category": 1}])),
+            ("groundingMetadata", json!(5)),
+            ("tokenCount", json!("x")),
+            ("avgLogprobs", json!("x")),
+            ("finishMessage", json!(3)),
+        ];
+        let mut chunks = Vec::new();
+        for (field, value) in bad {
+            let mut c = text(json!([{"text": "hi"}]));
+            c[field] = value;
+            chunks.push(c);
+        }
+        for (field, value) in bad_candidate {
+            let mut c = text(json!([{"text": "hi"}]));
+            c["candidates"][0][field] = value;
+            chunks.push(c);
+        }
+        for chunk in chunks {
+            let bytes = serde_json::to_vec(&chunk).unwrap();
+            assert!(
+                serde_json::from_slice::<GenerateContentResponse>(&bytes).is_err(),
+                "the full reading refuses {chunk}"
+            );
+            for include_usage in [false, true] {
+                let mut t = StreamTranslator::new(ChatContext::new("m"), include_usage);
+                let mut out = BytesMut::new();
+                t.push(
+                    &serde_json::to_vec(&text(json!([{"text": "a"}]))).unwrap(),
+                    &mut out,
+                );
+                t.push(&bytes, &mut out);
+                t.finish(&mut out);
+                let out = String::from_utf8(out.to_vec()).unwrap();
+                assert!(t.is_done());
+                assert!(out.contains("\"error\""), "{chunk}: {out}");
+                assert!(!out.contains("[DONE]"), "{chunk}: {out}");
+                assert!(!out.contains("\"usage\""), "{chunk}: {out}");
+            }
+        }
     }
 
     #[test]
