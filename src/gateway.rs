@@ -18,6 +18,25 @@
 //! Transport failures of the client become JSON errors in the route's dialect (502, or 504 for
 //! a timeout); rejections of the layers are JSON errors too.
 //!
+//! # Readiness and backpressure
+//! [`Gateway`] is always ready (`poll_ready` returns `Ready` at once), and so is each stage
+//! inside it. This is deliberate, and cannot be otherwise without losing what the stages are:
+//! each request's future owns a clone of the stage below it (a pointer copy, which is what made
+//! the stack cheap), and tower's readiness is a reservation held by the *instance* that was
+//! polled (a `ConcurrencyLimit` permit, a `Buffer` slot). A `poll_ready` on the shared stage
+//! would reserve capacity on an instance that never serves the call. Below key rotation there
+//! is not even one service to ask: a request may wait for a retry backoff and try several
+//! keys, so "ready" has no single answer before the request is read.
+//!
+//! Each stage therefore awaits its inner service's readiness inside the request's future,
+//! right before calling it: a limit you put *under* the gateway (around the upstream client)
+//! queues requests. To shed or bound load, put tower's limits *above* the gateway, where their
+//! own readiness is the signal: `ServiceBuilder::new().load_shed().concurrency_limit(n)`
+//! around [`Gateway`] answers the request over the limit at once with
+//! `tower::load_shed::error::Overloaded` (map it to a 503) instead of queueing it; the test
+//! `a_concurrency_limit_above_the_gateway_sheds_load` shows it. `full_proxy` bounds work the
+//! same way, above the stack: a connection limit in its server and per-client rate limits.
+//!
 //! # Example
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -649,6 +668,54 @@ mod tests {
     use crate::body::collect_limited;
     use http::StatusCode;
     use tower::service_fn;
+
+    /// The supported way to bound the gateway's work: tower's limits above it, whose own
+    /// readiness sheds the request over the limit while the gateway itself stays ready.
+    #[tokio::test]
+    async fn a_concurrency_limit_above_the_gateway_sheds_load() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let release = Arc::new(tokio::sync::Notify::new());
+        let started = Arc::new(AtomicUsize::new(0));
+        let (r, n) = (release.clone(), started.clone());
+        let upstream = service_fn(move |_req: Request<Body>| {
+            let (r, n) = (r.clone(), n.clone());
+            async move {
+                n.fetch_add(1, Ordering::SeqCst);
+                r.notified().await;
+                Ok::<_, Error>(Response::new(Body::from("{}")))
+            }
+        });
+        let gateway = Gateway::builder().build(upstream);
+        let limited = ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(2)
+            .service(gateway);
+        let req = || {
+            Request::post("/v1beta/models/m:generateContent")
+                .body(Body::from("{}"))
+                .unwrap()
+        };
+        let a = tokio::spawn(limited.clone().oneshot(req()));
+        let b = tokio::spawn(limited.clone().oneshot(req()));
+        while started.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Two in flight: the third is refused at once, never reaching the upstream.
+        let shed = limited.clone().oneshot(req()).await.unwrap_err();
+        assert!(shed.is::<tower::load_shed::error::Overloaded>(), "{shed}");
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+        release.notify_waiters();
+        for done in [a, b] {
+            assert_eq!(done.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        // Capacity is back.
+        let again = tokio::spawn(limited.oneshot(req()));
+        while started.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        release.notify_waiters();
+        assert_eq!(again.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
 
     #[tokio::test]
     async fn transport_errors_become_dialect_errors() {
